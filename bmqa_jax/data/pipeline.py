@@ -1,0 +1,166 @@
+"""Grain input pipelines: decode, augment, tokenise, batch.
+
+Training: random resized crop and horizontal flip; evaluation: resize the short
+side and centre crop. Both normalise with the ImageNet mean/std (the contract of
+`bmqa_jax.models.image`). Texts are tokenised once, up front, with the run's
+sentencepiece model. Batches are per process (the global batch divided by the
+number of JAX processes); `bmqa_jax.sharding` places them on the devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from bmqa_jax.data import image_io
+from bmqa_jax.data.manifest import Sample
+from bmqa_jax.data.tokenizer import Tokenizer
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  image_size: int = 224
+  resize_size: int = 256  # evaluation: short side before the centre crop
+  crop_scale: tuple[float, float] = (0.35, 1.0)  # random resized crop area range
+  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  flip: bool = True
+  max_text_len: int = 48
+  workers: int = 0  # grain worker processes (0: decode in the main process)
+  prefetch: int = 2  # per-worker buffered batches
+
+
+def to_records(samples: Sequence[Sample], tokenizer: Tokenizer | None,
+               max_text_len: int, devices: Sequence[str] = ()) -> list[dict]:
+  """Flat, picklable records; texts are tokenised here, once."""
+  if tokenizer is not None:
+    ids, mask = tokenizer.encode([s.text for s in samples], max_text_len)
+  dev_index = {d: i for i, d in enumerate(devices)}
+  records = []
+  for i, s in enumerate(samples):
+    r = dict(path=s.image, mos=np.float32(s.mos), index=np.int32(i),
+             device=np.int32(dev_index.get(s.device, -1)))
+    if tokenizer is not None:
+      r["text_ids"] = ids[i]
+      r["text_mask"] = mask[i]
+    records.append(r)
+  return records
+
+
+def _normalise(img_u8: np.ndarray) -> np.ndarray:
+  return ((img_u8.astype(np.float32) / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Bilinear resize with antialiasing (PIL), size = (height, width)."""
+  return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def center_crop(img: np.ndarray, resize_size: int, crop: int) -> np.ndarray:
+  h, w = img.shape[:2]
+  s = resize_size / min(h, w)
+  img = _resize(img, (max(crop, round(h * s)), max(crop, round(w * s))))
+  h, w = img.shape[:2]
+  y, x = (h - crop) // 2, (w - crop) // 2
+  return img[y:y + crop, x:x + crop]
+
+
+def random_resized_crop(img: np.ndarray, size: int, scale, ratio,
+                        rng: np.random.Generator) -> np.ndarray:
+  """torchvision's RandomResizedCrop sampling (10 tries, then a centre crop)."""
+  h, w = img.shape[:2]
+  area = h * w
+  for _ in range(10):
+    target = area * rng.uniform(*scale)
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    cw = int(round(np.sqrt(target * aspect)))
+    ch = int(round(np.sqrt(target / aspect)))
+    if 0 < cw <= w and 0 < ch <= h:
+      y = int(rng.integers(0, h - ch + 1))
+      x = int(rng.integers(0, w - cw + 1))
+      return _resize(img[y:y + ch, x:x + cw], (size, size))
+  side = min(h, w)
+  y, x = (h - side) // 2, (w - side) // 2
+  return _resize(img[y:y + side, x:x + side], (size, size))
+
+
+class _TrainImage(grain.transforms.RandomMap):
+
+  def __init__(self, cfg: PipelineConfig):
+    self.cfg = cfg
+
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    img = image_io.read_image_uint8(record["path"])
+    img = random_resized_crop(img, self.cfg.image_size, self.cfg.crop_scale,
+                              self.cfg.crop_ratio, rng)
+    if self.cfg.flip and rng.random() < 0.5:
+      img = img[:, ::-1]
+    out = {k: v for k, v in record.items() if k != "path"}
+    out["image"] = _normalise(img)
+    return out
+
+
+class _EvalImage(grain.transforms.Map):
+
+  def __init__(self, cfg: PipelineConfig):
+    self.cfg = cfg
+
+  def map(self, record: dict) -> dict:
+    img = image_io.read_image_uint8(record["path"])
+    img = center_crop(img, self.cfg.resize_size, self.cfg.image_size)
+    out = {k: v for k, v in record.items() if k != "path"}
+    out["image"] = _normalise(img)
+    return out
+
+
+def _process_batch(global_batch: int) -> int:
+  n = jax.process_count()
+  if global_batch % n:
+    raise ValueError(f"global batch {global_batch} is not divisible by the "
+                     f"{n} JAX processes")
+  return global_batch // n
+
+
+def train_loader(records: list[dict], cfg: PipelineConfig, global_batch: int,
+                 seed: int) -> grain.DataLoader:
+  """An endless, shuffled, augmented loader; its iterator state is checkpointable."""
+  batch = _process_batch(global_batch)
+  shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  if len(records) // jax.process_count() < batch:
+    raise ValueError(f"the training set has {len(records)} samples, fewer than one "
+                     f"batch of {global_batch}: lower the batch size")
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(records), shard_options=shard, shuffle=True, num_epochs=None,
+      seed=seed)
+  return grain.DataLoader(
+      data_source=records, sampler=sampler,
+      operations=[_TrainImage(cfg), grain.transforms.Batch(batch, drop_remainder=True)],
+      worker_count=cfg.workers, worker_buffer_size=cfg.prefetch)
+
+
+def eval_batches(records: list[dict], cfg: PipelineConfig,
+                 global_batch: int) -> Iterator[dict]:
+  """Every record once, in order; the last batch is padded and `valid` marks rows."""
+  batch = _process_batch(global_batch)
+  shard = grain.sharding.ShardByJaxProcess(drop_remainder=False)
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(records), shard_options=shard, shuffle=False, num_epochs=1,
+      seed=0)
+  loader = grain.DataLoader(
+      data_source=records, sampler=sampler,
+      operations=[_EvalImage(cfg), grain.transforms.Batch(batch, drop_remainder=False)],
+      worker_count=cfg.workers, worker_buffer_size=cfg.prefetch)
+  for b in loader:
+    n = len(b["index"])
+    b["valid"] = np.arange(batch) < n
+    if n < batch:
+      b = {k: (v if k == "valid" else np.concatenate(
+          [v, np.repeat(v[-1:], batch - n, axis=0)])) for k, v in b.items()}
+    yield b

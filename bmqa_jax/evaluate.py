@@ -1,0 +1,169 @@
+"""Evaluation of a trained workdir: predictions, metrics, report, scatter plot.
+
+`evaluate_workdir(workdir)` scores the test split of the run's own dataset (or
+every row of another manifest: cross-dataset evaluation) with the final weights
+of the run's last stage, and writes `eval/metrics.json`
+(`{"overall": {plcc, srcc, krcc, rmse, n}, "per_device": {...}}`),
+`eval/report.md`, `eval/scatter.png` and `eval/predictions.csv` in the workdir.
+Scores are on the MOS scale of the training data, higher is better.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Sequence
+
+import jax
+import ml_collections as mlc
+import numpy as np
+import orbax.checkpoint as ocp
+
+from bmqa_jax import metrics
+from bmqa_jax import sharding
+from bmqa_jax.data import datasets
+from bmqa_jax.data import manifest as manifest_lib
+from bmqa_jax.data import pipeline
+from bmqa_jax.data import tokenizer as tokenizer_lib
+from bmqa_jax.models import bmqa as bmqa_lib
+
+
+def predict(model, variables: dict, records: list[dict], cfg: mlc.ConfigDict,
+            mesh, has_text: bool) -> np.ndarray:
+  """Scores for `records` in order (eval transform: resize + centre crop)."""
+  from bmqa_jax import train  # pylint: disable=g-import-not-at-top
+  bs = cfg.eval.batch_size
+  sharding.check_batch(bs, mesh, "config.eval.batch_size")
+  variables = {k: v for k, v in variables.items() if v}
+
+  @jax.jit
+  def score(variables, batch):
+    return model.apply(variables, batch["image"], batch.get("text_ids"),
+                       batch.get("text_mask"), train=False)["score"]
+
+  keys = ["image"] + (["text_ids", "text_mask"] if has_text else [])
+  out = np.zeros(len(records), np.float32)
+  for batch in pipeline.eval_batches(records, train.pipeline_config(cfg), bs):
+    s = score(variables, sharding.put_batch({k: batch[k] for k in keys}, mesh))
+    s = np.asarray(jax.device_get(s))
+    valid = batch["valid"]
+    out[batch["index"][valid]] = s[valid]
+  return out
+
+
+def load_final_variables(workdir: str, cfg: mlc.ConfigDict) -> dict:
+  """params and batch_stats of the last stage's latest checkpoint."""
+  stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
+  path = os.path.abspath(os.path.join(workdir, "checkpoints", stages[-1]))
+  mngr = ocp.CheckpointManager(path, item_names=("state", "data_iter"))
+  step = mngr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint of the last stage ({stages[-1]}) in "
+                            f"{path}: has training finished?")
+  state = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))["state"]
+  return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+
+
+def load_model(workdir: str):
+  """(config, model, variables, tokenizer) of a trained workdir."""
+  from bmqa_jax import train  # pylint: disable=g-import-not-at-top
+  cfg = train.load_config(workdir)
+  tok = None
+  if datasets.uses_text(cfg):
+    tok = tokenizer_lib.Tokenizer(os.path.join(workdir, "tokenizer.model"))
+  model = bmqa_lib.from_config(cfg, tok.vocab_size if tok else None)
+  return cfg, model, load_final_variables(workdir, cfg), tok
+
+
+def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "test",
+                     out_dir: str | None = None, log=print) -> dict:
+  cfg, model, variables, tok = load_model(workdir)
+  has_text = tok is not None
+  if manifest:
+    samples = manifest_lib.load(manifest, require_mos=True, require_text=has_text,
+                                check_images=cfg.data.check_images,
+                                skip_bad=cfg.data.skip_bad_rows, log=log)
+    name = os.path.basename(manifest)
+  else:
+    data = datasets.load(cfg, workdir, (split,), log=log)
+    samples = data.splits[split]
+    name = f"{split} split of {data.manifest}"
+  devices = sorted({s.device for s in samples if s.device})
+  records = pipeline.to_records(samples, tok, cfg.input.max_text_len, devices)
+  mesh = sharding.make_mesh(cfg)
+  preds = predict(model, variables, records, cfg, mesh, has_text)
+  mos = np.array([s.mos for s in samples])
+  groups = [s.device or "all" for s in samples]
+  g = metrics.grouped_summary(preds, mos, groups)
+  result = {"overall": g["overall"], "per_device": g["per_group"] if devices else {},
+            "dataset": name, "workdir": os.path.abspath(workdir),
+            "score_range": list(cfg.data.mos_range), "higher_is_better": True}
+  out_dir = out_dir or os.path.join(workdir, "eval")
+  write_outputs(out_dir, result, samples, preds)
+  log(format_table(result))
+  return result
+
+
+def format_table(result: dict) -> str:
+  rows = [("overall", result["overall"])] + sorted(result["per_device"].items())
+  lines = [f"| {'set':<12} | {'n':>5} | {'PLCC':>6} | {'SRCC':>6} | {'KRCC':>6} | "
+           f"{'RMSE':>6} |", "|" + "|".join(["-" * 14, "-" * 7] + ["-" * 8] * 4) + "|"]
+  for name, m in rows:
+    if "error" in m:
+      lines.append(f"| {name:<12} | {m['n']:>5} | {m['error'][:40]} |")
+      continue
+    lines.append(f"| {name:<12} | {m['n']:>5} | {m['plcc']:6.4f} | {m['srcc']:6.4f} | "
+                 f"{m['krcc']:6.4f} | {m['rmse']:6.4f} |")
+  return "\n".join(lines)
+
+
+def write_outputs(out_dir: str, result: dict, samples: Sequence, preds) -> None:
+  os.makedirs(out_dir, exist_ok=True)
+  _atomic_write(os.path.join(out_dir, "metrics.json"),
+                json.dumps(result, indent=1, default=float))
+  report = (f"# BMQA evaluation\n\nDataset: {result['dataset']}\n\n"
+            f"Workdir: {result['workdir']}\n\n{format_table(result)}\n\n"
+            "PLCC/SRCC/KRCC on raw predictions; RMSE on the MOS scale. "
+            "![scatter](scatter.png)\n")
+  _atomic_write(os.path.join(out_dir, "report.md"), report)
+  with open(os.path.join(out_dir, "predictions.csv.tmp"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["image", "device", "mos", "prediction"])
+    for s, p in zip(samples, preds):
+      w.writerow([s.image, s.device, s.mos, f"{p:.5f}"])
+  os.replace(os.path.join(out_dir, "predictions.csv.tmp"),
+             os.path.join(out_dir, "predictions.csv"))
+  scatter(os.path.join(out_dir, "scatter.png"), samples, preds, result["overall"])
+
+
+def scatter(path: str, samples, preds, overall: dict) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+  devices = sorted({s.device or "all" for s in samples})
+  mos = np.array([s.mos for s in samples])
+  for d in devices:
+    sel = np.array([(s.device or "all") == d for s in samples])
+    ax.scatter(mos[sel], np.asarray(preds)[sel], s=10, alpha=0.7, label=d)
+  lo = float(min(mos.min(), np.min(preds)))
+  hi = float(max(mos.max(), np.max(preds)))
+  ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+  ax.set_xlabel("MOS")
+  ax.set_ylabel("predicted score")
+  ax.set_title(f"PLCC {overall['plcc']:.3f}  SRCC {overall['srcc']:.3f}  "
+               f"RMSE {overall['rmse']:.3f}")
+  if len(devices) > 1:
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path + ".tmp.png")
+  plt.close(fig)
+  os.replace(path + ".tmp.png", path)
+
+
+def _atomic_write(path: str, text: str) -> None:
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)

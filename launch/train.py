@@ -1,0 +1,37 @@
+r"""Trains BMQA: every stage of the config, resuming from the workdir.
+
+  python launch/train.py --config=configs/quickstart.py --workdir=runs/quickstart
+  python launch/train.py --config=configs/quickstart.py --workdir=W --dry_run
+
+Multi-host: pass --multihost (calls jax.distributed.initialize(), which reads the
+cluster from SLURM or Cloud TPU environment variables).
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from bmqa_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the "
+                               "tokenizer go; the run resumes from here.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Build the model and the first batch, "
+                             "print parameter counts and shapes, train nothing.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize().")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  if _MULTIHOST.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
+  if _DRY_RUN.value:
+    train.dry_run(_CONFIG.value, _WORKDIR.value)
+  else:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
