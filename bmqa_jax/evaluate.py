@@ -29,6 +29,10 @@ from bmqa_jax.data import tokenizer as tokenizer_lib
 from bmqa_jax.models import bmqa as bmqa_lib
 
 
+# PLCC/RMSE are also reported after these monotonic mappings (VQEG protocol).
+MAPPINGS = ("logistic4", "logistic5")
+
+
 def predict(model, variables: dict, records: list[dict], cfg: mlc.ConfigDict,
             mesh, has_text: bool) -> np.ndarray:
   """Scores for `records` in order (eval transform: resize + centre crop)."""
@@ -96,7 +100,7 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
   preds = predict(model, variables, records, cfg, mesh, has_text)
   mos = np.array([s.mos for s in samples])
   groups = [s.device or "all" for s in samples]
-  g = metrics.grouped_summary(preds, mos, groups)
+  g = metrics.grouped_summary(preds, mos, groups, mapping=MAPPINGS)
   result = {"overall": g["overall"], "per_device": g["per_group"] if devices else {},
             "dataset": name, "workdir": os.path.abspath(workdir),
             "score_range": list(cfg.data.mos_range), "higher_is_better": True}
@@ -107,16 +111,9 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
 
 
 def format_table(result: dict) -> str:
+  """The overall row, then one per device (metrics.format_table's columns)."""
   rows = [("overall", result["overall"])] + sorted(result["per_device"].items())
-  lines = [f"| {'set':<12} | {'n':>5} | {'PLCC':>6} | {'SRCC':>6} | {'KRCC':>6} | "
-           f"{'RMSE':>6} |", "|" + "|".join(["-" * 14, "-" * 7] + ["-" * 8] * 4) + "|"]
-  for name, m in rows:
-    if "error" in m:
-      lines.append(f"| {name:<12} | {m['n']:>5} | {m['error'][:40]} |")
-      continue
-    lines.append(f"| {name:<12} | {m['n']:>5} | {m['plcc']:6.4f} | {m['srcc']:6.4f} | "
-                 f"{m['krcc']:6.4f} | {m['rmse']:6.4f} |")
-  return "\n".join(lines)
+  return metrics.format_table(rows)
 
 
 def write_outputs(out_dir: str, result: dict, samples: Sequence, preds) -> None:
@@ -125,7 +122,9 @@ def write_outputs(out_dir: str, result: dict, samples: Sequence, preds) -> None:
                 json.dumps(result, indent=1, default=float))
   report = (f"# BMQA evaluation\n\nDataset: {result['dataset']}\n\n"
             f"Workdir: {result['workdir']}\n\n{format_table(result)}\n\n"
-            "PLCC/SRCC/KRCC on raw predictions; RMSE on the MOS scale. "
+            "SRCC/KRCC and raw PLCC/RMSE on the predictions as they are; "
+            "PLCC/RMSE L4 and L5 after the 4- and 5-parameter logistic mapping "
+            "(n/c: the fit did not converge). RMSE is on the MOS scale. "
             "![scatter](scatter.png)\n")
   _atomic_write(os.path.join(out_dir, "report.md"), report)
   with open(os.path.join(out_dir, "predictions.csv.tmp"), "w", newline="") as f:

@@ -200,7 +200,8 @@ def checkpoint_manager(workdir: str, stage: str, keep: int) -> ocp.CheckpointMan
   path = os.path.abspath(os.path.join(workdir, "checkpoints", stage))
   return ocp.CheckpointManager(
       path, options=ocp.CheckpointManagerOptions(
-          max_to_keep=keep, create=True, enable_async_checkpointing=False),
+          max_to_keep=keep, create=True, enable_async_checkpointing=False,
+          cleanup_tmp_directories=True),
       item_names=("state", "data_iter"))
 
 

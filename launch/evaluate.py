@@ -9,6 +9,7 @@ Writes WORKDIR/eval/{metrics.json,report.md,scatter.png,predictions.csv}
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from bmqa_jax import evaluate
 
@@ -22,6 +23,7 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
   evaluate.evaluate_workdir(_WORKDIR.value, manifest=_MANIFEST.value,
                             split=_SPLIT.value, out_dir=_OUT_DIR.value)
 

@@ -9,6 +9,7 @@ cluster from SLURM or Cloud TPU environment variables).
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from bmqa_jax import train
@@ -24,6 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
   if _MULTIHOST.value:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()

@@ -35,7 +35,7 @@ from PIL import Image
 from bmqa_jax.data import describe as describe_lib
 from bmqa_jax.data import lowlight
 
-VERSION = 1
+VERSION = 2
 _O = describe_lib.SceneObject
 
 

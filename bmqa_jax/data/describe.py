@@ -106,7 +106,7 @@ _LUM_OPENERS = {
     "dim": ["a dim photo of", "a dim picture of", "dim light,", "a rather dim view of",
             "in dim light,"],
     "light": ["a fairly light photo of", "light enough to see", "a light picture of",
-              "a reasonably lit view of"],
+              "a light, reasonably clear view of"],
     "bright": ["a bright photo of", "a bright and clear view of", "bright light,",
                "a well lit, bright picture of"],
 }

@@ -150,7 +150,7 @@ def capture(clean: np.ndarray, dev: Device, light: float,
   ref = _tone(clean_signal * wb, dev.gamma, dev.contrast)
   img, jpeg = _jpeg(np.round(out * 255.0).astype(np.uint8), dev.jpeg_quality)
 
-  noise_std = float(np.std(img / 255.0 - ref))
+  noise_std = float(np.std(np.clip(out, 0, 1) - ref))  # sensor noise, before JPEG
   luma_w = np.array([0.299, 0.587, 0.114])
   brightness = float(np.mean(img / 255.0 @ luma_w))
   hsv_sat = _saturation(img / 255.0)

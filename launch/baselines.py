@@ -1,0 +1,46 @@
+r"""Scores a manifest with the reference baselines and prints the IQA table.
+
+  python launch/baselines.py --manifest=../shared/data/biq2021_lowlight/manifest.csv \
+      --split=val [--baselines=luminance,brisque,niqe] [--json=OUT.json]
+
+Baselines: luminance, brisque (SVR fitted on --train_split), brisque_live
+(pretrained LIVE SVR: --brisque_model/--brisque_ranges or an installed
+package's), niqe (--niqe_pristine=auto|live|skimage|FILE|FOLDER).
+"""
+
+import json
+
+from absl import app
+from absl import flags
+
+from bmqa_jax.baselines import harness
+
+_MANIFEST = flags.DEFINE_string("manifest", None, "CSV/JSONL manifest (DESIGN.md §4).",
+                                required=True)
+_SPLIT = flags.DEFINE_string("split", "test", "Split to score.")
+_TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "Split to fit BRISQUE's SVR on.")
+_BASELINES = flags.DEFINE_list("baselines", list(harness.DEFAULT_KEYS),
+                               f"Any of {list(harness.KEYS)}.")
+_NIQE_PRISTINE = flags.DEFINE_string("niqe_pristine", "auto",
+                                     "auto | live | skimage | a .mat/.npz file | a folder.")
+_BRISQUE_MODEL = flags.DEFINE_string("brisque_model", None, "LIBSVM model for brisque_live.")
+_BRISQUE_RANGES = flags.DEFINE_string("brisque_ranges", None, "Feature ranges for it.")
+_JSON = flags.DEFINE_string("json", None, "Also write the results here as JSON.")
+
+
+def main(argv):
+  del argv
+  cfg = harness.HarnessConfig(split=_SPLIT.value, train_split=_TRAIN_SPLIT.value,
+                              baselines=tuple(_BASELINES.value),
+                              niqe_pristine=_NIQE_PRISTINE.value,
+                              brisque_model=_BRISQUE_MODEL.value,
+                              brisque_ranges=_BRISQUE_RANGES.value)
+  result = harness.evaluate_manifest(_MANIFEST.value, cfg)
+  print(harness.format_result(result))
+  if _JSON.value:
+    with open(_JSON.value, "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=1, default=float)
+
+
+if __name__ == "__main__":
+  app.run(main)

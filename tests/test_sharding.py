@@ -1,0 +1,88 @@
+"""Data parallelism: 8 (and 6) fake CPU devices train exactly like 1 device.
+
+The check runs in a child process because the device count is fixed when JAX
+starts (XLA_FLAGS=--xla_force_host_platform_device_count=8).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _child():
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, ROOT)
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from bmqa_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.models import bmqa  # pylint: disable=g-import-not-at-top
+
+  cfg = quickstart.get_config("tiny=True")
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(24, 32, 32, 3)).astype(np.float32),
+           "text_ids": rng.integers(3, 100, (24, 48)).astype(np.int32),
+           "text_mask": np.arange(48)[None] < rng.integers(6, 48, (24, 1)),
+           "mos": rng.uniform(size=24).astype(np.float32)}
+  out = {}
+  for stage_name in ("ss", "st"):
+    cfg[stage_name].batch_size = 24
+    for n in (1, 6, 8):
+      mesh = Mesh(np.asarray(jax.devices()[:n]), ("data",))
+      model = bmqa.from_config(cfg, 120)
+      stage = train.Stage(cfg, stage_name, model, mesh, 240, True)
+      rep = sharding.replicated(mesh)
+      variables = jax.jit(stage.init_variables, out_shardings=rep)(jax.random.key(0))
+      shape = jax.eval_shape(stage.init_state, variables)
+      ss = jax.tree.map(lambda _: rep, shape)
+      state = jax.jit(stage.init_state, out_shardings=ss)(variables)
+      step = stage.jit_train_step(ss)
+      losses = []
+      for _ in range(3):
+        state, m = step(state, sharding.put_batch(batch, mesh), jax.random.key(1))
+        losses.append(float(m["loss"]))
+      leaves = [np.asarray(x, np.float64).ravel() for x in
+                jax.tree.leaves(jax.device_get(state["params"]))]
+      out[f"{stage_name}/{n}"] = {"losses": losses,
+                                  "params": np.concatenate(leaves).tolist()}
+  try:
+    sharding.check_batch(20, Mesh(np.asarray(jax.devices()[:8]), ("data",)), "x")
+    out["refused"] = ""
+  except ValueError as e:
+    out["refused"] = str(e)
+  print("RESULT" + json.dumps(out))
+
+
+@pytest.fixture(scope="module")
+def result():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True,
+                        text=True, timeout=900, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][0]
+  return json.loads(line[len("RESULT"):])
+
+
+@pytest.mark.parametrize("stage", ["ss", "st"])
+@pytest.mark.parametrize("devices", [6, 8])
+def test_same_losses_and_parameters(result, stage, devices):
+  one, many = result[f"{stage}/1"], result[f"{stage}/{devices}"]
+  np.testing.assert_allclose(many["losses"], one["losses"], rtol=1e-5)
+  p1, pn = np.asarray(one["params"]), np.asarray(many["params"])
+  rel = np.linalg.norm(pn - p1) / np.linalg.norm(p1)
+  assert rel <= 1e-5, rel
+  assert one["losses"][-1] != one["losses"][0]  # it trained
+
+
+def test_indivisible_batch_is_refused(result):
+  assert "global batch 20 is not divisible by the 8 devices" in result["refused"]
+
+
+if __name__ == "__main__":
+  _child()
