@@ -22,11 +22,11 @@ def get_config(arg: str | None = None):
   c.input.image_size = 96
   c.input.resize_size = 104
   c.input.crop_scale = (0.5, 1.0)
-  c.input.max_text_len = 48
-  c.tokenizer.vocab_size = 400
+  c.input.max_text_len = 64
+  c.tokenizer.vocab_size = 1000
   c.model.image = dict(name="resnet_tiny", init="", kwargs={})
   c.model.text = dict(name="transformer", kwargs=dict(
-      width=128, depth=2, num_heads=4, mlp_dim=256, max_len=48))
+      width=128, depth=2, num_heads=4, mlp_dim=256, max_len=64))
   c.model.align = dict(width=256, heads=8, qkv_dim=256, mlp_dim=512)
   c.model.temperature_init = 0.1
   c.pt.update(epochs=20, batch_size=32, learning_rate=1e-3, warmup_epochs=1)
@@ -43,6 +43,8 @@ def get_config(arg: str | None = None):
     c.input.image_size = 32
     c.input.resize_size = 36
     c.tokenizer.vocab_size = 120
+    c.model.text.kwargs.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+    c.model.align = dict(width=32, heads=4, qkv_dim=32, mlp_dim=64)
     for s in ("pt", "ss", "st"):
       c[s].update(epochs=2, batch_size=8, checkpoint_every_steps=4,
                   log_every_steps=2)

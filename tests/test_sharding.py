@@ -30,24 +30,31 @@ def _child():
            "text_mask": np.arange(48)[None] < rng.integers(6, 48, (24, 1)),
            "mos": rng.uniform(size=24).astype(np.float32)}
   out = {}
-  for stage_name in ("ss", "st"):
+  # (stage, device counts): InfoNCE over the sharded batch and MSE with
+  # BatchNorm statistics over the sharded batch. One compile per entry.
+  for stage_name, counts in (("ss", (1, 8)), ("st", (1, 6, 8))):
     cfg[stage_name].batch_size = 24
-    for n in (1, 6, 8):
+    model = bmqa.from_config(cfg, 120)
+    init_mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    stage = train.Stage(cfg, stage_name, model, init_mesh, 240, True)
+    host_state = jax.device_get(jax.jit(
+        lambda k, st=stage: st.init_state(st.init_variables(k)))(jax.random.key(0)))
+    print(f"initialised {stage_name}", flush=True)
+    for n in counts:
       mesh = Mesh(np.asarray(jax.devices()[:n]), ("data",))
-      model = bmqa.from_config(cfg, 120)
       stage = train.Stage(cfg, stage_name, model, mesh, 240, True)
+      stage.setup_optimizer(host_state["params"])
       rep = sharding.replicated(mesh)
-      variables = jax.jit(stage.init_variables, out_shardings=rep)(jax.random.key(0))
-      shape = jax.eval_shape(stage.init_state, variables)
-      ss = jax.tree.map(lambda _: rep, shape)
-      state = jax.jit(stage.init_state, out_shardings=ss)(variables)
+      ss = jax.tree.map(lambda _: rep, host_state)
+      state = jax.device_put(host_state, ss)
       step = stage.jit_train_step(ss)
       losses = []
-      for _ in range(3):
+      for _ in range(2):
         state, m = step(state, sharding.put_batch(batch, mesh), jax.random.key(1))
         losses.append(float(m["loss"]))
       leaves = [np.asarray(x, np.float64).ravel() for x in
                 jax.tree.leaves(jax.device_get(state["params"]))]
+      print(f"done {stage_name}/{n}", flush=True)
       out[f"{stage_name}/{n}"] = {"losses": losses,
                                   "params": np.concatenate(leaves).tolist()}
   try:
@@ -69,8 +76,7 @@ def result():
   return json.loads(line[len("RESULT"):])
 
 
-@pytest.mark.parametrize("stage", ["ss", "st"])
-@pytest.mark.parametrize("devices", [6, 8])
+@pytest.mark.parametrize("stage,devices", [("ss", 8), ("st", 6), ("st", 8)])
 def test_same_losses_and_parameters(result, stage, devices):
   one, many = result[f"{stage}/1"], result[f"{stage}/{devices}"]
   np.testing.assert_allclose(many["losses"], one["losses"], rtol=1e-5)

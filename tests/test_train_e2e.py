@@ -94,3 +94,26 @@ def test_evaluate_writes_reports(run):
   assert m["overall"]["n"] == 10 and len(m["per_device"]) == 5
   assert os.path.getsize(os.path.join(ev, "scatter.png")) > 1000
   assert "PLCC" in open(os.path.join(ev, "report.md")).read()
+
+
+def test_score_files_reports_broken_ones(run, tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 60, (300, 500, 3), dtype=np.uint8)).save(
+      tmp_path / "large.jpg")
+  Image.fromarray(rng.integers(0, 65535, (40, 50), dtype=np.uint16)).save(
+      tmp_path / "deep.png")
+  (tmp_path / "broken.jpg").write_bytes((tmp_path / "large.jpg").read_bytes()[:300])
+  out = tmp_path / "scores.json"
+  proc = subprocess.run(
+      [sys.executable, "launch/score.py", f"--workdir={run['workdir']}",
+       "--text=a dim photo of a cat, noisy", "--view=tiles", "--tile_short_side=64",
+       f"--out={out}", str(tmp_path)], cwd=ROOT, env=run["env"], capture_output=True,
+      text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = {os.path.basename(r["path"]): r for r in json.load(open(out))}
+  assert res["broken.jpg"]["score"] is None and "broken.jpg" in res["broken.jpg"]["error"]
+  assert isinstance(res["large.jpg"]["score"], float)
+  assert isinstance(res["deep.png"]["score"], float)
+  assert "1 of 3 file(s) could not be scored" in proc.stderr

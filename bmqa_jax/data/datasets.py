@@ -89,5 +89,11 @@ def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=print) 
     else:
       texts = []
     tok = tokenizer_lib.load_or_train(tok_path, texts, cfg.tokenizer.vocab_size)
+    all_texts = [s.text for ss in out.values() for s in ss]
+    tok.encode(all_texts, cfg.input.max_text_len)
+    if tok.truncated:
+      log(f"WARNING: {tok.truncated} of {len(all_texts)} descriptions are longer than "
+          f"config.input.max_text_len={cfg.input.max_text_len} tokens and are cut; "
+          "raise it (and the text encoder's max_len) or the tokenizer's vocab_size")
   devices = tuple(sorted({s.device for ss in out.values() for s in ss if s.device}))
   return Data(splits=out, tokenizer=tok, devices=devices, manifest=path)

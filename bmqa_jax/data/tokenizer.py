@@ -24,6 +24,7 @@ class Tokenizer:
     if not os.path.isfile(model_path):
       raise FileNotFoundError(f"tokenizer model {model_path!r} does not exist")
     self.path = model_path
+    self.truncated = 0
     self._sp = spm.SentencePieceProcessor(model_file=model_path)
 
   @property
@@ -31,10 +32,16 @@ class Tokenizer:
     return self._sp.get_piece_size()
 
   def encode(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Returns int32 ids [N, max_len] (BOS first, truncated, PAD_ID padded) and mask."""
+    """Returns int32 ids [N, max_len] (BOS first, truncated, PAD_ID padded) and mask.
+
+    `self.truncated` counts the texts of this call that did not fit.
+    """
     ids = np.full((len(texts), max_len), PAD_ID, np.int32)
+    self.truncated = 0
     for i, t in enumerate(texts):
-      piece_ids = [self._sp.bos_id()] + self._sp.encode(t.lower())[:max_len - 1]
+      piece_ids = [self._sp.bos_id()] + self._sp.encode(t.lower())
+      self.truncated += len(piece_ids) > max_len
+      piece_ids = piece_ids[:max_len]
       ids[i, :len(piece_ids)] = piece_ids
     return ids, ids != PAD_ID
 
