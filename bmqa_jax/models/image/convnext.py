@@ -36,6 +36,7 @@ class CNBlock(nn.Module):
                               kernel_init=_trunc_normal_002)
     y = nn.Conv(dim, (7, 7), padding=3, feature_group_count=dim, dtype=self.dtype,
                 param_dtype=self.param_dtype, kernel_init=_trunc_normal_002,
+                conv_general_dilated=layers.conv_general_dilated_for_backend(),
                 name='dwconv')(x)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
                      name='norm')(y)
@@ -69,7 +70,8 @@ class ConvNeXt(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool = False):
     conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
-                             kernel_init=_trunc_normal_002, padding='VALID')
+                             kernel_init=_trunc_normal_002, padding='VALID',
+                             conv_general_dilated=layers.conv_general_dilated_for_backend())
     norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype,
                              param_dtype=self.param_dtype)
     x = conv(self.widths[0], (4, 4), strides=(4, 4), name='stem_conv')(

@@ -197,7 +197,8 @@ class EfficientNet(nn.Module):
     epsilon = self.bn_epsilon if self.bn_epsilon is not None else (1e-3 if lite else 1e-5)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype,
-                             kernel_init=layers.kaiming_normal_fan_out)
+                             kernel_init=layers.kaiming_normal_fan_out,
+                             conv_general_dilated=layers.conv_general_dilated_for_backend())
     norm = functools.partial(nn.BatchNorm, momentum=momentum, epsilon=epsilon,
                              dtype=self.dtype, param_dtype=self.param_dtype)
     act = relu6 if lite else nn.silu

@@ -106,7 +106,8 @@ class ResNet(nn.Module):
   def __call__(self, images, train: bool = False):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype,
-                             kernel_init=layers.kaiming_normal_fan_out)
+                             kernel_init=layers.kaiming_normal_fan_out,
+                             conv_general_dilated=layers.conv_general_dilated_for_backend())
     norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon, dtype=self.dtype,
                              param_dtype=self.param_dtype)

@@ -72,6 +72,7 @@ class VGG(nn.Module):
       else:
         x = nn.Conv(item, (3, 3), padding=1, dtype=self.dtype, param_dtype=self.param_dtype,
                     kernel_init=layers.kaiming_normal_fan_out,
+                    conv_general_dilated=layers.conv_general_dilated_for_backend(),
                     name=f'features_{index}')(x)
         x = nn.relu(x)
         index += 2

@@ -114,6 +114,7 @@ class VisionTransformer(nn.Module):
     x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding='VALID',
                 dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=nn.initializers.truncated_normal(math.sqrt(1 / fan_in)),
+                conv_general_dilated=layers.conv_general_dilated_for_backend(),
                 name='conv_proj')(jnp.asarray(images, self.dtype))
     x = x.reshape(b, -1, self.hidden_dim)
     cls = self.param('class_token', nn.initializers.zeros,
