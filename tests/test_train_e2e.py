@@ -40,10 +40,10 @@ def run(tmp_path_factory):
   deadline = time.time() + 600
   while not _steps(workdir, "st") and proc.poll() is None and time.time() < deadline:
     time.sleep(0.2)
-  killed_at = _steps(workdir, "st")
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   log1.close()
+  killed_at = _steps(workdir, "st")  # after the kill: a save may land meanwhile
   first = open(os.path.join(workdir, "first.log")).read()
   assert killed_at, "stage ST never saved a checkpoint:\n" + first[-3000:]
   before = {s: _steps(workdir, s) for s in ("pt", "ss")}
