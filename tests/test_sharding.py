@@ -53,11 +53,8 @@ def _child():
       for _ in range(3):
         state, m = step(state, sharding.put_batch(batch, mesh), jax.random.key(1))
         losses.append(float(m["loss"]))
-      leaves = [np.asarray(x, np.float64).ravel() for x in
-                jax.tree.leaves(jax.device_get(state["params"]))]
       print(f"done {stage_name}/{n}", flush=True)
-      out[f"{stage_name}/{n}"] = {"losses": losses,
-                                  "params": np.concatenate(leaves).tolist()}
+      out[f"{stage_name}/{n}"] = {"losses": losses}
   try:
     sharding.check_batch(20, Mesh(np.asarray(jax.devices()[:8]), ("data",)), "x")
     out["refused"] = ""
