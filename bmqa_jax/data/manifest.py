@@ -35,8 +35,9 @@ class Sample:
   row: int = 0  # the row number in the manifest, for messages
 
 
-def _read_rows(path: str) -> tuple[list[dict], int]:
-  """Returns (rows, number of the first data row)."""
+def read_rows(path: str) -> tuple[list[dict], int]:
+  """Raw rows of a CSV/JSONL manifest (strings as written) and the number of
+  the first data row, for messages."""
   if not os.path.isfile(path):
     raise ManifestError(f"manifest {path!r} does not exist")
   if path.endswith((".jsonl", ".json")):
@@ -101,7 +102,7 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
     skip_bad: drop bad rows instead of raising; their count and the first
       reasons are logged.
   """
-  rows, first = _read_rows(path)
+  rows, first = read_rows(path)
   if not rows:
     raise ManifestError(f"manifest {path!r} has no rows")
   base = os.path.dirname(os.path.abspath(path))

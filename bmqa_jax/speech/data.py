@@ -13,8 +13,6 @@ step per bucket only.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections.abc import Sequence
 
@@ -22,6 +20,7 @@ import grain
 import numpy as np
 
 from bmqa_jax.speech import text as text_lib
+from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.speech.features import FeatureCache
 
 __all__ = ["read_manifest", "resolve_audio", "SpeechSet", "batch_dataset"]
@@ -29,20 +28,7 @@ __all__ = ["read_manifest", "resolve_audio", "SpeechSet", "batch_dataset"]
 
 def read_manifest(path: str) -> list[dict]:
   """Rows of a CSV or JSONL manifest as dicts (strings as written)."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"manifest not found: {path}")
-  if path.endswith((".jsonl", ".json")):
-    rows = []
-    with open(path, encoding="utf-8") as f:
-      for n, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            rows.append(json.loads(line))
-          except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON: {e}") from e
-    return rows
-  with open(path, newline="", encoding="utf-8") as f:
-    return list(csv.DictReader(f))
+  return manifest_lib.read_rows(path)[0]
 
 
 def resolve_audio(manifest_path: str, rows: list[dict]) -> list[str]:
