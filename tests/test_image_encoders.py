@@ -176,7 +176,7 @@ def test_paper_model_output_shapes_at_224(name, width, tokens):
     (8, 6, 6, 7, 1, ((3, 3), (3, 3)), 6),            # ConvNeXt depthwise
     (16, 3, 8, 4, 4, 'VALID', 1),                    # patchify stem (ViT, ConvNeXt)
 ])
-def test_gemm_weight_gradient_equals_xla(size, channels, out, kernel, stride, padding, groups):
+def test_cpu_convolution_and_gradients_equal_xla(size, channels, out, kernel, stride, padding, groups):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, size, size + 1, channels)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, channels // groups, out)), jnp.float32)
@@ -187,12 +187,12 @@ def test_gemm_weight_gradient_equals_xla(size, channels, out, kernel, stride, pa
                                         feature_group_count=groups)
 
   def gemm(x, w):
-    return layers.conv_general_dilated_gemm_wgrad(x, w, (stride, stride), padding,
+    return layers.cpu_conv_general_dilated(x, w, (stride, stride), padding,
                                                   feature_group_count=groups)
 
   y, ref_vjp = jax.vjp(xla, x, w)
   cotangent = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
   got_y, got_vjp = jax.vjp(gemm, x, w)
-  np.testing.assert_array_equal(got_y, y)
+  np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(y))))
   for got, want in zip(got_vjp(cotangent), ref_vjp(cotangent)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))

@@ -87,57 +87,77 @@ def _patches(x, kernel_hw, strides, pads, out_hw):
   return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_gemm_wgrad(x, w, strides, pads, groups):
-  return jax.lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
-                                      feature_group_count=groups)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_gemm_wgrad(x, w, strides, pads):
+  return jax.lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC)
 
 
-def _conv_fwd(x, w, strides, pads, groups):
-  return _conv_gemm_wgrad(x, w, strides, pads, groups), (x, w)
+def _conv_fwd(x, w, strides, pads):
+  return _conv_gemm_wgrad(x, w, strides, pads), (x, w)
 
 
-def _conv_bwd(strides, pads, groups, residuals, g):
+def _conv_bwd(strides, pads, residuals, g):
   x, w = residuals
   conv = lambda x_: jax.lax.conv_general_dilated(  # noqa: E731
-      x_, w, strides, pads, dimension_numbers=_NHWC, feature_group_count=groups)
+      x_, w, strides, pads, dimension_numbers=_NHWC)
   dx = jax.vjp(conv, x)[1](g)[0]
-  kh, kw, cin_g, cout = w.shape
+  kh, kw, cin, cout = w.shape
   p = _patches(x, (kh, kw), strides, pads, g.shape[1:3])
-  if groups == 1:
-    dw = jax.lax.dot_general(p.reshape(-1, kh * kw * cin_g), g.reshape(-1, cout),
-                             (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-    dw = dw.reshape(kh, kw, cin_g, cout)
-  else:  # depthwise (one input channel per group, as in EfficientNet and ConvNeXt)
-    taps = p.reshape(p.shape[:3] + (kh * kw, cout)).astype(jnp.float32)
-    dw = jnp.einsum('bhwtc,bhwc->tc', taps, g.astype(jnp.float32)).reshape(kh, kw, 1, cout)
+  dw = jax.lax.dot_general(p.reshape(-1, kh * kw * cin), g.reshape(-1, cout),
+                           (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  dw = dw.reshape(kh, kw, cin, cout)
   return dx, dw.astype(w.dtype)
 
 
 _conv_gemm_wgrad.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_general_dilated_gemm_wgrad(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                                    rhs_dilation=None, dimension_numbers=None,
-                                    feature_group_count=1, precision=None, **kwargs):
-  """Drop-in ``lax.conv_general_dilated`` (the ``conv_general_dilated`` field of
-  ``nn.Conv``) whose kernel gradient is one matrix product over im2col patches.
+def _depthwise_shifted_sum(x, w, strides, pads):
+  """Depthwise convolution (kernel ``[Kh, Kw, 1, C]``) as a sum of ``Kh·Kw``
+  shifted, strided slices times per-channel weights: elementwise work that XLA
+  fuses, where XLA:CPU's grouped convolution runs a generic loop (37× slower
+  forward and 6× slower gradient for ConvNeXt's 7×7 at 56 px). Gradients by
+  autodiff of the same sum."""
+  kh, kw = w.shape[:2]
+  sh, sw = strides
+  b, h, wd, c = x.shape
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  ho = (h + sum(pads[0]) - kh) // sh + 1
+  wo = (wd + sum(pads[1]) - kw) // sw + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      tap = jax.lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                          (1, sh, sw, 1))
+      term = tap * w[i, j, 0]
+      out = term if out is None else out + term
+  return out
 
-  Same forward and input gradient as XLA's; only the weight gradient is
-  computed differently (same sums, another order). XLA:CPU lowers the
-  weight-gradient convolution (batch and feature axes swapped) to a slow
-  generic loop — 5–40× the forward's time — while the GEMM runs at the
-  forward's speed (see the README benchmark). Falls back to the plain
-  convolution for dilation, precision settings, other layouts and groups that
-  are neither 1 nor depthwise.
+
+def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                             rhs_dilation=None, dimension_numbers=None,
+                             feature_group_count=1, precision=None, **kwargs):
+  """Drop-in ``lax.conv_general_dilated`` (the ``conv_general_dilated`` field of
+  ``nn.Conv``) for the convolutions XLA:CPU runs slowly.
+
+  * Ordinary convolutions: XLA's forward and input gradient; the kernel
+    gradient is one matrix product over im2col patches. XLA:CPU lowers the
+    weight-gradient convolution (batch and feature axes swapped) to a generic
+    loop, 5–40× the forward's time; the GEMM runs at about the forward's speed.
+  * Depthwise convolutions: :func:`_depthwise_shifted_sum`.
+
+  Same sums as XLA's convolution in another order (float32 differences ~1e-7
+  relative). Falls back to ``lax.conv_general_dilated`` for dilation,
+  precision settings, non-2-D inputs and groups that are neither 1 nor
+  depthwise.
   """
-  del dimension_numbers  # nn.Conv passes NHWC/HWIO for 2-D inputs, checked below
+  del dimension_numbers  # nn.Conv passes NHWC/HWIO for 2-D inputs
   cin, cout = lhs.shape[-1], rhs.shape[-1]
+  depthwise = feature_group_count == cin != 1 and rhs.shape[2] == 1 and cout == cin
   plain = (lhs.ndim != 4 or kwargs or precision is not None
            or any(d != 1 for d in (lhs_dilation or (1, 1)))
            or any(d != 1 for d in (rhs_dilation or (1, 1)))
-           or feature_group_count not in (1, cin)
-           or (feature_group_count == cin != 1 and (rhs.shape[2] != 1 or cout != cin)))
+           or not (feature_group_count == 1 or depthwise))
   if plain:
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
@@ -146,16 +166,18 @@ def conv_general_dilated_gemm_wgrad(lhs, rhs, window_strides, padding, lhs_dilat
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
   pads = tuple(tuple(int(v) for v in p) for p in padding)
-  return _conv_gemm_wgrad(lhs, rhs, tuple(int(s) for s in window_strides), pads,
-                          int(feature_group_count))
+  strides = tuple(int(s) for s in window_strides)
+  if depthwise:
+    return _depthwise_shifted_sum(lhs, rhs, strides, pads)
+  return _conv_gemm_wgrad(lhs, rhs, strides, pads)
 
 
 CONV_WEIGHT_GRAD_ENV = 'BMQA_CONV_WEIGHT_GRAD'
 
 
 def conv_general_dilated_for_backend():
-  """The convolution for ``nn.Conv(conv_general_dilated=...)``: the GEMM
-  weight gradient on CPU, XLA's own elsewhere (cuDNN's is fast on GPU).
+  """The convolution for ``nn.Conv(conv_general_dilated=...)``:
+  :func:`cpu_conv_general_dilated` on CPU, XLA's own elsewhere (cuDNN is fast).
   The environment variable ``BMQA_CONV_WEIGHT_GRAD`` = ``gemm`` / ``xla``
   overrides the choice (read when the model is traced)."""
   choice = os.environ.get(CONV_WEIGHT_GRAD_ENV, 'auto')
@@ -163,4 +185,4 @@ def conv_general_dilated_for_backend():
     raise ValueError(f'{CONV_WEIGHT_GRAD_ENV}={choice!r}: expected auto, gemm or xla')
   if choice == 'auto':
     choice = 'gemm' if jax.default_backend() == 'cpu' else 'xla'
-  return conv_general_dilated_gemm_wgrad if choice == 'gemm' else None
+  return cpu_conv_general_dilated if choice == 'gemm' else None
