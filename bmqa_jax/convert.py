@@ -23,13 +23,16 @@ Nothing is downloaded: callers pass arrays they loaded from their own files
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bmqa_jax import torch_file
 from bmqa_jax.models import image
 
 Array = np.ndarray
@@ -302,20 +305,16 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **create_kwargs: Any):
 
 def load_state_dict(path: str) -> dict[str, Array]:
   """Reads a PyTorch state dict from ``.safetensors`` or a ``torch.save`` file
-  (``.pth``/``.pt``/``.bin``; torch is imported only then, and loads with
-  ``weights_only=True``). A checkpoint dict holding the weights under
-  ``'state_dict'`` or ``'model'`` is unwrapped, and a ``'module.'`` prefix
-  (``DataParallel``) is removed. Returns name → float numpy array."""
+  (``.pth``/``.pt``/``.bin``, read by :mod:`bmqa_jax.torch_file` without
+  PyTorch and without running pickled code). A checkpoint dict holding the
+  weights under ``'state_dict'`` or ``'model'`` is unwrapped, and a
+  ``'module.'`` prefix (``DataParallel``) is removed. Returns name → numpy array
+  (floating tensors as float32)."""
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     sd = load_file(path)
   else:
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError(f'reading {path} needs PyTorch (pip install torch); '
-                        'or convert it to .safetensors elsewhere') from e
-    obj = torch.load(path, map_location='cpu', weights_only=True)
+    obj = torch_file.load(path)
     for wrapper in ('state_dict', 'model'):
       if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
         obj = obj[wrapper]
@@ -324,9 +323,9 @@ def load_state_dict(path: str) -> dict[str, Array]:
                             f'got {type(obj).__name__}')
     sd = {}
     for k, v in obj.items():
-      if not hasattr(v, 'detach'):
+      if not isinstance(v, np.ndarray):
         raise ConversionError(f'{path}: entry {k!r} is a {type(v).__name__}, not a tensor')
-      sd[k] = v.detach().cpu().float().numpy() if v.is_floating_point() else v.numpy()
+      sd[k] = v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
   if sd and all(k.startswith('module.') for k in sd):
     sd = {k[len('module.'):]: v for k, v in sd.items()}
   return sd
@@ -367,3 +366,25 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
       node = node.setdefault(k, {})
     node[path[-1]] = v
   return out
+
+
+def convert_file(name: str, src: str, out: str, keep_head: bool = False,
+                 num_classes: int | None = None) -> int:
+  """PyTorch weights file → orbax checkpoint at ``out``; returns the value count.
+
+  Written to ``out + '.tmp'`` first and renamed when complete, so ``out``
+  exists only as a whole checkpoint."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  kwargs = {} if num_classes is None else {'num_classes': num_classes}
+  variables = from_torch(name, load_state_dict(src), **kwargs)
+  if not (keep_head or num_classes):
+    variables = drop_head(name, variables)
+  out = os.path.abspath(out)
+  tmp = out + '.tmp'
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp, variables)
+  checkpointer.wait_until_finished()
+  os.replace(tmp, out)
+  return sum(v.size for tree in variables.values() for v in flatten(tree).values())

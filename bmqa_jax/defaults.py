@@ -15,7 +15,9 @@ import ml_collections as mlc
 def stage(**kw) -> mlc.ConfigDict:
   """One training stage; the trainer runs every stage with the same code."""
   c = mlc.ConfigDict(dict(
-      loss="mse",  # 'info_nce' (Eq. 11–13) or 'mse' (Eq. 14)
+      # 'info_nce' (Eq. 11–13; PT strategy FM), 'mse' (Eq. 14), or the PT
+      # strategies 'classify' (CL) and 'restore' (RE) of Table 2 (config.pretrain).
+      loss="mse",
       data="train",  # 'train': manifest train split; 'pretrain': caption pairs
       epochs=1.0,
       batch_size=16,  # global batch, divided over all devices
@@ -24,12 +26,21 @@ def stage(**kw) -> mlc.ConfigDict:
       warmup_epochs=0.0,
       decay_boundaries_epochs=(),  # piecewise: epochs where lr is multiplied
       decay_factor=1.0,  # piecewise: by this factor
+      optimizer="adamw",  # 'adamw' (the paper's Adam) or 'sgd' (tests)
+      momentum=0.0,  # sgd only; 0: plain gradient descent
       adam_b1=0.9,
       adam_b2=0.999,
       weight_decay=0.0,
       grad_clip_norm=0.0,  # 0: no clipping
       trainable=".*",  # regex over parameter paths ('img_align/...'); rest frozen
       init="previous",  # 'previous': weights of the stage before; 'fresh'
+      # Towers of this stage's model, e.g. ('image', 'text') for SS before an
+      # image-only ST (Table 2 (c)); () = config.model.modalities.
+      modalities=(),
+      # Microbatches per step: the global batch is split into this many parts
+      # whose gradients are averaged (BatchNorm statistics and the InfoNCE
+      # negatives are then per microbatch; see bmqa_jax/train.py).
+      grad_accum_steps=1,
       checkpoint_every_steps=200,
       keep_checkpoints=2,
       log_every_steps=20,
@@ -45,14 +56,26 @@ def base_config() -> mlc.ConfigDict:
   c.stages = "pt,ss,st"  # comma-separated names of sub-configs, run in order
 
   c.data = mlc.ConfigDict(dict(
-      kind="builtin",  # 'builtin' (generated) or 'manifest'
+      kind="builtin",  # 'builtin' (generated), 'manifest' or 'tfds'
       manifest="",  # kind=manifest: the CSV/JSONL (DESIGN.md §4)
+      tfds_name="",  # kind=tfds: mliq, dark4k, nnid, biq2021, iqa_folder[/config]
+      tfds_dir="",  # kind=tfds: the TFDS data_dir it was prepared in
       pretrain_manifest="",  # caption pairs for stage PT (image, text); '' = none
+      # Caption pairs of stage PT: 'manifest' (pretrain_manifest, or the built-in
+      # data's pretrain.csv) or 'coco' (a prepared TFDS coco_captions in coco_dir).
+      pretrain_source="manifest",
+      coco_dir="",  # TFDS data_dir holding coco_captions/ (never downloaded)
+      coco_split="train",
       builtin_dir="",  # '' = $BMQA_DATA_DIR or ~/.cache/bmqa_jax, keyed by args
       train_split="train",
       val_split="val",
       test_split="test",
-      text_source="text",  # 'text' (manifest transcripts) or 'none' (image only)
+      # Descriptions: 'text' (manifest transcripts), 'audio' (the recogniser in
+      # asr_workdir transcribes `audio`), 'captioner' (the captioner in
+      # captioner_workdir describes each image, Eq. 16) or 'none' (image only).
+      text_source="text",
+      asr_workdir="",  # launch/train_asr.py workdir, for text_source='audio'
+      captioner_workdir="",  # launch/train_captioner.py workdir, for 'captioner'
       check_images=True,  # decode every image before training starts
       skip_bad_rows=False,  # drop bad manifest rows (counted) instead of failing
       mos_range=(0.0, 1.0),
@@ -79,7 +102,12 @@ def base_config() -> mlc.ConfigDict:
   c.model.learn_temperature = True
   c.model.temperature_range = (0.01, 1.0)
 
-  c.mesh = mlc.ConfigDict(dict(data=-1))  # -1: all devices on the data axis
+  # Devices as a (data, model) mesh: the batch is split over 'data'; with
+  # model > 1 every parameter of at least `shard_min_size` elements (and its
+  # optimiser state) is split over 'model' along its largest divisible axis.
+  # data=-1: all devices not on the model axis.
+  c.mesh = mlc.ConfigDict(dict(data=-1, model=1, shard_min_size=2**18))
+  c.paper_ref = ""  # e.g. 'table1/convnext_base+transformer', 'table2/e'
 
   # Sec. 5.1.3: PT 50 epochs batch 768 lr 1e-3 cosine; SS 20 epochs batch 256
   # lr 4e-5 fixed; ST 300 epochs batch 16 lr 8e-5, ×0.95 at epochs 150 and 250.
@@ -91,4 +119,98 @@ def base_config() -> mlc.ConfigDict:
                learning_rate=8e-5, schedule="piecewise",
                decay_boundaries_epochs=(150, 250), decay_factor=0.95)
   c.eval = mlc.ConfigDict(dict(batch_size=32))
+  # Stage-PT strategies CL ('classify') and RE ('restore') (Sec. 5.3, Table 2 f–g).
+  # The paper gives no numbers for them; these follow MAE (image patches) and
+  # BERT (words).
+  c.pretrain = mlc.ConfigDict(dict(
+      categories=(),  # CL labels: category names the captions name; () = the
+      # data's own (built-in scenes' objects, or COCO's 80)
+      classify_weight_image=1.0, classify_weight_text=1.0,
+      patch=16,  # RE: side of the blanked image patches (divides input.image_size)
+      mask_ratio_image=0.5,  # RE: fraction of patches blanked
+      mask_ratio_text=0.15,  # RE: fraction of words (after BOS) replaced
+      mask_token_id=1,  # RE: the id that replaces them (sentencepiece <unk>)
+      decoder_dim=256,  # RE: hidden width of the pixel decoder
+      restore_weight_image=1.0, restore_weight_text=1.0,
+  ))
   return c
+
+
+# Sec. 5.1.3: ST starts at lr 8e-5 for VGG/ResNet/EfficientNet and 6.4e-5 for
+# ViT/ConvNeXt (×0.95 at epochs 150 and 250 for both).
+ST_LEARNING_RATE = {"vit": 6.4e-5, "convnext": 6.4e-5}
+ST_LEARNING_RATE_DEFAULT = 8e-5
+# Table 1's names of the text encoders → registered names (models/text.py).
+TEXT_ALIASES = {"rnn": "gru", "transf": "transformer"}
+# The text towers at the paper's width (512, as TransF's).
+TEXT_KWARGS = {
+    "bow": dict(width=512, depth=1, mlp_dim=1024),
+    "gru": dict(width=512, depth=1, embed_dim=512),
+    "lstm": dict(width=512, depth=1, embed_dim=512),
+    "transformer": dict(width=512, depth=6, num_heads=8, mlp_dim=2048, max_len=64),
+}
+# runlocal: the small encoder of each family (models/image/__init__.py).
+SMALL_IMAGE = {"vgg": "vgg_tiny", "resnet": "resnet_tiny",
+               "efficientnet": "efficientnet_tiny", "vit": "vit_tiny",
+               "convnext": "convnext_mini"}
+
+
+def paper_config(img: str, txt: str | None, args: dict[str, str]) -> mlc.ConfigDict:
+  """The base config with the paper's towers, ST learning rate and the data args.
+
+  `img`/`txt`: registered encoder names (or Table 1's aliases rnn, transf);
+  `txt=None` leaves the text tower at its default (image-only models ignore it).
+  `args` (from a config's `:k=v,...`): data=builtin|manifest, manifest=PATH,
+  pretrain_manifest=PATH, init=DIR (orbax image-tower weights), runlocal.
+  """
+  from bmqa_jax.models import image  # pylint: disable=g-import-not-at-top
+  c = base_config()
+  family = image.family(img)
+  c.model.image = dict(name=img, init=args.get("init", ""), kwargs={})
+  if txt is not None:
+    txt = TEXT_ALIASES.get(txt, txt)
+    c.model.text = dict(name=txt, kwargs=dict(TEXT_KWARGS.get(txt, {})))
+  c.st.learning_rate = ST_LEARNING_RATE.get(family, ST_LEARNING_RATE_DEFAULT)
+  data = args.get("data", "builtin")
+  if data == "builtin":
+    # The built-in data has 160 training caption pairs: PT takes batches of 128
+    # (the paper's per-GPU batch) instead of 768, every other number as in MLIQ.
+    c.pt.batch_size = 128
+  elif data == "manifest":
+    c.data.kind = "manifest"
+    c.data.manifest = args.get("manifest", "")
+    c.data.pretrain_manifest = args.get("pretrain_manifest", "")
+    if not c.data.manifest:
+      raise ValueError("data=manifest needs manifest=PATH (an MLIQ-style manifest)")
+  else:
+    raise ValueError(f"data={data!r}: 'builtin' or 'manifest'")
+  if args.get("runlocal", "False") not in ("False", "0", ""):
+    runlocal(c, family)
+  return c
+
+
+def runlocal(c: mlc.ConfigDict, family: str) -> None:
+  """Shrinks a paper config to the size of configs/quickstart.py (CPU, minutes).
+
+  The small encoder of the same image family at 96 px, a 128-wide text tower of
+  the same kind, a 256-wide alignment, and quickstart's epochs and batches;
+  which stages run, their losses and towers stay those of the config.
+  """
+  c.input.update(image_size=96, resize_size=104, crop_scale=(0.5, 1.0),
+                 max_text_len=64)
+  c.tokenizer.vocab_size = 1000
+  small = SMALL_IMAGE[family]
+  c.model.image.name = small
+  c.model.image.kwargs = {"image_size": 96} if family == "vit" else {}
+  rnn = dict(width=128, depth=1, embed_dim=128)
+  c.model.text.kwargs = dict(
+      {"transformer": dict(width=128, depth=2, num_heads=4, mlp_dim=256, max_len=64),
+       "bow": dict(width=128, depth=1, mlp_dim=256), "gru": rnn, "lstm": rnn}.get(
+           c.model.text.name, c.model.text.kwargs))
+  c.model.align = dict(width=256, heads=8, qkv_dim=256, mlp_dim=512)
+  c.model.temperature_init = 0.1
+  c.pt.update(epochs=20, batch_size=32, learning_rate=1e-3, warmup_epochs=1)
+  c.ss.update(epochs=6, batch_size=32, learning_rate=3e-4)
+  c.st.update(epochs=30, batch_size=32, learning_rate=1e-3, schedule="cosine",
+              warmup_epochs=1, decay_boundaries_epochs=())
+  c.eval.batch_size = 64

@@ -82,14 +82,39 @@ def load_model(workdir: str):
 
 
 def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "test",
-                     out_dir: str | None = None, log=print) -> dict:
+                     out_dir: str | None = None, log=print, text_source: str | None = None,
+                     captioner: str | None = None, asr: str | None = None,
+                     manifest_split: str | None = None) -> dict:
+  """Scores a split or manifest; writes out_dir (default workdir/eval).
+
+  `text_source` ('text', 'audio', 'captioner'; default the run's
+  config.data.text_source, or 'captioner' when `captioner` is given) says where
+  the descriptions come from; `captioner`/`asr` are the generating models'
+  workdirs. With 'captioner' a manifest needs no text (image-only BMQA, Eq. 16),
+  and the model trained on image+text is used as it is. `manifest_split`: score
+  only the manifest's rows of this split (default every row).
+  """
   cfg, model, variables, tok = load_model(workdir)
   has_text = tok is not None
+  from bmqa_jax.captioner import descriptions  # pylint: disable=g-import-not-at-top
+  source = text_source or ("captioner" if captioner else
+                           cfg.data.get("text_source", "text"))
+  descriptions.check_source(source)
+  cfg.data.text_source = source
+  cfg.data.captioner_workdir = captioner or cfg.data.get("captioner_workdir", "")
+  cfg.data.asr_workdir = asr or cfg.data.get("asr_workdir", "")
+  if not has_text and source in descriptions.GENERATED:
+    log(f"note: {workdir} is an image-only model; no descriptions are generated")
   if manifest:
-    samples = manifest_lib.load(manifest, require_mos=True, require_text=has_text,
+    given = has_text and source == "text"
+    samples = manifest_lib.load(manifest, require_mos=True, require_text=given,
                                 check_images=cfg.data.check_images,
+                                splits=[manifest_split] if manifest_split else None,
                                 skip_bad=cfg.data.skip_bad_rows, log=log)
-    name = os.path.basename(manifest)
+    if has_text and not given:
+      samples = descriptions.fill(samples, source, cfg.data[
+          "asr_workdir" if source == "audio" else "captioner_workdir"], workdir, log)
+    name = os.path.basename(manifest) + (f" ({manifest_split})" if manifest_split else "")
   else:
     data = datasets.load(cfg, workdir, (split,), log=log)
     samples = data.splits[split]
@@ -104,8 +129,12 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
   result = {"overall": g["overall"], "per_device": g["per_group"] if devices else {},
             "dataset": name, "workdir": os.path.abspath(workdir),
             "score_range": list(cfg.data.mos_range), "higher_is_better": True}
+  if has_text:
+    result["text_source"] = source
   out_dir = out_dir or os.path.join(workdir, "eval")
   write_outputs(out_dir, result, samples, preds)
+  if has_text and source in descriptions.GENERATED:
+    descriptions.write_csv(os.path.join(out_dir, "descriptions.csv"), samples, source)
   log(format_table(result))
   return result
 

@@ -1,4 +1,5 @@
-"""Losses of BMQA: cosine similarity (Eq. 9), symmetric InfoNCE (Eq. 11–13), MSE (Eq. 14)."""
+"""Losses of BMQA: cosine similarity (Eq. 9), symmetric InfoNCE (Eq. 11–13),
+MSE (Eq. 14), and the pretraining strategies CL and RE of stage PT (Table 2 f–g)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,46 @@ def mse(pred: jax.Array, target: jax.Array, weights: jax.Array | None = None) ->
   if weights is None:
     return jnp.mean(err)
   return jnp.sum(err * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def multilabel_sigmoid_ce(logits: jax.Array, labels: jax.Array,
+                          weights: jax.Array | None = None) -> jax.Array:
+  """Pretraining strategy CL (Table 2 f): one binary cross-entropy per category.
+
+  −[y log σ(z) + (1 − y) log(1 − σ(z))] summed over the categories and averaged
+  over the batch (rows weighted by `weights` when given).
+  """
+  per_class = jnp.maximum(logits, 0) - logits * labels + jnp.log1p(
+      jnp.exp(-jnp.abs(logits)))
+  return _weighted_mean(per_class.sum(-1), weights)
+
+
+def masked_pixel_mse(pred: jax.Array, target: jax.Array,
+                     pixel_mask: jax.Array) -> jax.Array:
+  """Pretraining strategy RE (Table 2 g), image side: MSE over the blanked pixels.
+
+  `pred`, `target` [B, H, W, C]; `pixel_mask` [B, H, W] True where the input was
+  blanked; the mean runs over those pixels and the channels.
+  """
+  m = pixel_mask[..., None].astype(pred.dtype)
+  err = ((pred - target) ** 2 * m).sum()
+  return err / jnp.maximum(m.sum() * pred.shape[-1], 1.0)
+
+
+def masked_token_ce(logits: jax.Array, targets: jax.Array,
+                    word_mask: jax.Array) -> jax.Array:
+  """Pretraining strategy RE (Table 2 g), text side: masked-word cross-entropy.
+
+  `logits` [B, L, V], `targets` [B, L] the original ids, `word_mask` [B, L]
+  True at the replaced words; the mean runs over those words.
+  """
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  m = word_mask.astype(nll.dtype)
+  return (nll * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+
+def _weighted_mean(x: jax.Array, weights: jax.Array | None) -> jax.Array:
+  if weights is None:
+    return jnp.mean(x)
+  return jnp.sum(x * weights) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -1,11 +1,23 @@
-"""Device mesh and placement: the batch is split over the `data` axis of a Mesh.
+"""Device mesh and placement: a (data, model) Mesh, batch over `data`, FSDP over `model`.
 
 The same code runs on one CPU, several GPUs or many hosts: with several processes
-call `jax.distributed.initialize()` before anything else (see launch/train.py);
-each process then feeds its share of the global batch.
+call `jax.distributed.initialize()` before anything else (launch/train.py
+--multihost); each process then feeds its share of the global batch.
+
+`config.mesh = dict(data=-1, model=1)` (bmqa_jax/defaults.py) puts every device
+on the `data` axis: parameters and optimiser state are replicated and the batch
+is split (data parallelism). With `model=M > 1` the devices form a
+`data × M` grid; every parameter of at least `config.mesh.shard_min_size`
+elements, and the optimiser moments of the same shape, is split into M pieces
+along its largest axis divisible by M (fully-sharded data parallelism), so the
+large towers (ConvNeXt-B, ViT-B) need 1/M of the memory per device. XLA gathers
+the pieces where a layer needs them; the result equals data parallelism.
 """
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import jax
 import ml_collections as mlc
@@ -13,19 +25,34 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def make_mesh(cfg: mlc.ConfigDict) -> Mesh:
-  n = jax.device_count()
-  data = cfg.mesh.data if cfg.mesh.data > 0 else n
-  if data != n:
-    raise ValueError(f"config.mesh.data={cfg.mesh.data} but there are {n} devices")
-  return Mesh(np.asarray(jax.devices()).reshape(data), ("data",))
+def make_mesh(cfg: mlc.ConfigDict, devices=None) -> Mesh:
+  """The ('data', 'model') mesh of `config.mesh` over `devices` (default: all)."""
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  model = int(cfg.mesh.get("model", 1))
+  if model < 1 or n % model:
+    raise ValueError(f"config.mesh.model={model} does not divide the {n} devices")
+  data = cfg.mesh.data if cfg.mesh.data > 0 else n // model
+  if data * model != n:
+    raise ValueError(f"config.mesh.data={cfg.mesh.data} × config.mesh.model={model} "
+                     f"is not the {n} devices there are; use data=-1")
+  return Mesh(np.asarray(devices).reshape(data, model), ("data", "model"))
 
 
-def check_batch(batch_size: int, mesh: Mesh, what: str) -> None:
-  if batch_size % mesh.size:
+def data_size(mesh: Mesh) -> int:
+  return mesh.shape["data"]
+
+
+def check_batch(batch_size: int, mesh: Mesh, what: str, accum_steps: int = 1) -> None:
+  """Raises unless `batch_size` splits evenly into microbatches over `data`."""
+  n = data_size(mesh)
+  if batch_size % n:
     raise ValueError(f"{what}: global batch {batch_size} is not divisible by the "
-                     f"{mesh.size} devices of the mesh; choose a multiple of "
-                     f"{mesh.size}")
+                     f"{n} devices of the mesh's data axis; choose a multiple of {n}")
+  if batch_size % (n * accum_steps):
+    raise ValueError(f"{what}: global batch {batch_size} does not split into "
+                     f"{accum_steps} microbatches (grad_accum_steps) over {n} "
+                     f"devices; choose a multiple of {n * accum_steps}")
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -36,8 +63,54 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
+def leaf_spec(shape: tuple[int, ...], model: int, min_size: int) -> P:
+  """P with 'model' on the largest axis divisible by `model` (ties: the last)."""
+  if model <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  axes = [i for i, d in enumerate(shape) if d % model == 0]
+  if not axes:
+    return P()
+  best = max(axes, key=lambda i: (shape[i], i))
+  return P(*[("model" if i == best else None) for i in range(len(shape))])
+
+
+def state_sharding(tree: Any, mesh: Mesh, min_size: int) -> Any:
+  """A NamedSharding per leaf of a (params or train-state) shape tree.
+
+  The rule depends on the shape only, so Adam's moments get the sharding of
+  their parameter; scalars (step, counts) are replicated.
+  """
+  model = mesh.shape["model"]
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, leaf_spec(tuple(x.shape), model, min_size)), tree)
+
+
 def put_batch(batch: dict, mesh: Mesh) -> dict:
   """Host-local numpy batch → global arrays sharded over `data`."""
   sh = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sh, np.asarray(v))
           for k, v in batch.items()}
+
+
+def slurm_local_device_ids(environ=None) -> list[int] | None:
+  """Every GPU of the host when SLURM runs one task per node, else None.
+
+  `jax.distributed.initialize()` reads the cluster from SLURM's variables but
+  then gives each process only the GPU numbered by its local task id (one task
+  per GPU). With one task per host (launch/slurm/train.sbatch) the process must
+  own all the host's GPUs instead: SLURM_GPUS_ON_NODE of them.
+  """
+  env = os.environ if environ is None else environ
+  per_node = env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", ""))
+  gpus = env.get("SLURM_GPUS_ON_NODE", "")
+  if "SLURM_JOB_ID" in env and per_node.split("(")[0] == "1" and gpus.isdigit():
+    return list(range(int(gpus)))
+  return None
+
+
+def initialize_distributed(log=print) -> None:
+  """`jax.distributed.initialize()` for SLURM (one task per host) or a Cloud TPU VM."""
+  ids = slurm_local_device_ids()
+  jax.distributed.initialize(local_device_ids=ids)
+  log(f"process {jax.process_index()}/{jax.process_count()}: "
+      f"{jax.local_device_count()} local of {jax.device_count()} devices")

@@ -15,13 +15,12 @@ optimiser), so running the same command again continues where it stopped.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
 import re
 import time
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import grain
@@ -36,11 +35,16 @@ from tensorboardX import SummaryWriter
 
 from bmqa_jax import losses
 from bmqa_jax import sharding
+from bmqa_jax.data import categories
 from bmqa_jax.data import datasets
 from bmqa_jax.data import pipeline
 from bmqa_jax.models import bmqa as bmqa_lib
+from bmqa_jax.models import pretrain
+from bmqa_jax.models.image import pretrained
 
 State = dict[str, Any]
+# config.<stage>.loss: Eq. 11–13 (PT strategy FM, SS), Eq. 14 (ST), PT CL and RE.
+LOSSES = ("info_nce", "mse", "classify", "restore")
 
 
 def pipeline_config(cfg: mlc.ConfigDict) -> pipeline.PipelineConfig:
@@ -96,8 +100,13 @@ def make_optimizer(scfg, schedule, labels) -> optax.GradientTransformation:
   parts = []
   if scfg.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(scfg.grad_clip_norm))
-  parts.append(optax.adamw(schedule, b1=scfg.adam_b1, b2=scfg.adam_b2,
-                           weight_decay=scfg.weight_decay))
+  if scfg.optimizer == "adamw":
+    parts.append(optax.adamw(schedule, b1=scfg.adam_b1, b2=scfg.adam_b2,
+                             weight_decay=scfg.weight_decay))
+  elif scfg.optimizer == "sgd":
+    parts.append(optax.sgd(schedule, momentum=scfg.momentum or None))
+  else:
+    raise ValueError(f"unknown optimizer {scfg.optimizer!r}: 'adamw' or 'sgd'")
   return optax.multi_transform(
       {"train": optax.chain(*parts), "frozen": optax.set_to_zero()}, labels)
 
@@ -108,10 +117,19 @@ class Stage:
   def __init__(self, cfg, name, model, mesh, num_train, has_text):
     self.cfg, self.name, self.model, self.mesh = cfg, name, model, mesh
     self.scfg = scfg = cfg[name]
-    if scfg.loss == "info_nce" and not has_text:
-      raise ValueError(f"stage {name}: InfoNCE needs the text tower "
+    if scfg.loss not in LOSSES:
+      raise ValueError(f"config.{name}.loss={scfg.loss!r}: unknown; known: {LOSSES}")
+    if scfg.loss == "info_nce" and set(cfg.model.modalities) != {"image", "text"}:
+      raise ValueError(f"stage {name}: InfoNCE needs the image and the text tower "
                        f"(config.model.modalities={cfg.model.modalities})")
-    sharding.check_batch(scfg.batch_size, mesh, f"config.{name}.batch_size")
+    if scfg.loss == "classify" and not categories.for_config(cfg):
+      raise ValueError(f"stage {name}: loss 'classify' needs object categories: "
+                       "set config.pretrain.categories (names the captions use)")
+    # CL / RE run the pretraining heads (models/pretrain.py); None: no heads.
+    self.objective = scfg.loss if scfg.loss in pretrain.OBJECTIVES else None
+    self.accum = int(scfg.get("grad_accum_steps", 1))
+    sharding.check_batch(scfg.batch_size, mesh, f"config.{name}.batch_size",
+                         self.accum)
     self.spe = steps_per_epoch(num_train, scfg.batch_size)
     self.total_steps = max(1, int(math.ceil(scfg.epochs * self.spe)))
     self.schedule = make_schedule(scfg, self.spe, self.total_steps)
@@ -128,7 +146,8 @@ class Stage:
   def init_variables(self, rng) -> dict:
     b = self.dummy_batch()
     return self.model.init({"params": rng, "dropout": rng}, b["image"],
-                           b.get("text_ids"), b.get("text_mask"), train=False)
+                           b.get("text_ids"), b.get("text_mask"), train=False,
+                           objective=self.objective)
 
   def setup_optimizer(self, params):
     regex = self.scfg.trainable
@@ -155,31 +174,37 @@ class Stage:
       loss = losses.symmetric_info_nce(out["img"], out["txt"], tau)
     elif self.scfg.loss == "mse":
       loss = losses.mse(out["score"], batch["mos"])
-    else:
-      raise ValueError(f"unknown loss {self.scfg.loss!r}")
+    else:  # 'classify' / 'restore': stage-PT strategies CL / RE (Table 2 f–g)
+      loss, parts = pretrain.loss(self.scfg.loss, out, batch, self.cfg.pretrain)
+      return loss, dict(parts, loss=loss, temperature=tau)
     return loss, {"loss": loss, "temperature": tau}
 
   def train_step(self, state: State, batch: dict, rng) -> tuple[State, dict]:
     has_bs = bool(state["batch_stats"])
     mutable = ["batch_stats"] if has_bs and self.train_image else False
 
-    def loss_fn(params):
+    def loss_fn(params, batch_stats, batch, dropout_rng):
       variables = {"params": params}
       if has_bs:
-        variables["batch_stats"] = state["batch_stats"]
+        variables["batch_stats"] = batch_stats
+      if self.objective == "restore":  # RE: mask patches and words (Table 2 g)
+        batch = pretrain.corrupt(batch, jax.random.fold_in(dropout_rng, 1),
+                                 self.cfg.pretrain, "image" in self.cfg.model.modalities,
+                                 self.has_text)
       res = self.model.apply(
           variables, batch["image"], batch.get("text_ids"), batch.get("text_mask"),
-          train=True, train_image=self.train_image,
-          rngs={"dropout": jax.random.fold_in(rng, state["step"])}, mutable=mutable)
+          train=True, train_image=self.train_image, objective=self.objective,
+          rngs={"dropout": dropout_rng}, mutable=mutable)
       out, upd = res if mutable else (res, {})
       loss, metrics = self.loss_and_metrics(out, batch)
-      return loss, (upd.get("batch_stats", state["batch_stats"]), metrics)
+      return loss, (upd.get("batch_stats", batch_stats), metrics)
 
-    (_, (bs, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"])
+    grads, bs, metrics = accumulate_gradients(
+        loss_fn, state["params"], state["batch_stats"], batch,
+        jax.random.fold_in(rng, state["step"]), self.accum, self.mesh)
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = self.schedule(state["step"])
     return dict(step=state["step"] + 1, params=params, batch_stats=bs,
                 opt_state=opt_state), metrics
@@ -191,8 +216,47 @@ class Stage:
                    out_shardings=(state_sharding, rep), donate_argnums=(0,))
 
 
+def accumulate_gradients(loss_fn, params, batch_stats, batch: dict, rng,
+                         steps: int, mesh) -> tuple[Any, Any, dict]:
+  """(gradients, batch_stats, metrics) of `loss_fn` over `steps` microbatches.
+
+  `loss_fn(params, batch_stats, microbatch, rng) -> (loss, (batch_stats,
+  metrics))`. Microbatch i holds rows i, i + steps, i + 2·steps, … of the
+  global batch, so every device of the `data` axis takes part in each one. The
+  gradient is the mean of the microbatch gradients, which equals the full-batch
+  gradient for a per-sample mean loss such as the MSE of Eq. 14 (equal
+  microbatch sizes). It does not for the InfoNCE of Eq. 11–13, whose negatives
+  are then the other pairs of the same microbatch only (a smaller effective
+  contrastive batch), nor for BatchNorm, whose training statistics are per
+  microbatch (its running averages are updated once per microbatch). Metrics
+  are averaged over the microbatches.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if steps == 1:
+    (_, (batch_stats, metrics)), grads = grad_fn(params, batch_stats, batch, rng)
+    return grads, batch_stats, metrics
+
+  def split(x):
+    x = x.reshape((x.shape[0] // steps, steps) + x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(
+        x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data")))
+
+  def body(carry, xs):
+    acc, bs = carry
+    micro, i = xs
+    (_, (bs, m)), g = grad_fn(params, bs, micro, jax.random.fold_in(rng, i))
+    return (jax.tree.map(jnp.add, acc, g), bs), m
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (acc, batch_stats), ms = jax.lax.scan(
+      body, (zeros, batch_stats), (jax.tree.map(split, batch), jnp.arange(steps)))
+  grads = jax.tree.map(lambda g: g / steps, acc)
+  return grads, batch_stats, jax.tree.map(lambda m: m.mean(0), ms)
+
+
 def _model_inputs(batch: dict, has_text: bool) -> dict:
   keys = ["image", "mos"] + (["text_ids", "text_mask"] if has_text else [])
+  keys += ["labels"] if "labels" in batch else []  # CL targets of caption pairs
   return {k: batch[k] for k in keys}
 
 
@@ -206,8 +270,37 @@ def checkpoint_manager(workdir: str, stage: str, keep: int) -> ocp.CheckpointMan
 
 
 def abstract(tree, shard):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shard),
-                      tree)
+  """ShapeDtypeStructs of `tree` with one sharding or a tree of shardings."""
+  if isinstance(shard, jax.sharding.Sharding):
+    shard = jax.tree.map(lambda _: shard, tree)
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shard)
+
+
+def stage_config(cfg: mlc.ConfigDict, name: str) -> mlc.ConfigDict:
+  """`cfg` with `config.model.modalities` replaced by the stage's `modalities`."""
+  mods = tuple(cfg[name].get("modalities", ()) or ())
+  if not mods or mods == tuple(cfg.model.modalities):
+    return cfg
+  unknown = set(mods) - {"image", "text"}
+  if unknown:
+    raise ValueError(f"config.{name}.modalities={mods}: unknown {sorted(unknown)}")
+  c = cfg.copy_and_resolve_references()
+  c.model.modalities = mods
+  return c
+
+
+def data_config(cfg: mlc.ConfigDict, names: list[str]) -> mlc.ConfigDict:
+  """`cfg` whose modalities are those of all stages together (what to read)."""
+  used = set()
+  for n in names:
+    used |= set(stage_config(cfg, n).model.modalities)
+  mods = tuple(m for m in ("image", "text") if m in used)
+  if mods == tuple(cfg.model.modalities):
+    return cfg
+  c = cfg.copy_and_resolve_references()
+  c.model.modalities = mods
+  return c
 
 
 def load_image_init(path: str, variables: dict) -> dict:
@@ -244,32 +337,35 @@ def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
   names = [s.strip() for s in cfg.stages.split(",") if s.strip()]
   needed = {"pretrain" if cfg[n].data == "pretrain" else "train" for n in names}
   needed |= {"val"} if any(cfg[n].eval_split for n in names) else set()
-  data = datasets.load(cfg, workdir, tuple(sorted(needed)), log=log)
-  has_text = datasets.uses_text(cfg)
+  data = datasets.load(data_config(cfg, names), workdir, tuple(sorted(needed)),
+                       log=log)
   vocab = data.tokenizer.vocab_size if data.tokenizer else None
-  model = bmqa_lib.from_config(cfg, vocab)
   pcfg = pipeline_config(cfg)
-  rep = sharding.replicated(mesh)
+  min_size = cfg.mesh.get("shard_min_size", 2**18)
 
   results = {}
   prev: Stage | None = None
   for name in names:
     split = "pretrain" if cfg[name].data == "pretrain" else "train"
     records = data.records(split, cfg)
-    stage = Stage(cfg, name, model, mesh, len(records), has_text)
+    scfg = stage_config(cfg, name)  # the model of this stage (its modalities)
+    has_text = datasets.uses_text(scfg)
+    model = bmqa_lib.from_config(scfg, vocab)
+    stage = Stage(scfg, name, model, mesh, len(records), has_text)
     mngr = checkpoint_manager(workdir, name, cfg[name].keep_checkpoints)
     loader = pipeline.train_loader(records, pcfg, cfg[name].batch_size,
                                    seed=cfg.seed + names.index(name))
     it = iter(loader)
-    init_fn = jax.jit(stage.init_variables, out_shardings=rep)
-    variables_shape = jax.eval_shape(init_fn, jax.random.key(cfg.seed))
+    variables_shape = jax.eval_shape(stage.init_variables, jax.random.key(cfg.seed))
+    init_fn = jax.jit(stage.init_variables, out_shardings=sharding.state_sharding(
+        variables_shape, mesh, min_size))
     state_shape = jax.eval_shape(lambda v: stage.init_state(v), variables_shape)
-    state_sharding = jax.tree.map(lambda _: rep, state_shape)
+    state_sharding = sharding.state_sharding(state_shape, mesh, min_size)
     stage.state_shape = state_shape
     latest = mngr.latest_step()
     if latest is not None:
       restored = mngr.restore(latest, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract(state_shape, rep)),
+          state=ocp.args.StandardRestore(abstract(state_shape, state_sharding)),
           data_iter=grain.checkpoint.CheckpointRestore(it)))
       state = restored["state"]
       log(f"[{name}] resumed at step {latest}/{stage.total_steps}"
@@ -277,11 +373,13 @@ def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
     else:
       variables = init_fn(jax.random.key(cfg.seed))
       if cfg[name].init == "previous" and prev is not None:
-        variables = _previous_weights(prev, workdir, variables)
+        variables, fresh = _previous_weights(prev, workdir, variables)
         log(f"[{name}] starting from the weights of stage {prev.name}")
-      elif cfg.model.image.init:
-        variables = load_image_init(cfg.model.image.init, variables)
-        log(f"[{name}] image tower initialised from {cfg.model.image.init}")
+        if fresh:
+          log(f"[{name}] freshly initialised (not handed over): {', '.join(fresh)}")
+      elif path := pretrained.resolve(cfg.model.image.name, cfg.model.image.init, log):
+        variables = load_image_init(path, variables)
+        log(f"[{name}] image tower initialised from {path}")
       state = jax.jit(stage.init_state, out_shardings=state_sharding)(variables)
     _log_params(state["params"], stage, log)
     if int(state["step"]) < stage.total_steps:
@@ -302,8 +400,16 @@ def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
   return results
 
 
-def _previous_weights(prev: Stage, workdir: str, variables: dict) -> dict:
-  """Weights only (params, batch_stats) of `prev`'s last checkpoint."""
+def _previous_weights(prev: Stage, workdir: str,
+                      variables: dict) -> tuple[dict, list[str]]:
+  """`variables` with the weights of `prev`'s last checkpoint where they fit.
+
+  Weights only (params, batch statistics; not the optimiser). Every top-level
+  module both stages' models have with the same shapes (image_encoder,
+  img_align, text_encoder, txt_align, log_temperature, ...) is handed over; the
+  rest keeps its fresh initialisation (e.g. the fusion probe of an image-only
+  ST after a two-tower SS, whose input width changed) and is returned by name.
+  """
   mngr = checkpoint_manager(workdir, prev.name, 1)
   step = mngr.latest_step()
   if step is None:
@@ -312,10 +418,25 @@ def _previous_weights(prev: Stage, workdir: str, variables: dict) -> dict:
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract(prev.state_shape, rep))))
   st = restored["state"]
-  out = dict(variables, params=st["params"])
-  if "batch_stats" in variables:
-    out["batch_stats"] = st["batch_stats"]
-  return out
+  out, fresh = dict(variables), []
+  for col in ("params", "batch_stats"):
+    if col not in variables:
+      continue
+    have, new = st.get(col) or {}, dict(variables[col])
+    for k in new:
+      if k in have and _same_shapes(have[k], new[k]):
+        new[k] = have[k]
+      else:
+        fresh.append(f"{col}/{k} ({'shape changed' if k in have else 'new'})")
+    out[col] = new
+  return out, fresh
+
+
+def _same_shapes(a, b) -> bool:
+  if jax.tree.structure(a) != jax.tree.structure(b):
+    return False
+  return all(tuple(x.shape) == tuple(y.shape)
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def _run(stage: Stage, state, state_sharding, it, mngr, workdir, log, progress):
@@ -379,26 +500,46 @@ def load_config(workdir: str) -> mlc.ConfigDict:
     return mlc.ConfigDict(json.load(f))
 
 
-def dry_run(cfg: mlc.ConfigDict, workdir: str, log=print) -> dict[str, int]:
-  """Builds the model and one batch of the first stage; prints counts and shapes."""
+def dry_run(cfg: mlc.ConfigDict, workdir: str, log=print) -> dict[str, dict[str, int]]:
+  """Builds every stage's model and one batch of its data; prints counts and shapes.
+
+  Nothing is initialised or trained: parameter counts come from
+  `jax.eval_shape`, so even the largest towers cost no memory. Everything a run
+  checks before its first step is checked (data, tokenizer, batch sizes against
+  the mesh, losses against the towers, trainable regexes). Returns the
+  parameter count per top-level module for each stage.
+  """
   mesh = sharding.make_mesh(cfg)
   names = [s.strip() for s in cfg.stages.split(",") if s.strip()]
-  data = datasets.load(cfg, workdir, ("pretrain" if cfg[names[0]].data == "pretrain"
-                                      else "train",), log=log)
-  has_text = datasets.uses_text(cfg)
-  model = bmqa_lib.from_config(cfg, data.tokenizer.vocab_size if has_text else None)
-  split = next(iter(data.splits))
-  stage = Stage(cfg, names[0], model, mesh, len(data.splits[split]), has_text)
-  shapes = jax.eval_shape(stage.init_variables, jax.random.key(0))
-  counts = {}
-  for top, sub in shapes["params"].items():
-    counts[top] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(sub))
-  for k, v in counts.items():
-    log(f"  {k:<16} {v / 1e6:10.3f} M")
-  log(f"  {'total':<16} {sum(counts.values()) / 1e6:10.3f} M parameters")
-  loader = pipeline.train_loader(data.records(split, cfg), pipeline_config(cfg),
-                                 cfg[names[0]].batch_size, seed=cfg.seed)
-  batch = next(iter(loader))
-  for k, v in batch.items():
-    log(f"  batch[{k!r}]: {v.dtype} {tuple(v.shape)}")
-  return counts
+  needed = {"pretrain" if cfg[n].data == "pretrain" else "train" for n in names}
+  data = datasets.load(data_config(cfg, names), workdir, tuple(sorted(needed)),
+                       log=log)
+  vocab = data.tokenizer.vocab_size if data.tokenizer else None
+  log(f"mesh {dict(mesh.shape)} over {jax.device_count()} device(s)")
+  out, traced = {}, {}
+  for name in names:
+    split = "pretrain" if cfg[name].data == "pretrain" else "train"
+    scfg = stage_config(cfg, name)
+    has_text = datasets.uses_text(scfg)
+    model = bmqa_lib.from_config(scfg, vocab)
+    records = data.records(split, cfg)
+    stage = Stage(scfg, name, model, mesh, len(records), has_text)
+    key = (tuple(scfg.model.modalities), cfg[name].loss)  # same model: traced once
+    if key not in traced:
+      traced[key] = jax.eval_shape(stage.init_variables, jax.random.key(0))
+    shapes = traced[key]
+    jax.eval_shape(stage.init_state, shapes)  # checks `trainable` and the optimiser
+    counts = {top: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(sub))
+              for top, sub in shapes["params"].items()}
+    log(f"[{name}] towers {tuple(scfg.model.modalities)}, loss {cfg[name].loss}, "
+        f"{stage.total_steps} steps of batch {cfg[name].batch_size} "
+        f"({stage.spe} steps/epoch, {stage.accum} microbatch(es) per step)")
+    for k, v in counts.items():
+      log(f"  {k:<16} {v / 1e6:10.3f} M")
+    log(f"  {'total':<16} {sum(counts.values()) / 1e6:10.3f} M parameters")
+    loader = pipeline.train_loader(records, pipeline_config(cfg),
+                                   cfg[name].batch_size, seed=cfg.seed)
+    for k, v in next(iter(loader)).items():
+      log(f"  batch[{k!r}]: {v.dtype} {tuple(v.shape)}")
+    out[name] = counts
+  return out

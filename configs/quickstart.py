@@ -9,10 +9,15 @@ so that PT → SS → ST and the evaluation finish on a 2-core laptop. Run:
 Arguments (`--config=configs/quickstart.py:modalities=image`):
   modalities=image   image-only BMQA (no description; SS and PT need text, so
                      only ST runs) for the image-only vs image+text comparison.
+  img=NAME           another image tower (bmqa_jax.models.image.names());
+                     EfficientNet-Lite starts from its ImageNet weights.
+  init=imagenet|none|DIR   the image tower's initial weights (README
+                     "Pretrained weights"); default: imagenet where packaged.
   tiny=True          a few steps per stage, for tests and smoke runs.
 """
 
 from bmqa_jax import defaults
+from bmqa_jax.models.image.pretrained import default_init
 
 
 def get_config(arg: str | None = None):
@@ -24,7 +29,8 @@ def get_config(arg: str | None = None):
   c.input.crop_scale = (0.5, 1.0)
   c.input.max_text_len = 64
   c.tokenizer.vocab_size = 1000
-  c.model.image = dict(name="resnet_tiny", init="", kwargs={})
+  img = args.get("img", "resnet_tiny")
+  c.model.image = dict(name=img, init=args.get("init", default_init(img)), kwargs={})
   c.model.text = dict(name="transformer", kwargs=dict(
       width=128, depth=2, num_heads=4, mlp_dim=256, max_len=64))
   c.model.align = dict(width=256, heads=8, qkv_dim=256, mlp_dim=512)

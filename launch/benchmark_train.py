@@ -15,7 +15,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 from ml_collections import config_flags
 
 from bmqa_jax import sharding

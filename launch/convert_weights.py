@@ -18,7 +18,6 @@ import os
 
 from absl import app
 from absl import flags
-import orbax.checkpoint as ocp
 
 from bmqa_jax import convert
 from bmqa_jax.models import image
@@ -34,18 +33,12 @@ flags.mark_flags_as_required(['model', 'src', 'out'])
 
 def main(argv):
   del argv
-  state_dict = convert.load_state_dict(_SRC.value)
-  kwargs = {} if _NUM_CLASSES.value is None else {'num_classes': _NUM_CLASSES.value}
-  variables = convert.from_torch(_MODEL.value, state_dict, **kwargs)
-  if not (_KEEP_HEAD.value or _NUM_CLASSES.value):
-    variables = convert.drop_head(_MODEL.value, variables)
   out = os.path.abspath(_OUT.value)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(out, variables)
-  checkpointer.wait_until_finished()
-  n = sum(v.size for tree in variables.values() for v in convert.flatten(tree).values())
-  print(f'{_MODEL.value}: {n:,} values from {_SRC.value} → {out} '
-        f'(collections {sorted(variables)})')
+  if os.path.exists(out):
+    raise app.UsageError(f'--out {out} exists; choose a new directory')
+  n = convert.convert_file(_MODEL.value, _SRC.value, out, keep_head=_KEEP_HEAD.value,
+                           num_classes=_NUM_CLASSES.value)
+  print(f'{_MODEL.value}: {n:,} values from {_SRC.value} → {out}')
 
 
 if __name__ == '__main__':

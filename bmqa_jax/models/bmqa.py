@@ -3,7 +3,14 @@
 image → F_img (Eq. 5–6) → F̂_img (Eq. 7); description → F_aud (Eq. 3–4) → F̂_aud
 (Eq. 8); score = F_fuse(concat(F̂_img, F̂_aud)) (Eq. 10), a linear probe on the
 2048-wide concatenation. With `modalities=('image',)` the text tower is absent
-and the probe reads F̂_img alone (the single-modality rows of Table 2).
+and the probe reads F̂_img alone; with `modalities=('text',)` the image tower is
+absent and the probe reads F̂_aud alone (the single-modality rows a–d of
+Table 2). The output dict has `img` / `txt` only for the towers present.
+
+`objective='classify'` or `'restore'` (stage PT strategies CL and RE, Table 2
+f–g) also runs the pretraining heads of `bmqa_jax.models.pretrain` and adds
+their outputs; the heads' parameters exist only in variables initialised with
+that objective.
 """
 
 from __future__ import annotations
@@ -14,13 +21,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from bmqa_jax.models import pretrain
 from bmqa_jax.models.align import AttentivePool
 
 Dtype = Any
 
 
+MODALITIES = ("image", "text")
+
+
 class BMQA(nn.Module):
-  image_encoder: nn.Module
+  image_encoder: nn.Module | None
   text_encoder: nn.Module | None
   modalities: Sequence[str] = ("image", "text")
   align_width: int = 1024
@@ -28,6 +39,10 @@ class BMQA(nn.Module):
   align_qkv_dim: int = 2048
   align_mlp_dim: int = 2048
   temperature_init: float = 0.07
+  # Stage-PT heads (created only when called with an objective).
+  num_categories: int = 0  # CL: size of the category vocabulary
+  vocab_size: int = 0  # RE: the tokenizer's vocabulary, predicted at masked words
+  decoder_dim: int = 256  # RE: hidden width of the pixel decoder
   dtype: Dtype = jnp.float32
 
   def _pool(self, name):
@@ -35,15 +50,32 @@ class BMQA(nn.Module):
                          self.align_mlp_dim, self.dtype, name=name)
 
   @nn.compact
-  def __call__(self, images, text_ids=None, text_mask=None, *, train: bool = False,
-               train_image: bool | None = None):
-    """Returns dict(img, txt (if text), score [B], log_temperature)."""
+  def __call__(self, images=None, text_ids=None, text_mask=None, *,
+               train: bool = False, train_image: bool | None = None,
+               objective: str | None = None):
+    """Returns dict(img (if image), txt (if text), score [B], log_temperature).
+
+    With `objective='classify'` also `img_logits` / `txt_logits` [B, categories];
+    with `objective='restore'` also `img_restored` [B, H, W, 3] and `txt_logits`
+    [B, L, vocab].
+    """
+    unknown = set(self.modalities) - set(MODALITIES)
+    if unknown or not self.modalities:
+      raise ValueError(f"modalities {tuple(self.modalities)}: use a non-empty "
+                       f"subset of {MODALITIES}")
+    if objective not in (None,) + pretrain.OBJECTIVES:
+      raise ValueError(f"unknown pretraining objective {objective!r}; known: "
+                       f"{pretrain.OBJECTIVES}")
     train_image = train if train_image is None else train_image
-    img = self.image_encoder(images, train=train_image)
-    out = {"img": self._pool("img_align")(img["tokens"])}
-    feats = [out["img"]]
+    out, feats = {}, []
+    if "image" in self.modalities:
+      if images is None:
+        raise ValueError("this model reads an image: pass images")
+      img = self.image_encoder(images, train=train_image)
+      out["img"] = self._pool("img_align")(img["tokens"])
+      feats.append(out["img"])
     if "text" in self.modalities:
-      if text_ids is None:
+      if text_ids is None or text_mask is None:
         raise ValueError("this model reads a description: pass text_ids/text_mask")
       txt = self.text_encoder(text_ids, text_mask, train=train)
       out["txt"] = self._pool("txt_align")(txt["tokens"], text_mask)
@@ -52,22 +84,48 @@ class BMQA(nn.Module):
     out["score"] = nn.Dense(1, name="fuse")(fused)[:, 0]
     out["log_temperature"] = self.param(
         "log_temperature", nn.initializers.constant(np.log(self.temperature_init)), ())
+    if objective == "classify":
+      if self.num_categories <= 0:
+        raise ValueError("objective 'classify' needs num_categories > 0")
+      for k in ("img", "txt"):
+        if k in out:
+          out[f"{k}_logits"] = pretrain.CategoryHead(
+              self.num_categories, self.dtype, name=f"pt_classify_{k}")(out[k])
+    elif objective == "restore":
+      if "img" in out:
+        out["img_restored"] = pretrain.PixelDecoder(
+            self.decoder_dim, self.dtype, name="pt_restore_img")(
+                img["tokens"], images.shape[1:3])
+      if "txt" in out:
+        if self.vocab_size <= 0:
+          raise ValueError("objective 'restore' needs vocab_size > 0")
+        out["txt_logits"] = pretrain.MaskedWordHead(
+            self.vocab_size, self.dtype, name="pt_restore_txt")(txt["tokens"])
     return out
 
 
 def from_config(cfg, vocab_size: int | None) -> BMQA:
-  """Builds the model a config describes (`bmqa_jax.defaults.base_config().model`)."""
+  """Builds the model a config describes (`bmqa_jax.defaults.base_config().model`).
+
+  The CL heads have one output per category of `bmqa_jax.data.categories.for_config`.
+  """
+  from bmqa_jax.data import categories  # pylint: disable=g-import-not-at-top
   from bmqa_jax.models import image, text  # pylint: disable=g-import-not-at-top
   dtype = jnp.dtype(cfg.model.dtype)
-  img = image.create(cfg.model.image.name, dtype=dtype, **cfg.model.image.kwargs)
-  txt = None
-  if "text" in cfg.model.modalities:
+  modalities = tuple(cfg.model.modalities)
+  img = txt = None
+  if "image" in modalities:
+    img = image.create(cfg.model.image.name, dtype=dtype, **cfg.model.image.kwargs)
+  if "text" in modalities:
     if vocab_size is None:
       raise ValueError("a model with a text tower needs the tokenizer's vocab_size")
     txt = text.create(cfg.model.text.name, vocab_size, dtype=dtype,
                       **cfg.model.text.kwargs)
   a = cfg.model.align
-  return BMQA(image_encoder=img, text_encoder=txt,
-              modalities=tuple(cfg.model.modalities), align_width=a.width,
-              align_heads=a.heads, align_qkv_dim=a.qkv_dim, align_mlp_dim=a.mlp_dim,
-              temperature_init=cfg.model.temperature_init, dtype=dtype)
+  pt = cfg.get("pretrain", {})
+  return BMQA(image_encoder=img, text_encoder=txt, modalities=modalities,
+              align_width=a.width, align_heads=a.heads, align_qkv_dim=a.qkv_dim,
+              align_mlp_dim=a.mlp_dim, temperature_init=cfg.model.temperature_init,
+              num_categories=len(categories.for_config(cfg)),
+              vocab_size=vocab_size or 0,
+              decoder_dim=pt.get("decoder_dim", 256), dtype=dtype)

@@ -1,0 +1,83 @@
+r"""Prepares a TFDS dataset from files you have (nothing is downloaded).
+
+  python launch/build_tfds.py --dataset=biq2021 --manual_dir=~/BIQ2021 --data_dir=~/tfds
+  python launch/build_tfds.py --dataset=iqa_folder --manual_dir=my_photos \
+      --data_dir=~/tfds --config=name=koniq,scores_csv=koniq.csv,image_dir=512x384,\
+image_column=image_name,mos_column=MOS,mos_min=1,mos_max=5
+
+Datasets: mliq, dark4k, nnid, biq2021, iqa_folder; the expected layout of each
+is printed by --show_layout (and by any error). Then train on it with
+`--config.data.kind=tfds --config.data.tfds_name=NAME --config.data.tfds_dir=DIR`
+(NAME is `iqa_folder/<config name>` for a custom iqa_folder config). With
+--export it also writes the manifest that `launch/evaluate.py --manifest=...`
+scores for a cross-dataset evaluation (every split, e.g. Dark-4K).
+Needs TensorFlow: pip install -e .[tfds].
+"""
+
+import dataclasses
+import os
+
+from absl import app
+from absl import flags
+
+from bmqa_jax.data import tfds_builders
+
+_DATASET = flags.DEFINE_enum("dataset", None, sorted(tfds_builders.BUILDERS),
+                             "Which builder.")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder with the files.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir to write to.")
+_CONFIG = flags.DEFINE_list("config", [], "key=value fields of IqaConfig that "
+                            "replace the builder's default config (name= required).")
+_SHOW_LAYOUT = flags.DEFINE_bool("show_layout", False, "Print the expected layout.")
+_EXPORT = flags.DEFINE_bool("export", False, "Also write the files and a manifest "
+                            "(for launch/evaluate.py --manifest: cross-dataset).")
+flags.mark_flag_as_required("dataset")
+
+
+def _config(items):
+  if not items:
+    return None
+  cls = tfds_builders.IqaConfig
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  kw = {}
+  for item in items:
+    key, _, value = item.partition("=")
+    if key not in fields:
+      raise app.UsageError(f"--config: unknown field {key!r}; one of {sorted(fields)}")
+    default = getattr(cls(name="x"), key, None) if key != "name" else ""
+    if isinstance(default, bool):
+      kw[key] = value.lower() in ("1", "true", "yes")
+    elif isinstance(default, float):
+      kw[key] = float(value)
+    elif isinstance(default, int):
+      kw[key] = int(value)
+    elif isinstance(default, tuple) and key == "fractions":
+      kw[key] = tuple(float(v) for v in value.split(":"))
+    else:
+      kw[key] = value
+  if "name" not in kw:
+    raise app.UsageError("--config needs name=<config name>")
+  return cls(**kw)
+
+
+def main(argv):
+  del argv
+  builder = tfds_builders.BUILDERS[_DATASET.value]
+  if _SHOW_LAYOUT.value:
+    print(builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    return
+  if not _MANUAL_DIR.value or not _DATA_DIR.value:
+    raise app.UsageError("give --manual_dir and --data_dir")
+  b = tfds_builders.build(_DATASET.value, os.path.expanduser(_MANUAL_DIR.value),
+                          os.path.expanduser(_DATA_DIR.value), _config(_CONFIG.value))
+  print(f"prepared {b.info.full_name} in {b.data_dir}:")
+  for name, split in b.info.splits.items():
+    print(f"  {name}: {split.num_examples} examples")
+  if _EXPORT.value:
+    name = _DATASET.value + (f"/{b.builder_config.name}" if _CONFIG.value else "")
+    path = tfds_builders.export_manifest(name, os.path.expanduser(_DATA_DIR.value))
+    print(f"manifest: {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
