@@ -12,6 +12,20 @@ from __future__ import annotations
 import ml_collections as mlc
 
 
+def parse_args(arg: str | None, known: set[str]) -> dict[str, str]:
+  """A config file's `key=value,...` argument, checked against `known` keys."""
+  out = {}
+  for item in filter(None, (arg or "").split(",")):
+    if "=" not in item:
+      raise ValueError(f"config argument {item!r} is not key=value")
+    k, v = item.split("=", 1)
+    out[k.strip()] = v.strip()
+  unknown = set(out) - set(known)
+  if unknown:
+    raise ValueError(f"unknown config arguments {sorted(unknown)}")
+  return out
+
+
 def stage(**kw) -> mlc.ConfigDict:
   """One training stage; the trainer runs every stage with the same code."""
   c = mlc.ConfigDict(dict(
@@ -189,16 +203,29 @@ def paper_config(img: str, txt: str | None, args: dict[str, str]) -> mlc.ConfigD
   return c
 
 
+def quickstart_sizes(c: mlc.ConfigDict) -> None:
+  """The sizes and budgets of configs/quickstart.py (CPU, minutes): 96 px input,
+  a 1000-piece tokenizer, a 256-wide alignment, and its epochs and batches."""
+  c.input.update(image_size=96, resize_size=104, crop_scale=(0.5, 1.0),
+                 max_text_len=64)
+  c.tokenizer.vocab_size = 1000
+  c.model.align = dict(width=256, heads=8, qkv_dim=256, mlp_dim=512)
+  c.model.temperature_init = 0.1
+  c.pt.update(epochs=20, batch_size=32, learning_rate=1e-3, warmup_epochs=1)
+  c.ss.update(epochs=6, batch_size=32, learning_rate=3e-4)
+  c.st.update(epochs=30, batch_size=32, learning_rate=1e-3, schedule="cosine",
+              warmup_epochs=1, decay_boundaries_epochs=())
+  c.eval.batch_size = 64
+
+
 def runlocal(c: mlc.ConfigDict, family: str) -> None:
   """Shrinks a paper config to the size of configs/quickstart.py (CPU, minutes).
 
   The small encoder of the same image family at 96 px, a 128-wide text tower of
-  the same kind, a 256-wide alignment, and quickstart's epochs and batches;
-  which stages run, their losses and towers stay those of the config.
+  the same kind, and `quickstart_sizes`; which stages run, their losses and
+  towers stay those of the config.
   """
-  c.input.update(image_size=96, resize_size=104, crop_scale=(0.5, 1.0),
-                 max_text_len=64)
-  c.tokenizer.vocab_size = 1000
+  quickstart_sizes(c)
   small = SMALL_IMAGE[family]
   c.model.image.name = small
   c.model.image.kwargs = {"image_size": 96} if family == "vit" else {}
@@ -207,10 +234,3 @@ def runlocal(c: mlc.ConfigDict, family: str) -> None:
       {"transformer": dict(width=128, depth=2, num_heads=4, mlp_dim=256, max_len=64),
        "bow": dict(width=128, depth=1, mlp_dim=256), "gru": rnn, "lstm": rnn}.get(
            c.model.text.name, c.model.text.kwargs))
-  c.model.align = dict(width=256, heads=8, qkv_dim=256, mlp_dim=512)
-  c.model.temperature_init = 0.1
-  c.pt.update(epochs=20, batch_size=32, learning_rate=1e-3, warmup_epochs=1)
-  c.ss.update(epochs=6, batch_size=32, learning_rate=3e-4)
-  c.st.update(epochs=30, batch_size=32, learning_rate=1e-3, schedule="cosine",
-              warmup_epochs=1, decay_boundaries_epochs=())
-  c.eval.batch_size = 64

@@ -23,22 +23,11 @@ Arguments (comma separated ``key=value``): ``manifest`` (path), ``encoder``
 
 import ml_collections
 
-
-def _parse(arg: str | None) -> dict:
-  out = {}
-  for item in filter(None, (arg or "").split(",")):
-    if "=" not in item:
-      raise ValueError(f"config argument {item!r} is not key=value")
-    k, v = item.split("=", 1)
-    out[k.strip()] = v.strip()
-  unknown = set(out) - {"manifest", "encoder", "runlocal", "steps"}
-  if unknown:
-    raise ValueError(f"unknown config arguments {sorted(unknown)}")
-  return out
+from bmqa_jax import defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = _parse(arg)
+  args = defaults.parse_args(arg, {"manifest", "encoder", "runlocal", "steps"})
   runlocal = args.get("runlocal", "false").lower() in ("1", "true", "yes")
   c = ml_collections.ConfigDict()
   c.seed = 0

@@ -24,22 +24,11 @@ def get_config(arg: str | None = None):
   args = dict(a.split("=", 1) for a in (arg or "").split(",") if a)
   c = defaults.base_config()
   c.data.builtin = dict(num_scenes=200, image_size=160, seed=0, audio=True)
-  c.input.image_size = 96
-  c.input.resize_size = 104
-  c.input.crop_scale = (0.5, 1.0)
-  c.input.max_text_len = 64
-  c.tokenizer.vocab_size = 1000
+  defaults.quickstart_sizes(c)
   img = args.get("img", "resnet_tiny")
   c.model.image = dict(name=img, init=args.get("init", default_init(img)), kwargs={})
   c.model.text = dict(name="transformer", kwargs=dict(
       width=128, depth=2, num_heads=4, mlp_dim=256, max_len=64))
-  c.model.align = dict(width=256, heads=8, qkv_dim=256, mlp_dim=512)
-  c.model.temperature_init = 0.1
-  c.pt.update(epochs=20, batch_size=32, learning_rate=1e-3, warmup_epochs=1)
-  c.ss.update(epochs=6, batch_size=32, learning_rate=3e-4)
-  c.st.update(epochs=30, batch_size=32, learning_rate=1e-3, schedule="cosine",
-              warmup_epochs=1, decay_boundaries_epochs=())
-  c.eval.batch_size = 64
   if args.get("modalities") == "image":
     c.model.modalities = ("image",)
     c.stages = "st"
