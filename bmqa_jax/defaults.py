@@ -59,6 +59,10 @@ def stage(**kw) -> mlc.ConfigDict:
       keep_checkpoints=2,
       log_every_steps=20,
       eval_split="val",  # evaluated at the end of the stage when it has MOS; '' none
+      # When the stage freezes the image tower (`trainable` leaves image_encoder
+      # out): compute its features once per image and view and train from
+      # them (bmqa_jax/feature_cache.py). False: run the frozen tower each step.
+      feature_cache=True,
   ))
   c.update(kw)
   return c
@@ -93,18 +97,30 @@ def base_config() -> mlc.ConfigDict:
       check_images=True,  # decode every image before training starts
       skip_bad_rows=False,  # drop bad manifest rows (counted) instead of failing
       mos_range=(0.0, 1.0),
+      # Frozen-tower features (bmqa_jax/feature_cache.py); '' = workdir/feature_cache.
+      feature_cache_dir="",
   ))
   c.data.builtin = mlc.ConfigDict(dict(
       num_scenes=200, image_size=160, seed=0, audio=True))
 
+  # mode 'resize': random resized crops of image_size for training; resize the
+  # short side to resize_size and centre-crop image_size for evaluation.
+  # mode 'native': the camera's pixels, never resampled: random native_crop
+  # windows for training, the mean over an eval_grid (rows, cols) of windows
+  # for evaluation and scoring (bmqa_jax/data/native.py).
   c.input = mlc.ConfigDict(dict(
-      image_size=224, resize_size=256, crop_scale=(0.35, 1.0),
-      crop_ratio=(3 / 4, 4 / 3), flip=True, max_text_len=48, workers=0, prefetch=2))
+      mode="resize", image_size=224, resize_size=256, crop_scale=(0.35, 1.0),
+      crop_ratio=(3 / 4, 4 / 3), native_crop=512, eval_grid=(1, 1), flip=True,
+      max_text_len=48, workers=0, prefetch=2))
   c.tokenizer = mlc.ConfigDict(dict(vocab_size=1000))
 
   c.model = mlc.ConfigDict()
   c.model.modalities = ("image", "text")
-  c.model.image = mlc.ConfigDict(dict(name="resnet50", init="", kwargs={}))
+  # levels: the tower's stages whose token maps the alignment reads, each
+  # pooled by its own Eq. 7 and fused (() = the last map, as in the paper);
+  # token_grid g > 0: per-cell mean and std of each map on a g×g grid.
+  c.model.image = mlc.ConfigDict(dict(name="resnet50", init="", kwargs={},
+                                      levels=(), token_grid=0))
   c.model.text = mlc.ConfigDict(dict(
       name="transformer", kwargs=dict(width=512, depth=6, num_heads=8,
                                       mlp_dim=2048, max_len=64)))
@@ -112,6 +128,9 @@ def base_config() -> mlc.ConfigDict:
   c.model.align = mlc.ConfigDict(dict(width=1024, heads=32, qkv_dim=2048,
                                       mlp_dim=2048))
   c.model.dtype = "float32"  # compute dtype; parameters stay float32
+  # Image-only models: K independently initialised alignment + probe heads
+  # averaged (models/bmqa.py); 1 = the paper's single head.
+  c.model.ensemble = 1
   c.model.temperature_init = 0.07
   c.model.learn_temperature = True
   c.model.temperature_range = (0.01, 1.0)
@@ -201,6 +220,24 @@ def paper_config(img: str, txt: str | None, args: dict[str, str]) -> mlc.ConfigD
   if args.get("runlocal", "False") not in ("False", "0", ""):
     runlocal(c, family)
   return c
+
+
+def frozen_tower_regex() -> str:
+  """The `trainable` regex of a stage that trains everything but the image tower."""
+  return "^(?!image_encoder/).*"
+
+
+def probe_then_finetune(c: mlc.ConfigDict, *, probe: dict, finetune: dict) -> None:
+  """LP-FT (Kumar et al. 2022) with the stage machinery: stage `st` trains the
+  alignment and the probe on a frozen image tower (from the feature cache),
+  then stage `ft` trains the whole model from those weights at a lower
+  learning rate, so the pretrained features are not overwritten before the
+  head can read them. `probe`/`finetune`: fields of the two stages."""
+  c.st.update(trainable=frozen_tower_regex(), **probe)
+  c.ft = stage(loss="mse", data="train", init="previous", **finetune)
+  names = [s.strip() for s in c.stages.split(",") if s.strip()]
+  if "ft" not in names:
+    c.stages = ",".join(names + ["ft"])
 
 
 def quickstart_sizes(c: mlc.ConfigDict) -> None:

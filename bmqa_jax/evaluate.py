@@ -16,6 +16,7 @@ import os
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 import orbax.checkpoint as ocp
@@ -35,7 +36,7 @@ MAPPINGS = ("logistic4", "logistic5")
 
 def predict(model, variables: dict, records: list[dict], cfg: mlc.ConfigDict,
             mesh, has_text: bool) -> np.ndarray:
-  """Scores for `records` in order (eval transform: resize + centre crop)."""
+  """Scores for `records` in order (the evaluation view of `config.input.mode`)."""
   from bmqa_jax import train  # pylint: disable=g-import-not-at-top
   bs = cfg.eval.batch_size
   sharding.check_batch(bs, mesh, "config.eval.batch_size")
@@ -43,12 +44,19 @@ def predict(model, variables: dict, records: list[dict], cfg: mlc.ConfigDict,
 
   @jax.jit
   def score(variables, batch):
-    return model.apply(variables, batch["image"], batch.get("text_ids"),
-                       batch.get("text_mask"), train=False)["score"]
+    images, ids, mask = batch["image"], batch.get("text_ids"), batch.get("text_mask")
+    if images.ndim == 4:
+      return model.apply(variables, images, ids, mask, train=False)["score"]
+    # Native mode: [B, K, crop, crop, 3], the mean score of the K grid views.
+    b, k = images.shape[:2]
+    rep = lambda x: None if x is None else jnp.repeat(x, k, axis=0)
+    s = model.apply(variables, images.reshape((b * k,) + images.shape[2:]),
+                    rep(ids), rep(mask), train=False)["score"]
+    return s.reshape(b, k).mean(1)
 
   keys = ["image"] + (["text_ids", "text_mask"] if has_text else [])
   out = np.zeros(len(records), np.float32)
-  for batch in pipeline.eval_batches(records, train.pipeline_config(cfg), bs):
+  for batch in pipeline.eval_batches(records, pipeline.from_config(cfg), bs):
     s = score(variables, sharding.put_batch({k: batch[k] for k in keys}, mesh))
     s = np.asarray(jax.device_get(s))
     valid = batch["valid"]
@@ -68,6 +76,19 @@ def load_final_variables(workdir: str, cfg: mlc.ConfigDict) -> dict:
   state = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore()))["state"]
   return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+
+
+def _tower_frozen(cfg: mlc.ConfigDict, variables: dict) -> bool:
+  """Whether the last stage trained from cached features of a frozen tower (the
+  evaluation then reads the same cache: the same numbers, without the tower)."""
+  from bmqa_jax import train  # pylint: disable=g-import-not-at-top
+  last = [s.strip() for s in cfg.stages.split(",") if s.strip()][-1]
+  scfg = cfg[last]
+  if (not scfg.get("feature_cache", True) or "image" not in cfg.model.modalities
+      or scfg.loss != "mse"):
+    return False
+  labels = train.param_paths(train.trainable_labels(variables["params"], scfg.trainable))
+  return not any(v == "train" for k, v in labels.items() if k.startswith("image_encoder/"))
 
 
 def load_model(workdir: str):
@@ -122,7 +143,13 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
   devices = sorted({s.device for s in samples if s.device})
   records = pipeline.to_records(samples, tok, cfg.input.max_text_len, devices)
   mesh = sharding.make_mesh(cfg)
-  preds = predict(model, variables, records, cfg, mesh, has_text)
+  if _tower_frozen(cfg, variables):  # the training run's cached features serve
+    from bmqa_jax import feature_cache  # pylint: disable=g-import-not-at-top
+    pcfg = pipeline.from_config(cfg)
+    cache = feature_cache.build(model, variables, records, cfg, pcfg, workdir, mesh, log)
+    preds = feature_cache.predict(model, variables, cache, records, cfg, mesh, has_text)
+  else:
+    preds = predict(model, variables, records, cfg, mesh, has_text)
   mos = np.array([s.mos for s in samples])
   groups = [s.device or "all" for s in samples]
   g = metrics.grouped_summary(preds, mos, groups, mapping=MAPPINGS)

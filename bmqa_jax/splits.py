@@ -104,8 +104,10 @@ def write_split_manifest(src: str, dst: str, seed: int,
   return assign
 
 
-def _split_config(cfg, manifest: str, pretrain: str):
+def _split_config(cfg, manifest: str, pretrain: str, cache_dir: str):
   cfg = cfg.copy_and_resolve_references()
+  # The splits re-cut the same photos: a frozen tower's features are shared.
+  cfg.data.feature_cache_dir = cfg.data.get("feature_cache_dir", "") or cache_dir
   cfg.data.kind = "manifest"
   cfg.data.manifest = os.path.abspath(manifest)
   cfg.data.pretrain_manifest = os.path.abspath(pretrain) if pretrain else ""
@@ -149,7 +151,7 @@ def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
         write_split_manifest(pre_src, pre, seed, fractions, assignment=assign)
       counts = {s: sum(v == s for v in assign.values()) for s in SPLIT_NAMES}
       log(f"[split {seed}] scenes per split: {counts}")
-      scfg = _split_config(cfg, man, pre)
+      scfg = _split_config(cfg, man, pre, os.path.join(workdir, "feature_cache"))
       train.train_and_evaluate(scfg, sdir, log=log)
       evaluate.evaluate_workdir(sdir, split="test", log=log)
     with open(done) as f:

@@ -33,6 +33,7 @@ import orbax.checkpoint as ocp
 import tqdm
 from tensorboardX import SummaryWriter
 
+from bmqa_jax import feature_cache
 from bmqa_jax import losses
 from bmqa_jax import sharding
 from bmqa_jax.data import categories
@@ -45,14 +46,6 @@ from bmqa_jax.models.image import pretrained
 State = dict[str, Any]
 # config.<stage>.loss: Eq. 11–13 (PT strategy FM, SS), Eq. 14 (ST), PT CL and RE.
 LOSSES = ("info_nce", "mse", "classify", "restore")
-
-
-def pipeline_config(cfg: mlc.ConfigDict) -> pipeline.PipelineConfig:
-  c = cfg.input
-  return pipeline.PipelineConfig(
-      image_size=c.image_size, resize_size=c.resize_size,
-      crop_scale=tuple(c.crop_scale), crop_ratio=tuple(c.crop_ratio), flip=c.flip,
-      max_text_len=c.max_text_len, workers=c.workers, prefetch=c.prefetch)
 
 
 def param_paths(tree) -> dict[str, Any]:
@@ -137,7 +130,8 @@ class Stage:
 
   def dummy_batch(self) -> dict:
     c = self.cfg.input
-    b = {"image": jnp.zeros((1, c.image_size, c.image_size, 3), jnp.float32)}
+    size = pipeline.input_size(pipeline.from_config(self.cfg))
+    b = {"image": jnp.zeros((1, size, size, 3), jnp.float32)}
     if self.has_text:
       b["text_ids"] = jnp.zeros((1, c.max_text_len), jnp.int32)
       b["text_mask"] = jnp.ones((1, c.max_text_len), bool)
@@ -172,6 +166,8 @@ class Stage:
     tau = jnp.clip(jnp.exp(out["log_temperature"]), tmin, tmax)
     if self.scfg.loss == "info_nce":
       loss = losses.symmetric_info_nce(out["img"], out["txt"], tau)
+    elif self.scfg.loss == "mse" and "member_scores" in out:  # each member's own MSE
+      loss = losses.mse(out["member_scores"], batch["mos"][:, None])
     elif self.scfg.loss == "mse":
       loss = losses.mse(out["score"], batch["mos"])
     else:  # 'classify' / 'restore': stage-PT strategies CL / RE (Table 2 f–g)
@@ -192,8 +188,9 @@ class Stage:
                                  self.cfg.pretrain, "image" in self.cfg.model.modalities,
                                  self.has_text)
       res = self.model.apply(
-          variables, batch["image"], batch.get("text_ids"), batch.get("text_mask"),
+          variables, batch.get("image"), batch.get("text_ids"), batch.get("text_mask"),
           train=True, train_image=self.train_image, objective=self.objective,
+          image_features=feature_cache.batch_features(batch),
           rngs={"dropout": dropout_rng}, mutable=mutable)
       out, upd = res if mutable else (res, {})
       loss, metrics = self.loss_and_metrics(out, batch)
@@ -257,7 +254,8 @@ def accumulate_gradients(loss_fn, params, batch_stats, batch: dict, rng,
 def _model_inputs(batch: dict, has_text: bool) -> dict:
   keys = ["image", "mos"] + (["text_ids", "text_mask"] if has_text else [])
   keys += ["labels"] if "labels" in batch else []  # CL targets of caption pairs
-  return {k: batch[k] for k in keys}
+  keys += [k for k in batch if k.startswith("feat_")]  # cached tower features
+  return {k: batch[k] for k in keys if k in batch}
 
 
 def checkpoint_manager(workdir: str, stage: str, keep: int) -> ocp.CheckpointManager:
@@ -303,31 +301,6 @@ def data_config(cfg: mlc.ConfigDict, names: list[str]) -> mlc.ConfigDict:
   return c
 
 
-def load_image_init(path: str, variables: dict) -> dict:
-  """Puts converted image-tower weights (launch/convert_weights.py) into the model."""
-  restored = ocp.StandardCheckpointer().restore(os.path.abspath(path))
-  out = flax.core.unfreeze(variables)
-  for col in ("params", "batch_stats"):
-    have = out.get(col, {}).get("image_encoder")
-    new = restored.get(col)
-    if have is None and new is None:
-      continue
-    if have is None or new is None:
-      raise ValueError(f"image init {path!r}: collection {col!r} is present in "
-                       f"{'the checkpoint' if new is not None else 'the model'} only")
-    want, got = param_paths(have), param_paths(new)
-    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    shapes = [f"{k}: model {want[k].shape} vs file {np.shape(got[k])}"
-              for k in set(want) & set(got) if tuple(want[k].shape) != np.shape(got[k])]
-    if missing or extra or shapes:
-      raise ValueError(f"image init {path!r} does not match the model's image "
-                       f"tower ({col}): missing {missing[:5]}, unexpected "
-                       f"{extra[:5]}, mis-shaped {shapes[:5]}")
-    out[col]["image_encoder"] = jax.tree.map(
-        lambda a, b: jnp.asarray(b, a.dtype), have, new)
-  return out
-
-
 def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
                        progress: bool = True) -> dict:
   """Runs every stage of `cfg.stages` in `workdir` (resuming), returns val metrics."""
@@ -340,7 +313,7 @@ def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
   data = datasets.load(data_config(cfg, names), workdir, tuple(sorted(needed)),
                        log=log)
   vocab = data.tokenizer.vocab_size if data.tokenizer else None
-  pcfg = pipeline_config(cfg)
+  pcfg = pipeline.from_config(cfg)
   min_size = cfg.mesh.get("shard_min_size", 2**18)
 
   results = {}
@@ -353,9 +326,6 @@ def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
     model = bmqa_lib.from_config(scfg, vocab)
     stage = Stage(scfg, name, model, mesh, len(records), has_text)
     mngr = checkpoint_manager(workdir, name, cfg[name].keep_checkpoints)
-    loader = pipeline.train_loader(records, pcfg, cfg[name].batch_size,
-                                   seed=cfg.seed + names.index(name))
-    it = iter(loader)
     variables_shape = jax.eval_shape(stage.init_variables, jax.random.key(cfg.seed))
     init_fn = jax.jit(stage.init_variables, out_shardings=sharding.state_sharding(
         variables_shape, mesh, min_size))
@@ -364,10 +334,8 @@ def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
     stage.state_shape = state_shape
     latest = mngr.latest_step()
     if latest is not None:
-      restored = mngr.restore(latest, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract(state_shape, state_sharding)),
-          data_iter=grain.checkpoint.CheckpointRestore(it)))
-      state = restored["state"]
+      state = mngr.restore(latest, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract(state_shape, state_sharding))))["state"]
       log(f"[{name}] resumed at step {latest}/{stage.total_steps}"
           if latest < stage.total_steps else f"[{name}] complete, skipping")
     else:
@@ -378,18 +346,37 @@ def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
         if fresh:
           log(f"[{name}] freshly initialised (not handed over): {', '.join(fresh)}")
       elif path := pretrained.resolve(cfg.model.image.name, cfg.model.image.init, log):
-        variables = load_image_init(path, variables)
+        variables = pretrained.load_into(path, variables)
         log(f"[{name}] image tower initialised from {path}")
       state = jax.jit(stage.init_state, out_shardings=state_sharding)(variables)
+    weights = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    use_cache = uses_feature_cache(scfg, name, stage)
+    done = latest is not None and latest >= stage.total_steps
+    if use_cache and not done:
+      cache = feature_cache.build(model, weights, records, scfg, pcfg, workdir, mesh, log)
+      loader = feature_cache.train_loader(records, cache, cfg[name].batch_size,
+                                          seed=cfg.seed + names.index(name),
+                                          workers=pcfg.workers)
+    else:
+      loader = pipeline.train_loader(records, pcfg, cfg[name].batch_size,
+                                     seed=cfg.seed + names.index(name))
+    it = iter(loader)
+    if latest is not None and not done:
+      mngr.restore(latest, args=ocp.args.Composite(
+          data_iter=grain.checkpoint.CheckpointRestore(it)))
     _log_params(state["params"], stage, log)
     if int(state["step"]) < stage.total_steps:
       state = _run(stage, state, state_sharding, it, mngr, workdir, log, progress)
     mngr.wait_until_finished()
     if cfg[name].eval_split and cfg[name].loss == "mse":
-      from bmqa_jax import evaluate  # pylint: disable=g-import-not-at-top
-      preds = evaluate.predict(model, {"params": state["params"],
-                                       "batch_stats": state["batch_stats"]},
-                               data.records("val", cfg), cfg, mesh, has_text)
+      weights = {"params": state["params"], "batch_stats": state["batch_stats"]}
+      val = data.records("val", cfg)
+      if use_cache:  # the tower is frozen: its features of the val images, once
+        cache = feature_cache.build(model, weights, val, scfg, pcfg, workdir, mesh, log)
+        preds = feature_cache.predict(model, weights, cache, val, scfg, mesh, has_text)
+      else:
+        from bmqa_jax import evaluate  # pylint: disable=g-import-not-at-top
+        preds = evaluate.predict(model, weights, val, cfg, mesh, has_text)
       mos = np.array([s.mos for s in data.splits["val"]])
       from bmqa_jax import metrics  # pylint: disable=g-import-not-at-top
       results[name] = metrics.summary(preds, mos)
@@ -398,6 +385,14 @@ def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
           for k, v in results[name].items()))
     prev = stage
   return results
+
+
+def uses_feature_cache(cfg: mlc.ConfigDict, name: str, stage: Stage) -> bool:
+  """Whether stage `name` trains from cached tower features: it reads images,
+  freezes the whole image tower, and `config.<name>.feature_cache` is on."""
+  return (bool(cfg[name].get("feature_cache", True)) and cfg[name].data != "pretrain"
+          and "image" in cfg.model.modalities and not stage.train_image
+          and stage.objective is None)
 
 
 def _previous_weights(prev: Stage, workdir: str,
@@ -537,7 +532,7 @@ def dry_run(cfg: mlc.ConfigDict, workdir: str, log=print) -> dict[str, dict[str,
     for k, v in counts.items():
       log(f"  {k:<16} {v / 1e6:10.3f} M")
     log(f"  {'total':<16} {sum(counts.values()) / 1e6:10.3f} M parameters")
-    loader = pipeline.train_loader(records, pipeline_config(cfg),
+    loader = pipeline.train_loader(records, pipeline.from_config(cfg),
                                    cfg[name].batch_size, seed=cfg.seed)
     for k, v in next(iter(loader)).items():
       log(f"  batch[{k!r}]: {v.dtype} {tuple(v.shape)}")

@@ -49,7 +49,7 @@ def main(argv):
     state_sharding = jax.tree.map(lambda _: rep, state_shape)
     state = jax.jit(stage.init_state, out_shardings=state_sharding)(variables)
     step = stage.jit_train_step(state_sharding)
-    loader = pipeline.train_loader(records, train.pipeline_config(cfg),
+    loader = pipeline.train_loader(records, pipeline.from_config(cfg),
                                    cfg[name].batch_size, seed=0)
     batch = sharding.put_batch(train._model_inputs(next(iter(loader)), has_text), mesh)  # pylint: disable=protected-access
     rng = jax.random.key(1)
@@ -68,7 +68,7 @@ def main(argv):
           f"(batch {bs}, first two steps incl. compile {compile_s:.1f} s)")
   bs = cfg[names[-1]].batch_size
   for w in _WORKERS.value:
-    pcfg = train.pipeline_config(cfg)
+    pcfg = pipeline.from_config(cfg)
     pcfg = pipeline.PipelineConfig(**{**pcfg.__dict__, "workers": w})
     it = iter(pipeline.train_loader(records, pcfg, bs, seed=0))
     next(it)  # start-up (worker processes) excluded

@@ -18,9 +18,10 @@ BATCH_NORM = {'resnet', 'efficientnet'}
 
 
 def test_registry_lists_every_paper_model_and_small_variant():
-  assert set(image.names()) == set(image.PAPER_NAMES) | set(image.SMALL_NAMES)
+  assert set(image.names()) == (set(image.PAPER_NAMES) | set(image.SMALL_NAMES)
+                                | set(image.EXTRA_NAMES))
   assert {image.family(n) for n in image.names()} == {
-      'vgg', 'resnet', 'efficientnet', 'vit', 'convnext'}
+      'vgg', 'resnet', 'efficientnet', 'vit', 'convnext', 'mobilenet', 'alexnet'}
   with pytest.raises(KeyError, match='unknown image encoder'):
     image.create('resnet9000')
   with pytest.raises(TypeError, match='no field'):

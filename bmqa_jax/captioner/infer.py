@@ -31,7 +31,7 @@ def caption_paths(workdir: str, paths: Sequence[str], beam_size: int | None = No
   k = config.decode.beam_size if beam_size is None else beam_size
   recs = [dict(path=p, index=np.int32(i)) for i, p in enumerate(paths)]
   out = [None] * len(paths)
-  for b in pipeline.eval_batches(recs, train_lib.pipeline_config(config),
+  for b in pipeline.eval_batches(recs, pipeline.from_config(config),
                                  config.eval_batch_size):
     ids, alphas, _ = decode_lib.beam_search(model, variables, jnp.asarray(b["image"]),
                                             k, config.decode.max_len,

@@ -48,14 +48,6 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int):
       dropout_rate=m.dropout_rate)
 
 
-def pipeline_config(config) -> pipeline.PipelineConfig:
-  c = config.input
-  return pipeline.PipelineConfig(
-      image_size=c.image_size, resize_size=c.resize_size,
-      crop_scale=tuple(c.crop_scale), crop_ratio=tuple(c.crop_ratio), flip=c.flip,
-      workers=c.workers, prefetch=c.prefetch)
-
-
 def create_optimizer(config) -> optax.GradientTransformation:
   o = config.optimizer
   schedule = optax.warmup_cosine_decay_schedule(
@@ -149,7 +141,7 @@ def teacher_forced_metrics(model, variables, recs, config) -> dict:
     return jnp.sum(ce * mask), jnp.sum(top5 * mask), jnp.sum(mask)
 
   ce = hits = n = 0.0
-  for b in pipeline.eval_batches(recs, pipeline_config(config), config.eval_batch_size):
+  for b in pipeline.eval_batches(recs, pipeline.from_config(config), config.eval_batch_size):
     c, h, m = fn({k: b[k] for k in ("image", "caption", "valid")})
     ce, hits, n = ce + float(c), hits + float(h), n + float(m)
   return dict(cross_entropy=ce / max(n, 1), top5_accuracy=100.0 * hits / max(n, 1),
@@ -159,7 +151,7 @@ def teacher_forced_metrics(model, variables, recs, config) -> dict:
 def caption_records(model, variables, vocab, recs, config, beam_size: int):
   """Per record: (word list, attention maps [len + 1, L]) in order."""
   out = [None] * len(recs)
-  for b in pipeline.eval_batches(recs, pipeline_config(config), config.eval_batch_size):
+  for b in pipeline.eval_batches(recs, pipeline.from_config(config), config.eval_batch_size):
     ids, alphas, _ = decode_lib.beam_search(
         model, variables, jnp.asarray(b["image"]), beam_size, config.decode.max_len,
         config.decode.length_penalty)
@@ -233,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model = build_model(config, len(vocab))
   tx = create_optimizer(config)
   loader = pipeline.train_loader(records(train_samples, vocab, config.vocab.max_len),
-                                 pipeline_config(config), config.batch_size, config.seed)
+                                 pipeline.from_config(config), config.batch_size, config.seed)
   it = iter(loader)
   init = jax.jit(lambda rng: init_state(model, tx, config, rng), out_shardings=rep)
   rng = jax.random.key(config.seed)

@@ -4,13 +4,17 @@ A manifest is a CSV or JSONL file, one row per sample, with columns
 `image` (path relative to the manifest), `mos` (float in [0, 1]), `scene`
 (split key), and optional `text`, `audio`, `device`, `split`. Every check runs
 before training starts; an error names the manifest row (1-based, counting the
-header as row 1 for CSV so it matches what a spreadsheet shows) and the file.
+header as row 1 for CSV so it matches what a spreadsheet shows; the line for
+JSONL) and the file. Files are UTF-8 (a spreadsheet's BOM is fine); a JSONL
+line must be an object; no field may exceed `MAX_FIELD` characters; a scene
+may not be in two splits.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -35,23 +39,130 @@ class Sample:
   row: int = 0  # the row number in the manifest, for messages
 
 
-def read_rows(path: str) -> tuple[list[dict], int]:
-  """Raw rows of a CSV/JSONL manifest (strings as written) and the number of
-  the first data row, for messages."""
+MAX_FIELD = 131_072  # characters in one field (the csv module's default limit)
+
+
+def _decode(path: str) -> str:
+  """The file as text: UTF-8, with or without the BOM spreadsheets write."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    return raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b"\n") + 1
+    raise ManifestError(
+        f"{path}, line {line}: byte {raw[e.start]:#04x} is not UTF-8; save the "
+        "manifest as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)") from None
+
+
+def _read_csv(path: str, text: str) -> tuple[list[tuple[int, dict | str]], list[str]]:
+  reader = csv.reader(io.StringIO(text, newline=""))
+  try:
+    header = next(reader, [])
+  except csv.Error as e:
+    raise ManifestError(f"{path}, row 1: unreadable CSV header ({e})") from None
+  entries, number = [], 1
+  while True:
+    number += 1  # the header is row 1, as a spreadsheet shows it
+    where = f"{path}, row {number}"
+    try:
+      values = next(reader)
+    except StopIteration:
+      break
+    except csv.Error as e:
+      entries.append((number, f"{where}: unreadable CSV ({e})"))
+      continue
+    if not values:  # a blank line
+      continue
+    long = [c for c, v in zip(header + ["?"] * len(values), values) if len(v) > MAX_FIELD]
+    if long:
+      entries.append((number, f"{where}: field {long[0]!r} is longer than "
+                              f"{MAX_FIELD} characters"))
+    elif len(values) > len(header) and any(v.strip() for v in values[len(header):]):
+      entries.append((number, f"{where}: {len(values)} fields, but the header has "
+                              f"{len(header)}"))
+    else:
+      entries.append((number, dict(zip(header, values + [""] * len(header)))))
+  return entries, header
+
+
+def _read_jsonl(path: str, text: str) -> tuple[list[tuple[int, dict | str]], list[str]]:
+  if text.lstrip().startswith("["):
+    try:
+      whole = json.loads(text)
+    except (ValueError, RecursionError):
+      whole = None
+    if isinstance(whole, list):
+      raise ManifestError(f"{path}, row 1: the file is one JSON array; a manifest is "
+                          "JSON Lines, one object per line")
+  entries = []
+  for number, line in enumerate(text.split("\n"), 1):  # JSONL: row = line
+    if not line.strip():
+      continue
+    where = f"{path}, row {number}"
+    try:
+      row = json.loads(line)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+      entries.append((number, f"{where}: not valid JSON ({e})"))
+      continue
+    if not isinstance(row, dict):
+      entries.append((number, f"{where}: a JSON {type(row).__name__}, not an object "
+                              "with the columns as keys"))
+      continue
+    bad = [k for k, v in row.items() if not isinstance(v, (str, int, float, type(None)))]
+    long = [k for k, v in row.items() if isinstance(v, str) and len(v) > MAX_FIELD]
+    if bad:
+      entries.append((number, f"{where}: field {bad[0]!r} is a "
+                              f"{type(row[bad[0]]).__name__}, not a string or number"))
+    elif long:
+      entries.append((number, f"{where}: field {long[0]!r} is longer than "
+                              f"{MAX_FIELD} characters"))
+    else:
+      entries.append((number, row))
+  first = next((r for _, r in entries if isinstance(r, dict)), {})
+  return entries, list(first)
+
+
+def _read(path: str) -> tuple[list[tuple[int, dict | str]], list[str]]:
+  """(row number, row or why it is unusable) for each row, and the column names
+  (the CSV header; the keys of the first good JSONL row)."""
   if not os.path.isfile(path):
     raise ManifestError(f"manifest {path!r} does not exist")
+  text = _decode(path)
   if path.endswith((".jsonl", ".json")):
-    rows = []
-    with open(path, encoding="utf-8") as f:
-      for i, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            rows.append(json.loads(line))
-          except json.JSONDecodeError as e:
-            raise ManifestError(f"{path}: line {i} is not valid JSON: {e}") from e
-    return rows, 1
-  with open(path, newline="", encoding="utf-8") as f:
-    return list(csv.DictReader(f)), 2
+    return _read_jsonl(path, text)
+  return _read_csv(path, text)
+
+
+def read_rows(path: str) -> tuple[list[dict], int]:
+  """Raw rows of a CSV/JSONL manifest (strings as written) and the number of
+  the first data row, for messages. The first unreadable row raises."""
+  entries, _ = _read(path)
+  for _, row in entries:
+    if isinstance(row, str):
+      raise ManifestError(row)
+  return [row for _, row in entries], 2 if not path.endswith((".jsonl", ".json")) else 1
+
+
+def _field(row: dict, column: str) -> str:
+  value = row.get(column)
+  return "" if value is None else str(value)
+
+
+def check_scene_splits(rows: Iterable[tuple[int, dict]], path: str) -> None:
+  """Refuses a scene whose rows name two different splits (rows without a
+  split are ignored): a model would be tested on scenes it trained on."""
+  seen: dict[str, tuple[str, int]] = {}
+  for number, row in rows:
+    split, scene = _field(row, "split"), _field(row, "scene")
+    if not split:
+      continue
+    first_split, first_row = seen.setdefault(scene, (split, number))
+    if first_split != split:
+      raise ManifestError(
+          f"{path}, row {number}: scene {scene!r} is in split {split!r} here but in "
+          f"{first_split!r} at row {first_row}; all rows of a scene must be in one "
+          "split (bmqa_jax.splits.write_split_manifest writes scene-wise splits)")
 
 
 def _parse_mos(value, where: str, require: bool, mos_range) -> float:
@@ -59,10 +170,12 @@ def _parse_mos(value, where: str, require: bool, mos_range) -> float:
     if require:
       raise ManifestError(f"{where}: no MOS (empty `mos`)")
     return math.nan
+  if isinstance(value, bool):  # JSON true/false would read as 1.0/0.0
+    raise ManifestError(f"{where}: MOS {value!r} is not a number")
   try:
     mos = float(value)
-  except ValueError:
-    raise ManifestError(f"{where}: MOS {value!r} is not a number") from None
+  except (ValueError, TypeError):
+    raise ManifestError(f"{where}: MOS {value!r:.40} is not a number") from None
   if not math.isfinite(mos):
     raise ManifestError(f"{where}: MOS is {mos} (not a finite number)")
   lo, hi = mos_range
@@ -98,28 +211,37 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
     require_text: a row with an empty `text` is an error.
     check_images: decode every image (catches corrupt and truncated files).
     check_audio: read every audio file's header.
-    splits: keep only rows whose `split` is one of these (None: all rows).
-    skip_bad: drop bad rows instead of raising; their count and the first
-      reasons are logged.
+    splits: keep only rows whose `split` is one of these (None: all rows). A
+      scene whose rows name two splits is an error either way.
+    skip_bad: drop bad rows (also unreadable ones) instead of raising; their
+      count and the first reasons are logged.
   """
-  rows, first = read_rows(path)
-  if not rows:
+  entries, columns = _read(path)
+  if not entries:
     raise ManifestError(f"manifest {path!r} has no rows")
   base = os.path.dirname(os.path.abspath(path))
   required = ["image", "scene"] + (["mos"] if require_mos else [])
   if require_text:
     required.append("text")
-  missing = [c for c in required if c not in rows[0]]
+  missing = [c for c in required if c not in columns]
   if missing:
     raise ManifestError(f"manifest {path!r} lacks the column(s) {missing}; "
-                        f"it has {sorted(rows[0])}")
+                        f"it has {sorted(columns)}")
+  if splits is not None and "split" not in columns:
+    raise ManifestError(
+        f"manifest {path!r} has no `split` column, so no row is in split(s) "
+        f"{list(splits)}; add one (bmqa_jax.splits.write_split_manifest or "
+        "launch/repeated_splits.py write scene-wise splits)")
+  check_scene_splits([(n, r) for n, r in entries if isinstance(r, dict)], path)
   samples, bad = [], []
-  for i, row in enumerate(rows):
-    where = f"{path}, row {i + first}"
-    if splits is not None and row.get("split", "") not in splits:
+  for number, row in entries:
+    where = f"{path}, row {number}"
+    if isinstance(row, dict) and splits is not None and row.get("split", "") not in splits:
       continue
     try:
-      samples.append(_sample(row, base, where, i + first, require_mos, require_text,
+      if isinstance(row, str):  # unreadable: the reason
+        raise ManifestError(row)
+      samples.append(_sample(row, base, where, number, require_mos, require_text,
                              check_images, check_audio, mos_range))
     except (ManifestError, image_io.ImageReadError) as e:
       if not skip_bad:
@@ -138,6 +260,9 @@ def _sample(row, base, where, number, require_mos, require_text, check_images,
   rel = str(row.get("image") or "").strip()
   if not rel:
     raise ManifestError(f"{where}: empty `image`")
+  scene = _field(row, "scene")
+  if not scene.strip():
+    raise ManifestError(f"{where}: empty `scene`")
   image = _resolve(base, rel, where, "image")
   if check_images:
     try:
@@ -153,7 +278,7 @@ def _sample(row, base, where, number, require_mos, require_text, check_images,
     audio = _resolve(base, audio, where, "audio")
     if check_audio:
       _check_audio(audio, where)
-  return Sample(image=image, mos=mos, scene=str(row["scene"]),
+  return Sample(image=image, mos=mos, scene=scene,
                 split=str(row.get("split") or ""), device=str(row.get("device") or ""),
                 text=text, audio=audio, row=number)
 
@@ -166,6 +291,20 @@ def _check_audio(path: str, where: str) -> None:
     raise ManifestError(f"{where}: audio file {path!r} is unreadable: {e}") from None
   if info.frames == 0:
     raise ManifestError(f"{where}: audio file {path!r} is empty")
+
+
+def safe_join(root: str, name: str, where: str = "") -> str:
+  """`root/name`, refusing a name (e.g. stored in a dataset) that would write
+  outside `root`: absolute, with `..` leading out, or through a symlink."""
+  path = os.path.normpath(os.path.join(root, name))
+  ok = bool(name) and "\0" not in name and not os.path.isabs(name)
+  if ok:
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    ok = real != real_root and os.path.commonpath([real_root, real]) == real_root
+  if not ok:
+    raise ManifestError(f"{where or 'a record'}: file name {name!r} would be written "
+                        f"outside {root!r}; refusing it")
+  return path
 
 
 def split_names(samples: Iterable[Sample]) -> list[str]:

@@ -1,7 +1,15 @@
 """Grain input pipelines: decode, augment, tokenise, batch.
 
-Training: random resized crop and horizontal flip; evaluation: resize the short
-side and centre crop. Both normalise with the ImageNet mean/std (the contract of
+Two input modes (`config.input.mode`):
+
+* `'resize'` (default): training takes a random resized crop and a horizontal
+  flip; evaluation resizes the short side and takes the centre crop.
+* `'native'` (`bmqa_jax.data.native`): the camera's pixels, never resampled;
+  training takes a random `native_crop` window and a flip, evaluation a fixed
+  `eval_grid` of windows (`image` is then [B, K, crop, crop, 3] and the model's
+  scores are averaged over the K views).
+
+Both normalise with the ImageNet mean/std (the contract of
 `bmqa_jax.models.image`). Texts are tokenised once, up front, with the run's
 sentencepiece model. Batches are per process (the global batch divided by the
 number of JAX processes); `bmqa_jax.sharding` places them on the devices.
@@ -18,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from bmqa_jax.data import image_io
+from bmqa_jax.data import native
 from bmqa_jax.data.manifest import Sample
 from bmqa_jax.data.tokenizer import Tokenizer
 
@@ -33,8 +42,24 @@ class PipelineConfig:
   crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
   flip: bool = True
   max_text_len: int = 48
+  mode: str = "resize"  # 'resize' | 'native' (see the module docstring)
+  native_crop: int = 512  # native: side of the windows
+  eval_grid: tuple[int, int] = (1, 1)  # native: windows per column and row
   workers: int = 0  # grain worker processes (0: decode in the main process)
   prefetch: int = 2  # per-worker buffered batches
+
+
+def from_config(cfg) -> PipelineConfig:
+  """The pipeline settings of a run's `config.input` (fields it lacks keep
+  their defaults, so configs written before a field existed still load)."""
+  c, d = cfg.input, PipelineConfig()
+  get = lambda k: c.get(k, getattr(d, k))
+  return PipelineConfig(
+      image_size=c.image_size, resize_size=c.resize_size,
+      crop_scale=tuple(get("crop_scale")), crop_ratio=tuple(get("crop_ratio")),
+      flip=get("flip"), max_text_len=get("max_text_len"), mode=get("mode"),
+      native_crop=get("native_crop"), eval_grid=tuple(get("eval_grid")),
+      workers=get("workers"), prefetch=get("prefetch"))
 
 
 def to_records(samples: Sequence[Sample], tokenizer: Tokenizer | None,
@@ -107,8 +132,11 @@ class _TrainImage(grain.transforms.RandomMap):
 
   def random_map(self, record: dict, rng: np.random.Generator) -> dict:
     img, out = _record_image(record)
-    img = random_resized_crop(img, self.cfg.image_size, self.cfg.crop_scale,
-                              self.cfg.crop_ratio, rng)
+    if self.cfg.mode == "native":
+      img = native.random_crop(img, self.cfg.native_crop, rng)
+    else:
+      img = random_resized_crop(img, self.cfg.image_size, self.cfg.crop_scale,
+                                self.cfg.crop_ratio, rng)
     if self.cfg.flip and rng.random() < 0.5:
       img = img[:, ::-1]
     out["image"] = _normalise(img)
@@ -122,9 +150,23 @@ class _EvalImage(grain.transforms.Map):
 
   def map(self, record: dict) -> dict:
     img, out = _record_image(record)
-    img = center_crop(img, self.cfg.resize_size, self.cfg.image_size)
-    out["image"] = _normalise(img)
+    out["image"] = eval_views(img, self.cfg)
     return out
+
+
+def eval_views(img: np.ndarray, cfg: PipelineConfig) -> np.ndarray:
+  """The evaluation view of a uint8 image, normalised: [size, size, 3] for
+  'resize' (centre crop), [K, crop, crop, 3] for 'native' (the grid)."""
+  if cfg.mode == "native":
+    return _normalise(native.grid_crops(img, cfg.native_crop, tuple(cfg.eval_grid)))
+  if cfg.mode != "resize":
+    raise ValueError(f"config.input.mode={cfg.mode!r}: 'resize' or 'native'")
+  return _normalise(center_crop(img, cfg.resize_size, cfg.image_size))
+
+
+def input_size(cfg: PipelineConfig) -> int:
+  """The side of the square images the model sees in this mode."""
+  return cfg.native_crop if cfg.mode == "native" else cfg.image_size
 
 
 def _process_batch(global_batch: int) -> int:

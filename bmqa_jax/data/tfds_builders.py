@@ -55,6 +55,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bmqa_jax import splits as splits_lib
+from bmqa_jax.data import manifest as manifest_lib
 
 SPLITS = splits_lib.SPLIT_NAMES
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -415,17 +416,22 @@ def export_manifest(name: str, data_dir: str, out_dir: str | None = None,
   log(f"exporting {info.full_name} ({total} examples) to {out_dir} ...")
   rows = []
   for split, source in data_sources(name, data_dir).items():
-    for ex in grain_dataset(source):
-      fname = _text(ex["filename"])
-      image = os.path.join("files", split, fname)
-      os.makedirs(os.path.dirname(os.path.join(out_dir, image)), exist_ok=True)
-      with open(os.path.join(out_dir, image), "wb") as f:
+    for i, ex in enumerate(grain_dataset(source)):
+      # Names come from the dataset: one that would leave the folder is refused.
+      where = f"{info.full_name}, split {split!r}, example {i}"
+      full = manifest_lib.safe_join(os.path.join(out_dir, "files", split),
+                                    _text(ex["filename"]), where)
+      image = os.path.relpath(full, out_dir)
+      os.makedirs(os.path.dirname(full), exist_ok=True)
+      with open(full, "wb") as f:
         f.write(ex["image"])
       audio = ""
       if _text(ex["audio_filename"]):
-        audio = os.path.join("files", split, "audio", _text(ex["audio_filename"]))
-        os.makedirs(os.path.dirname(os.path.join(out_dir, audio)), exist_ok=True)
-        with open(os.path.join(out_dir, audio), "wb") as f:
+        full = manifest_lib.safe_join(os.path.join(out_dir, "files", split, "audio"),
+                                      _text(ex["audio_filename"]), where)
+        audio = os.path.relpath(full, out_dir)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
           f.write(ex["audio"])
       rows.append(dict(image=image, mos=f"{float(ex['mos']):.6f}",
                        scene=_text(ex["scene"]), split=split,

@@ -15,6 +15,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -45,3 +46,44 @@ class AttentivePool(nn.Module):
     z = nn.Dense(self.mlp_dim, dtype=self.dtype, name="ff_in")(y)
     z = nn.Dense(self.width, dtype=self.dtype, name="ff_out")(nn.gelu(z))
     return nn.LayerNorm(dtype=self.dtype, name="ln_ff")(z + y).astype(jnp.float32)
+
+
+def map_shape(num_tokens: int, image_hw: tuple[int, int]) -> tuple[int, int]:
+  """(H', W') of a convolutional token map of `num_tokens` = H'·W' tokens taken
+  from an image of `image_hw`: the stride s (a power of two) with
+  ceil(H/s)·ceil(W/s) or floor(H/s)·floor(W/s) tokens."""
+  h, w = image_hw
+  for s in (2 ** k for k in range(8)):
+    for rnd in (np.ceil, np.floor):
+      hh, ww = int(rnd(h / s)), int(rnd(w / s))
+      if hh * ww == num_tokens:
+        return hh, ww
+  raise ValueError(f"{num_tokens} tokens are no convolutional map of a {h}×{w} "
+                   "image (token_grid needs a CNN tower, not a ViT)")
+
+
+def grid_statistics(tokens, image_hw: tuple[int, int], grid: int):
+  """Per-cell mean and standard deviation of a token map (parameter-free).
+
+  tokens [B, H'·W', C] (row-major map of an image of `image_hw`) → [B, g², 2C]:
+  the map is cut into a `grid`×`grid` array of cells (as even as the size
+  allows) and each cell gives the mean and the standard deviation of its
+  tokens. First- and second-order statistics of early feature maps are what
+  noise and blur change; the grid keeps where they occur for the attentive
+  pooling of Eq. 7, and the size no longer depends on the input resolution.
+  """
+  b, n, c = tokens.shape
+  hh, ww = map_shape(n, image_hw)
+  if hh < grid or ww < grid:
+    raise ValueError(f"a {hh}×{ww} token map is smaller than token_grid={grid}")
+  x = tokens.reshape(b, hh, ww, c)
+  ys = np.linspace(0, hh, grid + 1).round().astype(int)
+  xs = np.linspace(0, ww, grid + 1).round().astype(int)
+  cells = []
+  for i in range(grid):
+    for j in range(grid):
+      cell = x[:, ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
+      mean = cell.mean((1, 2))
+      var = jnp.maximum((cell * cell).mean((1, 2)) - mean * mean, 0.0)
+      cells.append(jnp.concatenate([mean, jnp.sqrt(var + 1e-6)], -1))
+  return jnp.stack(cells, 1)

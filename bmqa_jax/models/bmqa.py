@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from bmqa_jax.models import align
 from bmqa_jax.models import pretrain
 from bmqa_jax.models.align import AttentivePool
 
@@ -43,17 +44,46 @@ class BMQA(nn.Module):
   num_categories: int = 0  # CL: size of the category vocabulary
   vocab_size: int = 0  # RE: the tokenizer's vocabulary, predicted at masked words
   decoder_dim: int = 256  # RE: hidden width of the pixel decoder
+  # Image features the alignment reads: the tower's `levels` (several stages,
+  # each pooled by its own Eq. 7 and fused) instead of its last `tokens`.
+  multi_level: bool = False
+  # 0: the token maps as they are (Eq. 7); g > 0: per-cell mean and standard
+  # deviation on a g×g grid (`align.grid_statistics`), parameter-free.
+  token_grid: int = 0
+  # Image-only models: K > 1 independently initialised alignment + probe
+  # heads on the same tower features, each trained on its own MSE; the score
+  # is their mean (a deep ensemble of the probe, Lakshminarayanan et al. 2017).
+  ensemble: int = 1
   dtype: Dtype = jnp.float32
 
   def _pool(self, name):
     return AttentivePool(self.align_width, self.align_heads, self.align_qkv_dim,
                          self.align_mlp_dim, self.dtype, name=name)
 
+  def tower_features(self, images, train: bool = False, encoded=None):
+    """What the image alignment reads: a list of [B, N_l, C_l] arrays.
+
+    Everything after the tower is parameter-free, so a frozen tower's output
+    can be computed once and cached (`bmqa_jax.feature_cache`).
+    """
+    out = encoded if encoded is not None else self.image_encoder(images, train=train)
+    maps = list(out["levels"]) if self.multi_level else [out["tokens"]]
+    if self.token_grid:
+      maps = [align.grid_statistics(m, images.shape[1:3], self.token_grid)
+              for m in maps]
+    return maps
+
+  def _align_image(self, maps):
+    return align_levels(maps, self._pool, self.align_width, self.dtype)
+
   @nn.compact
   def __call__(self, images=None, text_ids=None, text_mask=None, *,
                train: bool = False, train_image: bool | None = None,
-               objective: str | None = None):
+               objective: str | None = None, image_features=None):
     """Returns dict(img (if image), txt (if text), score [B], log_temperature).
+
+    `image_features`: the output of `tower_features` computed beforehand (a
+    frozen tower's cache); the tower is then not run.
 
     With `objective='classify'` also `img_logits` / `txt_logits` [B, categories];
     with `objective='restore'` also `img_restored` [B, H, W, 3] and `txt_logits`
@@ -69,10 +99,16 @@ class BMQA(nn.Module):
     train_image = train if train_image is None else train_image
     out, feats = {}, []
     if "image" in self.modalities:
-      if images is None:
-        raise ValueError("this model reads an image: pass images")
-      img = self.image_encoder(images, train=train_image)
-      out["img"] = self._pool("img_align")(img["tokens"])
+      if image_features is None:
+        if images is None:
+          raise ValueError("this model reads an image: pass images")
+        img = self.image_encoder(images, train=train_image)
+        image_features = self.tower_features(images, encoded=img)
+      elif objective == "restore":
+        raise ValueError("objective 'restore' needs the pixels, not cached features")
+      if self.ensemble > 1:
+        return self._ensemble(list(image_features), objective)
+      out["img"] = self._align_image(list(image_features))
       feats.append(out["img"])
     if "text" in self.modalities:
       if text_ids is None or text_mask is None:
@@ -104,6 +140,50 @@ class BMQA(nn.Module):
     return out
 
 
+  def _ensemble(self, maps, objective):
+    if tuple(self.modalities) != ("image",) or objective is not None:
+      raise ValueError("ensemble > 1 is for image-only models trained with MSE")
+    members = nn.vmap(ImageProbe, variable_axes={"params": 0},
+                      split_rngs={"params": True}, in_axes=None, out_axes=1,
+                      axis_size=self.ensemble)(
+                          self.align_width, self.align_heads, self.align_qkv_dim,
+                          self.align_mlp_dim, self.dtype, name="img_probes")
+    vecs, scores = members(maps)  # [B, K, width], [B, K]
+    log_t = self.param("log_temperature",
+                       nn.initializers.constant(np.log(self.temperature_init)), ())
+    return {"img": vecs.mean(1), "member_scores": scores, "score": scores.mean(1),
+            "log_temperature": log_t}
+
+
+def align_levels(maps, pool, width: int, dtype):
+  """Eq. 7 on each feature level (`pool(name)` makes an AttentivePool); several
+  levels are fused by a linear layer and a LayerNorm into one aligned vector of
+  the same width. Call inside a compact method: the layers belong to it."""
+  if len(maps) == 1:
+    return pool("img_align")(maps[0])
+  pooled = [pool(f"img_align_{i}")(m) for i, m in enumerate(maps)]
+  x = nn.Dense(width, dtype=dtype, name="img_levels_fuse")(jnp.concatenate(pooled, -1))
+  return nn.LayerNorm(dtype=dtype, name="img_levels_ln")(x).astype(jnp.float32)
+
+
+class ImageProbe(nn.Module):
+  """One member of a probe ensemble: the image alignment (Eq. 7, per level and
+  fused) and the linear probe (Eq. 10) on it. Returns (vector, score)."""
+
+  width: int
+  heads: int
+  qkv_dim: int
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, maps):
+    pool = lambda name: AttentivePool(self.width, self.heads, self.qkv_dim,
+                                      self.mlp_dim, self.dtype, name=name)
+    v = align_levels(maps, pool, self.width, self.dtype)
+    return v, nn.Dense(1, name="fuse")(v)[:, 0]
+
+
 def from_config(cfg, vocab_size: int | None) -> BMQA:
   """Builds the model a config describes (`bmqa_jax.defaults.base_config().model`).
 
@@ -113,9 +193,12 @@ def from_config(cfg, vocab_size: int | None) -> BMQA:
   from bmqa_jax.models import image, text  # pylint: disable=g-import-not-at-top
   dtype = jnp.dtype(cfg.model.dtype)
   modalities = tuple(cfg.model.modalities)
+  ic = cfg.model.image
   img = txt = None
   if "image" in modalities:
-    img = image.create(cfg.model.image.name, dtype=dtype, **cfg.model.image.kwargs)
+    levels = tuple(ic.get("levels", ()))
+    kwargs = dict(ic.kwargs, levels=levels) if levels else dict(ic.kwargs)
+    img = image.create(ic.name, dtype=dtype, **kwargs)
   if "text" in modalities:
     if vocab_size is None:
       raise ValueError("a model with a text tower needs the tokenizer's vocab_size")
@@ -128,4 +211,7 @@ def from_config(cfg, vocab_size: int | None) -> BMQA:
               align_mlp_dim=a.mlp_dim, temperature_init=cfg.model.temperature_init,
               num_categories=len(categories.for_config(cfg)),
               vocab_size=vocab_size or 0,
-              decoder_dim=pt.get("decoder_dim", 256), dtype=dtype)
+              decoder_dim=pt.get("decoder_dim", 256),
+              multi_level=bool(tuple(ic.get("levels", ()))),
+              token_grid=int(ic.get("token_grid", 0)),
+              ensemble=int(cfg.model.get("ensemble", 1)), dtype=dtype)

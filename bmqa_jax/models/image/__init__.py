@@ -19,7 +19,11 @@ Contract (stable; the trainer, the converter and the tests rely on it)::
     ``Linear`` is replaced by ``Identity``, in eval mode;
   - ``tokens`` ``[B, N, C]``: the last spatial feature map flattened row-major
     (``N = H'·W'``), or the transformer's output tokens (class token first);
-  - ``logits`` ``[B, num_classes]`` only when created with ``num_classes``.
+  - ``logits`` ``[B, num_classes]`` only when created with ``num_classes``;
+  - ``levels`` only when created with ``levels`` (a sequence of stage
+    indices): a tuple, one entry per requested index, of token maps
+    ``[B, H_l·W_l, C_l]`` (row-major), stage ``l`` being the family's ``l``-th
+    resolution stage as its module docstring lists.
 
 * Keyword arguments of :func:`create` common to every family:
   ``num_classes`` (default ``None``: no classifier), ``dtype`` (compute dtype
@@ -27,14 +31,17 @@ Contract (stable; the trainer, the converter and the tests rely on it)::
   Family-specific ones (``dropout_rate``, ``stochastic_depth_rate``, ...) are the
   dataclass fields of the family's module; an unknown keyword raises.
 * Collections: ``params`` always; ``batch_stats`` for the BatchNorm families
-  (ResNet, EfficientNet). ``train=True`` needs ``mutable=['batch_stats']`` for
-  those and a ``'dropout'`` RNG where dropout or stochastic depth is active.
+  (ResNet, EfficientNet, MobileNetV2). ``train=True`` needs
+  ``mutable=['batch_stats']`` for those and a ``'dropout'`` RNG where dropout
+  or stochastic depth is active.
 
 Names: :func:`names` lists every registered encoder; :data:`PAPER_NAMES` are the
 ones of the paper (parity-tested against torchvision); :data:`SMALL_NAMES`
 (``vgg_tiny``, ``resnet_tiny``, ``efficientnet_tiny``, ``vit_tiny`` — 32 px
 input — and ``convnext_mini``) are small configurations of the same code for
-tests and the CPU quickstart.
+tests and the CPU quickstart. :data:`EXTRA_NAMES` (``vgg16``, ``mobilenet_v2``,
+``alexnet``) are torchvision models outside the paper with packaged ImageNet
+weights (:mod:`.pretrained`), useful as quality-feature trunks.
 """
 
 from __future__ import annotations
@@ -44,13 +51,15 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
+from bmqa_jax.models.image import alexnet
 from bmqa_jax.models.image import convnext
 from bmqa_jax.models.image import efficientnet
+from bmqa_jax.models.image import mobilenet
 from bmqa_jax.models.image import resnet
 from bmqa_jax.models.image import vgg
 from bmqa_jax.models.image import vit
 
-_FAMILIES = (vgg, resnet, efficientnet, vit, convnext)
+_FAMILIES = (vgg, resnet, efficientnet, vit, convnext, mobilenet, alexnet)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 for _module in _FAMILIES:
@@ -64,11 +73,14 @@ PAPER_NAMES = (
     'convnext_base')
 # Small configurations of the same code, for tests and the CPU quickstart.
 SMALL_NAMES = ('vgg_tiny', 'resnet_tiny', 'efficientnet_tiny', 'vit_tiny', 'convnext_mini')
-assert set(_REGISTRY) == set(PAPER_NAMES) | set(SMALL_NAMES), sorted(_REGISTRY)
+# torchvision models outside the paper, with packaged ImageNet weights
+# (parity-tested in tests/test_pretrained_towers.py).
+EXTRA_NAMES = ('vgg16', 'mobilenet_v2', 'alexnet')
+assert set(_REGISTRY) == set(PAPER_NAMES) | set(SMALL_NAMES) | set(EXTRA_NAMES), sorted(_REGISTRY)
 
 
 def names() -> list[str]:
-  """Every registered encoder name (paper models and small variants), sorted."""
+  """Every registered encoder name (paper, small and extra models), sorted."""
   return sorted(_REGISTRY)
 
 

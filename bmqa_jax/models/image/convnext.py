@@ -66,6 +66,8 @@ class ConvNeXt(nn.Module):
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  # Stages (0..3, strides 4..32) also returned as ``levels``.
+  levels: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -79,6 +81,7 @@ class ConvNeXt(nn.Module):
     x = norm(name='stem_norm')(x)
     total = sum(self.depths)
     index = 0
+    stage_maps = []
     for i, (depth, width) in enumerate(zip(self.depths, self.widths)):
       if i > 0:
         x = norm(name=f'downsample{i}_norm')(x)
@@ -88,10 +91,11 @@ class ConvNeXt(nn.Module):
         x = CNBlock(rate, self.layer_scale_init, dtype=self.dtype,
                     param_dtype=self.param_dtype, name=f'stage{i}_block{j}')(x, train=train)
         index += 1
+      stage_maps.append(x)
     tokens = x.reshape(x.shape[0], -1, x.shape[-1])
     pooled = norm(name='head_norm')(jnp.mean(x, axis=(1, 2)))
     return layers.encoder_outputs(self, pooled, tokens, head_name='head',
-                                  head_init=_trunc_normal_002)
+                                  head_init=_trunc_normal_002, stage_maps=stage_maps)
 
 
 VARIANTS = {

@@ -186,6 +186,9 @@ class EfficientNet(nn.Module):
   param_dtype: Dtype = jnp.float32
   bn_momentum: float | None = None  # None: the reference's (0.9 B*, 0.99 Lite).
   bn_epsilon: float | None = None   # None: the reference's (1e-5 B*, 1e-3 Lite).
+  # Block stages whose outputs are also returned as ``levels`` (0..6 for the
+  # B0 table: strides 2, 4, 8, 16, 16, 32, 32; e.g. (1, 2, 4, 6)).
+  levels: Sequence[int] = ()
 
   def stage_configs(self) -> list[StageConfig]:
     return scaled_stages(self.stages, self.width_mult, self.depth_mult, self.lite)
@@ -214,6 +217,7 @@ class EfficientNet(nn.Module):
 
     total = sum(s.repeats for s in stages)
     index = 0
+    stage_maps = []
     for i, s in enumerate(stages):
       for j in range(s.repeats):
         cfg = s if j == 0 else dataclasses.replace(s, stride=1, in_channels=s.out_channels)
@@ -221,6 +225,7 @@ class EfficientNet(nn.Module):
                    dtype=self.dtype, param_dtype=self.param_dtype,
                    name=f'stage{i}_block{j}')(x, train=train)
         index += 1
+      stage_maps.append(x)
 
     head = self.head_width or (1280 if lite else 4 * stages[-1].out_channels)
     x = conv(head, (1, 1), padding=0, name='head_conv')(x)
@@ -229,7 +234,7 @@ class EfficientNet(nn.Module):
     pooled = jnp.mean(x, axis=(1, 2))
     return layers.encoder_outputs(
         self, pooled, tokens, head_name='classifier', dropout_rate=self.dropout_rate,
-        train=train, head_init=_classifier_init)
+        train=train, head_init=_classifier_init, stage_maps=stage_maps)
 
 
 def _classifier_init(key, shape, dtype=jnp.float32):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,7 +23,8 @@ torch_linear_default = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'un
 
 def encoder_outputs(module: nn.Module, pooled: jax.Array, tokens: jax.Array, *,
                     head_name: str, head_init=nn.initializers.lecun_normal(),
-                    dropout_rate: float = 0.0, train: bool = False) -> dict[str, jax.Array]:
+                    dropout_rate: float = 0.0, train: bool = False,
+                    stage_maps: Sequence[jax.Array] = ()) -> dict[str, Any]:
   """The dict every encoder returns, in float32.
 
   Must be called from inside ``module``'s ``@nn.compact`` ``__call__``: when
@@ -30,11 +32,20 @@ def encoder_outputs(module: nn.Module, pooled: jax.Array, tokens: jax.Array, *,
   ``head_name`` (torchvision's last ``Linear``), preceded by dropout at
   ``dropout_rate`` in training.
 
+  ``stage_maps`` are the family's per-stage feature maps (``[B, H, W, C]`` or
+  ``[B, N, C]``); with ``module.levels`` non-empty, the ones it names are
+  returned flattened as ``levels``.
+
   Returns:
     ``pooled`` ``[B, D]`` (the vector the classifier sees), ``tokens``
-    ``[B, N, C]`` and, with a classifier, ``logits`` ``[B, num_classes]``.
+    ``[B, N, C]``, ``levels`` (a tuple of ``[B, N_l, C_l]``, only when
+    ``module.levels`` is set) and, with a classifier, ``logits``
+    ``[B, num_classes]``.
   """
   out = {'pooled': pooled.astype(jnp.float32), 'tokens': tokens.astype(jnp.float32)}
+  wanted = tuple(getattr(module, 'levels', ()) or ())
+  if wanted:
+    out['levels'] = select_levels(stage_maps, wanted, type(module).__name__)
   if module.num_classes:
     x = pooled
     if dropout_rate:
@@ -44,6 +55,22 @@ def encoder_outputs(module: nn.Module, pooled: jax.Array, tokens: jax.Array, *,
                     name=head_name)
     out['logits'] = head(x).astype(jnp.float32)
   return out
+
+
+def select_levels(stage_maps: Sequence[jax.Array], wanted: Sequence[int],
+                  owner: str) -> tuple[jax.Array, ...]:
+  """The stage maps at indices ``wanted``, flattened to float32 ``[B, N, C]``.
+
+  Multi-level features (as HyperIQA, DBCNN and TOPIQ read them): early stages
+  keep the fine-grained noise and blur that the last one averages away.
+  """
+  bad = [i for i in wanted if not -len(stage_maps) <= i < len(stage_maps)]
+  if bad:
+    raise ValueError(f'{owner} has {len(stage_maps)} stages (levels 0..'
+                     f'{len(stage_maps) - 1}); asked for levels {list(wanted)}')
+  return tuple(stage_maps[i].reshape(stage_maps[i].shape[0], -1,
+                                     stage_maps[i].shape[-1]).astype(jnp.float32)
+               for i in wanted)
 
 
 class StochasticDepth(nn.Module):

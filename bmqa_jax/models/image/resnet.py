@@ -101,6 +101,8 @@ class ResNet(nn.Module):
   param_dtype: Dtype = jnp.float32
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  # Stages (layer1..layer4 = 0..3, strides 4..32) also returned as ``levels``.
+  levels: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -116,15 +118,18 @@ class ResNet(nn.Module):
     x = norm(name='bn1')(x, use_running_average=not train)
     x = nn.relu(x)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    stage_maps = []
     for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(n_blocks):
         strides = 2 if i > 0 and j == 0 else 1
         x = self.block(width, strides, conv=conv, norm=norm,
                        name=f'layer{i + 1}_{j}')(x, train=train)
+      stage_maps.append(x)
     tokens = x.reshape(x.shape[0], -1, x.shape[-1])
     pooled = jnp.mean(x, axis=(1, 2))
     return layers.encoder_outputs(self, pooled, tokens, head_name='fc',
-                                  head_init=layers.torch_linear_default)
+                                  head_init=layers.torch_linear_default,
+                                  stage_maps=stage_maps)
 
 
 VARIANTS = {

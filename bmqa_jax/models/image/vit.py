@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -98,6 +98,9 @@ class VisionTransformer(nn.Module):
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  # Encoder layers (0..num_layers-1) whose output tokens are also returned as
+  # ``levels`` (before the final LayerNorm, class token first).
+  levels: Sequence[int] = ()
 
   @nn.compact
   def __call__(self, images, train: bool = False):
@@ -125,15 +128,17 @@ class VisionTransformer(nn.Module):
                      (1, x.shape[1], self.hidden_dim), self.param_dtype)
     x = x + pos.astype(self.dtype)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    stage_maps = []
     for i in range(self.num_layers):
       x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
                        self.attention_dropout_rate, dtype=self.dtype,
                        param_dtype=self.param_dtype,
                        name=f'encoder_layer_{i}')(x, train=train)
+      stage_maps.append(x)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
                      name='ln')(x)
     return layers.encoder_outputs(self, x[:, 0], x, head_name='head',
-                                  head_init=nn.initializers.zeros)
+                                  head_init=nn.initializers.zeros, stage_maps=stage_maps)
 
 
 _B = functools.partial(VisionTransformer, hidden_dim=768, num_layers=12, num_heads=12,
