@@ -4,13 +4,15 @@
 every row of another manifest: cross-dataset evaluation) with the final weights
 of the run's last stage, and writes `eval/metrics.json`
 (`{"overall": {plcc, srcc, krcc, rmse, n}, "per_device": {...}}`),
-`eval/report.md`, `eval/scatter.png` and `eval/predictions.csv` in the workdir.
+`eval/report.md`, `eval/scatter.png` and `eval/predictions.csv` in the workdir
+(another manifest's: in `eval/<manifest stem>[_<split>]/`).
 Scores are on the MOS scale of the training data, higher is better.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from typing import Sequence
@@ -66,6 +68,11 @@ def predict(model, variables: dict, records: list[dict], cfg: mlc.ConfigDict,
 
 def load_final_variables(workdir: str, cfg: mlc.ConfigDict) -> dict:
   """params and batch_stats of the last stage's latest checkpoint."""
+  return _load_final(workdir, cfg)[0]
+
+
+def _load_final(workdir: str, cfg: mlc.ConfigDict) -> tuple[dict, dict]:
+  """(variables, {"stage", "step"}) of the last stage's latest checkpoint."""
   stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
   path = os.path.abspath(os.path.join(workdir, "checkpoints", stages[-1]))
   mngr = ocp.CheckpointManager(path, item_names=("state", "data_iter"))
@@ -75,7 +82,26 @@ def load_final_variables(workdir: str, cfg: mlc.ConfigDict) -> dict:
                             f"{path}: has training finished?")
   state = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore()))["state"]
-  return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+  variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+  return variables, {"stage": stages[-1], "step": int(step)}
+
+
+def config_hash(workdir: str) -> str:
+  """sha256 of the workdir's config.json as stored (which run was scored)."""
+  with open(os.path.join(workdir, "config.json"), "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def default_out_dir(workdir: str, manifest: str | None = None,
+                    manifest_split: str | None = None) -> str:
+  """workdir/eval for the run's own data; workdir/eval/<manifest stem>[_<split>]
+  for another manifest, so a cross-dataset evaluation never replaces the run's
+  own eval/metrics.json (which launch/report.py and bmqa_jax/splits.py read)."""
+  out = os.path.join(workdir, "eval")
+  if manifest:
+    stem = os.path.splitext(os.path.basename(os.path.normpath(manifest)))[0]
+    out = os.path.join(out, stem + (f"_{manifest_split}" if manifest_split else ""))
+  return out
 
 
 def _tower_frozen(cfg: mlc.ConfigDict, variables: dict) -> bool:
@@ -93,20 +119,29 @@ def _tower_frozen(cfg: mlc.ConfigDict, variables: dict) -> bool:
 
 def load_model(workdir: str):
   """(config, model, variables, tokenizer) of a trained workdir."""
+  return _load_model(workdir)[:4]
+
+
+def _load_model(workdir: str):
+  """load_model's four, then {"stage", "step"} of the checkpoint loaded."""
   from bmqa_jax import train  # pylint: disable=g-import-not-at-top
   cfg = train.load_config(workdir)
   tok = None
   if datasets.uses_text(cfg):
     tok = tokenizer_lib.Tokenizer(os.path.join(workdir, "tokenizer.model"))
   model = bmqa_lib.from_config(cfg, tok.vocab_size if tok else None)
-  return cfg, model, load_final_variables(workdir, cfg), tok
+  variables, ckpt = _load_final(workdir, cfg)
+  return cfg, model, variables, tok, ckpt
 
 
 def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "test",
                      out_dir: str | None = None, log=print, text_source: str | None = None,
                      captioner: str | None = None, asr: str | None = None,
                      manifest_split: str | None = None) -> dict:
-  """Scores a split or manifest; writes out_dir (default workdir/eval).
+  """Scores a split or manifest; writes out_dir (default `default_out_dir`:
+  workdir/eval, or workdir/eval/<manifest stem>[_<manifest_split>] for another
+  manifest). metrics.json records the checkpoint scored ("checkpoint": stage
+  and step) and the sha256 of the workdir's config.json ("config_sha256").
 
   `text_source` ('text', 'audio', 'captioner'; default the run's
   config.data.text_source, or 'captioner' when `captioner` is given) says where
@@ -115,7 +150,8 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
   and the model trained on image+text is used as it is. `manifest_split`: score
   only the manifest's rows of this split (default every row).
   """
-  cfg, model, variables, tok = load_model(workdir)
+  config_sha256 = config_hash(workdir)  # before loading: the config scored
+  cfg, model, variables, tok, ckpt = _load_model(workdir)
   has_text = tok is not None
   from bmqa_jax.captioner import descriptions  # pylint: disable=g-import-not-at-top
   source = text_source or ("captioner" if captioner else
@@ -155,10 +191,13 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
   g = metrics.grouped_summary(preds, mos, groups, mapping=MAPPINGS)
   result = {"overall": g["overall"], "per_device": g["per_group"] if devices else {},
             "dataset": name, "workdir": os.path.abspath(workdir),
-            "score_range": list(cfg.data.mos_range), "higher_is_better": True}
+            "score_range": list(cfg.data.mos_range), "higher_is_better": True,
+            "checkpoint": ckpt, "config_sha256": config_sha256}
+  if manifest:
+    result["manifest"] = os.path.abspath(manifest)
   if has_text:
     result["text_source"] = source
-  out_dir = out_dir or os.path.join(workdir, "eval")
+  out_dir = out_dir or default_out_dir(workdir, manifest, manifest_split)
   write_outputs(out_dir, result, samples, preds)
   if has_text and source in descriptions.GENERATED:
     descriptions.write_csv(os.path.join(out_dir, "descriptions.csv"), samples, source)

@@ -11,14 +11,23 @@ and the grain iterator state. A stage whose last step is saved is complete and i
 skipped; a stage with an earlier checkpoint resumes from it; a new stage starts
 from the previous stage's weights only (params and batch statistics, not the
 optimiser), so running the same command again continues where it stopped.
+
+A workdir owns its config: the first run writes `config.json`; a later run whose
+config differs in anything but the fields of `SAFE_CONFIG_CHANGES` is refused
+(`ConfigChangedError`) unless `config_change='allow'`. One run at a time holds
+`workdir/.lock`. Every step is checked for a finite loss and finite weights, and
+no non-finite state is ever saved.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
 import re
+import socket
+import tempfile
 import time
 from typing import Any
 
@@ -203,6 +212,8 @@ class Stage:
     params = optax.apply_updates(state["params"], updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = self.schedule(state["step"])
+    # One scalar the host reads every step: no non-finite state is ever saved.
+    metrics["finite"] = all_finite((metrics["loss"], params, bs))
     return dict(step=state["step"] + 1, params=params, batch_stats=bs,
                 opt_state=opt_state), metrics
 
@@ -211,6 +222,13 @@ class Stage:
     return jax.jit(self.train_step,
                    in_shardings=(state_sharding, sharding.batch_sharding(self.mesh), rep),
                    out_shardings=(state_sharding, rep), donate_argnums=(0,))
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every element of every array of `tree` is finite (one bool)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def accumulate_gradients(loss_fn, params, batch_stats, batch: dict, rng,
@@ -302,10 +320,29 @@ def data_config(cfg: mlc.ConfigDict, names: list[str]) -> mlc.ConfigDict:
 
 
 def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
-                       progress: bool = True) -> dict:
-  """Runs every stage of `cfg.stages` in `workdir` (resuming), returns val metrics."""
+                       progress: bool = True, config_change: str = "refuse") -> dict:
+  """Runs every stage of `cfg.stages` in `workdir` (resuming), returns val metrics.
+
+  `config_change`: 'refuse' (default) raises `ConfigChangedError` when `cfg`
+  differs from the workdir's `config.json` in a field outside
+  `SAFE_CONFIG_CHANGES`; 'allow' trains on with `cfg`, records it as the
+  workdir's config and appends the changes to `config_changes.jsonl`.
+  """
+  if config_change not in ("refuse", "allow"):
+    raise ValueError(f"config_change={config_change!r}: 'refuse' or 'allow'")
   os.makedirs(workdir, exist_ok=True)
-  _save_config(cfg, workdir)
+  lock = WorkdirLock(workdir, log) if jax.process_index() == 0 else None
+  if lock:
+    lock.acquire()
+  try:
+    _own_config(cfg, workdir, config_change, log)
+    return _train_and_evaluate(cfg, workdir, log, progress)
+  finally:
+    if lock:
+      lock.release()
+
+
+def _train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log, progress) -> dict:
   mesh = sharding.make_mesh(cfg)
   names = [s.strip() for s in cfg.stages.split(",") if s.strip()]
   needed = {"pretrain" if cfg[n].data == "pretrain" else "train" for n in names}
@@ -449,11 +486,12 @@ def _run(stage: Stage, state, state_sharding, it, mngr, workdir, log, progress):
     state, metrics = step_fn(state, batch, rng)
     seen += 1
     done = step + 1
+    if not bool(jax.device_get(metrics["finite"])):  # a sync of one scalar per step
+      bar.close()
+      writer.close()
+      _non_finite(stage, done, float(jax.device_get(metrics["loss"])), mngr, log)
     if done % scfg.log_every_steps == 0 or done == stage.total_steps:
       m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not math.isfinite(m["loss"]):
-        raise FloatingPointError(f"[{stage.name}] loss is {m['loss']} at step {done}; "
-                                 "lower the learning rate or check the data")
       m["steps_per_second"] = seen / max(time.time() - t0, 1e-9)
       for k, v in m.items():
         writer.add_scalar(f"{stage.name}/{k}", v, done)
@@ -469,6 +507,20 @@ def _run(stage: Stage, state, state_sharding, it, mngr, workdir, log, progress):
   return state
 
 
+def _non_finite(stage: Stage, step: int, loss: float, mngr, log) -> None:
+  """Raises FloatingPointError for step `step`, whose state is not saved."""
+  mngr.wait_until_finished()
+  last = mngr.latest_step()
+  where = (f"the last finite checkpoint is step {last}" if last is not None else
+           "no checkpoint of this stage was saved")
+  log(f"[{stage.name}] non-finite loss or weights at step {step} (loss {loss}); "
+      f"nothing of it is saved; {where}")
+  raise FloatingPointError(
+      f"[{stage.name}] non-finite loss or weights at step {step} (loss {loss}); "
+      f"{where} (a re-run resumes from there). Lower the learning rate or check the "
+      "data; a changed config needs a new workdir or config_change='allow'")
+
+
 def _log_params(params, stage: Stage, log) -> None:
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   n_train = sum(int(np.prod(x.shape)) for x, lab in zip(
@@ -478,12 +530,212 @@ def _log_params(params, stage: Stage, log) -> None:
       f"({stage.spe} steps/epoch)")
 
 
-def _save_config(cfg: mlc.ConfigDict, workdir: str) -> None:
+# Config fields a resumed run may change without altering what is trained:
+# logging, evaluation and checkpoint cadence, input-pipeline parallelism and
+# where features are cached. Patterns (fnmatch) over dotted paths such as
+# 'st.log_every_steps'; every other change to a workdir's config is refused
+# unless config_change='allow'.
+SAFE_CONFIG_CHANGES = (
+    "*.log_every_steps",
+    "*.checkpoint_every_steps",
+    "*.keep_checkpoints",
+    "eval.*",
+    "input.workers",
+    "input.prefetch",
+    "data.feature_cache_dir",
+    "data.check_images",
+)
+_ABSENT = "<absent>"
+
+
+class ConfigChangedError(ValueError):
+  """A run's config differs from its workdir's config.json in a field that
+  changes what is trained."""
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another run holds the workdir's lock."""
+
+
+def _flatten(tree, prefix: str = "") -> dict[str, Any]:
+  """Dotted paths → JSON values; an empty dict is a value of its own."""
+  if isinstance(tree, dict) and tree:
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _as_json(cfg) -> dict:
+  if isinstance(cfg, mlc.ConfigDict):
+    return json.loads(cfg.to_json_best_effort())
+  return json.loads(json.dumps(cfg))
+
+
+def _default_fields(*trees: dict) -> dict[str, Any]:
+  """The default of each field: base_config's, and `defaults.stage()`'s for a
+  stage the base config lacks (any sub-config with a `loss` and `trainable`)."""
+  from bmqa_jax import defaults  # pylint: disable=g-import-not-at-top
+  out = _flatten(_as_json(defaults.base_config()))
+  stage = _as_json(defaults.stage())
+  for tree in trees:
+    for k, v in tree.items():
+      if isinstance(v, dict) and "loss" in v and "trainable" in v:
+        for f, d in _flatten(stage).items():
+          out.setdefault(f"{k}.{f}", d)
+  return out
+
+
+def config_changes(old, new) -> list[tuple[str, Any, Any]]:
+  """(field, old value, new value) for each field that differs. A field one
+  side lacks (a config written before the field existed) counts as its default."""
+  old, new = _as_json(old), _as_json(new)
+  a, b = _flatten(old), _flatten(new)
+  dflt = _default_fields(old, new)
+  out = []
+  for k in sorted(set(a) | set(b)):
+    va, vb = a.get(k, dflt.get(k, _ABSENT)), b.get(k, dflt.get(k, _ABSENT))
+    if va != vb:
+      out.append((k, va, vb))
+  return out
+
+
+def safe_change(field: str) -> bool:
+  return any(fnmatch.fnmatchcase(field, p) for p in SAFE_CONFIG_CHANGES)
+
+
+def _fmt(v) -> str:
+  return v if v is _ABSENT else json.dumps(v)
+
+
+def _own_config(cfg: mlc.ConfigDict, workdir: str, config_change: str, log) -> None:
+  """Writes config.json on the first run; refuses a changed config later."""
   path = os.path.join(workdir, "config.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(cfg.to_json_best_effort(indent=1))
-  os.replace(tmp, path)
+  if not os.path.exists(path):
+    if jax.process_index() == 0:
+      _save_config(cfg, workdir)
+    return
+  with open(path) as f:
+    stored = json.load(f)
+  changes = config_changes(stored, cfg)
+  if not changes:
+    return
+  text = [f"{k}: {_fmt(a)} -> {_fmt(b)}" for k, a, b in changes]
+  unsafe = [t for t, (k, _, _) in zip(text, changes) if not safe_change(k)]
+  if unsafe and config_change != "allow":
+    raise ConfigChangedError(
+        f"{workdir!r} was trained with another config; changed: "
+        + "; ".join(unsafe) + ". Use a new workdir, or config_change='allow' "
+        "(launch/train.py --config_change=allow) to continue with the new one.")
+  if unsafe:
+    log("config changed (config_change='allow'): " + "; ".join(unsafe))
+  safe = [t for t in text if t not in unsafe]
+  if safe:
+    log("config: changed fields that do not alter training: " + "; ".join(safe))
+  if jax.process_index() == 0:
+    if unsafe:
+      with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
+        f.write(json.dumps(dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                changes=[[k, a, b] for k, a, b in changes],
+                                previous=stored)) + "\n")
+    _save_config(cfg, workdir)
+
+
+def _save_config(cfg: mlc.ConfigDict, workdir: str) -> None:
+  """Writes workdir/config.json atomically (a unique temporary file, renamed)."""
+  path = os.path.join(workdir, "config.json")
+  fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".config.json.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(cfg.to_json_best_effort(indent=1))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
+
+
+class WorkdirLock:
+  """`workdir/.lock`, created exclusively, holding this run's host and pid.
+
+  A lock of a process that is gone (same host, pid not alive) is taken over;
+  any other held lock refuses the run (`WorkdirLockedError`). A lock written by
+  another host cannot be checked: delete it by hand once that run is gone.
+  """
+
+  def __init__(self, workdir: str, log=print):
+    self.path = os.path.join(workdir, ".lock")
+    self.log = log
+    self.me = dict(host=socket.gethostname(), pid=os.getpid())
+    self.held = False
+
+  def _create(self) -> bool:
+    try:
+      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      json.dump(dict(self.me, time=time.strftime("%Y-%m-%dT%H:%M:%S%z")), f)
+    return True
+
+  def _holder(self) -> dict | None:
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return {}
+    except (OSError, ValueError):
+      return None
+
+  def acquire(self) -> None:
+    for _ in range(3):
+      if self._create():
+        self.held = True
+        return
+      holder = self._holder()
+      if holder == {}:  # released meanwhile
+        continue
+      if holder is None or "pid" not in holder:
+        raise WorkdirLockedError(
+            f"{self.path} exists but is unreadable: another run may be starting; "
+            "delete it if none is")
+      host, pid = holder.get("host"), int(holder["pid"])
+      if host == self.me["host"] and not _pid_alive(pid):
+        self.log(f"taking over the stale lock {self.path} of process {pid} on "
+                 f"{host} (no longer running)")
+        # Racing takers: each removes the stale file; one wins the O_EXCL create.
+        try:
+          os.remove(self.path)
+        except FileNotFoundError:
+          pass
+        continue
+      raise WorkdirLockedError(
+          f"{os.path.dirname(self.path)!r} is in use by process {pid} on host "
+          f"{host} ({self.path}); wait for it to finish, or delete the lock if "
+          "that run is gone")
+    raise WorkdirLockedError(f"could not take {self.path}")
+
+  def release(self) -> None:
+    if not self.held:
+      return
+    self.held = False
+    holder = self._holder()
+    if holder and holder.get("pid") == self.me["pid"] and \
+        holder.get("host") == self.me["host"]:
+      os.remove(self.path)
 
 
 def load_config(workdir: str) -> mlc.ConfigDict:

@@ -88,7 +88,7 @@ def get_config(arg: str | None = None):
               trainable=defaults.frozen_tower_regex(), checkpoint_every_steps=200)
   if recipe == "lpft":
     defaults.probe_then_finetune(c, probe={}, finetune=dict(
-        epochs=float(args.get("ft_epochs", 1)), batch_size=8,
+        epochs=float(args.get("ft_epochs", 1)), batch_size=8, grad_accum_steps=2,
         learning_rate=float(args.get("ft_lr", 2e-5)), schedule="cosine",
         weight_decay=0.05, checkpoint_every_steps=40, log_every_steps=10))
   return c

@@ -29,7 +29,7 @@ _NIQE_PRISTINE = flags.DEFINE_string("niqe_pristine", "auto",
 _BRISQUE_MODEL = flags.DEFINE_string("brisque_model", None, "LIBSVM model for brisque_live.")
 _BRISQUE_RANGES = flags.DEFINE_string(
     "brisque_ranges", None, "Feature ranges for it: an svm-scale range file, JSON "
-    '{"min": [...], "max": [...]} or .npz (min/max); pickles are refused.")
+    '{"min": [...], "max": [...]} or .npz (min/max); pickles are refused.')
 _JSON = flags.DEFINE_string("json", None, "Also write the results here as JSON.")
 
 

@@ -7,7 +7,9 @@ r"""Evaluates a trained workdir: PLCC, SRCC, KRCC, RMSE overall and per device.
       --manifest=../shared/data/biq2021_lowlight/manifest.csv --manifest_split=val
 
 Writes WORKDIR/eval/{metrics.json,report.md,scatter.png,predictions.csv}
-(or --out_dir).
+(or --out_dir); with --manifest, WORKDIR/eval/<manifest stem>[_<manifest_split>]/
+instead, so the run's own eval/metrics.json is kept. metrics.json records the
+checkpoint step scored and the sha256 of the workdir's config.json.
 """
 
 from absl import app
@@ -20,7 +22,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
 _MANIFEST = flags.DEFINE_string("manifest", None, "Evaluate every row of this "
                                 "manifest instead of the run's test split.")
 _SPLIT = flags.DEFINE_string("split", "test", "Split of the run's own dataset.")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Default: WORKDIR/eval.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Default: WORKDIR/eval, or "
+                                "WORKDIR/eval/<manifest stem>[_<manifest_split>] "
+                                "with --manifest.")
 _MANIFEST_SPLIT = flags.DEFINE_string("manifest_split", None, "With --manifest: "
                                       "only its rows of this split.")
 _CAPTIONER = flags.DEFINE_string("captioner", None, "A captioner workdir "

@@ -6,6 +6,11 @@ r"""Trains BMQA: every stage of the config, resuming from the workdir.
 --dry_run builds every stage's model (shapes only: nothing is initialised) and
 one batch of its data, prints parameter counts and shapes, and trains nothing.
 
+The workdir keeps the config of its first run (config.json); a later run whose
+config changes what is trained (a learning rate, a tower, a stage) stops with
+the changed fields, unless --config_change=allow. Only one run may use a
+workdir at a time (WORKDIR/.lock).
+
 Multi-host: --multihost calls jax.distributed.initialize(), which reads the
 cluster from SLURM (launch/slurm/train.sbatch, one task per GPU host) or Cloud
 TPU (launch/tpu/train.sh) environment variables. The workdir must be on a
@@ -26,6 +31,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Build every stage's model (shapes "
                              "only) and first batch, print parameter counts and "
                              "shapes, train nothing.")
+_CONFIG_CHANGE = flags.DEFINE_enum(
+    "config_change", "refuse", ["refuse", "allow"],
+    "When the workdir's config.json differs from --config in a field that "
+    "changes training (anything but logging/eval/checkpoint cadence, see "
+    "bmqa_jax.train.SAFE_CONFIG_CHANGES): 'refuse' (stop with the changed "
+    "fields) or 'allow' (continue with the new config, recorded in "
+    "config_changes.jsonl).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() "
                                "(SLURM or Cloud TPU VM).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -39,7 +51,8 @@ def main(argv):
   if _DRY_RUN.value:
     train.dry_run(_CONFIG.value, _WORKDIR.value)
   else:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                             config_change=_CONFIG_CHANGE.value)
 
 
 if __name__ == "__main__":

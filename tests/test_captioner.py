@@ -237,11 +237,13 @@ def test_image_only_bmqa_with_generated_descriptions(captioner, tmp_path, monkey
                                      manifest_split="test", captioner=captioner["workdir"])
   assert calls == [4] and result["overall"]["n"] == 4  # the 4 test rows (no text)
   assert result["text_source"] == "captioner"
-  with open(os.path.join(workdir, "eval", "descriptions.csv")) as f:
+  out = os.path.join(workdir, "eval", "manifest_test")  # another manifest's folder
+  with open(os.path.join(out, "descriptions.csv")) as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 4 and all(r["source"] == "captioner" for r in rows)
-  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+  with open(os.path.join(out, "metrics.json")) as f:
     assert json.load(f)["overall"]["n"] == 4
+  assert not os.path.exists(os.path.join(workdir, "eval", "metrics.json"))
   # config.data.text_source='captioner' on the run's own split: the cached
   # descriptions are reused (no generation), and are the captioner's.
   cfg.data.update(text_source="captioner", captioner_workdir=captioner["workdir"])

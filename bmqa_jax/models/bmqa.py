@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -104,6 +105,8 @@ class BMQA(nn.Module):
           raise ValueError("this model reads an image: pass images")
         img = self.image_encoder(images, train=train_image)
         image_features = self.tower_features(images, encoded=img)
+        if not train_image:  # a frozen tower needs no backward pass
+          image_features = [jax.lax.stop_gradient(f) for f in image_features]
       elif objective == "restore":
         raise ValueError("objective 'restore' needs the pixels, not cached features")
       if self.ensemble > 1:

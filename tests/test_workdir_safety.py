@@ -1,0 +1,247 @@
+"""A workdir owns its config, one run holds it at a time, and no non-finite
+state is ever saved (bmqa_jax/train.py), on a tiny image-only model."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from bmqa_jax import train
+from configs import quickstart
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+def _cfg(data_dir, **st):
+  c = quickstart.get_config("tiny=True,modalities=image")
+  c.model.image.init = "none"
+  c.data.builtin_dir = os.path.join(data_dir, "builtin")
+  c.st.update(epochs=0.2, eval_split="", checkpoint_every_steps=1, log_every_steps=1)
+  c.st.update(st)
+  return c
+
+
+def _dead_pid() -> int:
+  p = subprocess.Popen([sys.executable, "-c", "pass"])
+  p.wait()
+  return p.pid
+
+
+def _write_lock(workdir, host, pid):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, ".lock"), "w") as f:
+    json.dump(dict(host=host, pid=pid), f)
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+  """A finished run whose workdir held a stale lock (a dead process's) at start."""
+  work = str(tmp_path_factory.mktemp("work"))
+  dead = _dead_pid()
+  _write_lock(work, socket.gethostname(), dead)
+  logs = []
+  train.train_and_evaluate(_cfg(data_dir), work, log=logs.append, progress=False)
+  return dict(work=work, logs="\n".join(logs), dead=dead)
+
+
+def _read(path):
+  with open(path, "rb") as f:
+    return f.read()
+
+
+# --- the lock -----------------------------------------------------------------
+
+def test_stale_lock_is_taken_over_and_released(trained):
+  assert "taking over the stale lock" in trained["logs"]
+  assert f"process {trained['dead']}" in trained["logs"]
+  assert not os.path.exists(os.path.join(trained["work"], ".lock"))
+  assert os.path.isfile(os.path.join(trained["work"], "config.json"))
+  assert not [f for f in os.listdir(trained["work"]) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("host", ["self", "elsewhere.example"])
+def test_live_lock_refuses_a_second_run(data_dir, tmp_path, host):
+  host = socket.gethostname() if host == "self" else host
+  _write_lock(str(tmp_path), host, os.getpid())  # this test process: alive
+  before = _read(tmp_path / ".lock")
+  with pytest.raises(train.WorkdirLockedError,
+                     match=rf"process {os.getpid()} on host {host}"):
+    train.train_and_evaluate(_cfg(data_dir), str(tmp_path), log=lambda _: None,
+                             progress=False)
+  assert _read(tmp_path / ".lock") == before  # not taken, not removed
+  assert not (tmp_path / "config.json").exists()
+
+
+def test_lock_is_exclusive_and_released_only_by_its_owner(tmp_path):
+  a = train.WorkdirLock(str(tmp_path))
+  a.acquire()
+  holder = json.loads(_read(tmp_path / ".lock"))
+  assert holder["host"] == socket.gethostname() and holder["pid"] == os.getpid()
+  with pytest.raises(train.WorkdirLockedError, match=str(os.getpid())):
+    train.WorkdirLock(str(tmp_path)).acquire()
+  a.release()
+  assert not (tmp_path / ".lock").exists()
+
+
+# --- the config -----------------------------------------------------------------
+
+def test_same_config_resumes_without_rewriting(trained, data_dir):
+  path = os.path.join(trained["work"], "config.json")
+  before, mtime = _read(path), os.path.getmtime(path)
+  logs = []
+  train.train_and_evaluate(_cfg(data_dir), trained["work"], log=logs.append,
+                           progress=False)
+  assert "[st] complete, skipping" in logs
+  assert _read(path) == before and os.path.getmtime(path) == mtime
+
+
+def test_changed_training_config_is_refused(trained, data_dir):
+  path = os.path.join(trained["work"], "config.json")
+  before = _read(path)
+  c = _cfg(data_dir, learning_rate=0.01)
+  c.model.align.width = 64
+  with pytest.raises(train.ConfigChangedError) as e:
+    train.train_and_evaluate(c, trained["work"], log=lambda _: None, progress=False)
+  msg = str(e.value)
+  assert "st.learning_rate: 0.001 -> 0.01" in msg
+  assert "model.align.width: 32 -> 64" in msg
+  assert "config_change='allow'" in msg
+  assert _read(path) == before  # the record is untouched
+  assert not os.path.exists(os.path.join(trained["work"], ".lock"))
+  assert not [f for f in os.listdir(trained["work"]) if f.endswith(".tmp")]
+
+
+def test_old_config_file_and_safe_changes_are_accepted(trained, data_dir, tmp_path):
+  work = str(tmp_path / "w")
+  shutil.copytree(trained["work"], work)
+  path = os.path.join(work, "config.json")
+  old = json.loads(_read(path))  # as the previous version wrote it: no new fields
+  del old["input"]["mode"], old["model"]["ensemble"], old["st"]["feature_cache"]
+  with open(path, "w") as f:
+    json.dump(old, f)
+  c = _cfg(data_dir, log_every_steps=3, keep_checkpoints=5)
+  c.eval.batch_size = 4
+  c.input.workers = 1
+  c.data.check_images = False
+  logs = []
+  train.train_and_evaluate(c, work, log=logs.append, progress=False)
+  assert "[st] complete, skipping" in logs
+  note = next(l for l in logs if l.startswith("config: changed fields"))
+  assert "st.log_every_steps: 1 -> 3" in note and "eval.batch_size: 8 -> 4" in note
+  new = json.loads(_read(path))  # the new cadence is recorded
+  assert new["st"]["log_every_steps"] == 3 and new["input"]["mode"] == "resize"
+  assert not os.path.exists(os.path.join(work, "config_changes.jsonl"))
+
+
+def test_old_config_file_with_a_non_default_new_field_is_refused(trained, data_dir):
+  old = json.loads(_read(os.path.join(trained["work"], "config.json")))
+  del old["input"]["mode"], old["model"]["ensemble"]
+  c = _cfg(data_dir)
+  assert train.config_changes(old, c) == []
+  c.input.mode = "native"
+  c.model.ensemble = 3
+  got = {k: (a, b) for k, a, b in train.config_changes(old, c)}
+  assert got == {"input.mode": ("resize", "native"), "model.ensemble": (1, 3)}
+  assert not any(train.safe_change(k) for k in got)
+  assert train.safe_change("ft.checkpoint_every_steps") and train.safe_change("eval.x")
+
+
+def test_allow_continues_with_the_new_config_and_records_it(trained, data_dir,
+                                                            tmp_path):
+  work = str(tmp_path / "w")
+  shutil.copytree(trained["work"], work)
+  logs = []
+  train.train_and_evaluate(_cfg(data_dir, learning_rate=0.01), work,
+                           log=logs.append, progress=False, config_change="allow")
+  assert any("st.learning_rate: 0.001 -> 0.01" in l for l in logs)
+  assert json.loads(_read(os.path.join(work, "config.json")))["st"][
+      "learning_rate"] == 0.01
+  (entry,) = [json.loads(l) for l in open(os.path.join(work, "config_changes.jsonl"))]
+  assert ["st.learning_rate", 0.001, 0.01] in entry["changes"]
+  assert entry["previous"]["st"]["learning_rate"] == 0.001
+
+
+def test_cli_refuses_a_changed_config(trained, data_dir):
+  path = os.path.join(trained["work"], "config.json")
+  before = _read(path)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "launch/train.py",
+       "--config=configs/quickstart.py:tiny=True,modalities=image",
+       "--config.st.learning_rate=0.01", f"--workdir={trained['work']}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "ConfigChangedError" in proc.stderr and \
+      "st.learning_rate: 0.001 -> 0.01" in proc.stderr, proc.stderr[-3000:]
+  assert _read(path) == before
+
+
+# --- non-finite steps -----------------------------------------------------------
+
+def test_non_finite_step_raises_and_saves_nothing_non_finite(data_dir, tmp_path):
+  # Logged every 100 steps only: the guard checks every step regardless.
+  c = _cfg(data_dir, optimizer="sgd", learning_rate=1e30, epochs=0.5,
+           log_every_steps=100)
+  logs = []
+  with pytest.raises(FloatingPointError, match=r"\[st\] non-finite .* at step \d+"):
+    train.train_and_evaluate(c, str(tmp_path), log=logs.append, progress=False)
+  assert any("non-finite" in l and ("last finite checkpoint is step" in l or
+                                    "no checkpoint" in l) for l in logs)
+  assert not (tmp_path / ".lock").exists()
+  mngr = train.checkpoint_manager(str(tmp_path), "st", 100)
+  steps = mngr.all_steps()
+  for step in steps:
+    st = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
+    for leaf in jax.tree.leaves((st["params"], st["batch_stats"])):
+      assert np.all(np.isfinite(np.asarray(leaf))), step
+  assert steps  # steps 1 and 2 stay finite, step 3 does not (deterministic)
+  assert f"last finite checkpoint is step {max(steps)}" in "\n".join(logs)
+  logs.clear()  # a re-run resumes from the last finite checkpoint
+  with pytest.raises(FloatingPointError):
+    train.train_and_evaluate(c, str(tmp_path), log=logs.append, progress=False)
+  assert f"[st] resumed at step {max(steps)}/5" in logs
+
+
+# --- evaluation records what it scored ------------------------------------------
+
+def test_evaluation_records_checkpoint_and_config_and_keeps_own_metrics(
+    trained, data_dir):
+  import hashlib  # pylint: disable=g-import-not-at-top
+  from bmqa_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from bmqa_jax import report  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  work = trained["work"]
+  quiet = lambda _: None
+  last = train.checkpoint_manager(work, "st", 2).latest_step()
+  own = evaluate.evaluate_workdir(work, log=quiet)
+  sha = hashlib.sha256(_read(os.path.join(work, "config.json"))).hexdigest()
+  assert own["checkpoint"] == {"stage": "st", "step": last}
+  assert own["config_sha256"] == sha
+  path = os.path.join(work, "eval", "metrics.json")
+  assert json.loads(_read(path))["checkpoint"]["step"] == last
+  before = _read(path)
+  manifest, _ = datasets.manifest_paths(_cfg(data_dir), quiet)
+  stem = os.path.splitext(os.path.basename(manifest))[0]
+  other = evaluate.evaluate_workdir(work, manifest=manifest, manifest_split="val",
+                                    log=quiet)
+  out = os.path.join(work, "eval", f"{stem}_val")
+  assert json.loads(_read(os.path.join(out, "metrics.json"))) == json.loads(
+      json.dumps(other, default=float))
+  assert other["manifest"] == os.path.abspath(manifest) and other["config_sha256"] == sha
+  assert {"report.md", "scatter.png", "predictions.csv"} <= set(os.listdir(out))
+  assert _read(path) == before  # the run's own metrics are kept
+  (row,) = report.collect([work])  # launch/report.py still reads them
+  assert row["metrics"]["n"] == own["overall"]["n"] == 10
