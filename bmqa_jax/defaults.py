@@ -242,9 +242,13 @@ def probe_then_finetune(c: mlc.ConfigDict, *, probe: dict, finetune: dict) -> No
 
 def quickstart_sizes(c: mlc.ConfigDict) -> None:
   """The sizes and budgets of configs/quickstart.py (CPU, minutes): 96 px input,
-  a 1000-piece tokenizer, a 256-wide alignment, and its epochs and batches."""
+  a 1000-piece tokenizer, a 256-wide alignment, and its epochs and batches.
+
+  `max_text_len=96`: the longest built-in description (200 scenes, seed 0) is 87
+  pieces of that tokenizer with BOS, so none is cut. A Transformer text tower
+  needs `max_len >= max_text_len`."""
   c.input.update(image_size=96, resize_size=104, crop_scale=(0.5, 1.0),
-                 max_text_len=64)
+                 max_text_len=96)
   c.tokenizer.vocab_size = 1000
   c.model.align = dict(width=256, heads=8, qkv_dim=256, mlp_dim=512)
   c.model.temperature_init = 0.1
@@ -268,6 +272,7 @@ def runlocal(c: mlc.ConfigDict, family: str) -> None:
   c.model.image.kwargs = {"image_size": 96} if family == "vit" else {}
   rnn = dict(width=128, depth=1, embed_dim=128)
   c.model.text.kwargs = dict(
-      {"transformer": dict(width=128, depth=2, num_heads=4, mlp_dim=256, max_len=64),
+      {"transformer": dict(width=128, depth=2, num_heads=4, mlp_dim=256,
+                           max_len=c.input.max_text_len),
        "bow": dict(width=128, depth=1, mlp_dim=256), "gru": rnn, "lstm": rnn}.get(
            c.model.text.name, c.model.text.kwargs))

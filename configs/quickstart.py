@@ -28,7 +28,7 @@ def get_config(arg: str | None = None):
   img = args.get("img", "resnet_tiny")
   c.model.image = dict(name=img, init=args.get("init", default_init(img)), kwargs={})
   c.model.text = dict(name="transformer", kwargs=dict(
-      width=128, depth=2, num_heads=4, mlp_dim=256, max_len=64))
+      width=128, depth=2, num_heads=4, mlp_dim=256, max_len=c.input.max_text_len))
   if args.get("modalities") == "image":
     c.model.modalities = ("image",)
     c.stages = "st"

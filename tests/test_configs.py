@@ -142,6 +142,23 @@ def test_runlocal_shrinks_to_the_same_family(workdir):
   assert "batch['image']: float32 (8, 96, 96, 3)" in log
 
 
+
+@pytest.mark.parametrize("name", ["quickstart", "quickstart_tiny", "mliq_runlocal",
+                                  "ablation_runlocal"])
+def test_quickstart_sizes_fit_the_builtin_descriptions(name):
+  """The quickstart's texts fit its Transformer: the built-in descriptions (200
+  scenes, seed 0) are at most 87 pieces of its 1000-piece tokenizer with BOS."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  c = {"quickstart": lambda: quickstart.get_config(),
+       "quickstart_tiny": lambda: quickstart.get_config("tiny=True"),
+       "mliq_runlocal": lambda: mliq.get_config("img=resnet50,txt=transformer,"
+                                                "runlocal=True"),
+       "ablation_runlocal": lambda: ablation.get_config("method=c,runlocal=True"),
+       }[name]()
+  assert c.input.max_text_len >= 87 + 4
+  if c.model.text.name == "transformer":
+    assert c.model.text.kwargs.max_len >= c.input.max_text_len
+
 def test_indivisible_batch_fails_before_training(workdir):
   c = _shrink(ablation.get_config("method=a"))
   c.mesh.data = 1

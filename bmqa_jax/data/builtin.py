@@ -26,6 +26,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import json
+import multiprocessing
 import os
 from typing import Callable
 
@@ -275,7 +276,11 @@ def build(out_dir: str, args: BuildArgs = BuildArgs(), log=print) -> str:
   if workers == 1:
     results = map(_work, jobs)
   else:
-    pool = concurrent.futures.ProcessPoolExecutor(workers)
+    # Spawned, not forked: the caller may already run JAX (its threads make a
+    # forked child liable to deadlock, and JAX warns on every fork). Each scene
+    # depends only on (args, index), so the result is that of `workers=1`.
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"))
     results = pool.map(_work, jobs, chunksize=4)
   for i, (scene_rows, pre_row) in enumerate(results):
     rows.extend(scene_rows)
