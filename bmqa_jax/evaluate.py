@@ -109,12 +109,8 @@ def _tower_frozen(cfg: mlc.ConfigDict, variables: dict) -> bool:
   evaluation then reads the same cache: the same numbers, without the tower)."""
   from bmqa_jax import train  # pylint: disable=g-import-not-at-top
   last = [s.strip() for s in cfg.stages.split(",") if s.strip()][-1]
-  scfg = cfg[last]
-  if (not scfg.get("feature_cache", True) or "image" not in cfg.model.modalities
-      or scfg.loss != "mse"):
-    return False
-  labels = train.param_paths(train.trainable_labels(variables["params"], scfg.trainable))
-  return not any(v == "train" for k, v in labels.items() if k.startswith("image_encoder/"))
+  labels = train.trainable_labels(variables["params"], cfg[last].trainable)
+  return train.uses_feature_cache(cfg, last, train.tower_trains(labels))
 
 
 def load_model(workdir: str):

@@ -110,9 +110,6 @@ class FeatureCache:
     self.levels = [np.stack([e[f"level{i}"] for e in entries]) for i in range(n)]
     self.num_views = self.levels[0].shape[1]
 
-  def __len__(self) -> int:
-    return len(self.levels[0])
-
   def features(self, index: int, view: int) -> tuple[np.ndarray, ...]:
     return tuple(a[index, view] for a in self.levels)
 
@@ -205,21 +202,12 @@ def batch_features(batch: dict) -> list | None:
   return [batch[f"feat_{i}"].astype(jnp.float32) for i in range(n)]
 
 
-def train_loader(records: Sequence[dict], cache: FeatureCache, global_batch: int,
-                 seed: int, workers: int = 0) -> grain.DataLoader:
-  """Like `pipeline.train_loader`, with a random cached view instead of pixels."""
-  batch = pipeline._process_batch(global_batch)  # pylint: disable=protected-access
-  if len(records) // jax.process_count() < batch:
-    raise ValueError(f"the training set has {len(records)} samples, fewer than one "
-                     f"batch of {global_batch}: lower the batch size")
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(records),
-      shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
-      shuffle=True, num_epochs=None, seed=seed)
-  return grain.DataLoader(
-      data_source=_Source(records), sampler=sampler,
-      operations=[_PickView(cache), grain.transforms.Batch(batch, drop_remainder=True)],
-      worker_count=workers)
+def train_loader(records: Sequence[dict], cache: FeatureCache,
+                 pcfg: pipeline.PipelineConfig, global_batch: int,
+                 seed: int) -> grain.DataLoader:
+  """`pipeline.train_loader` with a random cached view instead of pixels."""
+  return pipeline.train_loader(_Source(records), pcfg, global_batch, seed,
+                               transform=_PickView(cache))
 
 
 def predict(model, variables: dict, cache: FeatureCache, records: Sequence[dict],

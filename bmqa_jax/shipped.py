@@ -30,17 +30,6 @@ ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", N
 TOWER = "image_encoder"
 
 
-def _flat(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    path = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(_flat(v, path + "/"))
-    else:
-      out[path] = v
-  return out
-
-
 def _set(tree: dict, path: str, value) -> None:
   *parents, leaf = path.split("/")
   for p in parents:
@@ -57,13 +46,13 @@ def export(cfg: mlc.ConfigDict, variables: dict, out_dir: str, card: str) -> Non
   model = bmqa_lib.from_config(cfg, None)
   reference = _tower_variables(cfg, model)
   for col in ("params", "batch_stats"):
-    got, want = _flat(variables.get(col, {}).get(TOWER, {})), _flat(reference.get(col, {}).get(TOWER, {}))
+    got, want = pretrained.param_paths(variables.get(col, {}).get(TOWER, {})), pretrained.param_paths(reference.get(col, {}).get(TOWER, {}))
     if any(not np.array_equal(np.asarray(got[k]), np.asarray(want[k])) for k in want):
       raise ValueError("the run changed the image tower: it cannot be shipped as "
                        "heads only")
-  heads = {k: np.asarray(v, np.float16) for k, v in _flat(variables["params"]).items()
+  heads = {k: np.asarray(v, np.float16) for k, v in pretrained.param_paths(variables["params"]).items()
            if not k.startswith(TOWER + "/")}
-  extra = [k for k in _flat({c: v for c, v in variables.items() if c != "params"})
+  extra = [k for k in pretrained.param_paths({c: v for c, v in variables.items() if c != "params"})
            if f"/{TOWER}/" not in f"/{k}"]
   if extra:
     raise ValueError(f"state outside the tower besides params: {extra[:3]}")
@@ -102,7 +91,7 @@ def load(asset_dir: str = ASSET_DIR):
   model = bmqa_lib.from_config(cfg, None)
   variables = jax.tree.map(np.asarray, _tower_variables(cfg, model))
   heads = st_numpy.load_file(os.path.join(asset_dir, "heads.safetensors"))
-  want = {k for k in _flat(variables["params"]) if not k.startswith(TOWER + "/")}
+  want = {k for k in pretrained.param_paths(variables["params"]) if not k.startswith(TOWER + "/")}
   if set(heads) != want:
     raise ValueError(f"{asset_dir}: the weights do not match the model: missing "
                      f"{sorted(want - set(heads))[:3]}, unexpected "

@@ -57,9 +57,7 @@ State = dict[str, Any]
 LOSSES = ("info_nce", "mse", "classify", "restore")
 
 
-def param_paths(tree) -> dict[str, Any]:
-  return {"/".join(str(k.key) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+param_paths = pretrained.param_paths
 
 
 def trainable_labels(params, regex: str):
@@ -158,9 +156,7 @@ class Stage:
     if not self.cfg.model.learn_temperature:
       labels = dict(labels, log_temperature="frozen")
     self.labels = labels
-    self.train_image = any(
-        lab == "train" for p, lab in param_paths(labels).items()
-        if p.startswith("image_encoder/"))
+    self.train_image = tower_trains(labels)
     self.tx = make_optimizer(self.scfg, self.schedule, labels)
 
   def init_state(self, variables) -> State:
@@ -387,13 +383,12 @@ def _train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log, progress) -> dic
         log(f"[{name}] image tower initialised from {path}")
       state = jax.jit(stage.init_state, out_shardings=state_sharding)(variables)
     weights = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    use_cache = uses_feature_cache(scfg, name, stage)
+    use_cache = uses_feature_cache(scfg, name, stage.train_image)
     done = latest is not None and latest >= stage.total_steps
     if use_cache and not done:
       cache = feature_cache.build(model, weights, records, scfg, pcfg, workdir, mesh, log)
-      loader = feature_cache.train_loader(records, cache, cfg[name].batch_size,
-                                          seed=cfg.seed + names.index(name),
-                                          workers=pcfg.workers)
+      loader = feature_cache.train_loader(records, cache, pcfg, cfg[name].batch_size,
+                                          seed=cfg.seed + names.index(name))
     else:
       loader = pipeline.train_loader(records, pcfg, cfg[name].batch_size,
                                      seed=cfg.seed + names.index(name))
@@ -424,12 +419,19 @@ def _train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log, progress) -> dic
   return results
 
 
-def uses_feature_cache(cfg: mlc.ConfigDict, name: str, stage: Stage) -> bool:
-  """Whether stage `name` trains from cached tower features: it reads images,
-  freezes the whole image tower, and `config.<name>.feature_cache` is on."""
+def tower_trains(labels) -> bool:
+  """Whether any image-tower parameter is labelled 'train' (`trainable_labels`)."""
+  return any(lab == "train" for p, lab in param_paths(labels).items()
+             if p.startswith("image_encoder/"))
+
+
+def uses_feature_cache(cfg: mlc.ConfigDict, name: str, train_image: bool) -> bool:
+  """Whether stage `name` trains from cached tower features: it reads images
+  of the manifest, freezes the whole image tower (`train_image` False), has no
+  pretraining head, and `config.<name>.feature_cache` is on."""
   return (bool(cfg[name].get("feature_cache", True)) and cfg[name].data != "pretrain"
-          and "image" in cfg.model.modalities and not stage.train_image
-          and stage.objective is None)
+          and "image" in cfg.model.modalities and not train_image
+          and cfg[name].loss not in pretrain.OBJECTIVES)
 
 
 def _previous_weights(prev: Stage, workdir: str,

@@ -60,12 +60,15 @@ def _score_all(fn: Callable[[np.ndarray], Any], samples: Sequence, desc: str, pr
   out, failures = [], []
   for s in tqdm.tqdm(samples, desc=desc, disable=not progress, leave=False):
     key = (memo, s.image)
-    if not memo or key not in _MEMO:
+    if memo and key in _MEMO:
+      value, reason = _MEMO[key]
+    else:
       try:
-        _MEMO[key] = (fn(image_io.read_image(s.image)), "")
+        value, reason = fn(image_io.read_image(s.image)), ""
       except (image_io.ImageReadError, nss.DegenerateStatisticsError, ValueError) as e:
-        _MEMO[key] = (None, str(e))
-    value, reason = _MEMO[key] if memo else _MEMO.pop(key)
+        value, reason = None, str(e)
+      if memo:
+        _MEMO[key] = (value, reason)
     out.append(value)
     if reason:
       failures.append((s.image, reason))

@@ -177,9 +177,12 @@ def _process_batch(global_batch: int) -> int:
   return global_batch // n
 
 
-def train_loader(records: list[dict], cfg: PipelineConfig, global_batch: int,
-                 seed: int) -> grain.DataLoader:
-  """An endless, shuffled, augmented loader; its iterator state is checkpointable."""
+def train_loader(records: Sequence, cfg: PipelineConfig, global_batch: int,
+                 seed: int, transform=None) -> grain.DataLoader:
+  """An endless, shuffled, augmented loader; its iterator state is checkpointable.
+
+  `transform`: the per-record random map (default: read and augment the image).
+  """
   batch = _process_batch(global_batch)
   shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
   if len(records) // jax.process_count() < batch:
@@ -190,7 +193,8 @@ def train_loader(records: list[dict], cfg: PipelineConfig, global_batch: int,
       seed=seed)
   return grain.DataLoader(
       data_source=records, sampler=sampler,
-      operations=[_TrainImage(cfg), grain.transforms.Batch(batch, drop_remainder=True)],
+      operations=[transform or _TrainImage(cfg),
+                  grain.transforms.Batch(batch, drop_remainder=True)],
       worker_count=cfg.workers, worker_buffer_size=cfg.prefetch)
 
 
