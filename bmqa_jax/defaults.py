@@ -53,7 +53,7 @@ def stage(**kw) -> mlc.ConfigDict:
       modalities=(),
       # Microbatches per step: the global batch is split into this many parts
       # whose gradients are averaged (BatchNorm statistics and the InfoNCE
-      # negatives are then per microbatch; see bmqa_jax/train.py).
+      # negatives are then per microbatch; see bmqa_jax/bmqa/train.py).
       grad_accum_steps=1,
       checkpoint_every_steps=200,
       keep_checkpoints=2,
@@ -61,7 +61,7 @@ def stage(**kw) -> mlc.ConfigDict:
       eval_split="val",  # evaluated at the end of the stage when it has MOS; '' none
       # When the stage freezes the image tower (`trainable` leaves image_encoder
       # out): compute its features once per image and view and train from
-      # them (bmqa_jax/feature_cache.py). False: run the frozen tower each step.
+      # them (bmqa_jax/bmqa/feature_cache.py). False: run the frozen tower each step.
       feature_cache=True,
   ))
   c.update(kw)
@@ -97,7 +97,7 @@ def base_config() -> mlc.ConfigDict:
       check_images=True,  # decode every image before training starts
       skip_bad_rows=False,  # drop bad manifest rows (counted) instead of failing
       mos_range=(0.0, 1.0),
-      # Frozen-tower features (bmqa_jax/feature_cache.py); '' = workdir/feature_cache.
+      # Frozen-tower features (bmqa_jax/bmqa/feature_cache.py); '' = workdir/feature_cache.
       feature_cache_dir="",
   ))
   c.data.builtin = mlc.ConfigDict(dict(

@@ -20,7 +20,7 @@ measurements behind each choice):
   each trained on its own MSE, averaged: one head's validation SRCC varies by
   ±0.015 with its initialisation, their mean does not;
 * stage ST trains the alignment and the probe (Eq. 10, MSE of Eq. 14) from
-  the frozen tower's cached features (`bmqa_jax/feature_cache.py`): the tower
+  the frozen tower's cached features (`bmqa_jax/bmqa/feature_cache.py`): the tower
   runs once per photo and view (the photo and its mirror image).
 
   python launch/train.py --config=configs/biq2021.py --workdir=runs/biq_lite0

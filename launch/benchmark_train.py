@@ -18,10 +18,10 @@ import jax
 from ml_collections import config_flags
 
 from bmqa_jax import sharding
-from bmqa_jax import train
+from bmqa_jax.bmqa import train
 from bmqa_jax.data import datasets
 from bmqa_jax.data import pipeline
-from bmqa_jax.models import bmqa as bmqa_lib
+from bmqa_jax.bmqa import model as bmqa_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per stage.")

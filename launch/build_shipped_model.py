@@ -1,4 +1,4 @@
-r"""Rebuilds the model shipped in the package (bmqa_jax/assets/biq2021_lite0).
+r"""Rebuilds the model shipped in the package (bmqa_jax/bmqa/assets/biq2021_lite0).
 
   python launch/build_shipped_model.py --workdir=runs/shipped
 
@@ -22,11 +22,11 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from bmqa_jax import evaluate
+from bmqa_jax.bmqa import evaluate
 from bmqa_jax import metrics
-from bmqa_jax import scoring
-from bmqa_jax import shipped
-from bmqa_jax import train
+from bmqa_jax.bmqa import scoring
+from bmqa_jax.bmqa import shipped
+from bmqa_jax.bmqa import train
 from bmqa_jax.data import manifest
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/biq2021.py",

@@ -20,7 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from bmqa_jax import scoring
+from bmqa_jax.bmqa import scoring
 from bmqa_jax.captioner import infer
 from bmqa_jax.captioner import train
 from bmqa_jax.data import image_io

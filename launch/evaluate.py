@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from bmqa_jax import evaluate
+from bmqa_jax.bmqa import evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
 _MANIFEST = flags.DEFINE_string("manifest", None, "Evaluate every row of this "

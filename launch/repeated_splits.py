@@ -16,7 +16,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from bmqa_jax import splits
+from bmqa_jax.experiments import repeated
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file; "
                                           "its data (any kind) is re-split.")
@@ -31,7 +31,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
-  splits.run_repeated(_CONFIG.value, _WORKDIR.value, num_splits=_NUM_SPLITS.value,
+  repeated.run_repeated(_CONFIG.value, _WORKDIR.value, num_splits=_NUM_SPLITS.value,
                       first_seed=_FIRST_SEED.value,
                       fractions=tuple(float(x) for x in _FRACTIONS.value))
 

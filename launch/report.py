@@ -9,7 +9,7 @@ Reads WORKDIR/config.json and WORKDIR/eval/metrics.json of each workdir.
 from absl import app
 from absl import flags
 
-from bmqa_jax import report
+from bmqa_jax.experiments import report
 
 _OUT = flags.DEFINE_string("out", None, "Also write the table to this file.")
 

@@ -6,7 +6,7 @@ r"""Prints a quality score (MOS scale, higher is better) per image file.
   python launch/score.py --out=scores.csv big_folder/        # resumable
 
 Without --workdir the model shipped in the package scores (real dark photos,
-see bmqa_jax/assets/biq2021_lite0/MODEL_CARD.md). Each image is read in the
+see bmqa_jax/bmqa/assets/biq2021_lite0/MODEL_CARD.md). Each image is read in the
 view its model was trained for. Files that cannot be read are reported by name,
 the others are still scored, and the exit status is 1 when any failed. --out
 is written as the scores come; running the same command again skips the files
@@ -19,7 +19,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from bmqa_jax import scoring
+from bmqa_jax.bmqa import scoring
 
 _WORKDIR = flags.DEFINE_string("workdir", "", "A training workdir (default: the "
                                "model shipped in the package).")
@@ -39,7 +39,7 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError("give image files, folders or glob patterns")
   if not _WORKDIR.value:
-    print("scoring with the shipped model (bmqa_jax/assets/biq2021_lite0; "
+    print("scoring with the shipped model (bmqa_jax/bmqa/assets/biq2021_lite0; "
           "--workdir=DIR for your own run)", file=sys.stderr)
   texts = scoring.read_descriptions(_DESCRIPTIONS.value) if _DESCRIPTIONS.value else None
   out = scoring.ResultLog(_OUT.value) if _OUT.value else None

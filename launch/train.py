@@ -23,7 +23,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from bmqa_jax import sharding
-from bmqa_jax import train
+from bmqa_jax.bmqa import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the "
@@ -35,7 +35,7 @@ _CONFIG_CHANGE = flags.DEFINE_enum(
     "config_change", "refuse", ["refuse", "allow"],
     "When the workdir's config.json differs from --config in a field that "
     "changes training (anything but logging/eval/checkpoint cadence, see "
-    "bmqa_jax.train.SAFE_CONFIG_CHANGES): 'refuse' (stop with the changed "
+    "bmqa_jax.bmqa.train.SAFE_CONFIG_CHANGES): 'refuse' (stop with the changed "
     "fields) or 'allow' (continue with the new config, recorded in "
     "config_changes.jsonl).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() "

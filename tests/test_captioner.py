@@ -14,7 +14,7 @@ from PIL import Image
 
 from bmqa_jax.captioner import bleu
 from bmqa_jax.captioner import decode
-from bmqa_jax.captioner import descriptions
+from bmqa_jax.experiments import descriptions
 from bmqa_jax.captioner import model as model_lib
 from bmqa_jax.captioner import train
 from bmqa_jax.captioner import vocab as vocab_lib
@@ -219,8 +219,8 @@ def test_image_only_bmqa_with_generated_descriptions(captioner, tmp_path, monkey
   """Dark-4K protocol: a model trained on image + given text scores images of
   a manifest without text, with descriptions from the captioner."""
   from configs import quickstart  # pylint: disable=import-outside-toplevel
-  from bmqa_jax import evaluate  # pylint: disable=import-outside-toplevel
-  from bmqa_jax import train as bmqa_train  # pylint: disable=import-outside-toplevel
+  from bmqa_jax.bmqa import evaluate  # pylint: disable=import-outside-toplevel
+  from bmqa_jax.bmqa import train as bmqa_train  # pylint: disable=import-outside-toplevel
   from bmqa_jax.data import datasets  # pylint: disable=import-outside-toplevel
   cfg = quickstart.get_config("tiny=True")
   cfg.data.update(kind="manifest", manifest=captioner["manifest"])

@@ -18,8 +18,8 @@ import pytest
 
 from bmqa_jax import defaults
 from bmqa_jax import sharding
-from bmqa_jax import train
-from bmqa_jax.models import bmqa
+from bmqa_jax.bmqa import train
+from bmqa_jax.bmqa import model as bmqa
 from bmqa_jax.models import image
 from configs import ablation
 from configs import mliq

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bmqa_jax.models import align
-from bmqa_jax.models import bmqa
+from bmqa_jax.bmqa import model as bmqa
 from bmqa_jax.models import image
 from bmqa_jax.models import text
 

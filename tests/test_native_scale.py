@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from bmqa_jax import defaults
-from bmqa_jax import feature_cache
-from bmqa_jax import train
+from bmqa_jax.bmqa import feature_cache
+from bmqa_jax.bmqa import train
 from bmqa_jax.data import native
 from bmqa_jax.data import pipeline
 from bmqa_jax.models import align
-from bmqa_jax.models import bmqa as bmqa_lib
+from bmqa_jax.bmqa import model as bmqa_lib
 from bmqa_jax.models import image
 from configs import quickstart
 

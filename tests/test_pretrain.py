@@ -11,11 +11,11 @@ import pytest
 from bmqa_jax import defaults
 from bmqa_jax import losses
 from bmqa_jax import sharding
-from bmqa_jax import train
+from bmqa_jax.bmqa import train
 from bmqa_jax.data import categories
 from bmqa_jax.data import pipeline
-from bmqa_jax.models import bmqa
-from bmqa_jax.models import pretrain
+from bmqa_jax.bmqa import model as bmqa
+from bmqa_jax.bmqa import pretrain
 
 VOCAB = 30
 B, L, S = 4, 8, 32

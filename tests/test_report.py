@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from bmqa_jax import report
+from bmqa_jax.experiments import report
 from configs import ablation
 from configs import mliq
 

@@ -72,7 +72,7 @@ def _host_state(stage):
 def _child(out_dir):
   from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
   from bmqa_jax import sharding, train  # pylint: disable=g-import-not-at-top
-  from bmqa_jax.models import bmqa  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.bmqa import model as bmqa  # pylint: disable=g-import-not-at-top
 
   batch = _batch()
   out = {}
@@ -216,7 +216,7 @@ def test_bfloat16_compute_keeps_float32_weights():
   Traced only (`jax.eval_shape`, `jax.make_jaxpr`): nothing is compiled.
   """
   from bmqa_jax import sharding, train  # pylint: disable=g-import-not-at-top
-  from bmqa_jax.models import bmqa  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.bmqa import model as bmqa  # pylint: disable=g-import-not-at-top
   cfg = _config("st")
   cfg.model.dtype = "bfloat16"
   stage = train.Stage(cfg, "st", bmqa.from_config(cfg, 120), sharding.make_mesh(cfg),

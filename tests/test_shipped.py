@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from bmqa_jax import metrics
-from bmqa_jax import scoring
-from bmqa_jax import shipped
+from bmqa_jax.bmqa import scoring
+from bmqa_jax.bmqa import shipped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data", "biq2021_lowlight")

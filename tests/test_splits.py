@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from bmqa_jax import splits
+from bmqa_jax.data import scenes as splits
+from bmqa_jax.experiments import repeated
 from bmqa_jax.data import manifest as manifest_lib
 
 
@@ -94,7 +95,7 @@ def test_repeated_splits_tiny_run_and_resume(tmp_path, monkeypatch):
   with open(os.path.join(workdir, "split_006", "eval", "metrics.json"), "w") as f:
     json.dump({"overall": done}, f)
   logs = []
-  res = splits.run_repeated(cfg, workdir, num_splits=2, first_seed=5, log=logs.append)
+  res = repeated.run_repeated(cfg, workdir, num_splits=2, first_seed=5, log=logs.append)
   assert res["seeds"] == [5, 6]
   assert sum("[split 6] finished earlier, skipping" == str(m) for m in logs) == 1
   rows = list(csv.DictReader(open(os.path.join(workdir, "split_005", "manifest.csv"))))
@@ -112,6 +113,6 @@ def test_repeated_splits_tiny_run_and_resume(tmp_path, monkeypatch):
   assert "| srcc |" in open(os.path.join(workdir, "repeated_splits.md")).read()
   assert "plcc_logistic4" not in res["statistics"]  # split 6 does not report it
   logs.clear()
-  again = splits.run_repeated(cfg, workdir, num_splits=2, first_seed=5, log=logs.append)
+  again = repeated.run_repeated(cfg, workdir, num_splits=2, first_seed=5, log=logs.append)
   assert sum("finished earlier, skipping" in str(m) for m in logs) == 2
   assert again["statistics"] == res["statistics"]

@@ -11,7 +11,7 @@ from PIL import Image
 
 pytest.importorskip("tensorflow")
 from bmqa_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
-from bmqa_jax import splits as splits_lib  # pylint: disable=g-import-not-at-top
+from bmqa_jax.data import scenes as splits_lib  # pylint: disable=g-import-not-at-top
 from bmqa_jax.data import image_io  # pylint: disable=g-import-not-at-top
 from bmqa_jax.data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
 

@@ -1,5 +1,5 @@
 """A workdir owns its config, one run holds it at a time, and no non-finite
-state is ever saved (bmqa_jax/train.py), on a tiny image-only model."""
+state is ever saved (bmqa_jax/bmqa/train.py), on a tiny image-only model."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from bmqa_jax import train
+from bmqa_jax.bmqa import train
 from configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -220,8 +220,8 @@ def test_non_finite_step_raises_and_saves_nothing_non_finite(data_dir, tmp_path)
 def test_evaluation_records_checkpoint_and_config_and_keeps_own_metrics(
     trained, data_dir):
   import hashlib  # pylint: disable=g-import-not-at-top
-  from bmqa_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from bmqa_jax import report  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.bmqa import evaluate  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.experiments import report  # pylint: disable=g-import-not-at-top
   from bmqa_jax.data import datasets  # pylint: disable=g-import-not-at-top
   work = trained["work"]
   quiet = lambda _: None

@@ -112,7 +112,7 @@ def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=print) 
       out[s] = manifest_lib.load(path, require_mos=True, require_text=given_text,
                                  splits=[names[s]], **opts)
       if need_text and source != "text":
-        from bmqa_jax.captioner import descriptions  # pylint: disable=g-import-not-at-top
+        from bmqa_jax.experiments import descriptions  # pylint: disable=g-import-not-at-top
         out[s] = descriptions.fill(out[s], source, cfg.data.get(
             f"{'asr' if source == 'audio' else 'captioner'}_workdir", ""), workdir, log)
   tok = None

@@ -162,7 +162,7 @@ def check_scene_splits(rows: Iterable[tuple[int, dict]], path: str) -> None:
       raise ManifestError(
           f"{path}, row {number}: scene {scene!r} is in split {split!r} here but in "
           f"{first_split!r} at row {first_row}; all rows of a scene must be in one "
-          "split (bmqa_jax.splits.write_split_manifest writes scene-wise splits)")
+          "split (bmqa_jax.data.scenes.write_split_manifest writes scene-wise splits)")
 
 
 def _parse_mos(value, where: str, require: bool, mos_range) -> float:
@@ -230,7 +230,7 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
   if splits is not None and "split" not in columns:
     raise ManifestError(
         f"manifest {path!r} has no `split` column, so no row is in split(s) "
-        f"{list(splits)}; add one (bmqa_jax.splits.write_split_manifest or "
+        f"{list(splits)}; add one (bmqa_jax.data.scenes.write_split_manifest or "
         "launch/repeated_splits.py write scene-wise splits)")
   check_scene_splits([(n, r) for n, r in entries if isinstance(r, dict)], path)
   samples, bad = [], []

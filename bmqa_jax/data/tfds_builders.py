@@ -32,7 +32,7 @@ read time with the same strict rules as files. Features: `image` (bytes),
 
 Splits `train`/`val`/`test`: the dataset's own when it has one (a split column
 or per-split CSVs), else a scene-wise 8:1:1 random split from `IqaConfig.seed`
-(`bmqa_jax.splits.scene_split`, Sec. 5.1.1).
+(`bmqa_jax.data.scenes.scene_split`, Sec. 5.1.1).
 
 Reading: `tfds.data_source(name, data_dir=...)` gives random-access sources
 that Grain reads directly (:func:`grain_dataset`). Training and evaluation go
@@ -54,7 +54,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bmqa_jax import splits as splits_lib
+from bmqa_jax.data import scenes as splits_lib
 from bmqa_jax.data import manifest as manifest_lib
 
 SPLITS = splits_lib.SPLIT_NAMES

@@ -42,14 +42,14 @@ import orbax.checkpoint as ocp
 import tqdm
 from tensorboardX import SummaryWriter
 
-from bmqa_jax import feature_cache
+from bmqa_jax.bmqa import feature_cache
 from bmqa_jax import losses
 from bmqa_jax import sharding
 from bmqa_jax.data import categories
 from bmqa_jax.data import datasets
 from bmqa_jax.data import pipeline
-from bmqa_jax.models import bmqa as bmqa_lib
-from bmqa_jax.models import pretrain
+from bmqa_jax.bmqa import model as bmqa_lib
+from bmqa_jax.bmqa import pretrain
 from bmqa_jax.models.image import pretrained
 
 State = dict[str, Any]
@@ -407,7 +407,7 @@ def _train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log, progress) -> dic
         cache = feature_cache.build(model, weights, val, scfg, pcfg, workdir, mesh, log)
         preds = feature_cache.predict(model, weights, cache, val, scfg, mesh, has_text)
       else:
-        from bmqa_jax import evaluate  # pylint: disable=g-import-not-at-top
+        from bmqa_jax.bmqa import evaluate  # pylint: disable=g-import-not-at-top
         preds = evaluate.predict(model, weights, val, cfg, mesh, has_text)
       mos = np.array([s.mos for s in data.splits["val"]])
       from bmqa_jax import metrics  # pylint: disable=g-import-not-at-top

@@ -22,7 +22,7 @@ import ml_collections as mlc
 import numpy as np
 from safetensors import numpy as st_numpy
 
-from bmqa_jax.models import bmqa as bmqa_lib
+from bmqa_jax.bmqa import model as bmqa_lib
 from bmqa_jax.models.image import pretrained
 
 NAME = "biq2021_lite0"

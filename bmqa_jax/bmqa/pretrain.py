@@ -14,7 +14,7 @@ of three strategies, chosen by `config.pt.loss`:
 
 The heads are created by `BMQA.__call__(..., objective=...)` only, so the
 variables of SS and ST (called without an objective) hold none of them;
-`bmqa_jax.train` hands only the parameters the next stage's model has over.
+`bmqa_jax.bmqa.train` hands only the parameters the next stage's model has over.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ native-scale `eval_grid` windows for `'native'` (never resampled). For resize
 models `view='tiles'` averages the scores of a grid of crops at the model's input
 size taken from the image resized so that its short side is `tile_short_side`.
 Without a workdir (`workdir=''`) the model shipped in the package scores
-(`bmqa_jax.shipped`). A file that cannot be read is reported by name and the
+(`bmqa_jax.bmqa.shipped`). A file that cannot be read is reported by name and the
 rest are still scored; `iter_scores` yields each result as soon as it is known.
 """
 
@@ -77,9 +77,9 @@ def load(workdir: str, asset_dir: str = ""):
   """(config, model, variables, tokenizer) of a workdir, or of the shipped
   model (in `asset_dir`, default the package's) when `workdir` is ''."""
   if not workdir:
-    from bmqa_jax import shipped  # pylint: disable=g-import-not-at-top
+    from bmqa_jax.bmqa import shipped  # pylint: disable=g-import-not-at-top
     return shipped.load(asset_dir or shipped.ASSET_DIR)
-  from bmqa_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.bmqa import evaluate  # pylint: disable=g-import-not-at-top
   return evaluate.load_model(workdir)
 
 

@@ -29,7 +29,7 @@ from bmqa_jax.data import datasets
 from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.data import pipeline
 from bmqa_jax.data import tokenizer as tokenizer_lib
-from bmqa_jax.models import bmqa as bmqa_lib
+from bmqa_jax.bmqa import model as bmqa_lib
 
 
 # PLCC/RMSE are also reported after these monotonic mappings (VQEG protocol).
@@ -39,7 +39,7 @@ MAPPINGS = ("logistic4", "logistic5")
 def predict(model, variables: dict, records: list[dict], cfg: mlc.ConfigDict,
             mesh, has_text: bool) -> np.ndarray:
   """Scores for `records` in order (the evaluation view of `config.input.mode`)."""
-  from bmqa_jax import train  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.bmqa import train  # pylint: disable=g-import-not-at-top
   bs = cfg.eval.batch_size
   sharding.check_batch(bs, mesh, "config.eval.batch_size")
   variables = {k: v for k, v in variables.items() if v}
@@ -107,7 +107,7 @@ def default_out_dir(workdir: str, manifest: str | None = None,
 def _tower_frozen(cfg: mlc.ConfigDict, variables: dict) -> bool:
   """Whether the last stage trained from cached features of a frozen tower (the
   evaluation then reads the same cache: the same numbers, without the tower)."""
-  from bmqa_jax import train  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.bmqa import train  # pylint: disable=g-import-not-at-top
   last = [s.strip() for s in cfg.stages.split(",") if s.strip()][-1]
   labels = train.trainable_labels(variables["params"], cfg[last].trainable)
   return train.uses_feature_cache(cfg, last, train.tower_trains(labels))
@@ -120,7 +120,7 @@ def load_model(workdir: str):
 
 def _load_model(workdir: str):
   """load_model's four, then {"stage", "step"} of the checkpoint loaded."""
-  from bmqa_jax import train  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.bmqa import train  # pylint: disable=g-import-not-at-top
   cfg = train.load_config(workdir)
   tok = None
   if datasets.uses_text(cfg):
@@ -149,7 +149,7 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
   config_sha256 = config_hash(workdir)  # before loading: the config scored
   cfg, model, variables, tok, ckpt = _load_model(workdir)
   has_text = tok is not None
-  from bmqa_jax.captioner import descriptions  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.experiments import descriptions  # pylint: disable=g-import-not-at-top
   source = text_source or ("captioner" if captioner else
                            cfg.data.get("text_source", "text"))
   descriptions.check_source(source)
@@ -176,7 +176,7 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
   records = pipeline.to_records(samples, tok, cfg.input.max_text_len, devices)
   mesh = sharding.make_mesh(cfg)
   if _tower_frozen(cfg, variables):  # the training run's cached features serve
-    from bmqa_jax import feature_cache  # pylint: disable=g-import-not-at-top
+    from bmqa_jax.bmqa import feature_cache  # pylint: disable=g-import-not-at-top
     pcfg = pipeline.from_config(cfg)
     cache = feature_cache.build(model, variables, records, cfg, pcfg, workdir, mesh, log)
     preds = feature_cache.predict(model, variables, cache, records, cfg, mesh, has_text)

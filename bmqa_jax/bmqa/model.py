@@ -8,7 +8,7 @@ absent and the probe reads F̂_aud alone (the single-modality rows a–d of
 Table 2). The output dict has `img` / `txt` only for the towers present.
 
 `objective='classify'` or `'restore'` (stage PT strategies CL and RE, Table 2
-f–g) also runs the pretraining heads of `bmqa_jax.models.pretrain` and adds
+f–g) also runs the pretraining heads of `bmqa_jax.bmqa.pretrain` and adds
 their outputs; the heads' parameters exist only in variables initialised with
 that objective.
 """
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bmqa_jax.models import align
-from bmqa_jax.models import pretrain
+from bmqa_jax.bmqa import pretrain
 from bmqa_jax.models.align import AttentivePool
 
 Dtype = Any
@@ -65,7 +65,7 @@ class BMQA(nn.Module):
     """What the image alignment reads: a list of [B, N_l, C_l] arrays.
 
     Everything after the tower is parameter-free, so a frozen tower's output
-    can be computed once and cached (`bmqa_jax.feature_cache`).
+    can be computed once and cached (`bmqa_jax.bmqa.feature_cache`).
     """
     out = encoded if encoded is not None else self.image_encoder(images, train=train)
     maps = list(out["levels"]) if self.multi_level else [out["tokens"]]

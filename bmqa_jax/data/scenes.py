@@ -1,0 +1,105 @@
+"""Scene-wise random splits (Sec. 5.1.1).
+
+The paper divides MLIQ 8:1:1 *by shooting scene*: the five captures of a scene
+are always in the same split, so a model is never tested on a scene it saw in
+training. :func:`scene_split` draws one such split from a seed;
+:func:`write_split_manifest` writes a copy of a manifest with a fresh `split`
+column (`bmqa_jax.experiments.repeated` trains once per seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from bmqa_jax.data import manifest as manifest_lib
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _scene_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+  """Numbers of train/val/test scenes; each non-zero fraction gets ≥ 1 scene."""
+  if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+    raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
+  f = np.asarray(fractions, np.float64) / np.sum(fractions)
+  n_val = int(round(f[1] * n))
+  n_test = int(round(f[2] * n))
+  if f[1] > 0:
+    n_val = max(n_val, 1)
+  if f[2] > 0:
+    n_test = max(n_test, 1)
+  n_train = n - n_val - n_test
+  if n_train < (1 if f[0] > 0 else 0):
+    raise ValueError(f"{n} scene(s) cannot be split {tuple(fractions)} with at least "
+                     "one scene in every non-empty split")
+  return n_train, n_val, n_test
+
+
+def scene_split(scenes: Iterable[str], seed: int,
+                fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, str]:
+  """{scene: 'train' | 'val' | 'test'}, a random scene-wise split.
+
+  Deterministic in (set of scenes, seed): scenes are sorted before the
+  permutation, so the order rows come in does not matter.
+  """
+  unique = sorted(set(scenes))
+  if not unique:
+    raise ValueError("no scenes to split")
+  n_train, n_val, _ = _scene_counts(len(unique), fractions)
+  perm = np.random.default_rng([seed, 0x5C3E]).permutation(len(unique))
+  out = {}
+  for rank, i in enumerate(perm):
+    out[unique[i]] = ("train" if rank < n_train else
+                      "val" if rank < n_train + n_val else "test")
+  return out
+
+
+def write_split_manifest(src: str, dst: str, seed: int,
+                         fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                         assignment: dict[str, str] | None = None) -> dict[str, str]:
+  """Copies the manifest `src` to `dst` (CSV) with a fresh scene-wise `split`.
+
+  Image and audio paths are rewritten relative to `dst`'s folder so the copy can
+  live anywhere. With `assignment` ({scene: split}, e.g. from the MOS manifest)
+  that split is applied instead of a new one, and scenes it does not name go to
+  'train' (used for the caption-pretraining manifest, so that PT never sees a
+  test scene). Returns the {scene: split} applied.
+  """
+  rows, first = manifest_lib.read_rows(src)
+  if not rows:
+    raise manifest_lib.ManifestError(f"manifest {src!r} has no rows")
+  if "scene" not in rows[0]:
+    raise manifest_lib.ManifestError(f"manifest {src!r} has no `scene` column; a "
+                                     "scene-wise split needs one")
+  for i, r in enumerate(rows):
+    if not str(r.get("scene") or "").strip():
+      raise manifest_lib.ManifestError(f"{src}, row {i + first}: empty `scene`")
+  if assignment is None:
+    assign = scene_split((str(r["scene"]) for r in rows), seed, fractions)
+  else:
+    assign = {str(r["scene"]): assignment.get(str(r["scene"]), "train") for r in rows}
+  src_dir = os.path.dirname(os.path.abspath(src))
+  dst_dir = os.path.dirname(os.path.abspath(dst))
+  os.makedirs(dst_dir, exist_ok=True)
+  fields = list(rows[0]) + ([] if "split" in rows[0] else ["split"])
+  out = []
+  for r in rows:
+    r = dict(r)
+    for col in ("image", "audio"):
+      v = str(r.get(col) or "").strip()
+      if v and not os.path.isabs(v):
+        r[col] = os.path.relpath(os.path.join(src_dir, v), dst_dir)
+    r["split"] = assign[str(r["scene"])]
+    out.append(r)
+  tmp = dst + ".tmp"
+  with open(tmp, "w", newline="", encoding="utf-8") as f:
+    w = csv.DictWriter(f, fieldnames=fields)
+    w.writeheader()
+    w.writerows(out)
+  os.replace(tmp, dst)
+  return assign
+
+
