@@ -9,6 +9,7 @@ of DeepSpeech2-style recognisers.
 from __future__ import annotations
 
 import os
+import struct
 from math import gcd
 
 import jax.numpy as jnp
@@ -16,7 +17,8 @@ import numpy as np
 import soundfile
 from scipy import signal
 
-__all__ = ["AudioReadError", "TARGET_SAMPLE_RATE", "read_audio", "resample",
+__all__ = ["AudioReadError", "AudioFileError", "TARGET_SAMPLE_RATE", "check_wav",
+           "read_audio", "resample",
            "mel_filterbank", "frame_geometry", "num_frames", "log_mel"]
 
 TARGET_SAMPLE_RATE = 16000
@@ -24,6 +26,70 @@ TARGET_SAMPLE_RATE = 16000
 
 class AudioReadError(ValueError):
   """An audio file is missing, unreadable or empty (the message names it)."""
+
+
+AudioFileError = AudioReadError  # the same error under the name files use
+
+# A RIFF/data size a streaming writer leaves when it cannot seek back to fill it
+# in (ffmpeg, sox to a pipe): the data then runs to the end of the file.
+_UNKNOWN_SIZES = (0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000)
+_PCM_TAGS = (1, 3, 0xFFFE)  # PCM, IEEE float, WAVE_FORMAT_EXTENSIBLE
+
+
+def check_wav(path: str) -> None:
+  """Checks a RIFF WAVE file's header against its size.
+
+  libsndfile reads a truncated WAV as the samples that are there, without a
+  word; this raises AudioReadError naming the file when the data chunk is
+  shorter than its header declares, a chunk before it runs past the end, the
+  RIFF size exceeds the file, the `fmt ` chunk is missing or inconsistent, or
+  PCM data is not a whole number of frames. Files that are not RIFF WAVE
+  (FLAC, RF64, ...) are left to the decoder.
+  """
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+      return
+    e = "<" if head[:4] == b"RIFF" else ">"
+    bad = lambda why: AudioReadError(f"audio file {path} is truncated or corrupt: {why}")
+    fmt, pos = None, 12
+    while True:
+      chunk = f.read(8)
+      if len(chunk) < 8:
+        raise bad("no `data` chunk" if fmt else "no `fmt ` chunk")
+      cid, n = chunk[:4], struct.unpack(e + "I", chunk[4:])[0]
+      pos += 8
+      if cid == b"data":
+        break
+      if pos + n > size:
+        raise bad(f"chunk {cid.decode('latin-1')!r} at byte {pos - 8} declares {n} "
+                  f"bytes, only {size - pos} follow")
+      body = f.read(n)
+      if cid == b"fmt ":
+        if n < 16:
+          raise bad(f"`fmt ` chunk of {n} bytes (at least 16)")
+        fmt = struct.unpack(e + "HHIIHH", body[:16])
+      pos += n + (n & 1)
+      f.seek(pos)
+  if fmt is None:
+    raise bad("the `data` chunk comes before any `fmt ` chunk")
+  tag, channels, rate, _, align, bits = fmt
+  if channels == 0 or rate == 0 or align == 0:
+    raise bad(f"`fmt ` declares {channels} channel(s), {rate} Hz, block align {align}")
+  if tag in _PCM_TAGS and align != channels * ((bits + 7) // 8):
+    raise bad(f"block align {align} does not match {channels} channel(s) of {bits} bits")
+  have = size - pos
+  if n in _UNKNOWN_SIZES and n > have:
+    n = have - have % align if tag in _PCM_TAGS else have
+  if n > have:
+    raise bad(f"its data chunk declares {n} bytes ({n // align} frames at {rate} Hz), "
+              f"the file holds {have} ({have // align} frames)")
+  if tag in _PCM_TAGS and n % align:
+    raise bad(f"data chunk of {n} bytes is not a whole number of {align}-byte frames")
+  riff = struct.unpack(e + "I", head[4:8])[0]
+  if riff not in _UNKNOWN_SIZES and riff + 8 > size + 1:  # +1: a missing pad byte
+    raise bad(f"its RIFF header declares {riff + 8} bytes, the file has {size}")
 
 
 def resample(waveform: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
@@ -45,12 +111,13 @@ def read_audio(path: str, sample_rate: int = TARGET_SAMPLE_RATE) -> tuple[np.nda
   Returns:
     ``(waveform [T] float32, sample_rate)``.
   Raises:
-    AudioReadError: the file is missing, not a readable audio file, or holds
-      no samples.
+    AudioReadError: the file is missing, not a readable audio file, holds no
+      samples, or is a WAV whose header and size disagree (:func:`check_wav`).
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise AudioReadError(f"audio file not found: {path}")
+  check_wav(path)
   try:
     data, rate = soundfile.read(path, dtype="float32", always_2d=True)
   except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:

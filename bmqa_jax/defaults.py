@@ -4,7 +4,9 @@ Every number of a run lives here or in the experiment's file under `configs/`;
 the defaults are the paper's (Sec. 4, Sec. 5.1.3) unless a comment says
 otherwise. Experiment configs override fields and document the command that runs
 them; any field can also be overridden on the command line
-(`--config.st.epochs=5`).
+(`--config.st.epochs=5`). The blocks several configs share (the built-in data,
+the ASR/captioner data and optimiser, the device mesh) are built here once;
+each config's own `key=value` argument is read by `bmqa_jax.config_args`.
 """
 
 from __future__ import annotations
@@ -12,18 +14,61 @@ from __future__ import annotations
 import ml_collections as mlc
 
 
-def parse_args(arg: str | None, known: set[str]) -> dict[str, str]:
-  """A config file's `key=value,...` argument, checked against `known` keys."""
-  out = {}
-  for item in filter(None, (arg or "").split(",")):
-    if "=" not in item:
-      raise ValueError(f"config argument {item!r} is not key=value")
-    k, v = item.split("=", 1)
-    out[k.strip()] = v.strip()
-  unknown = set(out) - set(known)
-  if unknown:
-    raise ValueError(f"unknown config arguments {sorted(unknown)}")
-  return out
+def builtin_data(tiny: bool = False, **overrides) -> mlc.ConfigDict:
+  """`config.data.builtin`: the built-in dataset's arguments (bmqa_jax/data).
+
+  200 scenes of 160 px with spoken descriptions, seed 0 (the quickstart's,
+  shared by every config that trains on the built-in data, so they share its
+  cache directory); `tiny`: 20 scenes of 64 px without audio (smoke runs and
+  tests). `overrides` replace single fields."""
+  c = mlc.ConfigDict(dict(num_scenes=200, image_size=160, seed=0, audio=True))
+  if tiny:
+    c.update(num_scenes=20, image_size=64, audio=False)
+  c.update(overrides)
+  return c
+
+
+def task_data(manifest: str = "") -> mlc.ConfigDict:
+  """`config.data` of the speech recogniser and the captioner (configs/asr.py,
+  configs/captioner.py): the manifest at `manifest`, or the built-in dataset
+  when it is ''; training reads split `train`, evaluation split `test`."""
+  return mlc.ConfigDict(dict(
+      kind="manifest" if manifest else "builtin",
+      manifest=manifest,
+      builtin=builtin_data(),
+      builtin_dir="",  # '' = $BMQA_DATA_DIR or ~/.cache/bmqa_jax
+      train_split="train",
+      eval_split="test",
+  ))
+
+
+def mesh(**overrides) -> mlc.ConfigDict:
+  """`config.mesh`: the devices as a (data, model) mesh.
+
+  The batch is split over 'data'; with model > 1 every parameter of at least
+  `shard_min_size` elements (and its optimiser state) is split over 'model'
+  along its largest divisible axis. data=-1: all devices not on the model axis.
+  """
+  c = mlc.ConfigDict(dict(data=-1, model=1, shard_min_size=2**18))
+  c.update(overrides)
+  return c
+
+
+def step_optimizer(*, learning_rate: float, warmup_steps: int,
+                   final_lr_fraction: float, adam_b1: float, adam_b2: float,
+                   weight_decay: float, grad_clip_norm: float,
+                   optimizer: str = "adamw", schedule: str = "cosine",
+                   momentum: float = 0.0) -> mlc.ConfigDict:
+  """`config.optimizer` of the step-counted trainers (configs/asr.py,
+  configs/captioner.py), in the field names of the shared training library:
+  `optimizer` 'adamw' (or 'sgd' with `momentum`), `schedule` 'cosine' with
+  linear warmup over `warmup_steps` down to `final_lr_fraction` of
+  `learning_rate`; `grad_clip_norm` 0: no clipping."""
+  return mlc.ConfigDict(dict(
+      optimizer=optimizer, schedule=schedule, learning_rate=learning_rate,
+      warmup_steps=warmup_steps, final_lr_fraction=final_lr_fraction,
+      adam_b1=adam_b1, adam_b2=adam_b2, weight_decay=weight_decay,
+      grad_clip_norm=grad_clip_norm, momentum=momentum))
 
 
 def stage(**kw) -> mlc.ConfigDict:
@@ -75,7 +120,7 @@ def base_config() -> mlc.ConfigDict:
 
   c.data = mlc.ConfigDict(dict(
       kind="builtin",  # 'builtin' (generated), 'manifest' or 'tfds'
-      manifest="",  # kind=manifest: the CSV/JSONL (DESIGN.md §4)
+      manifest="",  # kind=manifest: the CSV/JSONL (docs/interfaces.md, Manifest)
       tfds_name="",  # kind=tfds: mliq, dark4k, nnid, biq2021, iqa_folder[/config]
       tfds_dir="",  # kind=tfds: the TFDS data_dir it was prepared in
       pretrain_manifest="",  # caption pairs for stage PT (image, text); '' = none
@@ -100,8 +145,7 @@ def base_config() -> mlc.ConfigDict:
       # Frozen-tower features (bmqa_jax/bmqa/feature_cache.py); '' = workdir/feature_cache.
       feature_cache_dir="",
   ))
-  c.data.builtin = mlc.ConfigDict(dict(
-      num_scenes=200, image_size=160, seed=0, audio=True))
+  c.data.builtin = builtin_data()
 
   # mode 'resize': random resized crops of image_size for training; resize the
   # short side to resize_size and centre-crop image_size for evaluation.
@@ -111,7 +155,10 @@ def base_config() -> mlc.ConfigDict:
   c.input = mlc.ConfigDict(dict(
       mode="resize", image_size=224, resize_size=256, crop_scale=(0.35, 1.0),
       crop_ratio=(3 / 4, 4 / 3), native_crop=512, eval_grid=(1, 1), flip=True,
-      max_text_len=48, workers=0, prefetch=2))
+      max_text_len=48, workers=0, prefetch=2,
+      # Bound on a decoded image's pixels, checked from its header before decoding
+      # (a 140 KB PNG can declare 12000×12000); 0: no bound.
+      max_pixels=100_000_000))
   c.tokenizer = mlc.ConfigDict(dict(vocab_size=1000))
 
   c.model = mlc.ConfigDict()
@@ -128,18 +175,17 @@ def base_config() -> mlc.ConfigDict:
   c.model.align = mlc.ConfigDict(dict(width=1024, heads=32, qkv_dim=2048,
                                       mlp_dim=2048))
   c.model.dtype = "float32"  # compute dtype; parameters stay float32
+  # CPU convolution algorithm of the image tower (models/image/layers.py):
+  # 'auto' (im2col products on CPU, XLA's own elsewhere), 'gemm' or 'xla'.
+  c.model.conv_impl = "auto"
   # Image-only models: K independently initialised alignment + probe heads
-  # averaged (models/bmqa.py); 1 = the paper's single head.
+  # averaged (bmqa/model.py); 1 = the paper's single head.
   c.model.ensemble = 1
   c.model.temperature_init = 0.07
   c.model.learn_temperature = True
   c.model.temperature_range = (0.01, 1.0)
 
-  # Devices as a (data, model) mesh: the batch is split over 'data'; with
-  # model > 1 every parameter of at least `shard_min_size` elements (and its
-  # optimiser state) is split over 'model' along its largest divisible axis.
-  # data=-1: all devices not on the model axis.
-  c.mesh = mlc.ConfigDict(dict(data=-1, model=1, shard_min_size=2**18))
+  c.mesh = mesh()  # (data, model) devices; data=-1: all not on 'model'
   c.paper_ref = ""  # e.g. 'table1/convnext_base+transformer', 'table2/e'
 
   # Sec. 5.1.3: PT 50 epochs batch 768 lr 1e-3 cosine; SS 20 epochs batch 256
@@ -188,36 +234,43 @@ SMALL_IMAGE = {"vgg": "vgg_tiny", "resnet": "resnet_tiny",
                "convnext": "convnext_mini"}
 
 
-def paper_config(img: str, txt: str | None, args: dict[str, str]) -> mlc.ConfigDict:
+# The data and size arguments of the paper's configs (configs/mliq.py,
+# configs/ablation.py), as `config_args.parse_arg` defaults: data=builtin|manifest,
+# manifest=PATH and pretrain_manifest=PATH (data=manifest), init=DIR (orbax
+# image-tower weights; '' none), runlocal=True (quickstart size, `runlocal`).
+PAPER_ARGS = dict(data="builtin", manifest="", pretrain_manifest="", init="",
+                  runlocal=False)
+
+
+def paper_config(img: str, txt: str | None, args) -> mlc.ConfigDict:
   """The base config with the paper's towers, ST learning rate and the data args.
 
   `img`/`txt`: registered encoder names (or Table 1's aliases rnn, transf);
   `txt=None` leaves the text tower at its default (image-only models ignore it).
-  `args` (from a config's `:k=v,...`): data=builtin|manifest, manifest=PATH,
-  pretrain_manifest=PATH, init=DIR (orbax image-tower weights), runlocal.
+  `args`: the config's parsed argument (`config_args.parse_arg`) with the
+  fields of `PAPER_ARGS`.
   """
   from bmqa_jax.models import image  # pylint: disable=g-import-not-at-top
   c = base_config()
   family = image.family(img)
-  c.model.image = dict(name=img, init=args.get("init", ""), kwargs={})
+  c.model.image = dict(name=img, init=args.init, kwargs={})
   if txt is not None:
     txt = TEXT_ALIASES.get(txt, txt)
     c.model.text = dict(name=txt, kwargs=dict(TEXT_KWARGS.get(txt, {})))
   c.st.learning_rate = ST_LEARNING_RATE.get(family, ST_LEARNING_RATE_DEFAULT)
-  data = args.get("data", "builtin")
-  if data == "builtin":
+  if args.data == "builtin":
     # The built-in data has 160 training caption pairs: PT takes batches of 128
     # (the paper's per-GPU batch) instead of 768, every other number as in MLIQ.
     c.pt.batch_size = 128
-  elif data == "manifest":
+  elif args.data == "manifest":
     c.data.kind = "manifest"
-    c.data.manifest = args.get("manifest", "")
-    c.data.pretrain_manifest = args.get("pretrain_manifest", "")
+    c.data.manifest = args.manifest
+    c.data.pretrain_manifest = args.pretrain_manifest
     if not c.data.manifest:
       raise ValueError("data=manifest needs manifest=PATH (an MLIQ-style manifest)")
   else:
-    raise ValueError(f"data={data!r}: 'builtin' or 'manifest'")
-  if args.get("runlocal", "False") not in ("False", "0", ""):
+    raise ValueError(f"data={args.data!r}: 'builtin' or 'manifest'")
+  if args.runlocal:
     runlocal(c, family)
   return c
 

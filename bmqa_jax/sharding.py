@@ -29,12 +29,13 @@ def make_mesh(cfg: mlc.ConfigDict, devices=None) -> Mesh:
   """The ('data', 'model') mesh of `config.mesh` over `devices` (default: all)."""
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
-  model = int(cfg.mesh.get("model", 1))
+  mcfg = cfg.get("mesh") or mlc.ConfigDict(dict(data=-1, model=1))
+  model = int(mcfg.get("model", 1))
   if model < 1 or n % model:
     raise ValueError(f"config.mesh.model={model} does not divide the {n} devices")
-  data = cfg.mesh.data if cfg.mesh.data > 0 else n // model
+  data = mcfg.data if mcfg.data > 0 else n // model
   if data * model != n:
-    raise ValueError(f"config.mesh.data={cfg.mesh.data} × config.mesh.model={model} "
+    raise ValueError(f"config.mesh.data={mcfg.data} × config.mesh.model={model} "
                      f"is not the {n} devices there are; use data=-1")
   return Mesh(np.asarray(devices).reshape(data, model), ("data", "model"))
 
@@ -85,11 +86,38 @@ def state_sharding(tree: Any, mesh: Mesh, min_size: int) -> Any:
       lambda x: NamedSharding(mesh, leaf_spec(tuple(x.shape), model, min_size)), tree)
 
 
+def jit_step(step_fn, state_sharding, mesh: Mesh):
+  """`step_fn(state, batch, rng) -> (state, metrics)` jitted on the mesh: the
+  state in `state_sharding` (donated), the batch split over `data`, the rng and
+  the metrics replicated. Every trainer's step goes through here."""
+  rep = replicated(mesh)
+  return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding(mesh), rep),
+                 out_shardings=(state_sharding, rep), donate_argnums=(0,))
+
+
+def min_shard_size(cfg) -> int:
+  """`config.mesh.shard_min_size`: the smallest parameter split over `model`."""
+  return int((cfg.get("mesh") or {}).get("shard_min_size", 2**18))
+
+
 def put_batch(batch: dict, mesh: Mesh) -> dict:
   """Host-local numpy batch → global arrays sharded over `data`."""
   sh = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sh, np.asarray(v))
           for k, v in batch.items()}
+
+
+def local_rows(batch: dict) -> dict:
+  """This process's rows of a global host batch that every process computed
+  (process i of n takes the i-th of n equal blocks), for `put_batch`."""
+  n, i = jax.process_count(), jax.process_index()
+  if n == 1:
+    return batch
+  size = len(next(iter(batch.values())))
+  if size % n:
+    raise ValueError(f"global batch {size} is not divisible by the {n} processes")
+  k = size // n
+  return {key: v[i * k:(i + 1) * k] for key, v in batch.items()}
 
 
 def slurm_local_device_ids(environ=None) -> list[int] | None:
@@ -108,9 +136,77 @@ def slurm_local_device_ids(environ=None) -> list[int] | None:
   return None
 
 
-def initialize_distributed(log=print) -> None:
-  """`jax.distributed.initialize()` for SLURM (one task per host) or a Cloud TPU VM."""
-  ids = slurm_local_device_ids()
-  jax.distributed.initialize(local_device_ids=ids)
+def initialize_distributed(coordinator: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None, log=print) -> None:
+  """`jax.distributed.initialize()`: the cluster from explicit arguments (any
+  scheduler: `coordinator` 'HOST:PORT', `num_processes`, `process_id`), else
+  from the environment (SLURM with one task per host, Cloud TPU). CPU
+  collectives (gloo) are selected, so that CPU devices of several processes
+  reduce across processes; accelerators use their own."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if coordinator:
+    if num_processes is None or process_id is None:
+      raise ValueError("--coordinator needs --num_processes and --process_id")
+    jax.distributed.initialize(coordinator_address=coordinator,
+                               num_processes=num_processes, process_id=process_id)
+  else:
+    jax.distributed.initialize(local_device_ids=slurm_local_device_ids())
   log(f"process {jax.process_index()}/{jax.process_count()}: "
       f"{jax.local_device_count()} local of {jax.device_count()} devices")
+
+
+def define_cluster_flags() -> None:
+  """absl flags of every training and evaluation launcher: --multihost (the
+  cluster from SLURM / Cloud TPU variables) or --coordinator, --num_processes,
+  --process_id (any other scheduler)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with the "
+                    "cluster read from SLURM or Cloud TPU variables.")
+  flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (with "
+                      "--num_processes and --process_id): a cluster of any scheduler.")
+  flags.DEFINE_integer("num_processes", None, "Processes of the job (--coordinator).")
+  flags.DEFINE_integer("process_id", None, "This process's index (--coordinator).")
+
+
+def initialize_from_flags(log=print) -> None:
+  """Starts the cluster when `define_cluster_flags`'s flags ask for one."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  if f.coordinator or f.multihost:
+    initialize_distributed(f.coordinator, f.num_processes, f.process_id, log)
+
+
+def to_host(tree):
+  """Numpy copies of (global) arrays on every process: gathered across
+  processes when an array spans several (`multihost_utils.process_allgather`)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(
+      x, tiled=True)) if isinstance(x, jax.Array) else x, tree)
+
+
+def gather_local(x: np.ndarray) -> np.ndarray:
+  """Every process's host rows of `x`, concatenated in process order (the order
+  `put_batch` lays them out in a global batch)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  out = np.asarray(multihost_utils.process_allgather(np.asarray(x)))
+  return out.reshape((-1,) + out.shape[2:])
+
+
+def sync(name: str) -> None:
+  """A barrier of all processes (nothing with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def on_process_zero(fn, name: str):
+  """Runs `fn()` on process 0 only (it writes a shared file), then all processes
+  meet; returns `fn`'s result on process 0 and None elsewhere."""
+  out = fn() if jax.process_index() == 0 else None
+  sync(name)
+  return out

@@ -18,10 +18,15 @@ has (the new fusion probe starts fresh; the log names it).
   python launch/report.py runs/ablation_*   # Table 2 with the paper's numbers
 
 On MLIQ: add `,data=manifest,manifest=PATH[,pretrain_manifest=COCO_PAIRS]`. A CPU
-smoke run at quickstart size: add `,runlocal=True`. Other arguments: init=DIR
-(converted ResNet-50 weights).
+smoke run at quickstart size: add `,runlocal=True`.
+
+Arguments (`key=value`, comma-separated; the rules: bmqa_jax/config_args.py):
+  method=a|b|c|d|e|f|g|h   the row of Table 2 (default h)
+  data=builtin|manifest, manifest=PATH, pretrain_manifest=PATH, init=DIR
+  (converted ResNet-50 weights), runlocal=True|False: as in configs/mliq.py.
 """
 
+from bmqa_jax import config_args
 from bmqa_jax import defaults
 
 # method: (PT loss or '' for no PT, SS?, ST towers)
@@ -38,8 +43,8 @@ METHODS = {
 
 
 def get_config(arg: str | None = None):
-  args = dict(a.split("=", 1) for a in (arg or "").split(",") if a)
-  method = args.get("method", "h")
+  args = config_args.parse_arg(arg, method="h", **defaults.PAPER_ARGS)
+  method = args.method
   if method not in METHODS:
     raise ValueError(f"method={method!r}: one of {sorted(METHODS)} (Table 2)")
   pt_loss, ss, towers = METHODS[method]

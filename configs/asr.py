@@ -20,31 +20,27 @@ Then transcribe any manifest's ``audio`` column:
 
   python launch/transcribe.py --workdir=/tmp/asr --manifest=M.csv --out=T.csv
 
-Arguments (comma separated ``key=value``): ``manifest`` (path), ``runlocal``
-(bool), ``steps`` (int).
+Arguments (comma separated ``key=value``; the rules: bmqa_jax/config_args.py):
+  ``manifest=PATH``       a manifest with audio + text (default '': built-in data)
+  ``runlocal=True|False`` the smoke-run size above
+  ``steps=N``             training steps (default 300; runlocal 40)
 """
 
 import ml_collections
 
+from bmqa_jax import config_args
 from bmqa_jax import defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = defaults.parse_args(arg, {"manifest", "runlocal", "steps"})
-  runlocal = args.get("runlocal", "false").lower() in ("1", "true", "yes")
+  args = config_args.parse_arg(arg, manifest="", runlocal=False, steps=(None, int))
+  runlocal = args.runlocal
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  c.data = ml_collections.ConfigDict()
   # 'builtin': the built-in dataset's spoken descriptions (built on first use,
   # as by launch/build_dataset.py); 'manifest': any manifest with audio + text.
-  c.data.kind = "manifest" if args.get("manifest") else "builtin"
-  c.data.manifest = args.get("manifest", "")
-  c.data.builtin = ml_collections.ConfigDict(dict(
-      num_scenes=200, image_size=160, seed=0, audio=True))
-  c.data.builtin_dir = ""        # '' = $BMQA_DATA_DIR or ~/.cache/bmqa_jax
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
+  c.data = defaults.task_data(args.manifest)
   c.data.cache_dir = ""          # empty: WORKDIR/feature_cache
 
   # Passed to speech.features.featurize -> audio.log_mel.
@@ -73,21 +69,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.rnn_unroll = 1
   c.model.dtype = "float32"
 
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.learning_rate = 2e-3
-  c.optimizer.warmup_steps = 50
-  c.optimizer.final_lr_fraction = 0.05
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.98
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.grad_clip_norm = 5.0
+  # AdamW, linear warmup then cosine decay to final_lr_fraction × learning_rate.
+  c.optimizer = defaults.step_optimizer(
+      learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.05,
+      adam_b1=0.9, adam_b2=0.98, weight_decay=1e-4, grad_clip_norm=5.0)
+  c.mesh = defaults.mesh()
 
   c.batch_size = 16
   c.eval_batch_size = 16
   # Padded lengths in frames (10 ms): one compiled train step per bucket.
   c.frame_buckets = (512, 1024, 1536, 2048, 3072)
   c.label_multiple = 16
-  c.num_steps = int(args.get("steps", 300))
+  c.num_steps = 300 if args.steps is None else args.steps
   c.log_every_steps = 50
   c.checkpoint_every_steps = 100
   c.checkpoint_keep = 2
@@ -100,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.conv_features = (8, 8)
     c.model.rnn_hidden = 64
     c.model.rnn_layers = 1
-    c.num_steps = int(args.get("steps", 40))
+    c.num_steps = 40 if args.steps is None else args.steps
     c.log_every_steps = 10
     c.checkpoint_every_steps = 20
     c.decode.beam_width = 4

@@ -26,69 +26,82 @@ measurements behind each choice):
   python launch/train.py --config=configs/biq2021.py --workdir=runs/biq_lite0
   python launch/evaluate.py --workdir=runs/biq_lite0
 
-Arguments (`--config=configs/biq2021.py:recipe=lpft,...`):
+Arguments (`--config=configs/biq2021.py:recipe=lpft,...`; the rules:
+bmqa_jax/config_args.py):
   recipe=probe|lpft|finetune   probe (default): frozen tower, cached features;
       lpft: the probe stage, then stage FT trains the whole model at
       `ft_lr` from those weights (LP-FT, Kumar et al. 2022);
-      finetune: the previous recipe, the whole model trained at 128 px from
-      the start (resized input, last token map only).
-  manifest=PATH, img=NAME, init=imagenet|none|DIR, crop=PIXELS (native window),
-  grid=R (an R×R evaluation grid), epochs=N, batch=N, lr=X, ft_epochs=N,
-  ft_lr=X, levels=1.2.4.6 (dot-separated stage indices; 'none': the last
-  token map), token_grid=G, ensemble=K (probe heads averaged; 1: one head).
+      finetune: the previous recipe, the whole model trained at `size` px
+      from the start (resized input, last token map only).
+  manifest=PATH            default ../shared/data/biq2021_lowlight/manifest.csv
+  img=NAME                 image tower (default efficientnet_lite0)
+  init=imagenet|none|DIR   its initial weights (default: imagenet where packaged)
+  epochs=X, batch=N, lr=X  stage ST (defaults: 20, 32, 3e-4; finetune 5, 32, 5e-4)
+  ft_epochs=X, ft_lr=X     lpft's stage FT (defaults 1, 2e-5)
+  probe and lpft:  crop=PIXELS (native window, 512), grid=R (an R×R evaluation
+      grid, 1), levels=1.2.4.6 (dot-separated stage indices; 'none': the last
+      token map), token_grid=G (4), ensemble=K (probe heads averaged, 5; 1: one
+      head).
+  finetune:  size=PIXELS (input size, 128), trainable=REGEX (parameters
+      trained, '.*').
 """
 
+from bmqa_jax import config_args
 from bmqa_jax import defaults
 from bmqa_jax.models.image.pretrained import default_init
 
 MANIFEST = "../shared/data/biq2021_lowlight/manifest.csv"
-KNOWN = {"recipe", "manifest", "img", "init", "crop", "grid", "epochs", "batch",
-         "lr", "ft_epochs", "ft_lr", "levels", "token_grid", "size", "trainable",
-         "ensemble"}
+RECIPES = ("probe", "lpft", "finetune")
 
 
 def get_config(arg: str | None = None):
-  args = defaults.parse_args(arg, KNOWN)
-  recipe = args.get("recipe", "probe")
-  if recipe not in ("probe", "lpft", "finetune"):
+  args = config_args.parse_arg(
+      arg, recipe="probe", manifest=MANIFEST, img="efficientnet_lite0",
+      init=None, crop=512, grid=1, epochs=(None, float), batch=32,
+      lr=(None, float), ft_epochs=1.0, ft_lr=2e-5, levels="1.2.4.6",
+      token_grid=4, size=128, trainable=".*", ensemble=5)
+  recipe = args.recipe
+  if recipe not in RECIPES:
     raise ValueError(f"recipe={recipe!r}: 'probe', 'lpft' or 'finetune'")
+  finetune = recipe == "finetune"
+  epochs = args.epochs if args.epochs is not None else (5.0 if finetune else 20.0)
+  lr = args.lr if args.lr is not None else (5e-4 if finetune else 3e-4)
   c = defaults.base_config()
   c.data.kind = "manifest"
-  c.data.manifest = args.get("manifest", MANIFEST)
+  c.data.manifest = args.manifest
   c.data.test_split = "val"
   c.model.modalities = ("image",)
-  img = args.get("img", "efficientnet_lite0")
+  img = args.img
+  init = default_init(img) if args.init is None else args.init
   c.stages = "st"
   c.eval.batch_size = 16
-  if recipe == "finetune":  # the recipe before native scale (for comparison)
-    c.model.image = dict(name=img, init=args.get("init", default_init(img)), kwargs={})
+  if finetune:  # the recipe before native scale (for comparison)
+    c.model.image = dict(name=img, init=init, kwargs={})
     c.model.align = dict(width=256, heads=8, qkv_dim=256, mlp_dim=512)
-    size = int(args.get("size", 128))
+    size = args.size
     c.input.update(image_size=size, resize_size=int(size * 1.14), crop_scale=(0.3, 1.0))
-    c.st.update(init="fresh", epochs=float(args.get("epochs", 5)),
-                batch_size=int(args.get("batch", 32)),
-                learning_rate=float(args.get("lr", 5e-4)), schedule="cosine",
+    c.st.update(init="fresh", epochs=epochs, batch_size=args.batch,
+                learning_rate=lr, schedule="cosine",
                 warmup_epochs=1, decay_boundaries_epochs=(),
-                trainable=args.get("trainable", ".*"), checkpoint_every_steps=100)
+                trainable=args.trainable, checkpoint_every_steps=100)
     return c
-  levels = args.get("levels", "1.2.4.6")
+  levels = args.levels
   c.model.image = dict(
-      name=img, init=args.get("init", default_init(img)), kwargs={},
+      name=img, init=init, kwargs={},
       levels=() if levels == "none" else tuple(int(x) for x in levels.split(".")),
-      token_grid=int(args.get("token_grid", 4)))
+      token_grid=args.token_grid)
   c.model.align = dict(width=128, heads=8, qkv_dim=128, mlp_dim=256)
-  c.model.ensemble = int(args.get("ensemble", 5))
-  grid = int(args.get("grid", 1))
-  c.input.update(mode="native", native_crop=int(args.get("crop", 512)),
+  c.model.ensemble = args.ensemble
+  grid = args.grid
+  c.input.update(mode="native", native_crop=args.crop,
                  eval_grid=(grid, grid), flip=True)
-  c.st.update(init="fresh", epochs=float(args.get("epochs", 20)),
-              batch_size=int(args.get("batch", 32)),
-              learning_rate=float(args.get("lr", 3e-4)), schedule="cosine",
+  c.st.update(init="fresh", epochs=epochs, batch_size=args.batch,
+              learning_rate=lr, schedule="cosine",
               warmup_epochs=1, weight_decay=0.05, decay_boundaries_epochs=(),
               trainable=defaults.frozen_tower_regex(), checkpoint_every_steps=200)
   if recipe == "lpft":
     defaults.probe_then_finetune(c, probe={}, finetune=dict(
-        epochs=float(args.get("ft_epochs", 1)), batch_size=8, grad_accum_steps=2,
-        learning_rate=float(args.get("ft_lr", 2e-5)), schedule="cosine",
+        epochs=args.ft_epochs, batch_size=8, grad_accum_steps=2,
+        learning_rate=args.ft_lr, schedule="cosine",
         weight_decay=0.05, checkpoint_every_steps=40, log_every_steps=10))
   return c

@@ -17,30 +17,29 @@ Then caption images (attention maps per word as PNGs, as in the paper's Fig. 11)
       --attention_dir=attention photos/*.jpg
 
 ``runlocal`` shrinks model, images and steps to a smoke run of about a minute.
-Arguments (comma separated ``key=value``): ``manifest`` (path), ``encoder``
-(an image-registry name), ``runlocal`` (bool), ``steps`` (int).
+Arguments (comma separated ``key=value``; the rules: bmqa_jax/config_args.py):
+  ``manifest=PATH``       a manifest with image + text (default '': built-in data)
+  ``encoder=NAME``        the image encoder, an image-registry name (default
+                          resnet_tiny)
+  ``runlocal=True|False`` the smoke-run size above
+  ``steps=N``             training steps (default 1500; runlocal 40)
 """
 
 import ml_collections
 
+from bmqa_jax import config_args
 from bmqa_jax import defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = defaults.parse_args(arg, {"manifest", "encoder", "runlocal", "steps"})
-  runlocal = args.get("runlocal", "false").lower() in ("1", "true", "yes")
+  args = config_args.parse_arg(arg, manifest="", encoder="resnet_tiny",
+                               runlocal=False, steps=(None, int))
+  runlocal = args.runlocal
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  c.data = ml_collections.ConfigDict()
-  c.data.kind = "manifest" if args.get("manifest") else "builtin"
-  c.data.manifest = args.get("manifest", "")
-  # The quickstart's built-in dataset (the same cache directory).
-  c.data.builtin = ml_collections.ConfigDict(dict(
-      num_scenes=200, image_size=160, seed=0, audio=True))
-  c.data.builtin_dir = ""        # '' = $BMQA_DATA_DIR or ~/.cache/bmqa_jax
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
+  # The quickstart's built-in dataset (the same cache directory), or a manifest.
+  c.data = defaults.task_data(args.manifest)
 
   c.input = ml_collections.ConfigDict(dict(
       image_size=128, resize_size=144, crop_scale=(0.6, 1.0),
@@ -51,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.vocab.max_len = 56           # words + punctuation of a description (longest: 54)
 
   c.model = ml_collections.ConfigDict()
-  c.model.encoder = args.get("encoder", "resnet_tiny")  # any image.names() entry
+  c.model.encoder = args.encoder  # any image.names() entry
   c.model.encoder_kwargs = {}
   c.model.embed_dim = 128
   c.model.hidden_dim = 256
@@ -64,18 +63,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # words, so λ = 1 / (mean description length ≈ 30 words) is the same balance.
   c.loss.attention_penalty = 0.03
 
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.learning_rate = 2e-3
-  c.optimizer.warmup_steps = 50
-  c.optimizer.final_lr_fraction = 0.05
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.grad_clip_norm = 5.0
+  # AdamW, linear warmup then cosine decay to final_lr_fraction × learning_rate.
+  c.optimizer = defaults.step_optimizer(
+      learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.05,
+      adam_b1=0.9, adam_b2=0.999, weight_decay=1e-4, grad_clip_norm=5.0)
+  c.mesh = defaults.mesh()
 
   c.batch_size = 32
   c.eval_batch_size = 50
-  c.num_steps = int(args.get("steps", 1500))
+  c.num_steps = 1500 if args.steps is None else args.steps
   c.log_every_steps = 50
   c.checkpoint_every_steps = 250
   c.checkpoint_keep = 2
@@ -86,8 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.decode.length_penalty = 0.0   # final score log p / len**length_penalty
 
   if runlocal:
-    c.data.builtin = ml_collections.ConfigDict(dict(
-        num_scenes=20, image_size=64, seed=0, audio=False))
+    c.data.builtin = defaults.builtin_data(tiny=True)
     c.input.image_size = 64     # 2×2 attention positions with resnet_tiny
     c.input.resize_size = 72
     c.model.embed_dim = 32
@@ -95,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.attention_dim = 32
     c.batch_size = 8
     c.eval_batch_size = 8
-    c.num_steps = int(args.get("steps", 40))
+    c.num_steps = 40 if args.steps is None else args.steps
     c.log_every_steps = 10
     c.checkpoint_every_steps = 20
     c.decode.beam_size = 2

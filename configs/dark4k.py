@@ -23,30 +23,19 @@ is recorded in the run, so ``--text_source=captioner`` may replace
 ``WORKDIR/descriptions_captioner.csv`` and written to
 ``WORKDIR/eval/descriptions.csv`` beside the metrics.
 
-Arguments: ``captioner=DIR`` (default ``runs/captioner``).
+Arguments (the rules: bmqa_jax/config_args.py): ``captioner=DIR``, the
+captioner's workdir recorded in ``config.data.captioner_workdir`` (default
+``runs/captioner``).
 """
 
-import importlib.util
-import os
-
-
-def _quickstart():
-  # Loaded by path: launch scripts read config files without `configs` on sys.path.
-  spec = importlib.util.spec_from_file_location(
-      "quickstart", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                 "quickstart.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from bmqa_jax import config_args
+from configs import quickstart
 
 
 def get_config(arg: str | None = None):
-  args = dict(a.split("=", 1) for a in (arg or "").split(",") if a)
-  unknown = set(args) - {"captioner"}
-  if unknown:
-    raise ValueError(f"unknown config arguments {sorted(unknown)}")
-  c = _quickstart().get_config("")
-  c.data.captioner_workdir = args.get("captioner", "runs/captioner")
+  args = config_args.parse_arg(arg, captioner="runs/captioner")
+  c = quickstart.get_config()
+  c.data.captioner_workdir = args.captioner
   # Training reads the given descriptions; evaluation switches to the
   # captioner's (launch/evaluate.py --captioner, or --text_source=captioner).
   c.data.text_source = "text"

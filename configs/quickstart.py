@@ -6,35 +6,42 @@ so that PT → SS → ST and the evaluation finish on a 2-core laptop. Run:
   python launch/train.py --config=configs/quickstart.py --workdir=runs/quickstart
   python launch/evaluate.py --workdir=runs/quickstart
 
-Arguments (`--config=configs/quickstart.py:modalities=image`):
-  modalities=image   image-only BMQA (no description; SS and PT need text, so
-                     only ST runs) for the image-only vs image+text comparison.
+Arguments (`--config=configs/quickstart.py:modalities=image,tiny=True`; the
+rules of every config's argument: bmqa_jax/config_args.py):
+  modalities=image|image+text   image: image-only BMQA (no description; SS and
+                     PT need text, so only ST runs) for the image-only vs
+                     image+text comparison; default image+text.
   img=NAME           another image tower (bmqa_jax.models.image.names());
                      EfficientNet-Lite starts from its ImageNet weights.
   init=imagenet|none|DIR   the image tower's initial weights (README
                      "Pretrained weights"); default: imagenet where packaged.
-  tiny=True          a few steps per stage, for tests and smoke runs.
+  tiny=True|False    True: a few steps per stage, for tests and smoke runs.
 """
 
+from bmqa_jax import config_args
 from bmqa_jax import defaults
 from bmqa_jax.models.image.pretrained import default_init
 
+MODALITIES = {"image": ("image",), "image+text": ("image", "text")}
+
 
 def get_config(arg: str | None = None):
-  args = dict(a.split("=", 1) for a in (arg or "").split(",") if a)
+  args = config_args.parse_arg(arg, modalities="image+text", img="resnet_tiny",
+                               init=None, tiny=False)
+  if args.modalities not in MODALITIES:
+    raise ValueError(f"modalities={args.modalities!r}: one of {sorted(MODALITIES)}")
   c = defaults.base_config()
-  c.data.builtin = dict(num_scenes=200, image_size=160, seed=0, audio=True)
   defaults.quickstart_sizes(c)
-  img = args.get("img", "resnet_tiny")
-  c.model.image = dict(name=img, init=args.get("init", default_init(img)), kwargs={})
+  init = default_init(args.img) if args.init is None else args.init
+  c.model.image = dict(name=args.img, init=init, kwargs={})
   c.model.text = dict(name="transformer", kwargs=dict(
       width=128, depth=2, num_heads=4, mlp_dim=256, max_len=c.input.max_text_len))
-  if args.get("modalities") == "image":
-    c.model.modalities = ("image",)
+  if args.modalities == "image":
+    c.model.modalities = MODALITIES["image"]
     c.stages = "st"
     c.st.init = "fresh"
-  if args.get("tiny", "False") == "True":
-    c.data.builtin = dict(num_scenes=20, image_size=64, seed=0, audio=False)
+  if args.tiny:
+    c.data.builtin = defaults.builtin_data(tiny=True)
     c.input.image_size = 32
     c.input.resize_size = 36
     c.tokenizer.vocab_size = 120

@@ -2,7 +2,8 @@ r"""Prints the training speed (steps/s, images/s) of each stage and the input pi
 
   python launch/benchmark_train.py --config=configs/quickstart.py --steps=20
 
-The train step is timed on one fixed batch already on the device (compile time
+Each stage is planned as training plans it (`bmqa_jax.bmqa.stage`); its step
+is timed on one fixed batch already on the device (compile time
 excluded, reported apart); the input pipeline is timed alone, decoding and
 augmenting the config's training split with the config's worker count and with
 `--workers` for comparison. Numbers on a shared machine are noisy: compare
@@ -18,10 +19,9 @@ import jax
 from ml_collections import config_flags
 
 from bmqa_jax import sharding
+from bmqa_jax.bmqa import stage as stage_lib
 from bmqa_jax.bmqa import train
-from bmqa_jax.data import datasets
 from bmqa_jax.data import pipeline
-from bmqa_jax.bmqa import model as bmqa_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per stage.")
@@ -35,23 +35,18 @@ def main(argv):
   cfg = _CONFIG.value
   workdir = tempfile.mkdtemp(prefix="bmqa_bench_")
   mesh = sharding.make_mesh(cfg)
-  names = [s.strip() for s in cfg.stages.split(",") if s.strip()]
-  data = datasets.load(cfg, workdir, ("train",), log=lambda *_: None)
-  has_text = datasets.uses_text(cfg)
-  model = bmqa_lib.from_config(cfg, data.tokenizer.vocab_size if has_text else None)
-  records = data.records("train", cfg)
+  names = stage_lib.stage_names(cfg)
+  data = train.load_data(cfg, workdir, names, lambda *_: None, val=False)
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
-  for name in names:
-    stage = train.Stage(cfg, name, model, mesh, len(records), has_text)
-    rep = sharding.replicated(mesh)
-    variables = jax.jit(stage.init_variables, out_shardings=rep)(jax.random.key(0))
-    state_shape = jax.eval_shape(stage.init_state, variables)
-    state_sharding = jax.tree.map(lambda _: rep, state_shape)
-    state = jax.jit(stage.init_state, out_shardings=state_sharding)(variables)
-    step = stage.jit_train_step(state_sharding)
+  for name in names:  # the plan training runs: model, optimiser, shardings
+    plan = stage_lib.for_data(cfg, name, data, mesh)
+    variables = jax.jit(plan.init_variables)(jax.random.key(0))
+    state = jax.jit(plan.init_state, out_shardings=plan.state_sharding)(variables)
+    step = plan.jit_train_step()
+    records = data.records(plan.split, cfg)
     loader = pipeline.train_loader(records, pipeline.from_config(cfg),
                                    cfg[name].batch_size, seed=0)
-    batch = sharding.put_batch(train._model_inputs(next(iter(loader)), has_text), mesh)  # pylint: disable=protected-access
+    batch = sharding.put_batch(plan.model_inputs(next(iter(loader))), mesh)
     rng = jax.random.key(1)
     t = time.perf_counter()
     for _ in range(2):  # compile, then one call to settle every buffer
@@ -66,6 +61,7 @@ def main(argv):
     bs = cfg[name].batch_size
     print(f"stage {name:>3}: {1 / dt:7.2f} steps/s, {bs / dt:8.1f} images/s "
           f"(batch {bs}, first two steps incl. compile {compile_s:.1f} s)")
+  records = data.records("train", cfg)
   bs = cfg[names[-1]].batch_size
   for w in _WORKERS.value:
     pcfg = pipeline.from_config(cfg)

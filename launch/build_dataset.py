@@ -3,9 +3,13 @@ r"""Writes the built-in MLIQ-like low-light dataset (deterministic from --seed).
   python launch/build_dataset.py --out=data/builtin --num_scenes=200
 
 Training configs build it on first use; this command builds it explicitly, e.g.
-to inspect it or to point `--config.data.builtin_dir` at it.
+to inspect it or to point `--config.data.builtin_dir` at it. A folder that holds
+the same complete build is reused; a non-empty folder holding anything else is
+refused (the message names the differences) unless --overwrite replaces another
+built-in dataset there (the new one is renamed into place when complete).
 """
 
+import sys
 import time
 
 from absl import app
@@ -19,16 +23,22 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 160, "Side of the stored images
 _SEED = flags.DEFINE_integer("seed", 0, "Everything follows from this seed.")
 _AUDIO = flags.DEFINE_bool("audio", True, "Speak the descriptions when a speech "
                            "synthesiser is installed (the `speech` extra).")
+_WORKERS = flags.DEFINE_integer("workers", 0, "Processes (0: one per CPU).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a different (or an "
+                               "interrupted) built-in dataset in --out.")
 flags.mark_flag_as_required("out")
 
 
 def main(argv):
   del argv
   t = time.time()
-  path = builtin.build(_OUT.value, builtin.BuildArgs(
-      num_scenes=_NUM_SCENES.value, image_size=_IMAGE_SIZE.value, seed=_SEED.value,
-      audio=_AUDIO.value))
-  print(f"wrote {path} in {time.time() - t:.1f} s")
+  args = builtin.BuildArgs(num_scenes=_NUM_SCENES.value, image_size=_IMAGE_SIZE.value,
+                           seed=_SEED.value, audio=_AUDIO.value, workers=_WORKERS.value)
+  try:
+    path = builtin.build(_OUT.value, args, overwrite=_OVERWRITE.value)
+  except builtin.DatasetMismatchError as e:
+    sys.exit(f"error: {e}")
+  print(f"{path} is ready ({time.time() - t:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from absl import logging
 
 from bmqa_jax.bmqa import scoring
 from bmqa_jax.captioner import infer
-from bmqa_jax.captioner import train
 from bmqa_jax.data import image_io
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A captioner workdir "
@@ -44,7 +43,7 @@ def main(argv):
       paths.append(p)
     except (image_io.ImageReadError, OSError) as e:
       failed.append((p, str(e)))
-  loaded = train.load_captioner(_WORKDIR.value)
+  loaded = infer.load_captioner(_WORKDIR.value)
   results = infer.caption_paths(_WORKDIR.value, paths, _BEAM.value, loaded=loaded) \
       if paths else []
   for r in results:

@@ -16,7 +16,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from bmqa_jax import sharding
 from bmqa_jax.bmqa import evaluate
+from bmqa_jax.experiments import descriptions
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
 _MANIFEST = flags.DEFINE_string("manifest", None, "Evaluate every row of this "
@@ -35,16 +37,24 @@ _ASR = flags.DEFINE_string("asr", None, "A recogniser workdir (launch/train_asr.
 _TEXT_SOURCE = flags.DEFINE_enum("text_source", None, ["text", "audio", "captioner"],
                                  "Where descriptions come from (default: the run's "
                                  "config, or 'captioner' with --captioner).")
+_ALLOW_UNFINISHED = flags.DEFINE_bool("allow_unfinished", False, "Score the latest "
+                                      "checkpoint even if the last stage has not "
+                                      "finished.")
+sharding.define_cluster_flags()
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   del argv
+  sharding.initialize_from_flags()
   logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
+  source, describe = descriptions.for_evaluation(
+      _WORKDIR.value, _TEXT_SOURCE.value, _CAPTIONER.value, _ASR.value)
   evaluate.evaluate_workdir(_WORKDIR.value, manifest=_MANIFEST.value,
                             split=_SPLIT.value, out_dir=_OUT_DIR.value,
-                            text_source=_TEXT_SOURCE.value, captioner=_CAPTIONER.value,
-                            asr=_ASR.value, manifest_split=_MANIFEST_SPLIT.value)
+                            text_source=source, describe=describe,
+                            manifest_split=_MANIFEST_SPLIT.value,
+                            allow_unfinished=_ALLOW_UNFINISHED.value)
 
 
 if __name__ == "__main__":

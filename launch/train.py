@@ -11,10 +11,10 @@ config changes what is trained (a learning rate, a tower, a stage) stops with
 the changed fields, unless --config_change=allow. Only one run may use a
 workdir at a time (WORKDIR/.lock).
 
-Multi-host: --multihost calls jax.distributed.initialize(), which reads the
-cluster from SLURM (launch/slurm/train.sbatch, one task per GPU host) or Cloud
-TPU (launch/tpu/train.sh) environment variables. The workdir must be on a
-filesystem every host sees.
+Several processes: --multihost reads the cluster from SLURM
+(launch/slurm/train.sbatch) or Cloud TPU (launch/tpu/train.sh) variables;
+--coordinator=HOST:PORT --num_processes=N --process_id=I for any other
+scheduler. The workdir must be on a filesystem every process sees.
 """
 
 from absl import app
@@ -24,6 +24,7 @@ from ml_collections import config_flags
 
 from bmqa_jax import sharding
 from bmqa_jax.bmqa import train
+from bmqa_jax.experiments import descriptions
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the "
@@ -35,24 +36,24 @@ _CONFIG_CHANGE = flags.DEFINE_enum(
     "config_change", "refuse", ["refuse", "allow"],
     "When the workdir's config.json differs from --config in a field that "
     "changes training (anything but logging/eval/checkpoint cadence, see "
-    "bmqa_jax.bmqa.train.SAFE_CONFIG_CHANGES): 'refuse' (stop with the changed "
+    "bmqa_jax.train_lib.workdir.SAFE_CONFIG_CHANGES): 'refuse' (stop with the changed "
     "fields) or 'allow' (continue with the new config, recorded in "
     "config_changes.jsonl).")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() "
-                               "(SLURM or Cloud TPU VM).")
+sharding.define_cluster_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
-  if _MULTIHOST.value:
-    sharding.initialize_distributed()
+  sharding.initialize_from_flags()
+  cfg, workdir = _CONFIG.value, _WORKDIR.value
+  describe = descriptions.for_training(cfg, workdir)
   if _DRY_RUN.value:
-    train.dry_run(_CONFIG.value, _WORKDIR.value)
+    train.dry_run(cfg, workdir, describe=describe)
   else:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                             config_change=_CONFIG_CHANGE.value)
+    train.train_and_evaluate(cfg, workdir, config_change=_CONFIG_CHANGE.value,
+                             describe=describe)
 
 
 if __name__ == "__main__":

@@ -233,8 +233,10 @@ def test_image_only_bmqa_with_generated_descriptions(captioner, tmp_path, monkey
   real = descriptions.generate
   monkeypatch.setattr(descriptions, "generate",
                       lambda *a: calls.append(len(a[2])) or real(*a))
+  source, describe = descriptions.for_evaluation(workdir, captioner=captioner["workdir"])
   result = evaluate.evaluate_workdir(workdir, manifest=captioner["manifest"],
-                                     manifest_split="test", captioner=captioner["workdir"])
+                                     manifest_split="test", text_source=source,
+                                     describe=describe)
   assert calls == [4] and result["overall"]["n"] == 4  # the 4 test rows (no text)
   assert result["text_source"] == "captioner"
   out = os.path.join(workdir, "eval", "manifest_test")  # another manifest's folder
@@ -247,6 +249,7 @@ def test_image_only_bmqa_with_generated_descriptions(captioner, tmp_path, monkey
   # config.data.text_source='captioner' on the run's own split: the cached
   # descriptions are reused (no generation), and are the captioner's.
   cfg.data.update(text_source="captioner", captioner_workdir=captioner["workdir"])
-  data = datasets.load(cfg, workdir, ("test",))
+  data = datasets.load(cfg, workdir, ("test",),
+                       describe=descriptions.for_training(cfg, workdir))
   assert calls == [4]
   assert [s.text for s in data.splits["test"]] == [r["text"] for r in rows]

@@ -1,4 +1,11 @@
-"""The paper's configurations: all 15 of Table 1 and all 8 of Table 2 dry-run.
+"""The configs in `configs/`: their `key=value` arguments, and the paper's
+configurations, all 15 of Table 1 and all 8 of Table 2, dry-run.
+
+Every config parses its argument with `bmqa_jax.config_args.parse_arg`; the
+parser's rules and each config's documented arguments are tested first.
+`configs` is imported as the installed package (`pip install -e .`), without
+touching `sys.path`; a subprocess loads a config file through ml_collections'
+config_flags as the launch scripts do.
 
 `launch/train.py --dry_run` traces every stage's model (`jax.eval_shape`,
 nothing initialised) and loads one batch of its data. The 23 configurations
@@ -9,22 +16,267 @@ of 8; tracing a real-size tower costs seconds, so one configuration
 parameter counts are tested against torchvision in test_image_parity.py.
 """
 
+import doctest
+import importlib
+import json
 import os
+import subprocess
+import sys
 
+from absl import flags
 import jax
+import ml_collections
+from ml_collections import config_flags
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from bmqa_jax import config_args
 from bmqa_jax import defaults
 from bmqa_jax import sharding
 from bmqa_jax.bmqa import train
+from bmqa_jax.bmqa import stage as stage_lib
+from bmqa_jax.train_lib import checkpoint
+from bmqa_jax.train_lib import optim
 from bmqa_jax.bmqa import model as bmqa
 from bmqa_jax.models import image
+import configs
 from configs import ablation
 from configs import mliq
 
 TINY_DATA = dict(num_scenes=20, image_size=64, seed=0, audio=False)
+CONFIGS_DIR = os.path.dirname(os.path.abspath(configs.__file__))
+CONFIG_NAMES = sorted(f[:-3] for f in os.listdir(CONFIGS_DIR)
+                      if f.endswith(".py") and not f.startswith("_"))
+
+
+# --- config_args.parse_arg ---------------------------------------------------
+
+SPEC = dict(name="resnet50", runlocal=False, steps=300, lr=8e-5, init=None,
+            epochs=(None, float))
+
+
+def test_parse_arg_defaults():
+  for arg in (None, "", " ", ",,"):
+    a = config_args.parse_arg(arg, **SPEC)
+    assert a.to_dict() == dict(name="resnet50", runlocal=False, steps=300,
+                               lr=8e-5, init=None, epochs=None)
+
+
+def test_parse_arg_types():
+  a = config_args.parse_arg(
+      "name=vit_tiny, runlocal=True,steps=20,lr=1e-3,init=/w=x,epochs=3", **SPEC)
+  assert a.to_dict() == dict(name="vit_tiny", runlocal=True, steps=20, lr=1e-3,
+                             init="/w=x", epochs=3.0)
+  assert type(a.steps) is int and type(a.lr) is float and type(a.epochs) is float
+  assert config_args.parse_arg("lr=3", **SPEC).lr == 3.0
+  assert type(config_args.parse_arg("lr=3", **SPEC).lr) is float
+  assert config_args.parse_arg("runlocal=False", runlocal=True).runlocal is False
+  assert config_args.parse_arg("init=", **SPEC).init == ""  # None means str
+  assert config_args.parse_arg("flag=True", flag=(None, bool)).flag is True
+  assert config_args.parse_arg("", flag=(None, bool)).flag is None
+
+
+def test_parse_arg_result_is_locked():
+  a = config_args.parse_arg("steps=3", **SPEC)
+  assert isinstance(a, ml_collections.ConfigDict)
+  with pytest.raises(AttributeError):
+    a.runlcoal  # pylint: disable=pointless-statement
+  with pytest.raises(AttributeError):
+    a.runlcoal = True
+
+
+@pytest.mark.parametrize("value", ["false", "true", "1", "0", "yes", "no",
+                                   "TRUE", "", "on"])
+def test_parse_arg_bool_is_exactly_true_or_false(value):
+  with pytest.raises(ValueError, match=f"runlocal={value!r}: expected True or False"):
+    config_args.parse_arg(f"runlocal={value}", **SPEC)
+
+
+def test_parse_arg_unknown_key_lists_the_known_ones():
+  with pytest.raises(ValueError) as e:
+    config_args.parse_arg("steps=3,runlcoal=True", **SPEC)
+  assert "'runlcoal'" in str(e.value)
+  assert "known keys: epochs, init, lr, name, runlocal, steps" in str(e.value)
+
+
+@pytest.mark.parametrize("arg,match", [
+    ("steps=1.5", "steps='1.5': expected int"),
+    ("steps=many", "steps='many': expected int"),
+    ("lr=fast", "lr='fast': expected float"),
+    ("epochs=x", "epochs='x': expected float"),
+    ("steps=3,steps=4", "'steps' is given twice"),
+    ("runlocal", "'runlocal' is not key=value"),
+    ("steps=3,tiny", "'tiny' is not key=value"),
+])
+def test_parse_arg_rejects(arg, match):
+  with pytest.raises(ValueError, match=match):
+    config_args.parse_arg(arg, **SPEC)
+
+
+def test_parse_arg_docstring_example():
+  assert doctest.testmod(config_args).failed == 0
+
+
+def test_parse_arg_rejects_untyped_defaults():
+  with pytest.raises(TypeError, match="grid"):
+    config_args.parse_arg("", grid=(1, 1))
+
+
+# --- every config's arguments -------------------------------------------------
+
+# The spellings the configs' docstrings, README, launch scripts, colabs and
+# tests use, and every documented key.
+DOCUMENTED = {
+    "quickstart": ["", "modalities=image", "modalities=image+text", "tiny=True",
+                   "tiny=False", "tiny=True,modalities=image",
+                   "modalities=image,tiny=True", "img=efficientnet_lite0",
+                   "img=resnet_tiny,init=none", "init=imagenet"],
+    "mliq": ["", "img=convnext_base", "img=resnet50,txt=bow",
+             "img=vit_b32,txt=rnn,runlocal=True", "img=resnet18,txt=lstm",
+             "img=convnext_base,txt=transformer,data=manifest,"
+             "manifest=/data/mliq/manifest.csv,pretrain_manifest=/data/coco/captions.csv",
+             "img=vit_b32,txt=transformer,data=manifest,manifest=/m/manifest.csv",
+             "data=builtin,init=/w,runlocal=False"],
+    "ablation": ["", "method=a", "method=e", "method=f", "method=c,runlocal=True",
+                 "method=h,data=manifest,manifest=/mnt/nfs/mliq/manifest.csv",
+                 "method=f,data=manifest,manifest=m.csv,pretrain_manifest=p.csv",
+                 "method=b,init=/w,runlocal=False"],
+    "biq2021": ["", "recipe=probe", "recipe=lpft", "recipe=finetune", "ensemble=1",
+                "recipe=lpft,ft_epochs=2,ft_lr=1e-5",
+                "manifest=m.csv,img=efficientnet_lite0,init=none,crop=256,grid=2,"
+                "epochs=3,batch=8,lr=1e-3,levels=none,token_grid=2,ensemble=1",
+                "levels=2.4", "recipe=finetune,size=96,epochs=2,lr=1e-3,"
+                "trainable=^img_align"],
+    "dark4k": ["", "captioner=runs/captioner"],
+    "asr": ["", "manifest=DATA/manifest.csv", "runlocal=True", "runlocal=False",
+            "manifest=M.csv,runlocal=True,steps=30", "steps=100"],
+    "captioner": ["", "manifest=DATA/m.csv", "runlocal=True",
+                  "runlocal=True,steps=8", "encoder=resnet18,runlocal=False,steps=10"],
+}
+
+
+def _config(name, arg=None):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def test_every_config_is_covered():
+  assert sorted(DOCUMENTED) == CONFIG_NAMES
+
+
+@pytest.mark.parametrize("name,arg", [(n, a) for n, args in DOCUMENTED.items()
+                                      for a in args])
+def test_config_accepts_its_documented_arguments(name, arg):
+  module = importlib.import_module(f"configs.{name}")
+  assert "Arguments" in module.__doc__
+  for item in filter(None, arg.split(",")):
+    assert item.split("=")[0] in module.__doc__, (name, item)  # documented
+  assert isinstance(module.get_config(arg), ml_collections.ConfigDict)
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_config_rejects_unknown_keys_and_loose_bools(name):
+  with pytest.raises(ValueError, match="unknown config argument 'nosuchkey'"):
+    _config(name, "nosuchkey=1")
+  with pytest.raises(ValueError, match="is not key=value"):
+    _config(name, "bareword")
+  bools = {"quickstart": "tiny", "mliq": "runlocal", "ablation": "runlocal",
+           "asr": "runlocal", "captioner": "runlocal"}
+  if name in bools:
+    for value in ("false", "true", "1", "yes"):
+      with pytest.raises(ValueError, match="expected True or False"):
+        _config(name, f"{bools[name]}={value}")
+
+
+def test_config_argument_values():
+  assert _config("quickstart", "modalities=image").stages == "st"
+  with pytest.raises(ValueError, match="modalities='text'"):
+    _config("quickstart", "modalities=text")
+  assert _config("quickstart", "img=resnet_tiny,init=/w").model.image.init == "/w"
+  assert _config("mliq", "runlocal=False").model.image.name == "resnet50"
+  assert _config("mliq", "runlocal=True").model.image.name == "resnet_tiny"
+  c = _config("biq2021", "recipe=finetune")
+  assert (c.st.epochs, c.st.learning_rate, c.input.image_size) == (5.0, 5e-4, 128)
+  c = _config("biq2021", "epochs=3,lr=1e-3,levels=2.4,grid=2")
+  assert (c.st.epochs, c.st.learning_rate) == (3.0, 1e-3)
+  assert tuple(c.model.image.levels) == (2, 4) and tuple(c.input.eval_grid) == (2, 2)
+  with pytest.raises(ValueError, match="recipe='fast'"):
+    _config("biq2021", "recipe=fast")
+  for name, full, local in (("asr", 300, 40), ("captioner", 1500, 40)):
+    assert _config(name).num_steps == full
+    assert _config(name, "runlocal=True").num_steps == local
+    assert _config(name, "runlocal=True,steps=7").num_steps == 7
+    c = _config(name, "manifest=m.csv")
+    assert (c.data.kind, c.data.manifest) == ("manifest", "m.csv")
+    assert _config(name).data.kind == "builtin"
+
+
+def test_dark4k_is_the_quickstart_model():
+  quick = _config("quickstart").to_dict()
+  dark = _config("dark4k", "captioner=/runs/cap").to_dict()
+  assert dark["data"].pop("captioner_workdir") == "/runs/cap"
+  quick["data"].pop("captioner_workdir")
+  assert dark == quick
+
+
+@pytest.mark.parametrize("name,b2", [("asr", 0.98), ("captioner", 0.999)])
+def test_step_trainers_optimizer_and_mesh(name, b2):
+  c = _config(name)
+  assert c.optimizer.to_dict() == dict(
+      optimizer="adamw", schedule="cosine", learning_rate=2e-3, warmup_steps=50,
+      final_lr_fraction=0.05, adam_b1=0.9, adam_b2=b2, weight_decay=1e-4,
+      grad_clip_norm=5.0, momentum=0.0)
+  assert c.mesh.to_dict() == dict(data=-1, model=1, shard_min_size=2**18)
+
+
+def test_shared_data_blocks():
+  assert defaults.builtin_data().to_dict() == dict(
+      num_scenes=200, image_size=160, seed=0, audio=True)
+  assert defaults.builtin_data(tiny=True).to_dict() == TINY_DATA
+  assert _config("quickstart", "tiny=True").data.builtin.to_dict() == TINY_DATA
+  assert _config("captioner", "runlocal=True").data.builtin.to_dict() == TINY_DATA
+  for name in ("quickstart", "mliq", "asr", "captioner"):
+    assert _config(name).data.builtin == defaults.builtin_data(), name
+  assert not hasattr(defaults, "parse_args")
+
+
+def test_config_file_loads_through_config_flags(tmp_path):
+  """A launch script's `--config=configs/X.py:args`, in a fresh process whose
+  sys.path has neither the repository nor `configs/`: dark4k.py imports
+  `configs.quickstart` from the installed package."""
+  script = tmp_path / "show_config.py"
+  script.write_text(
+      "from absl import app\n"
+      "from ml_collections import config_flags\n"
+      "_CONFIG = config_flags.DEFINE_config_file('config', None, 'config file')\n"
+      "def main(_):\n"
+      "  print('CONFIG ' + _CONFIG.value.to_json())\n"
+      "app.run(main)\n")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  path = os.path.join(CONFIGS_DIR, "dark4k.py")
+  out = subprocess.run(
+      [sys.executable, str(script), f"--config={path}:captioner=/runs/cap"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  line = [l for l in out.stdout.splitlines() if l.startswith("CONFIG ")][-1]
+  c = json.loads(line[len("CONFIG "):])
+  assert c["data"]["captioner_workdir"] == "/runs/cap"
+  assert c["model"] == json.loads(_config("quickstart").to_json())["model"]
+
+
+def test_config_flags_reports_a_bad_argument():
+  """The same file loading in this process: a bad argument stops the parse."""
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv)
+  path = os.path.join(CONFIGS_DIR, "quickstart.py")
+  fv(["prog", f"--config={path}:tiny=True,modalities=image"])
+  assert fv.config.stages == "st" and fv.config.data.builtin.num_scenes == 20
+  fv.unparse_flags()
+  with pytest.raises(flags.IllegalFlagValueError, match="expected True or False"):
+    fv(["prog", f"--config={path}:tiny=true"])
+
+
+# --- the paper's configurations ---------------------------------------------
 
 
 def _shrink(c):
@@ -40,10 +292,15 @@ def _shrink(c):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   os.environ["BMQA_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
-  return str(tmp_path_factory.mktemp("dry"))  # shared: one tokenizer for all
+  return str(tmp_path_factory.mktemp("dry"))  # shared: one tokenizer per text set
 
 
 def _dry(c, workdir):
+  # The tokenizer is trained on the training descriptions, plus the caption
+  # pairs when a stage pretrains: one workdir for each of the two text sets.
+  names = [s.strip() for s in c.stages.split(",") if s.strip()]
+  pt = any(c[n].data == "pretrain" for n in names)
+  workdir = os.path.join(workdir, "with_captions" if pt else "descriptions_only")
   logs = []
   counts = train.dry_run(_shrink(c), workdir, log=logs.append)
   return counts, "\n".join(logs)
@@ -95,7 +352,7 @@ def test_paper_hyperparameters():
 def test_schedule_is_the_papers():
   """ST: lr 8e-5, ×0.95 at epochs 150 and 250 (Sec. 5.1.3)."""
   c = mliq.get_config("img=resnet50")
-  sched = train.make_schedule(c.st, 10, 3000)
+  sched = optim.make_schedule(c.st, 3000, int(round(c.st.warmup_epochs * 10)), 10)
   np.testing.assert_allclose([sched(0), sched(1499), sched(1500), sched(2500)],
                              [8e-5, 8e-5, 8e-5 * 0.95, 8e-5 * 0.95 ** 2], rtol=1e-6)
 
@@ -184,20 +441,17 @@ def test_stage_modalities_hand_over_shared_towers(tmp_path):
   mesh = sharding.make_mesh(c)
 
   def stage(name, seed):
-    sc = train.stage_config(c, name)
-    st = train.Stage(sc, name, bmqa.from_config(sc, 120), mesh, 80,
-                     "text" in sc.model.modalities)
-    return st, _filled(jax.eval_shape(st.init_variables, jax.random.key(0)), seed)
+    st = stage_lib.make_stage(c, name, mesh, 80, 120)
+    return st, _filled(st.abstract_variables, seed)
 
   ss, ss_vars = stage("ss", 0)
-  ss.state_shape = jax.eval_shape(ss.init_state, ss_vars)
-  ss_state = _filled(ss.state_shape, 1)
-  mngr = train.checkpoint_manager(str(tmp_path), "ss", 1)
+  ss_state = _filled(ss.abstract_state, 1)
+  mngr = checkpoint.manager(os.path.join(str(tmp_path), "checkpoints", "ss"), 1)
   mngr.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(ss_state)))
   mngr.wait_until_finished()
   st, st_vars = stage("st", 2)
   assert tuple(st.cfg.model.modalities) == ("image",)
-  out, fresh = train._previous_weights(ss, str(tmp_path), st_vars)  # pylint: disable=protected-access
+  out, fresh = train.previous_weights(ss, str(tmp_path), st_vars)
   assert fresh == ["params/fuse (shape changed)"]
   assert set(out["params"]) == {"image_encoder", "img_align", "fuse", "log_temperature"}
   for col, key in [("params", "image_encoder"), ("params", "img_align"),

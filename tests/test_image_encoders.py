@@ -1,4 +1,4 @@
-"""The image-encoder registry and its contract (DESIGN.md §1), on the small
+"""The image-encoder registry and its contract (docs/interfaces.md, Image encoders), on the small
 variants (same code as the paper models); no PyTorch needed. Parity with the
 references is in test_image_parity.py."""
 

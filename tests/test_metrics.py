@@ -8,6 +8,7 @@ import pytest
 import scipy.stats
 
 from bmqa_jax import metrics as M
+from bmqa_jax import metrics_report as R
 
 
 @pytest.fixture
@@ -149,23 +150,23 @@ def test_grouped_summary(data):
 def test_split_statistics():
   results = [{"plcc": v, "srcc": v - 0.1, "n": 10, "plcc_logistic4": (None if i == 2 else v)}
              for i, v in enumerate([0.8, 0.9, 0.7, 0.6])]
-  st = M.split_statistics(results)
+  st = R.split_statistics(results)
   assert st["plcc"]["mean"] == pytest.approx(0.75)
   assert st["plcc"]["std"] == pytest.approx(np.std([0.8, 0.9, 0.7, 0.6], ddof=1))
   assert st["plcc"]["median"] == pytest.approx(0.75)
   assert st["srcc"]["mean"] == pytest.approx(0.65)
   assert st["plcc_logistic4"]["n_splits"] == 3 and st["plcc_logistic4"]["n_failed"] == 1
   assert st["plcc_logistic4"]["median"] == pytest.approx(0.8)
-  assert M.split_statistics(results[:1])["plcc"]["std"] is None
+  assert R.split_statistics(results[:1])["plcc"]["std"] is None
   with pytest.raises(ValueError, match="no per-split"):
-    M.split_statistics([])
+    R.split_statistics([])
 
 
 def test_format_table(data):
   pred, mos = data
   s = M.summary(pred, mos, mapping="logistic4")
   bad = dict(s, plcc_logistic4=None)
-  table = M.format_table([("model_a", s), ("model_b", bad), ("tiny", {"n": 2, "error": "too few"})])
+  table = R.format_table([("model_a", s), ("model_b", bad), ("tiny", {"n": 2, "error": "too few"})])
   lines = table.splitlines()
   assert "PLCC L4" in lines[0] and "PLCC L5" not in lines[0]
   assert f"{s['srcc']:.4f}" in lines[2] and f"{s['plcc_logistic4']:.4f}" in lines[2]

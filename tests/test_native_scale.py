@@ -11,6 +11,7 @@ import pytest
 from bmqa_jax import defaults
 from bmqa_jax.bmqa import feature_cache
 from bmqa_jax.bmqa import train
+from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.data import native
 from bmqa_jax.data import pipeline
 from bmqa_jax.models import align
@@ -139,13 +140,13 @@ def test_probe_stage_trains_from_the_cache_and_ft_from_pixels(lpft):
 def test_probe_freezes_the_tower_and_ft_trains_it(lpft):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   def tower(stage):
-    mngr = train.checkpoint_manager(lpft["work"], stage, 2)
+    mngr = checkpoint.manager(os.path.join(lpft["work"], "checkpoints", stage), 2)
     st = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
         state=ocp.args.StandardRestore()))["state"]
     return st["params"]["image_encoder"], st["params"]["fuse"]
   c = lpft["cfg"]
   model = bmqa_lib.from_config(c, None)
-  key = jax.random.key(c.seed)  # as train.Stage.init_variables draws them
+  key = jax.random.key(c.seed)  # as StagePlan.init_variables draws them
   init = model.init({"params": key, "dropout": key}, jnp.zeros((1, 64, 64, 3)))["params"]
   st_tower, _ = tower("st")
   ft_tower, _ = tower("ft")

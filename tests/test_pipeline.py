@@ -42,11 +42,42 @@ def test_deterministic_and_resumable(records):
   after = next(a)
   b = iter(pipeline.train_loader(records, CFG, 4, seed=7))
   assert [next(b)["index"].tolist() for _ in range(2)] == first
-  c = iter(pipeline.train_loader(records, CFG, 4, seed=7))
-  c.set_state(state)
+  # A resumed run starts the loader at its step: the batches of an uninterrupted run.
+  c = iter(pipeline.train_loader(records, CFG, 4, seed=7, start_step=2))
   resumed = next(c)
   np.testing.assert_array_equal(resumed["index"], after["index"])
   np.testing.assert_array_equal(resumed["image"], after["image"])
+  d = iter(pipeline.train_loader(records, CFG, 4, seed=7))  # grain's own state too
+  d.set_state(state)
+  np.testing.assert_array_equal(next(d)["image"], after["image"])
+  # Epochs: every record once per 10 rows, reshuffled per epoch.
+  rows = [i for b in [first[0], first[1], after["index"].tolist()] +
+          [next(a)["index"].tolist() for _ in range(2)] for i in b]
+  assert sorted(rows[:10]) == list(range(10)) and sorted(rows[10:20]) == list(range(10))
+  assert rows[:10] != rows[10:20]
+
+
+def test_each_process_reads_only_its_rows_of_the_same_global_batch(records, monkeypatch):
+  """Two processes: process i decodes rows i·2, i·2+1 of each global batch of 4;
+  together they give the one-process batches, augmentation included."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.data import image_io  # pylint: disable=g-import-not-at-top
+  one = iter(pipeline.train_loader(records, CFG, 4, seed=3))
+  want = [next(one) for _ in range(3)]
+  real, reads = image_io.read_image_uint8, []
+  monkeypatch.setattr(image_io, "read_image_uint8",
+                      lambda p, **kw: reads.append(p) or real(p, **kw))
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  parts = []
+  for i in (0, 1):
+    monkeypatch.setattr(jax, "process_index", lambda i=i: i)
+    it = iter(pipeline.train_loader(records, CFG, 4, seed=3))
+    parts.append([next(it) for _ in range(3)])
+  assert len(reads) == 2 * 3 * 2  # 2 processes × 3 batches × their 2 rows
+  for t in range(3):
+    for k in ("index", "image", "text_ids"):
+      np.testing.assert_array_equal(
+          np.concatenate([parts[0][t][k], parts[1][t][k]]), want[t][k])
 
 
 def test_eval_padding_covers_every_record_once(records):

@@ -11,7 +11,7 @@ import pytest
 from bmqa_jax import defaults
 from bmqa_jax import losses
 from bmqa_jax import sharding
-from bmqa_jax.bmqa import train
+from bmqa_jax.bmqa import stage as stage_lib
 from bmqa_jax.data import categories
 from bmqa_jax.data import pipeline
 from bmqa_jax.bmqa import model as bmqa
@@ -124,7 +124,7 @@ def test_pt_steps_lower_the_loss(loss, modalities):
   cfg = _cfg(loss, modalities)
   cfg.model.image.name = "vit_tiny"  # compiles faster; its class token is skipped
   model = bmqa.from_config(cfg, VOCAB)
-  stage = train.Stage(cfg, "pt", model, sharding.make_mesh(cfg), 4 * B, True)
+  stage = stage_lib.make_stage(cfg, "pt", sharding.make_mesh(cfg), 4 * B, VOCAB, model)
   v0 = stage.init_variables(jax.random.key(0))
   state = stage.init_state(v0)
   heads = {f"pt_{loss}_{k}" for k, m in (("img", "image"), ("txt", "text"))
@@ -152,14 +152,14 @@ def test_unknown_loss_and_missing_categories():
   cfg = _cfg("mystery")
   mesh = sharding.make_mesh(cfg)
   with pytest.raises(ValueError, match="unknown"):
-    train.Stage(cfg, "pt", None, mesh, 4 * B, True)
+    stage_lib.make_stage(cfg, "pt", mesh, 4 * B, VOCAB)
   cfg = _cfg("classify")
   cfg.data.kind = "manifest"
   cfg.pretrain.categories = ()
   with pytest.raises(ValueError, match="needs object categories"):
-    train.Stage(cfg, "pt", None, mesh, 4 * B, True)
+    stage_lib.make_stage(cfg, "pt", mesh, 4 * B, VOCAB)
   with pytest.raises(ValueError, match="image and the text tower"):
-    train.Stage(_cfg("info_nce", ("text",)), "pt", None, mesh, 4 * B, True)
+    stage_lib.make_stage(_cfg("info_nce", ("text",)), "pt", mesh, 4 * B, VOCAB)
 
 
 def test_caption_labels():

@@ -26,7 +26,6 @@ BATCH = 24
 
 def _config(stage_name, image_name="resnet_tiny"):
   """quickstart's tiny model; image-only for ST (one tower compiles faster)."""
-  sys.path.insert(0, ROOT)
   from configs import quickstart  # pylint: disable=g-import-not-at-top
   cfg = quickstart.get_config("tiny=True")
   # The sizes these tolerances were set on (the batch's texts are 48 tokens;
@@ -71,8 +70,8 @@ def _host_state(stage):
 
 def _child(out_dir):
   from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
-  from bmqa_jax import sharding, train  # pylint: disable=g-import-not-at-top
-  from bmqa_jax.bmqa import model as bmqa  # pylint: disable=g-import-not-at-top
+  from bmqa_jax import pytree, sharding  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.bmqa import stage as stage_lib  # pylint: disable=g-import-not-at-top
 
   batch = _batch()
   out = {}
@@ -80,21 +79,19 @@ def _child(out_dir):
   def run(cfg, stage_name, host_state, devices, **mesh_kw):
     cfg.mesh.update(mesh_kw)
     mesh = sharding.make_mesh(cfg, jax.devices()[:devices])
-    stage = train.Stage(cfg, stage_name, bmqa.from_config(cfg, 120), mesh, 240,
-                        stage_name == "ss")
-    stage.setup_optimizer(host_state["params"])
-    shardings = sharding.state_sharding(host_state, mesh, cfg.mesh.shard_min_size)
+    stage = stage_lib.make_stage(cfg, stage_name, mesh, 240, 120)
+    shardings = stage.state_sharding
     state = jax.device_put(host_state, shardings)
-    step = stage.jit_train_step(shardings)
+    step = stage.jit_train_step()
     losses = []
     for _ in range(STEPS):
       b = batch if stage.has_text else {k: batch[k] for k in ("image", "mos")}
       state, m = step(state, sharding.put_batch(b, mesh), jax.random.key(1))
       losses.append(float(m["loss"]))
-    split = [k for k, s in train.param_paths(shardings["params"]).items()
+    split = [k for k, s in pytree.param_paths(shardings["params"]).items()
              if "model" in s.spec]
     weights = {f"{col}/{k}": np.asarray(v) for col in ("params", "batch_stats")
-               for k, v in train.param_paths(jax.device_get(state[col])).items()}
+               for k, v in pytree.param_paths(jax.device_get(state[col])).items()}
     return weights, dict(losses=losses, split=split)
 
   # (image tower, stage, runs: (name, devices, mesh fields, grad_accum_steps)).
@@ -109,8 +106,7 @@ def _child(out_dir):
   for image_name, stage_name, runs in plan:
     cfg = _config(stage_name, image_name)
     init_mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
-    stage = train.Stage(cfg, stage_name, bmqa.from_config(cfg, 120), init_mesh, 240,
-                        stage_name == "ss")
+    stage = stage_lib.make_stage(cfg, stage_name, init_mesh, 240, 120)
     host_state = _host_state(stage)
     for name, devices, mesh_kw, accum in runs:
       c = _config(stage_name, image_name)
@@ -215,12 +211,11 @@ def test_bfloat16_compute_keeps_float32_weights():
 
   Traced only (`jax.eval_shape`, `jax.make_jaxpr`): nothing is compiled.
   """
-  from bmqa_jax import sharding, train  # pylint: disable=g-import-not-at-top
-  from bmqa_jax.bmqa import model as bmqa  # pylint: disable=g-import-not-at-top
+  from bmqa_jax import sharding  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.bmqa import stage as stage_lib  # pylint: disable=g-import-not-at-top
   cfg = _config("st")
   cfg.model.dtype = "bfloat16"
-  stage = train.Stage(cfg, "st", bmqa.from_config(cfg, 120), sharding.make_mesh(cfg),
-                      240, False)
+  stage = stage_lib.make_stage(cfg, "st", sharding.make_mesh(cfg), 240, 120)
   state = jax.eval_shape(lambda k: stage.init_state(stage.init_variables(k)),
                          jax.random.key(0))
   batch = {k: jnp.asarray(v) for k, v in _batch().items() if k in ("image", "mos")}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bmqa_jax.speech import decode
+from bmqa_jax.speech import infer
 from bmqa_jax.speech import model as model_lib
 from bmqa_jax.speech import text
 from bmqa_jax.speech import train
@@ -157,7 +158,6 @@ def _write_manifest(root, n=6):
 
 def test_train_resume_and_transcribe(tmp_path, monkeypatch):
   from configs import asr  # pylint: disable=import-outside-toplevel
-  from bmqa_jax.speech import infer  # pylint: disable=import-outside-toplevel
   manifest = _write_manifest(str(tmp_path))
   config = asr.get_config(f"manifest={manifest},runlocal=True,steps=30")
   config.model.update(TINY)
@@ -179,7 +179,7 @@ def test_train_resume_and_transcribe(tmp_path, monkeypatch):
   # same weights: identical transcripts.
   def no_step(*args):
     raise AssertionError("resumed run trained although step 30 was saved")
-  monkeypatch.setattr(train, "make_train_step", lambda model, tx: no_step)
+  monkeypatch.setattr(train, "make_train_step", lambda *a: no_step)
   again = train.train_and_evaluate(config, workdir)
   assert again["step"] == 30 and again["beam"] == metrics["beam"]
   out = str(tmp_path / "out" / "t.csv")
@@ -192,6 +192,29 @@ def test_train_resume_and_transcribe(tmp_path, monkeypatch):
 
 
 def test_ctc_jiwer_metrics():
-  m = train.evaluate_transcripts(["a dark room", "a bright street"],
+  m = infer.evaluate_transcripts(["a dark room", "a bright street"],
                                  ["a dark room", "a bright streets"])
   assert m["wer"] == pytest.approx(1 / 6) and m["n"] == 2
+
+
+def test_recogniser_stops_at_a_non_finite_step_and_keeps_finite_checkpoints(tmp_path):
+  """The shared step loop guards the recogniser as it guards BMQA."""
+  from configs import asr  # pylint: disable=import-outside-toplevel
+  from bmqa_jax.train_lib import checkpoint, loop  # pylint: disable=import-outside-toplevel
+  manifest = _write_manifest(str(tmp_path))
+  config = asr.get_config(f"manifest={manifest},runlocal=True,steps=8")
+  config.model.update(TINY)
+  config.features.n_mels = 16
+  config.batch_size, config.eval_batch_size = 4, 2
+  config.frame_buckets = (512,)
+  config.optimizer.update(learning_rate=1e30, warmup_steps=0, grad_clip_norm=0.0)
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1
+  workdir = str(tmp_path / "run")
+  with pytest.raises(loop.NonFiniteError, match=r"\[asr\] non-finite"):
+    train.train_and_evaluate(config, workdir)
+  ckpts = os.path.join(workdir, "checkpoints")
+  for step in checkpoint.manager(ckpts).all_steps():
+    w, _ = checkpoint.load_weights(ckpts, step=step)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(w))
+  assert not os.path.exists(os.path.join(workdir, ".lock"))

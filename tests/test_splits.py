@@ -81,23 +81,19 @@ def test_split_manifest_names_a_row_without_scene(tmp_path):
 
 
 def test_repeated_splits_tiny_run_and_resume(tmp_path, monkeypatch):
-  """One real tiny training (split 5); split 6 is a finished split on disk whose
-  metrics must be aggregated, not recomputed."""
+  """Two tiny trainings; a finished split's metrics are aggregated as stored (not
+  recomputed); a metrics.json of another config is not taken as finished; a
+  changed config is refused instead of mixing results."""
   from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.train_lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv("BMQA_DATA_DIR", str(tmp_path / "data"))
   cfg = quickstart.get_config("modalities=image,tiny=True")
   cfg.data.builtin = dict(cfg.data.builtin.to_dict(), workers=1)
   cfg.st.epochs = 1
   cfg.st.eval_split = ""  # the test split is evaluated anyway
   workdir = str(tmp_path / "rs")
-  done = {"plcc": 0.25, "srcc": -0.5, "krcc": 0.1, "rmse": 0.3, "n": 10}
-  os.makedirs(os.path.join(workdir, "split_006", "eval"))
-  with open(os.path.join(workdir, "split_006", "eval", "metrics.json"), "w") as f:
-    json.dump({"overall": done}, f)
   logs = []
-  res = repeated.run_repeated(cfg, workdir, num_splits=2, first_seed=5, log=logs.append)
-  assert res["seeds"] == [5, 6]
-  assert sum("[split 6] finished earlier, skipping" == str(m) for m in logs) == 1
+  repeated.run_repeated(cfg, workdir, num_splits=2, first_seed=5, log=logs.append)
   rows = list(csv.DictReader(open(os.path.join(workdir, "split_005", "manifest.csv"))))
   test_scenes = {r["scene"] for r in rows if r["split"] == "test"}
   assert test_scenes == {k for k, v in splits.scene_split(
@@ -105,6 +101,16 @@ def test_repeated_splits_tiny_run_and_resume(tmp_path, monkeypatch):
   per = json.load(open(os.path.join(workdir, "split_005", "eval", "metrics.json")))
   assert per["overall"]["n"] == sum(r["split"] == "test" for r in rows) == 10
   assert per["dataset"].startswith("test split of") and "split_005" in per["dataset"]
+  # Split 6's stored metrics (same config) are what is aggregated.
+  path6 = os.path.join(workdir, "split_006", "eval", "metrics.json")
+  m6 = json.load(open(path6))
+  done = {"plcc": 0.25, "srcc": -0.5, "krcc": 0.1, "rmse": 0.3, "n": 10}
+  m6["overall"] = done
+  json.dump(m6, open(path6, "w"))
+  logs.clear()
+  res = repeated.run_repeated(cfg, workdir, num_splits=2, first_seed=5, log=logs.append)
+  assert res["seeds"] == [5, 6]
+  assert sum("finished earlier, skipping" in str(m) for m in logs) == 2
   srcc = [per["overall"]["srcc"], done["srcc"]]
   st = res["statistics"]["srcc"]
   assert st["mean"] == pytest.approx(np.mean(srcc))
@@ -112,7 +118,20 @@ def test_repeated_splits_tiny_run_and_resume(tmp_path, monkeypatch):
   assert st["median"] == pytest.approx(np.median(srcc))
   assert "| srcc |" in open(os.path.join(workdir, "repeated_splits.md")).read()
   assert "plcc_logistic4" not in res["statistics"]  # split 6 does not report it
+  # Metrics of another config (hash) are not a finished split: evaluated again.
+  m6["config_sha256"] = "0" * 64
+  json.dump(m6, open(path6, "w"))
   logs.clear()
   again = repeated.run_repeated(cfg, workdir, num_splits=2, first_seed=5, log=logs.append)
-  assert sum("finished earlier, skipping" in str(m) for m in logs) == 2
-  assert again["statistics"] == res["statistics"]
+  assert any("[split 6] stale: config changed" in str(m) for m in logs)
+  assert again["per_split"][6]["srcc"] == pytest.approx(per6_srcc(workdir))
+  assert again["per_split"][6] != done
+  # A changed config is refused, never mixed with the finished splits.
+  cfg.st.learning_rate *= 2
+  with pytest.raises(workdir_lib.ConfigChangedError, match="st.learning_rate"):
+    repeated.run_repeated(cfg, workdir, num_splits=2, first_seed=5, log=logs.append)
+
+
+def per6_srcc(workdir):
+  with open(os.path.join(workdir, "split_006", "eval", "metrics.json")) as f:
+    return json.load(f)["overall"]["srcc"]

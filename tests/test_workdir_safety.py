@@ -14,6 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from bmqa_jax.bmqa import train
+from bmqa_jax.train_lib import workdir as workdir_lib
+from bmqa_jax.train_lib import checkpoint
 from configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +78,7 @@ def test_live_lock_refuses_a_second_run(data_dir, tmp_path, host):
   host = socket.gethostname() if host == "self" else host
   _write_lock(str(tmp_path), host, os.getpid())  # this test process: alive
   before = _read(tmp_path / ".lock")
-  with pytest.raises(train.WorkdirLockedError,
+  with pytest.raises(workdir_lib.WorkdirLockedError,
                      match=rf"process {os.getpid()} on host {host}"):
     train.train_and_evaluate(_cfg(data_dir), str(tmp_path), log=lambda _: None,
                              progress=False)
@@ -85,12 +87,12 @@ def test_live_lock_refuses_a_second_run(data_dir, tmp_path, host):
 
 
 def test_lock_is_exclusive_and_released_only_by_its_owner(tmp_path):
-  a = train.WorkdirLock(str(tmp_path))
+  a = workdir_lib.WorkdirLock(str(tmp_path))
   a.acquire()
   holder = json.loads(_read(tmp_path / ".lock"))
   assert holder["host"] == socket.gethostname() and holder["pid"] == os.getpid()
-  with pytest.raises(train.WorkdirLockedError, match=str(os.getpid())):
-    train.WorkdirLock(str(tmp_path)).acquire()
+  with pytest.raises(workdir_lib.WorkdirLockedError, match=str(os.getpid())):
+    workdir_lib.WorkdirLock(str(tmp_path)).acquire()
   a.release()
   assert not (tmp_path / ".lock").exists()
 
@@ -112,7 +114,7 @@ def test_changed_training_config_is_refused(trained, data_dir):
   before = _read(path)
   c = _cfg(data_dir, learning_rate=0.01)
   c.model.align.width = 64
-  with pytest.raises(train.ConfigChangedError) as e:
+  with pytest.raises(workdir_lib.ConfigChangedError) as e:
     train.train_and_evaluate(c, trained["work"], log=lambda _: None, progress=False)
   msg = str(e.value)
   assert "st.learning_rate: 0.001 -> 0.01" in msg
@@ -149,13 +151,13 @@ def test_old_config_file_with_a_non_default_new_field_is_refused(trained, data_d
   old = json.loads(_read(os.path.join(trained["work"], "config.json")))
   del old["input"]["mode"], old["model"]["ensemble"]
   c = _cfg(data_dir)
-  assert train.config_changes(old, c) == []
+  assert workdir_lib.config_changes(old, c, train.default_fields) == []
   c.input.mode = "native"
   c.model.ensemble = 3
-  got = {k: (a, b) for k, a, b in train.config_changes(old, c)}
+  got = {k: (a, b) for k, a, b in workdir_lib.config_changes(old, c, train.default_fields)}
   assert got == {"input.mode": ("resize", "native"), "model.ensemble": (1, 3)}
-  assert not any(train.safe_change(k) for k in got)
-  assert train.safe_change("ft.checkpoint_every_steps") and train.safe_change("eval.x")
+  assert not any(workdir_lib.safe_change(k) for k in got)
+  assert workdir_lib.safe_change("ft.checkpoint_every_steps") and workdir_lib.safe_change("eval.x")
 
 
 def test_allow_continues_with_the_new_config_and_records_it(trained, data_dir,
@@ -200,7 +202,7 @@ def test_non_finite_step_raises_and_saves_nothing_non_finite(data_dir, tmp_path)
   assert any("non-finite" in l and ("last finite checkpoint is step" in l or
                                     "no checkpoint" in l) for l in logs)
   assert not (tmp_path / ".lock").exists()
-  mngr = train.checkpoint_manager(str(tmp_path), "st", 100)
+  mngr = checkpoint.manager(os.path.join(str(tmp_path), "checkpoints", "st"), 100)
   steps = mngr.all_steps()
   for step in steps:
     st = mngr.restore(step, args=ocp.args.Composite(
@@ -225,10 +227,10 @@ def test_evaluation_records_checkpoint_and_config_and_keeps_own_metrics(
   from bmqa_jax.data import datasets  # pylint: disable=g-import-not-at-top
   work = trained["work"]
   quiet = lambda _: None
-  last = train.checkpoint_manager(work, "st", 2).latest_step()
+  last = checkpoint.manager(os.path.join(work, "checkpoints", "st"), 2).latest_step()
   own = evaluate.evaluate_workdir(work, log=quiet)
   sha = hashlib.sha256(_read(os.path.join(work, "config.json"))).hexdigest()
-  assert own["checkpoint"] == {"stage": "st", "step": last}
+  assert own["checkpoint"] == {"stage": "st", "step": last, "finished": True}
   assert own["config_sha256"] == sha
   path = os.path.join(work, "eval", "metrics.json")
   assert json.loads(_read(path))["checkpoint"]["step"] == last

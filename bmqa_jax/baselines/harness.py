@@ -1,6 +1,6 @@
 """Scores a manifest with the reference baselines and tabulates the IQA protocol.
 
-``evaluate_manifest`` reads a manifest (DESIGN.md §4), scores the rows of one
+``evaluate_manifest`` reads a manifest (docs/interfaces.md, Manifest), scores the rows of one
 split with each requested baseline, and returns per-baseline metrics (raw and
 logistic-mapped, overall and per device). Baseline keys:
 
@@ -24,6 +24,7 @@ import numpy as np
 import tqdm
 
 from bmqa_jax import metrics
+from bmqa_jax import metrics_report
 from bmqa_jax.baselines import brisque as brisque_lib
 from bmqa_jax.baselines import create
 from bmqa_jax.baselines import nss
@@ -156,7 +157,7 @@ def format_result(result: dict[str, Any]) -> str:
     rows.append((key, r["overall"]))
     rows += [(f"{key}/{dev}", m) for dev, m in sorted(r["per_device"].items())]
   lines = [f"{result['manifest']} — split {result['split']!r} ({result['n_rows']} rows)", "",
-           metrics.format_table(rows, MAPPINGS), ""]
+           metrics_report.format_table(rows, MAPPINGS), ""]
   for key, r in result["baselines"].items():
     lines.append(f"{key}: {r['description']}; score range {tuple(r['score_range'])}"
                  + (f"; {len(r['failures'])} image(s) failed" if r["failures"] else ""))
@@ -173,7 +174,7 @@ def evaluate_repeated(workdir: str, config: HarnessConfig = HarnessConfig(),
   Each `split_<seed>/manifest.csv` is scored on its test split (BRISQUE's SVR
   refitted on its training split); features are computed once per image.
   Returns {"per_split": {seed: {baseline: overall}}, "statistics": {baseline:
-  metrics.split_statistics}} and, when the workdir's own BMQA results exist,
+  metrics_report.split_statistics}} and, when the workdir's own BMQA results exist,
   the same for "bmqa".
   """
   import glob  # pylint: disable=g-import-not-at-top
@@ -192,7 +193,7 @@ def evaluate_repeated(workdir: str, config: HarnessConfig = HarnessConfig(),
     log(f"[{seed}] " + ", ".join(f"{k} SRCC {v.get('srcc', float('nan')):.4f}"
                                  for k, v in per_split[seed].items()))
   names = list(next(iter(per_split.values())))
-  stats = {k: metrics.split_statistics([per_split[s][k] for s in per_split],
+  stats = {k: metrics_report.split_statistics([per_split[s][k] for s in per_split],
                                        ["plcc", "srcc", "krcc", "rmse"]) for k in names}
   own = os.path.join(workdir, "repeated_splits.json")
   if os.path.exists(own):

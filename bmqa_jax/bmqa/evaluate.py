@@ -13,22 +13,27 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
-import orbax.checkpoint as ocp
 
 from bmqa_jax import metrics
+from bmqa_jax import metrics_report
 from bmqa_jax import sharding
+from bmqa_jax.bmqa import feature_cache
+from bmqa_jax.bmqa import stage as stage_lib
 from bmqa_jax.data import datasets
 from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.data import pipeline
 from bmqa_jax.data import tokenizer as tokenizer_lib
+from bmqa_jax.train_lib import checkpoint
+from bmqa_jax.train_lib import workdir as workdir_lib
 from bmqa_jax.bmqa import model as bmqa_lib
 
 
@@ -38,8 +43,10 @@ MAPPINGS = ("logistic4", "logistic5")
 
 def predict(model, variables: dict, records: list[dict], cfg: mlc.ConfigDict,
             mesh, has_text: bool) -> np.ndarray:
-  """Scores for `records` in order (the evaluation view of `config.input.mode`)."""
-  from bmqa_jax.bmqa import train  # pylint: disable=g-import-not-at-top
+  """Scores for `records` in order (the evaluation view of `config.input.mode`).
+
+  With several processes each reads and scores its shard of the records; the
+  scores are gathered on every process."""
   bs = cfg.eval.batch_size
   sharding.check_batch(bs, mesh, "config.eval.batch_size")
   variables = {k: v for k, v in variables.items() if v}
@@ -60,9 +67,9 @@ def predict(model, variables: dict, records: list[dict], cfg: mlc.ConfigDict,
   out = np.zeros(len(records), np.float32)
   for batch in pipeline.eval_batches(records, pipeline.from_config(cfg), bs):
     s = score(variables, sharding.put_batch({k: batch[k] for k in keys}, mesh))
-    s = np.asarray(jax.device_get(s))
-    valid = batch["valid"]
-    out[batch["index"][valid]] = s[valid]
+    s = sharding.to_host(s)  # every process's rows, in process order
+    valid = sharding.gather_local(batch["valid"])
+    out[sharding.gather_local(batch["index"])[valid]] = s[valid]
   return out
 
 
@@ -71,19 +78,28 @@ def load_final_variables(workdir: str, cfg: mlc.ConfigDict) -> dict:
   return _load_final(workdir, cfg)[0]
 
 
-def _load_final(workdir: str, cfg: mlc.ConfigDict) -> tuple[dict, dict]:
-  """(variables, {"stage", "step"}) of the last stage's latest checkpoint."""
-  stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
-  path = os.path.abspath(os.path.join(workdir, "checkpoints", stages[-1]))
-  mngr = ocp.CheckpointManager(path, item_names=("state", "data_iter"))
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint of the last stage ({stages[-1]}) in "
-                            f"{path}: has training finished?")
-  state = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))["state"]
-  variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
-  return variables, {"stage": stages[-1], "step": int(step)}
+class UnfinishedStageError(RuntimeError):
+  """The last stage of a workdir has not run all its steps."""
+
+
+def _load_final(workdir: str, cfg: mlc.ConfigDict,
+                allow_unfinished: bool = False) -> tuple[dict, dict]:
+  """(variables, {"stage", "step"}) of the last stage's latest checkpoint
+  (weights only: nothing of the optimiser is built or read)."""
+  last = stage_lib.stage_names(cfg)[-1]
+  path = os.path.join(workdir, "checkpoints", last)
+  if checkpoint.latest_step(path) is None:
+    raise FileNotFoundError(f"no checkpoint of the last stage ({last}) in "
+                            f"{os.path.abspath(path)}: has training finished?")
+  variables, step = checkpoint.load_weights(path)
+  finished = stage_lib.finished_stages(workdir)
+  if finished is not None and last not in finished and not allow_unfinished:
+    raise UnfinishedStageError(
+        f"stage {last} of {workdir!r} has not finished (its latest checkpoint is "
+        f"step {step}); resume training (launch/train.py with the same workdir), or "
+        "score the unfinished weights with --allow_unfinished")
+  return variables, {"stage": last, "step": int(step),
+                     "finished": None if finished is None else last in finished}
 
 
 def config_hash(workdir: str) -> str:
@@ -96,7 +112,7 @@ def default_out_dir(workdir: str, manifest: str | None = None,
                     manifest_split: str | None = None) -> str:
   """workdir/eval for the run's own data; workdir/eval/<manifest stem>[_<split>]
   for another manifest, so a cross-dataset evaluation never replaces the run's
-  own eval/metrics.json (which launch/report.py and bmqa_jax/splits.py read)."""
+  own eval/metrics.json (which launch/report.py and experiments/repeated.py read)."""
   out = os.path.join(workdir, "eval")
   if manifest:
     stem = os.path.splitext(os.path.basename(os.path.normpath(manifest)))[0]
@@ -107,76 +123,74 @@ def default_out_dir(workdir: str, manifest: str | None = None,
 def _tower_frozen(cfg: mlc.ConfigDict, variables: dict) -> bool:
   """Whether the last stage trained from cached features of a frozen tower (the
   evaluation then reads the same cache: the same numbers, without the tower)."""
-  from bmqa_jax.bmqa import train  # pylint: disable=g-import-not-at-top
-  last = [s.strip() for s in cfg.stages.split(",") if s.strip()][-1]
-  labels = train.trainable_labels(variables["params"], cfg[last].trainable)
-  return train.uses_feature_cache(cfg, last, train.tower_trains(labels))
+  last = stage_lib.stage_names(cfg)[-1]
+  labels = stage_lib.stage_labels(cfg, last, variables["params"])
+  return stage_lib.uses_feature_cache(cfg, last, stage_lib.tower_trains(labels))
 
 
-def load_model(workdir: str):
+def load_model(workdir: str, allow_unfinished: bool = False):
   """(config, model, variables, tokenizer) of a trained workdir."""
-  return _load_model(workdir)[:4]
+  return _load_model(workdir, allow_unfinished)[:4]
 
 
-def _load_model(workdir: str):
+def _load_model(workdir: str, allow_unfinished: bool = False):
   """load_model's four, then {"stage", "step"} of the checkpoint loaded."""
-  from bmqa_jax.bmqa import train  # pylint: disable=g-import-not-at-top
-  cfg = train.load_config(workdir)
+  cfg = workdir_lib.load_config(workdir)
   tok = None
   if datasets.uses_text(cfg):
     tok = tokenizer_lib.Tokenizer(os.path.join(workdir, "tokenizer.model"))
   model = bmqa_lib.from_config(cfg, tok.vocab_size if tok else None)
-  variables, ckpt = _load_final(workdir, cfg)
+  variables, ckpt = _load_final(workdir, cfg, allow_unfinished)
   return cfg, model, variables, tok, ckpt
 
 
 def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "test",
-                     out_dir: str | None = None, log=print, text_source: str | None = None,
-                     captioner: str | None = None, asr: str | None = None,
-                     manifest_split: str | None = None) -> dict:
+                     out_dir: str | None = None, log=print, text_source: str = "text",
+                     describe: Callable | None = None,
+                     manifest_split: str | None = None,
+                     allow_unfinished: bool = False) -> dict:
   """Scores a split or manifest; writes out_dir (default `default_out_dir`:
   workdir/eval, or workdir/eval/<manifest stem>[_<manifest_split>] for another
   manifest). metrics.json records the checkpoint scored ("checkpoint": stage
   and step) and the sha256 of the workdir's config.json ("config_sha256").
 
-  `text_source` ('text', 'audio', 'captioner'; default the run's
-  config.data.text_source, or 'captioner' when `captioner` is given) says where
-  the descriptions come from; `captioner`/`asr` are the generating models'
-  workdirs. With 'captioner' a manifest needs no text (image-only BMQA, Eq. 16),
-  and the model trained on image+text is used as it is. `manifest_split`: score
-  only the manifest's rows of this split (default every row).
+  `text_source` names where the descriptions come from ('text': the manifest's
+  column; 'audio' / 'captioner': generated by `describe(samples) -> samples`,
+  which `bmqa_jax.experiments.descriptions.for_evaluation` builds from the
+  recogniser or captioner). With a generated source a manifest needs no text
+  (image-only BMQA, Eq. 16). `manifest_split`: score only the manifest's rows of
+  this split (default every row). An unfinished last stage is refused unless
+  `allow_unfinished`.
   """
   config_sha256 = config_hash(workdir)  # before loading: the config scored
-  cfg, model, variables, tok, ckpt = _load_model(workdir)
+  cfg, model, variables, tok, ckpt = _load_model(workdir, allow_unfinished)
   has_text = tok is not None
-  from bmqa_jax.experiments import descriptions  # pylint: disable=g-import-not-at-top
-  source = text_source or ("captioner" if captioner else
-                           cfg.data.get("text_source", "text"))
-  descriptions.check_source(source)
-  cfg.data.text_source = source
-  cfg.data.captioner_workdir = captioner or cfg.data.get("captioner_workdir", "")
-  cfg.data.asr_workdir = asr or cfg.data.get("asr_workdir", "")
-  if not has_text and source in descriptions.GENERATED:
-    log(f"note: {workdir} is an image-only model; no descriptions are generated")
+  if not has_text:
+    describe = None
+  elif text_source != "text" and describe is None:
+    raise ValueError(f"text_source={text_source!r} needs `describe` (the recogniser "
+                     "or captioner: bmqa_jax.experiments.descriptions.for_evaluation)")
   if manifest:
-    given = has_text and source == "text"
+    given = has_text and text_source == "text"
     samples = manifest_lib.load(manifest, require_mos=True, require_text=given,
                                 check_images=cfg.data.check_images,
                                 splits=[manifest_split] if manifest_split else None,
                                 skip_bad=cfg.data.skip_bad_rows, log=log)
-    if has_text and not given:
-      samples = descriptions.fill(samples, source, cfg.data[
-          "asr_workdir" if source == "audio" else "captioner_workdir"], workdir, log)
+    if describe is not None:
+      samples = describe(samples)
     name = os.path.basename(manifest) + (f" ({manifest_split})" if manifest_split else "")
   else:
-    data = datasets.load(cfg, workdir, (split,), log=log)
+    cfg.data.text_source = text_source
+    data = datasets.load(cfg, workdir, (split,), log=log, describe=describe)
     samples = data.splits[split]
     name = f"{split} split of {data.manifest}"
   devices = sorted({s.device for s in samples if s.device})
   records = pipeline.to_records(samples, tok, cfg.input.max_text_len, devices)
   mesh = sharding.make_mesh(cfg)
-  if _tower_frozen(cfg, variables):  # the training run's cached features serve
-    from bmqa_jax.bmqa import feature_cache  # pylint: disable=g-import-not-at-top
+  # The weights on every device of the mesh (on every process of a cluster).
+  variables = jax.device_put(jax.device_get(variables), sharding.replicated(mesh))
+  if _tower_frozen(cfg, variables) and jax.process_count() == 1:
+    # The training run's cached features serve (the cache is one process's).
     pcfg = pipeline.from_config(cfg)
     cache = feature_cache.build(model, variables, records, cfg, pcfg, workdir, mesh, log)
     preds = feature_cache.predict(model, variables, cache, records, cfg, mesh, has_text)
@@ -192,19 +206,20 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
   if manifest:
     result["manifest"] = os.path.abspath(manifest)
   if has_text:
-    result["text_source"] = source
+    result["text_source"] = text_source
   out_dir = out_dir or default_out_dir(workdir, manifest, manifest_split)
-  write_outputs(out_dir, result, samples, preds)
-  if has_text and source in descriptions.GENERATED:
-    descriptions.write_csv(os.path.join(out_dir, "descriptions.csv"), samples, source)
+  if jax.process_index() == 0:  # the same predictions on every process
+    write_outputs(out_dir, result, samples, preds)
+    if describe is not None:
+      write_descriptions(os.path.join(out_dir, "descriptions.csv"), samples, text_source)
   log(format_table(result))
   return result
 
 
 def format_table(result: dict) -> str:
-  """The overall row, then one per device (metrics.format_table's columns)."""
+  """The overall row, then one per device (metrics_report.format_table columns)."""
   rows = [("overall", result["overall"])] + sorted(result["per_device"].items())
-  return metrics.format_table(rows)
+  return metrics_report.format_table(rows)
 
 
 def write_outputs(out_dir: str, result: dict, samples: Sequence, preds) -> None:
@@ -229,10 +244,9 @@ def write_outputs(out_dir: str, result: dict, samples: Sequence, preds) -> None:
 
 
 def scatter(path: str, samples, preds, overall: dict) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(5, 5), dpi=120)
+  ax = fig.subplots()
   devices = sorted({s.device or "all" for s in samples})
   mos = np.array([s.mos for s in samples])
   for d in devices:
@@ -249,11 +263,16 @@ def scatter(path: str, samples, preds, overall: dict) -> None:
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path + ".tmp.png")
-  plt.close(fig)
   os.replace(path + ".tmp.png", path)
 
 
-def _atomic_write(path: str, text: str) -> None:
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+def write_descriptions(path: str, samples: Sequence, source: str) -> None:
+  """The generated descriptions a model was scored with: image, audio, text, source."""
+  rows = [["image", "audio", "text", "source"]] + [
+      [s.image, s.audio, s.text, source] for s in samples]
+  buf = io.StringIO()
+  csv.writer(buf).writerows(rows)
+  _atomic_write(path, buf.getvalue())
+
+
+_atomic_write = workdir_lib.atomic_write

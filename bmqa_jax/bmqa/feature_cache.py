@@ -92,7 +92,7 @@ def cache_root(cfg: mlc.ConfigDict, workdir: str) -> str:
 
 
 def _views(path: str, pcfg: pipeline.PipelineConfig) -> np.ndarray:
-  v = pipeline.eval_views(image_io.read_image_uint8(path), pcfg)
+  v = pipeline.eval_views(image_io.read_image_uint8(path, max_pixels=pcfg.max_pixels), pcfg)
   v = v if v.ndim == 4 else v[None]
   return np.concatenate([v, v[:, :, ::-1]]) if pcfg.flip else v
 
@@ -204,10 +204,10 @@ def batch_features(batch: dict) -> list | None:
 
 def train_loader(records: Sequence[dict], cache: FeatureCache,
                  pcfg: pipeline.PipelineConfig, global_batch: int,
-                 seed: int) -> grain.DataLoader:
+                 seed: int, start_step: int = 0) -> grain.DataLoader:
   """`pipeline.train_loader` with a random cached view instead of pixels."""
   return pipeline.train_loader(_Source(records), pcfg, global_batch, seed,
-                               transform=_PickView(cache))
+                               transform=_PickView(cache), start_step=start_step)
 
 
 def predict(model, variables: dict, cache: FeatureCache, records: Sequence[dict],

@@ -106,7 +106,8 @@ def iter_scores(workdir: str, paths: Sequence[str], *, texts: dict[str, str] | N
 
   for path in tqdm.tqdm(files, disable=not progress, desc="scoring", unit="img"):
     try:
-      crops = views(image_io.read_image_uint8(path), cfg, view, tile_short_side)
+      crops = views(image_io.read_image_uint8(
+          path, max_pixels=pipeline.from_config(cfg).max_pixels), cfg, view, tile_short_side)
     except (image_io.ImageReadError, OSError) as e:
       yield Result(path, None, str(e))
       continue

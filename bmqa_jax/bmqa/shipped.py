@@ -22,6 +22,7 @@ import ml_collections as mlc
 import numpy as np
 from safetensors import numpy as st_numpy
 
+from bmqa_jax import pytree
 from bmqa_jax.bmqa import model as bmqa_lib
 from bmqa_jax.models.image import pretrained
 
@@ -46,13 +47,13 @@ def export(cfg: mlc.ConfigDict, variables: dict, out_dir: str, card: str) -> Non
   model = bmqa_lib.from_config(cfg, None)
   reference = _tower_variables(cfg, model)
   for col in ("params", "batch_stats"):
-    got, want = pretrained.param_paths(variables.get(col, {}).get(TOWER, {})), pretrained.param_paths(reference.get(col, {}).get(TOWER, {}))
+    got, want = pytree.param_paths(variables.get(col, {}).get(TOWER, {})), pytree.param_paths(reference.get(col, {}).get(TOWER, {}))
     if any(not np.array_equal(np.asarray(got[k]), np.asarray(want[k])) for k in want):
       raise ValueError("the run changed the image tower: it cannot be shipped as "
                        "heads only")
-  heads = {k: np.asarray(v, np.float16) for k, v in pretrained.param_paths(variables["params"]).items()
+  heads = {k: np.asarray(v, np.float16) for k, v in pytree.param_paths(variables["params"]).items()
            if not k.startswith(TOWER + "/")}
-  extra = [k for k in pretrained.param_paths({c: v for c, v in variables.items() if c != "params"})
+  extra = [k for k in pytree.param_paths({c: v for c, v in variables.items() if c != "params"})
            if f"/{TOWER}/" not in f"/{k}"]
   if extra:
     raise ValueError(f"state outside the tower besides params: {extra[:3]}")
@@ -91,7 +92,7 @@ def load(asset_dir: str = ASSET_DIR):
   model = bmqa_lib.from_config(cfg, None)
   variables = jax.tree.map(np.asarray, _tower_variables(cfg, model))
   heads = st_numpy.load_file(os.path.join(asset_dir, "heads.safetensors"))
-  want = {k for k in pretrained.param_paths(variables["params"]) if not k.startswith(TOWER + "/")}
+  want = {k for k in pytree.param_paths(variables["params"]) if not k.startswith(TOWER + "/")}
   if set(heads) != want:
     raise ValueError(f"{asset_dir}: the weights do not match the model: missing "
                      f"{sorted(want - set(heads))[:3]}, unexpected "

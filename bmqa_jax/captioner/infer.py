@@ -1,5 +1,9 @@
 """Captioning image files with a trained captioner (Eq. 16) and drawing its
-per-word attention maps (paper Fig. 11)."""
+per-word attention maps (paper Fig. 11).
+
+``load_captioner(workdir)`` restores the weights a training run left in
+``workdir`` (nothing of the optimiser is built or read).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from bmqa_jax.captioner import decode as decode_lib
-from bmqa_jax.captioner import train as train_lib
+from bmqa_jax.captioner import model as model_lib
 from bmqa_jax.captioner import vocab as vocab_lib
 from bmqa_jax.data import image_io
 from bmqa_jax.data import pipeline
+from bmqa_jax.train_lib import checkpoint
+from bmqa_jax.train_lib import workdir as workdir_lib
 
-__all__ = ["caption_paths", "describe_paths", "save_attention_maps"]
+__all__ = ["CONFIG_FILE", "VOCAB_FILE", "load_captioner", "caption_paths",
+           "describe_paths", "save_attention_maps"]
+
+CONFIG_FILE = "captioner_config.json"
+VOCAB_FILE = "captioner_vocab.json"
+
+
+def load_captioner(workdir: str):
+  """``(config, model, variables, vocab)`` of the latest checkpoint in ``workdir``."""
+  if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
+    raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)} not found: is "
+                            f"{workdir} a captioner workdir (launch/train_captioner.py)?")
+  config = workdir_lib.load_config(workdir, CONFIG_FILE)
+  vocab = vocab_lib.Vocab.load(os.path.join(workdir, VOCAB_FILE))
+  model = model_lib.from_config(config, len(vocab))
+  variables, _ = checkpoint.load_weights(os.path.join(workdir, "checkpoints"))
+  return config, model, {k: v for k, v in variables.items() if v}, vocab
 
 
 def caption_paths(workdir: str, paths: Sequence[str], beam_size: int | None = None,
@@ -25,14 +47,15 @@ def caption_paths(workdir: str, paths: Sequence[str], beam_size: int | None = No
 
   Images get the evaluation transform of the captioner's config (resize the
   short side, centre crop). ``beam_size`` None: the config's. ``loaded``: the
-  result of ``train.load_captioner(workdir)``, to avoid restoring it again.
+  result of ``load_captioner(workdir)``, to avoid restoring it again.
   """
-  config, model, variables, vocab = loaded or train_lib.load_captioner(workdir)
+  config, model, variables, vocab = loaded or load_captioner(workdir)
   k = config.decode.beam_size if beam_size is None else beam_size
   recs = [dict(path=p, index=np.int32(i)) for i, p in enumerate(paths)]
   out = [None] * len(paths)
   for b in pipeline.eval_batches(recs, pipeline.from_config(config),
-                                 config.eval_batch_size):
+                                 config.eval_batch_size,
+                                 local=True):
     ids, alphas, _ = decode_lib.beam_search(model, variables, jnp.asarray(b["image"]),
                                             k, config.decode.max_len,
                                             config.decode.length_penalty)
@@ -53,9 +76,7 @@ def save_attention_maps(result: dict, out_dir: str, config) -> list[str]:
   """One PNG per generated word: the (centre-cropped) image with the word's
   attention map, bilinearly upsampled, overlaid; plus ``<stem>_all.png``, a grid
   of every word. Returns the files written."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   size = config.input.image_size
   img = pipeline.center_crop(image_io.read_image_uint8(result["path"]),
@@ -79,17 +100,17 @@ def save_attention_maps(result: dict, out_dir: str, config) -> list[str]:
     ax.axis("off")
 
   for t, (word, m) in enumerate(zip(words, maps)):
-    fig, ax = plt.subplots(figsize=(2.5, 2.6), dpi=100)
+    fig = Figure(figsize=(2.5, 2.6), dpi=100)
+    ax = fig.subplots()
     draw(ax, word, m)
     safe = re.sub(r"[^a-z0-9]+", "_", word.lower()).strip("_") or "punct"
     path = os.path.join(out_dir, f"{stem}_{t:02d}_{safe}.png")
     fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
     written.append(path)
   cols = min(6, len(words)) or 1
   rows = (len(words) + cols - 1) // cols
-  fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.2 * rows), dpi=90,
-                           squeeze=False)
+  fig = Figure(figsize=(2 * cols, 2.2 * rows), dpi=90)
+  axes = fig.subplots(rows, cols, squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
   for ax, word, m in zip(axes.ravel(), words, maps):
@@ -97,6 +118,5 @@ def save_attention_maps(result: dict, out_dir: str, config) -> list[str]:
   fig.suptitle(result["caption"], fontsize=8, wrap=True)
   path = os.path.join(out_dir, f"{stem}_all.png")
   fig.savefig(path, bbox_inches="tight")
-  plt.close(fig)
   written.append(path)
   return written

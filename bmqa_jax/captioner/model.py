@@ -114,3 +114,22 @@ def topk_accuracy(logits, targets, k: int = 5):
 
 def count_params(params) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def from_config(config, vocab_size: int) -> ShowAttendTell:
+  """The captioner a config describes (configs/captioner.py: config.model)."""
+  m = config.model
+  return ShowAttendTell(
+      vocab_size=vocab_size, encoder=m.encoder,
+      encoder_kwargs=tuple(sorted(  # hashable: JSON gives lists
+          (k, tuple(v) if isinstance(v, list) else v)
+          for k, v in dict(m.encoder_kwargs).items())),
+      embed_dim=m.embed_dim, hidden_dim=m.hidden_dim, attention_dim=m.attention_dim,
+      dropout_rate=m.dropout_rate)
+
+
+def init_variables(model: ShowAttendTell, config, rng) -> dict:
+  size = config.input.image_size
+  images = jnp.zeros((1, size, size, 3), jnp.float32)
+  inputs = jnp.zeros((1, config.vocab.max_len + 1), jnp.int32)
+  return model.init({"params": rng, "dropout": rng}, images, inputs)

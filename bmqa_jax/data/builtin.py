@@ -7,11 +7,11 @@
 - `clean/<scene>.jpg`: the well-lit scene, for caption pretraining (stage PT);
 - `audio/<scene>_<device>.wav`: the spoken description (16 kHz) when a speech
   synthesiser is installed (`bmqa_jax.data.tts`);
-- `manifest.csv`: one row per capture (the manifest format of DESIGN.md §4) with
-  `image, mos, mos_std, scene, split, device, text, audio` and the applied
-  degradation factors;
+- `manifest.csv`: one row per capture (the manifest format of README.md, 'Your
+  own data') with `image, mos, mos_std, scene, split, device, text, audio` and
+  the applied degradation factors;
 - `pretrain.csv`: one row per clean scene, `image, text, scene, split`;
-- `dataset_info.json`: the arguments, counts and generator version.
+- `dataset_info.json`: arguments, counts, VERSION, source digest (written last).
 
 Scenes are crops at several scales and positions of the colour photographs that
 ship inside the scikit-image wheel. MOS follows the paper's protocol (Sec. 3.1.1):
@@ -25,9 +25,13 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import errno
+import hashlib
 import json
 import multiprocessing
 import os
+import shutil
+import tempfile
 from typing import Callable
 
 import numpy as np
@@ -37,6 +41,8 @@ from bmqa_jax.data import describe as describe_lib
 from bmqa_jax.data import lowlight
 
 VERSION = 2
+GENERATOR_MODULES = ("builtin.py", "describe.py", "lowlight.py", "tts.py", "categories.py")
+_OURS = ("images", "clean", "audio", "manifest.csv", "pretrain.csv", "dataset_info.json")
 _O = describe_lib.SceneObject
 
 
@@ -56,8 +62,8 @@ SOURCES: tuple[SourcePhoto, ...] = (
         _O("orange space suit", (0.3, 0.03, 1.0, 0.75)),
         _O("flag", (0.0, 0.0, 0.9, 0.12)),
         _O("space shuttle model", (0.0, 0.68, 0.55, 0.9)),
-        _O("helmet", (0.65, 0.53, 1.0, 0.97)),
-        _O("badge", (0.6, 0.25, 0.8, 0.4))), "in a studio", 0.02),
+        _O("helmet", (0.65, 0.53, 1.0, 0.97)), _O("badge", (0.6, 0.25, 0.8, 0.4))),
+        "in a studio", 0.02),
     SourcePhoto("chelsea", "chelsea", (
         _O("cat", (0.0, 0.0, 1.0, 1.0)),
         _O("eyes", (0.25, 0.35, 0.55, 0.78), plural=True),
@@ -66,10 +72,9 @@ SOURCES: tuple[SourcePhoto, ...] = (
         _O("ear", (0.0, 0.05, 0.2, 0.3))), "at home", 0.03),
     SourcePhoto("coffee", "coffee", (
         _O("coffee cup", (0.05, 0.28, 0.65, 0.72)),
-        _O("espresso", (0.25, 0.32, 0.5, 0.65)),
-        _O("saucer", (0.2, 0.1, 1.0, 0.82)),
-        _O("spoon", (0.55, 0.5, 0.85, 0.7)),
-        _O("wooden table", (0.0, 0.0, 1.0, 1.0))), "in a cafe", 0.0),
+        _O("espresso", (0.25, 0.32, 0.5, 0.65)), _O("saucer", (0.2, 0.1, 1.0, 0.82)),
+        _O("spoon", (0.55, 0.5, 0.85, 0.7)), _O("wooden table", (0.0, 0.0, 1.0, 1.0))),
+        "in a cafe", 0.0),
     SourcePhoto("rocket", "rocket", (
         _O("rocket", (0.25, 0.46, 1.0, 0.56)),
         _O("launch towers", (0.0, 0.0, 1.0, 0.15), plural=True),
@@ -81,18 +86,15 @@ SOURCES: tuple[SourcePhoto, ...] = (
         _O("motorcycle", (0.25, 0.15, 0.9, 0.92)),
         _O("shelves", (0.0, 0.45, 0.55, 1.0), plural=True),
         _O("boxes", (0.0, 0.55, 0.3, 0.95), plural=True),
-        _O("chair", (0.1, 0.0, 0.55, 0.2)),
-        _O("wheel", (0.55, 0.15, 0.9, 0.35)),
+        _O("chair", (0.1, 0.0, 0.55, 0.2)), _O("wheel", (0.55, 0.15, 0.9, 0.35)),
         _O("concrete floor", (0.6, 0.0, 1.0, 1.0))), "in a garage", 0.0),
     SourcePhoto("hubble", "hubble_deep_field", (
         _O("stars", (0.0, 0.0, 1.0, 1.0), plural=True),
         _O("galaxies", (0.0, 0.0, 1.0, 1.0), plural=True),
         _O("night sky", (0.0, 0.0, 1.0, 1.0))), "in deep space", -0.04),
     SourcePhoto("cameraman", "camera", (
-        _O("man", (0.1, 0.0, 1.0, 0.55)),
-        _O("camera", (0.25, 0.45, 0.4, 0.65)),
-        _O("tripod", (0.35, 0.42, 1.0, 0.68)),
-        _O("grass", (0.55, 0.0, 1.0, 1.0)),
+        _O("man", (0.1, 0.0, 1.0, 0.55)), _O("camera", (0.25, 0.45, 0.4, 0.65)),
+        _O("tripod", (0.35, 0.42, 1.0, 0.68)), _O("grass", (0.55, 0.0, 1.0, 1.0)),
         _O("buildings", (0.2, 0.55, 0.45, 1.0), plural=True),
         _O("sky", (0.0, 0.0, 0.3, 1.0))), "in a park", -0.01),
     SourcePhoto("coins", "coins", (
@@ -202,7 +204,6 @@ def _build_scene(args: BuildArgs, out_dir: str, index: int, split: str,
                        saturation=lowlight._saturation(clean), wb_error=0.0)
   clean_text, _ = describe_lib.describe(clean, objects, clean_factors, src.context, rng)
   pre_row = dict(image=f"clean/{scene}.jpg", text=clean_text, scene=scene, split=split)
-
   observers = rng.normal(0.0, args.observer_bias, args.observers)
   rows = []
   lo, hi = np.log(args.light_range[0]), np.log(args.light_range[1])
@@ -228,12 +229,10 @@ def _build_scene(args: BuildArgs, out_dir: str, index: int, split: str,
   return rows, pre_row
 
 
-def _speaker(rng_text_path):
+def _speaker(text, path, rng):
   """Speaks one description with a voice drawn from the scene's generator."""
   from bmqa_jax.data import tts  # pylint: disable=g-import-not-at-top
-  text, path, rng = rng_text_path
-  voices = tts.voices()
-  tts.synthesize(text, path, voice=str(rng.choice(voices)),
+  tts.synthesize(text, path, voice=str(rng.choice(tts.voices())),
                  rate_wpm=int(rng.integers(140, 190)), pitch=int(rng.integers(30, 70)))
 
 
@@ -242,67 +241,159 @@ def _synthesizer():
     from bmqa_jax.data import tts  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
-  if not tts.available():
-    return None
-  return lambda text, path, rng: _speaker((text, path, rng))
+  return _speaker if tts.available() else None
 
 
 def _work(job):
   args, out_dir, index, split, with_audio = job
-  return _build_scene(args, out_dir, index, split,
-                      _synthesizer() if with_audio else None)
+  return _build_scene(args, out_dir, index, split, _speaker if with_audio else None)
 
 
-def build(out_dir: str, args: BuildArgs = BuildArgs(), log=print) -> str:
-  """Writes the dataset to `out_dir` (skipped when an identical build is there).
+class DatasetMismatchError(ValueError):
+  """A folder holds something other than the requested built-in dataset."""
 
-  Returns the path of `manifest.csv`.
-  """
-  info_path = os.path.join(out_dir, "dataset_info.json")
-  wanted = dict(version=VERSION, args=dataclasses.asdict(args))
-  with_audio = args.audio and _synthesizer() is not None
-  wanted["audio"] = with_audio
-  if os.path.exists(info_path):
-    with open(info_path) as f:
-      have = json.load(f)
-    if {k: have.get(k) for k in wanted} == json.loads(json.dumps(wanted)):
-      return os.path.join(out_dir, "manifest.csv")
-  for sub in ("images", "clean", "audio"):
-    os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-  splits = _scene_split(args.num_scenes, args.split_fractions, args.seed)
-  jobs = [(args, out_dir, i, splits[i], with_audio) for i in range(args.num_scenes)]
-  workers = args.workers or os.cpu_count() or 1
-  rows, pre_rows = [], []
-  if workers == 1:
-    results = map(_work, jobs)
-  else:
-    # Spawned, not forked: the caller may already run JAX (its threads make a
-    # forked child liable to deadlock, and JAX warns on every fork). Each scene
-    # depends only on (args, index), so the result is that of `workers=1`.
-    pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"))
-    results = pool.map(_work, jobs, chunksize=4)
-  for i, (scene_rows, pre_row) in enumerate(results):
-    rows.extend(scene_rows)
-    pre_rows.append(pre_row)
-    if (i + 1) % 50 == 0:
-      log(f"built {i + 1}/{args.num_scenes} scenes")
-  if workers != 1:
-    pool.shutdown()
-  _write_csv(os.path.join(out_dir, "manifest.csv"), rows)
-  _write_csv(os.path.join(out_dir, "pretrain.csv"), pre_rows)
-  counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
-  with open(info_path + ".tmp", "w") as f:
-    json.dump(dict(wanted, counts=counts, devices=[d.name for d in lowlight.DEVICES]),
-              f, indent=1)
-  os.replace(info_path + ".tmp", info_path)
+
+def generator_digest() -> str:
+  """sha256 over the source bytes of the modules that generate the dataset."""
+  h = hashlib.sha256()
+  for name in GENERATOR_MODULES:
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), "rb") as f:
+      h.update(name.encode() + hashlib.sha256(f.read()).digest())
+  return h.hexdigest()
+
+
+def _identity(args: BuildArgs) -> dict:
+  """What must match for a folder to be reused (`workers` only sets the speed)."""
+  a = {k: v for k, v in dataclasses.asdict(args).items() if k != "workers"}
+  return json.loads(json.dumps(dict(version=VERSION, digest=generator_digest(), args=a,
+                                    audio=bool(args.audio and _synthesizer()))))
+
+
+def cache_key(args: dict | BuildArgs) -> str:
+  """Folder key of a build: VERSION, `generator_digest()` and the arguments."""
+  args = args if isinstance(args, BuildArgs) else BuildArgs(**dict(args))
+  return hashlib.sha256(json.dumps(_identity(args), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _differences(have: dict | None, want: dict) -> list[str]:
+  flat = lambda d: {**{k: v for k, v in (d.get("args") or {}).items() if k != "workers"},
+                    **{k: d.get(k) for k in ("audio", "version", "digest")}}
+  show = lambda k, v: f"{str(v)[:12]} (generator code)" if k == "digest" else repr(v)
+  h, w = flat(have if isinstance(have, dict) else {}), flat(want)
+  return [f"{k}={show(k, h.get(k))} there, {show(k, w.get(k))} requested"
+          for k in list(w) + sorted(set(h) - set(w)) if h.get(k) != w.get(k)]
+
+
+def _read_info(folder: str) -> dict | None:
+  try:
+    with open(os.path.join(folder, "dataset_info.json")) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _reusable(out: str, want: dict, overwrite: bool, log) -> bool:
+  """True: `out` holds this build; False: build it; else DatasetMismatchError."""
+  if os.path.lexists(out) and not os.path.isdir(out):
+    raise DatasetMismatchError(f"{out} exists and is not a folder")
+  entries = os.listdir(out) if os.path.isdir(out) else []
+  have = _read_info(out) if entries else None
+  if not entries or (have and not _differences(have, want)):
+    return bool(entries)
+  what = (f"holds a built-in dataset built differently: "
+          f"{'; '.join(_differences(have, want))}" if have else
+          "is not empty and holds no complete built-in dataset (no dataset_info.json)")
+  foreign = sorted(e for e in entries if e not in _OURS and not e.endswith(".tmp"))
+  if foreign or not overwrite:
+    raise DatasetMismatchError(f"{out} {what}" + (
+        f"; it also holds {foreign[:5]}, not part of a built-in dataset: choose an empty "
+        "or new folder" if foreign else ". Choose another folder, delete this one, or "
+        "replace it (launch/build_dataset.py --overwrite; build(..., overwrite=True))"))
+  log(f"replacing {out}: it {what}")
+  return False
+
+
+def _clean_stale(parent: str, base: str) -> None:
+  """Removes temporary folders left by killed builds of `base` (dead pid)."""
+  for name in os.listdir(parent):
+    pid = name[len(base) + 5:].split("-")[0]
+    if name[:len(base) + 5] in (base + ".tmp-", base + ".old-") and pid.isdigit():
+      try:
+        os.kill(int(pid), 0)
+      except ProcessLookupError:
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+      except OSError:  # alive, another user's
+        pass
+
+
+def build(out_dir: str, args: BuildArgs = BuildArgs(), log=print,
+          overwrite: bool = False) -> str:
+  """Writes the dataset to `out_dir` (reused when it holds an identical build:
+  arguments, VERSION, generator code); returns the path of its `manifest.csv`.
+
+  Anything else there raises DatasetMismatchError naming the differences
+  (`overwrite`: replace another or an interrupted built-in dataset). The build
+  goes to a temporary sibling folder renamed into place when complete: a killed
+  build leaves `out_dir` as it was; concurrent builds do not mix."""
+  want, out = _identity(args), os.path.realpath(out_dir)
+  if _reusable(out, want, overwrite, log):
+    return os.path.join(out_dir, "manifest.csv")
+  parent, base = os.path.split(out)
+  os.makedirs(parent, exist_ok=True)
+  _clean_stale(parent, base)
+  tmp = tempfile.mkdtemp(prefix=f"{base}.tmp-{os.getpid()}-", dir=parent)
+  try:
+    _generate(tmp, args, want, log)
+    try:
+      os.rename(tmp, out)  # atomic; replaces an empty folder
+    except OSError as e:
+      if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) and os.listdir(out) == []:
+        for n in sorted(os.listdir(tmp), key=lambda n: n == "dataset_info.json"):
+          os.rename(os.path.join(tmp, n), os.path.join(out, n))  # a mount point
+      elif _differences(_read_info(out), want):  # else the same build won the race
+        if not overwrite:
+          raise DatasetMismatchError(f"{out} was filled with a different build by "
+                                     "another process while this one ran") from None
+        old = tempfile.mkdtemp(prefix=f"{base}.old-{os.getpid()}-", dir=parent)
+        os.rename(out, os.path.join(old, "replaced"))
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
   return os.path.join(out_dir, "manifest.csv")
 
 
+def _generate(out_dir: str, args: BuildArgs, want: dict, log) -> None:
+  for sub in ("images", "clean", "audio"):
+    os.makedirs(os.path.join(out_dir, sub))
+  splits = _scene_split(args.num_scenes, args.split_fractions, args.seed)
+  jobs = [(args, out_dir, i, splits[i], want["audio"]) for i in range(args.num_scenes)]
+  workers = args.workers or os.cpu_count() or 1
+  # Spawned, not forked: the caller may already run JAX (forked children may
+  # deadlock; JAX warns). Scenes depend on (args, index) only: as `workers=1`.
+  pool = concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+  rows, pre_rows = [], []
+  try:
+    results = pool.map(_work, jobs, chunksize=4) if pool else map(_work, jobs)
+    for i, (scene_rows, pre_row) in enumerate(results):
+      rows.extend(scene_rows)
+      pre_rows.append(pre_row)
+      if (i + 1) % 50 == 0:
+        log(f"built {i + 1}/{args.num_scenes} scenes")
+  finally:
+    if pool:
+      pool.shutdown(cancel_futures=True)
+  _write_csv(os.path.join(out_dir, "manifest.csv"), rows)
+  _write_csv(os.path.join(out_dir, "pretrain.csv"), pre_rows)
+  counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
+  with open(os.path.join(out_dir, "dataset_info.json"), "w") as f:  # written last
+    json.dump(dict(want, counts=counts, devices=[d.name for d in lowlight.DEVICES]),
+              f, indent=1)
+
+
 def _write_csv(path: str, rows: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="") as f:
+  with open(path, "w", newline="") as f:  # in the build's own temporary folder
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-  os.replace(tmp, path)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections as mlc
 
+from bmqa_jax import sharding
 from bmqa_jax.data import builtin
 from bmqa_jax.data import categories
 from bmqa_jax.data import coco as coco_lib
@@ -22,8 +21,7 @@ def builtin_dir(cfg: mlc.ConfigDict) -> str:
   """Where the built-in dataset for these arguments lives (built on first use)."""
   if cfg.data.builtin_dir:
     return cfg.data.builtin_dir
-  args = json.dumps(cfg.data.builtin.to_dict(), sort_keys=True)
-  key = hashlib.sha1(f"{builtin.VERSION}{args}".encode()).hexdigest()[:10]
+  key = builtin.cache_key(cfg.data.builtin.to_dict())  # version, code, arguments
   root = os.environ.get("BMQA_DATA_DIR",
                         os.path.join(os.path.expanduser("~"), ".cache", "bmqa_jax"))
   return os.path.join(root, f"builtin-{key}")
@@ -36,6 +34,8 @@ def manifest_paths(cfg: mlc.ConfigDict, log=print) -> tuple[str, str]:
     args = builtin.BuildArgs(**{k: v for k, v in cfg.data.builtin.items()})
     if not os.path.exists(os.path.join(out, "dataset_info.json")):
       log(f"building the built-in dataset in {out} ...")
+    # Process 0 builds (or checks) the folder; then every process reads it.
+    sharding.on_process_zero(lambda: builtin.build(out, args, log=log), "builtin_data")
     path = builtin.build(out, args, log=log)
     return path, os.path.join(out, "pretrain.csv")
   if cfg.data.kind == "manifest":
@@ -85,14 +85,21 @@ def uses_text(cfg: mlc.ConfigDict) -> bool:
   return "text" in cfg.model.modalities
 
 
-def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=print) -> Data:
-  """Reads and checks the manifests (all rows, before any training step)."""
+def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=print,
+         describe: Callable | None = None) -> Data:
+  """Reads and checks the manifests (all rows, before any training step).
+
+  With `config.data.text_source` 'audio' or 'captioner' the descriptions are
+  generated: `describe(samples) -> samples` fills them (the data layer runs no
+  model; `bmqa_jax.experiments.descriptions.for_training` builds it).
+  """
   path, pre_path = manifest_paths(cfg, log)
   need_text = uses_text(cfg)
   source = cfg.data.get("text_source", "text")
   given_text = need_text and source == "text"  # else generated (audio, captioner)
   opts = dict(check_images=cfg.data.check_images, skip_bad=cfg.data.skip_bad_rows,
-              mos_range=tuple(cfg.data.mos_range), log=log)
+              mos_range=tuple(cfg.data.mos_range), log=log,
+              max_pixels=cfg.input.get("max_pixels", None))
   names = {"train": cfg.data.train_split, "val": cfg.data.val_split,
            "test": cfg.data.test_split}
   out = {}
@@ -106,31 +113,42 @@ def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=print) 
       if not pre_path:
         raise ValueError("a stage reads 'pretrain' data but config.data."
                          "pretrain_manifest is empty")
+      # Caption pretraining never sees a scene held out for validation or test.
+      manifest_lib.check_disjoint_scenes(
+          path, pre_path, held_out_splits=(cfg.data.val_split, cfg.data.test_split),
+          pretrain_splits=(cfg.data.train_split,))
       out[s] = manifest_lib.load(pre_path, require_mos=False, require_text=True,
                                  splits=[cfg.data.train_split], **opts)
     else:
       out[s] = manifest_lib.load(path, require_mos=True, require_text=given_text,
                                  splits=[names[s]], **opts)
       if need_text and source != "text":
-        from bmqa_jax.experiments import descriptions  # pylint: disable=g-import-not-at-top
-        out[s] = descriptions.fill(out[s], source, cfg.data.get(
-            f"{'asr' if source == 'audio' else 'captioner'}_workdir", ""), workdir, log)
+        if describe is None:
+          raise ValueError(
+              f"config.data.text_source={source!r}: the descriptions are generated "
+              "by a model; pass describe= (bmqa_jax.experiments.descriptions."
+              "for_training, as launch/train.py does)")
+        out[s] = describe(out[s])
   tok = None
   if need_text:
     tok_path = os.path.join(workdir, "tokenizer.model")
-    if not os.path.exists(tok_path) and not given_text:  # generated training texts
-      if "train" not in out:
-        raise ValueError(f"no tokenizer in {workdir} and no training split loaded")
+    # The tokenizer is trained on the training descriptions (and caption pairs)
+    # once; a training run passes them again so that a tokenizer of other texts
+    # is refused (tokenizer.TokenizerMismatchError) instead of reused.
+    texts = []
+    if "train" in out:
       texts = [s.text for s in out["train"]] + [s.text for s in out.get("pretrain", [])]
-      log(f"training the tokenizer on {len(texts)} generated training descriptions")
-    elif not os.path.exists(tok_path):  # trained on training texts only
+    elif not os.path.exists(tok_path) and given_text:
       train_rows = manifest_lib.load(path, require_mos=False, require_text=True,
                                      check_images=False, splits=[names["train"]],
                                      skip_bad=cfg.data.skip_bad_rows, log=log)
-      texts = [s.text for s in train_rows] + [s.text for s in out.get("pretrain", [])]
+      texts = [s.text for s in train_rows]
+    elif not os.path.exists(tok_path):
+      raise ValueError(f"no tokenizer in {workdir} and no training split loaded")
+    if not os.path.exists(tok_path):
       log(f"training the tokenizer on {len(texts)} training descriptions")
-    else:
-      texts = []
+    sharding.on_process_zero(lambda: tokenizer_lib.load_or_train(
+        tok_path, texts, cfg.tokenizer.vocab_size), "tokenizer")  # process 0 writes it
     tok = tokenizer_lib.load_or_train(tok_path, texts, cfg.tokenizer.vocab_size)
     all_texts = [s.text for ss in out.values() for s in ss]
     tok.encode(all_texts, cfg.input.max_text_len)

@@ -17,10 +17,19 @@ one decoder (Pillow) and one set of rules:
   channels are kept as stored, which is what ``PIL.Image.convert('RGB')`` (and so
   torchvision / pyiqa loaders) do, so scores agree with other toolboxes.
   ``alpha='black'`` composites onto black instead (``rgb * alpha``);
+* decoded size is bounded: an image of more than ``max_pixels`` pixels
+  (default :data:`MAX_PIXELS`, 100 megapixels, about 300 MB as uint8 RGB and
+  four times that as float32) is refused from its header, before any pixel is
+  decoded — a small file (a 12000x12000 PNG of one colour is ~140 KB) can
+  otherwise decode to gigabytes. Raise it per call (``max_pixels=``), for the
+  process (``image_io.MAX_PIXELS = ...``), or through ``config.input.max_pixels``
+  where the pipeline passes it; ``max_pixels=0`` removes the bound (Pillow's own
+  decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS``, still applies);
 * a missing file, a wrong-cased name (with a "did you mean" hint), an empty or
   zero-sized image, an unknown format, a truncated or corrupt file, or an image
-  over Pillow's decompression-bomb limit raise :class:`ImageReadError` (a
-  ``ValueError``) whose message holds the path and the reason.
+  over the pixel bound or Pillow's decompression-bomb limit raise
+  :class:`ImageReadError` (a ``ValueError``) whose message holds the path and
+  the reason.
 
 Truncated files: Pillow silently fills the missing part of a truncated JPEG with
 grey when the global ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is True, and
@@ -41,6 +50,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 ALPHA_MODES = ("drop", "black")
+MAX_PIXELS = 100_000_000  # default bound on width * height; see the module doc
 _UINT16_MAX = 65535.0
 _UINT8_MAX = 255.0
 # 65535 / 255: one 8-bit step in 16-bit units.
@@ -94,8 +104,30 @@ def _missing_file_reason(path: str) -> str:
   return "file not found"
 
 
-def _open_decoded(path: str) -> Image.Image:
+def _pixel_bound(max_pixels: int | None) -> int:
+  bound = MAX_PIXELS if max_pixels is None else max_pixels
+  if not (not isinstance(bound, bool) and isinstance(bound, (int, float, np.number))
+          and np.isfinite(bound) and bound >= 0 and bound == int(bound)):
+    raise ValueError(f"max_pixels must be a non-negative integer (0: no bound), "
+                     f"got {bound!r}")
+  return int(bound)
+
+
+def _check_pixels(img: Image.Image, path: str, bound: int) -> None:
+  """Refuses an image larger than ``bound`` pixels from its header (no decoding)."""
+  pixels = img.width * img.height
+  if bound and pixels > bound:
+    raise ImageReadError(
+        path, f"{img.width}x{img.height} is {pixels / 1e6:.1f} megapixels, over the "
+        f"bound of {bound / 1e6:g} megapixels ({bound} pixels) that keeps a small "
+        "file from decoding to gigabytes; to read it, raise the bound: "
+        "max_pixels= on the read call, config.input.max_pixels, or "
+        "bmqa_jax.data.image_io.MAX_PIXELS")
+
+
+def _open_decoded(path: str, max_pixels: int | None = None) -> Image.Image:
   """Opens, fully decodes and orients ``path``; every failure is an ImageReadError."""
+  bound = _pixel_bound(max_pixels)
   if not os.path.exists(path):
     raise ImageReadError(path, _missing_file_reason(path))
   if os.path.isdir(path):
@@ -108,7 +140,8 @@ def _open_decoded(path: str) -> Image.Image:
     raise ImageReadError(path, "empty file (0 bytes)")
   try:
     with _strict_truncation():
-      with Image.open(path) as img:
+      with Image.open(path) as img:  # reads the header only
+        _check_pixels(img, path, bound)
         img.load()  # Decode now: lazy decoding would hide truncation until later.
         try:
           img = ImageOps.exif_transpose(img)  # Returns a loaded copy.
@@ -120,7 +153,8 @@ def _open_decoded(path: str) -> Image.Image:
   except UnidentifiedImageError as e:
     raise ImageReadError(path, "not a recognised image format (or corrupt header)") from e
   except Image.DecompressionBombError as e:
-    raise ImageReadError(path, f"image too large ({e})") from e
+    raise ImageReadError(path, f"image too large ({e}); Pillow's limit is "
+                               "PIL.Image.MAX_IMAGE_PIXELS") from e
   except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
     # Pillow raises OSError("image file is truncated ...") for truncated data and
     # OSError/SyntaxError/ValueError for corrupt streams.
@@ -185,12 +219,15 @@ def _check_alpha(alpha: str) -> None:
     raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
 
 
-def read_image(path: str | os.PathLike, *, alpha: str = "drop") -> np.ndarray:
+def read_image(path: str | os.PathLike, *, alpha: str = "drop",
+               max_pixels: int | None = None) -> np.ndarray:
   """Reads an image as float32 RGB ``[H, W, 3]`` in [0, 1].
 
   Args:
     path: file path.
     alpha: 'drop' (default; keep the stored colour) or 'black' (composite onto black).
+    max_pixels: refuse an image of more pixels (checked from the header, before
+      decoding); None: :data:`MAX_PIXELS`; 0: no bound.
 
   Raises:
     ImageReadError: the file is missing, wrongly cased, empty, not an image,
@@ -198,13 +235,14 @@ def read_image(path: str | os.PathLike, *, alpha: str = "drop") -> np.ndarray:
   """
   _check_alpha(alpha)
   path = os.fspath(path)
-  img = _open_decoded(path)
+  img = _open_decoded(path, max_pixels)
   return np.ascontiguousarray(_to_rgb_float(img, path, alpha), dtype=np.float32)
 
 
-def read_image_uint8(path: str | os.PathLike, *, alpha: str = "drop") -> np.ndarray:
+def read_image_uint8(path: str | os.PathLike, *, alpha: str = "drop",
+                     max_pixels: int | None = None) -> np.ndarray:
   """Reads an image as uint8 RGB ``[H, W, 3]`` (same rules as :func:`read_image`)."""
   _check_alpha(alpha)
   path = os.fspath(path)
-  img = _open_decoded(path)
+  img = _open_decoded(path, max_pixels)
   return np.ascontiguousarray(_to_rgb_uint8(img, path, alpha))

@@ -1,4 +1,4 @@
-"""Reading and validating dataset manifests (DESIGN.md §4).
+"""Reading and validating dataset manifests (README.md, 'Your own data').
 
 A manifest is a CSV or JSONL file, one row per sample, with columns
 `image` (path relative to the manifest), `mos` (float in [0, 1]), `scene`
@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import unicodedata
 from typing import Iterable, Sequence
 
 from bmqa_jax.data import image_io
@@ -149,20 +150,83 @@ def _field(row: dict, column: str) -> str:
   return "" if value is None else str(value)
 
 
+def scene_key(scene) -> str:
+  """How scenes are compared for leakage: Unicode-normalised, without
+  surrounding spaces, case-insensitive ('Kitchen ' and 'kitchen' are one scene)."""
+  return unicodedata.normalize("NFKC", "" if scene is None else str(scene)).strip().casefold()
+
+
 def check_scene_splits(rows: Iterable[tuple[int, dict]], path: str) -> None:
   """Refuses a scene whose rows name two different splits (rows without a
-  split are ignored): a model would be tested on scenes it trained on."""
-  seen: dict[str, tuple[str, int]] = {}
+  split are ignored): a model would be tested on scenes it trained on. Scenes
+  are compared by `scene_key`; the error names every such scene (up to 5),
+  its splits and rows."""
+  seen: dict[str, tuple[str, int, str]] = {}
+  where: dict[str, dict[str, list[int]]] = {}
+  first = ""
   for number, row in rows:
     split, scene = _field(row, "split"), _field(row, "scene")
-    if not split:
+    key = scene_key(scene)
+    if not split or not key:
       continue
-    first_split, first_row = seen.setdefault(scene, (split, number))
-    if first_split != split:
-      raise ManifestError(
-          f"{path}, row {number}: scene {scene!r} is in split {split!r} here but in "
-          f"{first_split!r} at row {first_row}; all rows of a scene must be in one "
-          "split (bmqa_jax.data.scenes.write_split_manifest writes scene-wise splits)")
+    first_split, first_row, first_name = seen.setdefault(key, (split, number, scene))
+    where.setdefault(key, {}).setdefault(split, []).append(number)
+    if first_split != split and not first:
+      named = f"scene {scene!r}" if scene == first_name else (
+          f"scene {scene!r} (the same scene as {first_name!r}: scene names are "
+          "compared without case and surrounding spaces)")
+      first = (f"{path}, row {number}: {named} is in split {split!r} here but in "
+               f"{first_split!r} at row {first_row}")
+  if first:
+    leaks = [(seen[k][2], v) for k, v in where.items() if len(v) > 1]
+    listed = "; ".join(f"{name!r}: " + ", ".join(
+        f"{sp} (rows {_rows(r)})" for sp, r in splits.items()) for name, splits in leaks[:5])
+    more = f" and {len(leaks) - 5} more" if len(leaks) > 5 else ""
+    raise ManifestError(
+        f"{first}; all rows of a scene must be in one split "
+        "(bmqa_jax.data.scenes.write_split_manifest writes scene-wise splits). "
+        f"{len(leaks)} scene(s) are in several splits: {listed}{more}")
+
+
+def _rows(numbers: list[int]) -> str:
+  return ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
+
+
+def check_disjoint_scenes(main_path: str, pretrain_path: str,
+                          held_out_splits: Sequence[str] = ("val", "test"),
+                          pretrain_splits: Sequence[str] | None = ("train",)) -> None:
+  """Refuses a pretraining manifest that holds a scene of the main manifest's
+  held-out splits: the model would have seen those scenes (their clean photos
+  and descriptions) before it is validated or tested on them.
+
+  Rows of `pretrain_path` count when their `split` is in `pretrain_splits`
+  (the rows pretraining reads; None, or no `split` column: every row).
+  Scenes are compared by `scene_key`; unreadable rows are ignored here (the
+  loads report them).
+  """
+  held: dict[str, tuple[str, str, int]] = {}
+  for number, row in _read(main_path)[0]:
+    if isinstance(row, dict) and _field(row, "split") in held_out_splits:
+      held.setdefault(scene_key(_field(row, "scene")), (
+          _field(row, "scene"), _field(row, "split"), number))
+  held.pop("", None)
+  entries, columns = _read(pretrain_path)
+  every = pretrain_splits is None or "split" not in columns
+  leaks = {}
+  for number, row in entries:
+    if isinstance(row, dict) and (every or _field(row, "split") in pretrain_splits):
+      key = scene_key(_field(row, "scene"))
+      if key in held:
+        leaks.setdefault(key, []).append(number)
+  if leaks:
+    listed = "; ".join(
+        f"{held[k][0]!r} ({held[k][1]} at {main_path}, row {held[k][2]}; "
+        f"pretraining rows {_rows(r)})" for k, r in list(leaks.items())[:5])
+    raise ManifestError(
+        f"{pretrain_path}: {len(leaks)} scene(s) of the held-out split(s) "
+        f"{list(held_out_splits)} of {main_path} are in the pretraining data: "
+        f"{listed}{' and more' if len(leaks) > 5 else ''}; drop them from the "
+        "pretraining manifest (or give it the main manifest's split)")
 
 
 def _parse_mos(value, where: str, require: bool, mos_range) -> float:
@@ -202,7 +266,7 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
          check_images: bool = True, check_audio: bool = False,
          splits: Sequence[str] | None = None, skip_bad: bool = False,
          mos_range: tuple[float, float] = (0.0, 1.0),
-         log=print) -> list[Sample]:
+         log=print, max_pixels: int | None = None) -> list[Sample]:
   """Reads a manifest and checks every row.
 
   Args:
@@ -214,7 +278,10 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
     splits: keep only rows whose `split` is one of these (None: all rows). A
       scene whose rows name two splits is an error either way.
     skip_bad: drop bad rows (also unreadable ones) instead of raising; their
-      count and the first reasons are logged.
+      count and the first reasons are logged. A scene in two splits is an
+      error of the whole file, never skipped.
+    max_pixels: bound on an image's pixels for `check_images` (None:
+      `image_io.MAX_PIXELS`; see `image_io.read_image`).
   """
   entries, columns = _read(path)
   if not entries:
@@ -242,7 +309,7 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
       if isinstance(row, str):  # unreadable: the reason
         raise ManifestError(row)
       samples.append(_sample(row, base, where, number, require_mos, require_text,
-                             check_images, check_audio, mos_range))
+                             check_images, check_audio, mos_range, max_pixels))
     except (ManifestError, image_io.ImageReadError) as e:
       if not skip_bad:
         raise ManifestError(str(e)) from None
@@ -256,7 +323,7 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
 
 
 def _sample(row, base, where, number, require_mos, require_text, check_images,
-            check_audio, mos_range) -> Sample:
+            check_audio, mos_range, max_pixels=None) -> Sample:
   rel = str(row.get("image") or "").strip()
   if not rel:
     raise ManifestError(f"{where}: empty `image`")
@@ -266,7 +333,7 @@ def _sample(row, base, where, number, require_mos, require_text, check_images,
   image = _resolve(base, rel, where, "image")
   if check_images:
     try:
-      image_io.read_image_uint8(image)
+      image_io.read_image_uint8(image, max_pixels=max_pixels)
     except image_io.ImageReadError as e:
       raise ManifestError(f"{where}: {e}") from None
   mos = _parse_mos(row.get("mos"), where, require_mos, mos_range)
@@ -278,13 +345,18 @@ def _sample(row, base, where, number, require_mos, require_text, check_images,
     audio = _resolve(base, audio, where, "audio")
     if check_audio:
       _check_audio(audio, where)
-  return Sample(image=image, mos=mos, scene=scene,
+  return Sample(image=image, mos=mos, scene=scene.strip(),
                 split=str(row.get("split") or ""), device=str(row.get("device") or ""),
                 text=text, audio=audio, row=number)
 
 
 def _check_audio(path: str, where: str) -> None:
   import soundfile  # pylint: disable=g-import-not-at-top
+  from bmqa_jax import audio as audio_lib  # pylint: disable=g-import-not-at-top
+  try:
+    audio_lib.check_wav(path)  # a truncated WAV: libsndfile reads what is there
+  except (audio_lib.AudioReadError, OSError) as e:
+    raise ManifestError(f"{where}: {e}") from None
   try:
     info = soundfile.info(path)
   except Exception as e:  # soundfile raises RuntimeError/LibsndfileError

@@ -12,7 +12,8 @@ Two input modes (`config.input.mode`):
 Both normalise with the ImageNet mean/std (the contract of
 `bmqa_jax.models.image`). Texts are tokenised once, up front, with the run's
 sentencepiece model. Batches are per process (the global batch divided by the
-number of JAX processes); `bmqa_jax.sharding` places them on the devices.
+number of JAX processes): each process reads only its rows of every global
+batch (`train_loader`), and `bmqa_jax.sharding` places them on the devices.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class PipelineConfig:
   eval_grid: tuple[int, int] = (1, 1)  # native: windows per column and row
   workers: int = 0  # grain worker processes (0: decode in the main process)
   prefetch: int = 2  # per-worker buffered batches
+  max_pixels: int = image_io.MAX_PIXELS  # bound on a decoded image (0: none)
 
 
 def from_config(cfg) -> PipelineConfig:
@@ -59,7 +61,7 @@ def from_config(cfg) -> PipelineConfig:
       crop_scale=tuple(get("crop_scale")), crop_ratio=tuple(get("crop_ratio")),
       flip=get("flip"), max_text_len=get("max_text_len"), mode=get("mode"),
       native_crop=get("native_crop"), eval_grid=tuple(get("eval_grid")),
-      workers=get("workers"), prefetch=get("prefetch"))
+      workers=get("workers"), prefetch=get("prefetch"), max_pixels=get("max_pixels"))
 
 
 def to_records(samples: Sequence[Sample], tokenizer: Tokenizer | None,
@@ -116,13 +118,13 @@ def random_resized_crop(img: np.ndarray, size: int, scale, ratio,
   return _resize(img[y:y + side, x:x + side], (size, size))
 
 
-def _record_image(record: dict) -> tuple[np.ndarray, dict]:
+def _record_image(record: dict, max_pixels: int) -> tuple[np.ndarray, dict]:
   """(uint8 RGB image, the record's other fields): the image is read from `path`
   or comes decoded as `image_u8` (caption pairs read from TFDS, `data/coco.py`)."""
   rest = {k: v for k, v in record.items() if k not in ("path", "image_u8")}
   if "image_u8" in record:
     return record["image_u8"], rest
-  return image_io.read_image_uint8(record["path"]), rest
+  return image_io.read_image_uint8(record["path"], max_pixels=max_pixels), rest
 
 
 class _TrainImage(grain.transforms.RandomMap):
@@ -131,7 +133,7 @@ class _TrainImage(grain.transforms.RandomMap):
     self.cfg = cfg
 
   def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    img, out = _record_image(record)
+    img, out = _record_image(record, self.cfg.max_pixels)
     if self.cfg.mode == "native":
       img = native.random_crop(img, self.cfg.native_crop, rng)
     else:
@@ -149,7 +151,7 @@ class _EvalImage(grain.transforms.Map):
     self.cfg = cfg
 
   def map(self, record: dict) -> dict:
-    img, out = _record_image(record)
+    img, out = _record_image(record, self.cfg.max_pixels)
     out["image"] = eval_views(img, self.cfg)
     return out
 
@@ -177,32 +179,95 @@ def _process_batch(global_batch: int) -> int:
   return global_batch // n
 
 
-def train_loader(records: Sequence, cfg: PipelineConfig, global_batch: int,
-                 seed: int, transform=None) -> grain.DataLoader:
-  """An endless, shuffled, augmented loader; its iterator state is checkpointable.
+class _GlobalStream(grain.sources.RandomAccessDataSource):
+  """This process's rows of an endless, epoch-wise shuffled stream of records.
 
-  `transform`: the per-record random map (default: read and augment the image).
+  Global position g (0, 1, 2, ...) is record `perm_q[g mod N]` of epoch
+  q = g div N, where perm_q is drawn from (seed, q): the same sequence on every
+  process and for any number of processes. Process i of n reads, of global
+  batch t, only the rows t·B + i·B/n ... t·B + (i+1)·B/n − 1 (B the global
+  batch); element e of this source is the e-th such row after the `start`-th
+  global batch. Each row carries its global position, which seeds its
+  augmentation: batch t is the same global batch, and each image is cropped
+  and flipped the same way, whether one process or many read it, and whether
+  the run was interrupted or not.
+  """
+
+  def __init__(self, records: Sequence, global_batch: int, seed: int, start: int):
+    self.records, self.seed, self.start = records, seed, start
+    self.n, self.rows = len(records), global_batch // jax.process_count()
+    self.global_batch, self.offset = global_batch, jax.process_index() * self.rows
+    self._perm = (-1, None)
+
+  def __len__(self) -> int:
+    return 2**62  # endless: training stops at its last step
+
+  def __repr__(self) -> str:  # grain checks a restored iterator's source by repr
+    return (f"_GlobalStream(records={self.n}, global_batch={self.global_batch}, "
+            f"seed={self.seed}, rows={self.offset}+{self.rows})")
+
+  def position(self, e: int) -> int:
+    step, row = divmod(e, self.rows)
+    return (self.start + step) * self.global_batch + self.offset + row
+
+  def __getitem__(self, e: int):
+    g = self.position(e)
+    epoch, k = divmod(g, self.n)
+    if self._perm[0] != epoch:
+      self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+    return dict(self.records[int(self._perm[1][k])], _position=np.int64(g))
+
+
+class _Augment(grain.transforms.Map):
+  """`transform.random_map(record, rng)` with the rng of the row's global position."""
+
+  def __init__(self, transform: grain.transforms.RandomMap, seed: int):
+    self.transform, self.seed = transform, seed
+
+  def map(self, record: dict) -> dict:
+    rng = np.random.default_rng([self.seed, 1, int(record.pop("_position"))])
+    return self.transform.random_map(record, rng)
+
+
+def train_loader(records: Sequence, cfg: PipelineConfig, global_batch: int,
+                 seed: int, transform=None, start_step: int = 0) -> grain.DataLoader:
+  """Endless, shuffled, augmented batches of this process's rows of each global
+  batch (`_GlobalStream`), from global batch `start_step` on: a resumed run
+  passes the step it resumes at and reads exactly the batches an uninterrupted
+  run would.
+
+  `transform`: the per-record `RandomMap` (default: read and augment the image).
   """
   batch = _process_batch(global_batch)
-  shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-  if len(records) // jax.process_count() < batch:
+  if len(records) < global_batch:
     raise ValueError(f"the training set has {len(records)} samples, fewer than one "
                      f"batch of {global_batch}: lower the batch size")
+  source = _GlobalStream(records, global_batch, seed, start_step)
   sampler = grain.samplers.IndexSampler(
-      num_records=len(records), shard_options=shard, shuffle=True, num_epochs=None,
-      seed=seed)
+      num_records=len(source), shard_options=grain.sharding.NoSharding(),
+      shuffle=False, num_epochs=1, seed=seed)
   return grain.DataLoader(
-      data_source=records, sampler=sampler,
-      operations=[transform or _TrainImage(cfg),
+      data_source=source, sampler=sampler,
+      operations=[_Augment(transform or _TrainImage(cfg), seed),
                   grain.transforms.Batch(batch, drop_remainder=True)],
       worker_count=cfg.workers, worker_buffer_size=cfg.prefetch)
 
 
-def eval_batches(records: list[dict], cfg: PipelineConfig,
-                 global_batch: int) -> Iterator[dict]:
-  """Every record once, in order; the last batch is padded and `valid` marks rows."""
-  batch = _process_batch(global_batch)
-  shard = grain.sharding.ShardByJaxProcess(drop_remainder=False)
+def eval_batches(records: list[dict], cfg: PipelineConfig, global_batch: int,
+                 local: bool = False) -> Iterator[dict]:
+  """Every record once, in order; the last batch is padded and `valid` marks rows.
+
+  With several processes each reads its shard of the records, as
+  `global_batch // process_count` rows per batch, and every process yields the
+  same number of batches (a process with fewer rows pads with invalid ones), so
+  that their global batches line up. `local`: this process reads every record
+  in batches of `global_batch` (inference on one host's devices).
+  """
+  n_proc = 1 if local else jax.process_count()
+  batch = global_batch if local else _process_batch(global_batch)
+  shard = (grain.sharding.NoSharding() if local else
+           grain.sharding.ShardByJaxProcess(drop_remainder=False))
+  num_batches = -(-(-(-len(records) // n_proc)) // batch)
   sampler = grain.samplers.IndexSampler(
       num_records=len(records), shard_options=shard, shuffle=False, num_epochs=1,
       seed=0)
@@ -210,10 +275,14 @@ def eval_batches(records: list[dict], cfg: PipelineConfig,
       data_source=records, sampler=sampler,
       operations=[_EvalImage(cfg), grain.transforms.Batch(batch, drop_remainder=False)],
       worker_count=cfg.workers, worker_buffer_size=cfg.prefetch)
+  count, last = 0, None
   for b in loader:
     n = len(b["index"])
     b["valid"] = np.arange(batch) < n
     if n < batch:
       b = {k: (v if k == "valid" else np.concatenate(
           [v, np.repeat(v[-1:], batch - n, axis=0)])) for k, v in b.items()}
+    count, last = count + 1, b
     yield b
+  for _ in range(count, num_batches if last is not None else 0):
+    yield dict(last, valid=np.zeros(batch, bool))  # this process's shard ran out

@@ -34,20 +34,24 @@ Splits `train`/`val`/`test`: the dataset's own when it has one (a split column
 or per-split CSVs), else a scene-wise 8:1:1 random split from `IqaConfig.seed`
 (`bmqa_jax.data.scenes.scene_split`, Sec. 5.1.1).
 
+Every field of the builder's :class:`IqaConfig` is recorded in the prepared
+data (the config description): :func:`build` refuses to reuse a dataset
+prepared under the same name from other fields (`overwrite=True` replaces it).
+
 Reading: `tfds.data_source(name, data_dir=...)` gives random-access sources
 that Grain reads directly (:func:`grain_dataset`). Training and evaluation go
 through :func:`export_manifest`, which reads every split with Grain once and
-writes the images plus a manifest (DESIGN.md §4) next to the prepared data, so
-the existing input pipeline, manifest checks and cross-dataset evaluation work
-unchanged (`config.data.kind='tfds'`). This module needs TensorFlow and
-importlib_resources (`pip install -e .[tfds]`): TFDS defines builders with them.
+writes the images plus a manifest (README.md, 'Your own data') next to the
+prepared data, so the existing input pipeline, manifest checks and cross-dataset
+evaluation work unchanged (`config.data.kind='tfds'`). This module needs
+TensorFlow and importlib_resources (`pip install -e .[tfds]`): TFDS defines
+builders with them. Preparing and exporting are in `tfds_export`.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 from typing import Iterator
 
@@ -55,7 +59,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bmqa_jax.data import scenes as splits_lib
-from bmqa_jax.data import manifest as manifest_lib
+from bmqa_jax.data import tfds_export
+from bmqa_jax.data.tfds_export import PreparedDataMismatchError  # pylint: disable=unused-import
+from bmqa_jax.data.tfds_export import data_sources, grain_dataset
 
 SPLITS = splits_lib.SPLIT_NAMES
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -106,6 +112,11 @@ class IqaConfig(tfds.core.BuilderConfig):
   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
   val_from_train: float = 0.1
   seed: int = 0
+
+  def __post_init__(self):
+    # The prepared data's identity: TFDS stores the description in the
+    # prepared dataset_info.json, where `build` and `export_manifest` compare it.
+    self.description = tfds_export.with_fields(self.description, self)
 
 
 def _features() -> tfds.features.FeaturesDict:
@@ -360,88 +371,24 @@ BUILDERS = {"mliq": Mliq, "dark4k": Dark4k, "nnid": Nnid, "biq2021": Biq2021,
 
 
 def build(name: str, manual_dir: str, data_dir: str,
-          config: IqaConfig | None = None) -> tfds.core.DatasetBuilder:
-  """Prepares dataset `name` from `manual_dir` into `data_dir` (needs TensorFlow)."""
+          config: IqaConfig | None = None, overwrite: bool = False) -> tfds.core.DatasetBuilder:
+  """Prepares dataset `name` from `manual_dir` into `data_dir` (needs TensorFlow).
+
+  Data prepared earlier under the same name is reused only when it records the
+  same IqaConfig fields; else PreparedDataMismatchError names the folder and
+  the differing fields (`overwrite=True` prepares it again).
+  """
   if name not in BUILDERS:
     raise ValueError(f"unknown dataset {name!r}; one of {sorted(BUILDERS)}")
   kwargs = {"config": config} if config is not None else {}
   # ArrayRecord: the random-access format `tfds.data_source` and Grain read.
   builder = BUILDERS[name](data_dir=data_dir, file_format="array_record", **kwargs)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir))
-  return builder
-
-
-def data_sources(name: str, data_dir: str) -> dict:
-  """{split: random-access ArrayRecord source} of a prepared dataset."""
-  builder = tfds.builder(name, data_dir=data_dir)
-  present = [s for s in SPLITS if s in builder.info.splits]
-  return dict(zip(present, tfds.data_source(name, split=present, data_dir=data_dir,
-                                            download=False)))
-
-
-def grain_dataset(source):
-  """A Grain MapDataset over a TFDS data source, `image`/`audio` as raw bytes."""
-  import grain  # pylint: disable=g-import-not-at-top
-  return grain.MapDataset.source(source)
-
-
-def _text(v) -> str:
-  return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+  return tfds_export.prepare(builder, manual_dir, overwrite)
 
 
 def export_manifest(name: str, data_dir: str, out_dir: str | None = None,
                     log=print) -> str:
-  """Writes the prepared dataset's files and a manifest; returns the manifest path.
-
-  Every split is read with Grain from `tfds.data_source`; the images (and
-  audio) are written byte for byte under `out_dir` (default
-  `data_dir/bmqa_exports/<name>-<version>`), and `manifest.csv` lists them with
-  `mos, scene, split, device, text, audio`. Done once: a later call finds the
-  manifest and the same example count and returns at once.
-  """
-  builder = tfds.builder(name, data_dir=data_dir)
-  info = builder.info
-  tag = name.replace("/", "-").replace(":", "-")
-  out_dir = out_dir or os.path.join(data_dir, "bmqa_exports",
-                                    f"{tag}-{info.version}")
-  path = os.path.join(out_dir, "manifest.csv")
-  stamp = os.path.join(out_dir, "export_info.json")
-  total = sum(info.splits[s].num_examples for s in SPLITS if s in info.splits)
-  want = {"dataset": info.full_name, "examples": total}
-  if os.path.exists(path) and os.path.exists(stamp):
-    with open(stamp) as f:
-      if json.load(f) == want:
-        return path
-  log(f"exporting {info.full_name} ({total} examples) to {out_dir} ...")
-  rows = []
-  for split, source in data_sources(name, data_dir).items():
-    for i, ex in enumerate(grain_dataset(source)):
-      # Names come from the dataset: one that would leave the folder is refused.
-      where = f"{info.full_name}, split {split!r}, example {i}"
-      full = manifest_lib.safe_join(os.path.join(out_dir, "files", split),
-                                    _text(ex["filename"]), where)
-      image = os.path.relpath(full, out_dir)
-      os.makedirs(os.path.dirname(full), exist_ok=True)
-      with open(full, "wb") as f:
-        f.write(ex["image"])
-      audio = ""
-      if _text(ex["audio_filename"]):
-        full = manifest_lib.safe_join(os.path.join(out_dir, "files", split, "audio"),
-                                      _text(ex["audio_filename"]), where)
-        audio = os.path.relpath(full, out_dir)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        with open(full, "wb") as f:
-          f.write(ex["audio"])
-      rows.append(dict(image=image, mos=f"{float(ex['mos']):.6f}",
-                       scene=_text(ex["scene"]), split=split,
-                       device=_text(ex["device"]), text=_text(ex["text"]),
-                       audio=audio))
-  with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-  os.replace(path + ".tmp", path)
-  with open(stamp, "w") as f:
-    json.dump(want, f)
-  return path
+  """`tfds_export.export_manifest` reading through this module's `data_sources`
+  and `grain_dataset` (the builders are registered once this module is imported)."""
+  return tfds_export.export_manifest(name, data_dir, out_dir, log,
+                                     sources_fn=data_sources, read_fn=grain_dataset)

@@ -2,7 +2,7 @@
 
 `launch/repeated_splits.py` trains and evaluates once per seed
 (`bmqa_jax.data.scenes.write_split_manifest`) and reports mean ± std and median
-over the seeds (`metrics.split_statistics`).
+over the seeds (`metrics_report.split_statistics`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ import json
 import os
 from typing import Sequence
 
-from bmqa_jax import metrics
+from bmqa_jax import metrics_report
 from bmqa_jax.bmqa import evaluate
 from bmqa_jax.bmqa import train
 from bmqa_jax.data import datasets
 from bmqa_jax.data import scenes
+from bmqa_jax.experiments import descriptions
+from bmqa_jax.experiments import report
+from bmqa_jax.train_lib import workdir as workdir_lib
 from bmqa_jax.data.scenes import SPLIT_NAMES
 
 def _split_config(cfg, manifest: str, pretrain: str, cache_dir: str):
@@ -29,6 +32,18 @@ def _split_config(cfg, manifest: str, pretrain: str, cache_dir: str):
   return cfg
 
 
+def _config_changed(cfg, sdir: str) -> bool:
+  """Whether the split's workdir was trained with another config than `cfg` would
+  give it now (ignoring the fields a run may change safely)."""
+  man = os.path.join(sdir, "manifest.csv")
+  pre = os.path.join(sdir, "pretrain.csv")
+  scfg = _split_config(cfg, man, pre if os.path.exists(pre) else "",
+                       os.path.join(os.path.dirname(sdir), "feature_cache"))
+  changes = workdir_lib.config_changes(workdir_lib.load_config(sdir), scfg,
+                                       train.default_fields)
+  return any(not workdir_lib.safe_change(k) for k, _, _ in changes)
+
+
 def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
                  fractions: Sequence[float] = (0.8, 0.1, 0.1), log=print) -> dict:
   """Trains and tests `cfg` on `num_splits` scene-wise random splits.
@@ -38,7 +53,7 @@ def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
   training run (resumed when interrupted) and `eval/metrics.json` on the test
   split. A split whose metrics exist is not run again. Writes
   `workdir/repeated_splits.json` (per-split results and
-  `metrics.split_statistics` of the overall metrics) and `repeated_splits.md`.
+  `metrics_report.split_statistics` of the overall metrics) and `repeated_splits.md`.
   """
   if num_splits < 1:
     raise ValueError(f"num_splits must be ≥ 1, got {num_splits}")
@@ -47,10 +62,13 @@ def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
   per_split = {}
   for seed in range(first_seed, first_seed + num_splits):
     sdir = os.path.join(workdir, f"split_{seed:03d}")
-    done = os.path.join(sdir, "eval", "metrics.json")
-    if os.path.exists(done):
+    overall, status = report.own_test_metrics(sdir) if os.path.exists(
+        os.path.join(sdir, "config.json")) else (None, "not started")
+    if overall is not None and not _config_changed(cfg, sdir):
       log(f"[split {seed}] finished earlier, skipping")
     else:
+      if status != "not started":
+        log(f"[split {seed}] {status}: training (resumes) and evaluating again")
       os.makedirs(sdir, exist_ok=True)
       man = os.path.join(sdir, "manifest.csv")
       assign = scenes.write_split_manifest(src, man, seed, fractions)
@@ -61,10 +79,15 @@ def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
       counts = {s: sum(v == s for v in assign.values()) for s in SPLIT_NAMES}
       log(f"[split {seed}] scenes per split: {counts}")
       scfg = _split_config(cfg, man, pre, os.path.join(workdir, "feature_cache"))
-      train.train_and_evaluate(scfg, sdir, log=log)
-      evaluate.evaluate_workdir(sdir, split="test", log=log)
-    with open(done) as f:
-      per_split[seed] = json.load(f)["overall"]
+      describe = descriptions.for_training(scfg, sdir, log)
+      train.train_and_evaluate(scfg, sdir, log=log, describe=describe)
+      evaluate.evaluate_workdir(sdir, split="test", log=log,
+                                text_source=scfg.data.get("text_source", "text"),
+                                describe=describe)
+      overall, status = report.own_test_metrics(sdir)
+      if overall is None:
+        raise RuntimeError(f"[split {seed}] {status}")
+    per_split[seed] = overall
   results = list(per_split.values())
   # Metrics every split reports (older metrics.json files may lack the mapped ones).
   def number(v):
@@ -72,7 +95,7 @@ def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
   keys = [k for k in results[0]
           if all(k in r and (number(r[k]) or r[k] is None) for r in results)
           and any(number(r[k]) for r in results)]
-  stats = metrics.split_statistics(results, keys)
+  stats = metrics_report.split_statistics(results, keys)
   result = {"num_splits": num_splits, "seeds": list(per_split),
             "fractions": list(fractions), "per_split": per_split,
             "statistics": stats}

@@ -9,6 +9,7 @@ numbers beside them (configs/mliq.py and configs/ablation.py set it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Sequence
@@ -53,11 +54,7 @@ def collect(workdirs: Sequence[str]) -> list[dict[str, Any]]:
     with open(cpath) as f:
       cfg = json.load(f)
     ref = cfg.get("paper_ref", "") or ""
-    mpath = os.path.join(w, "eval", "metrics.json")
-    overall = None
-    if os.path.exists(mpath):
-      with open(mpath) as f:
-        overall = json.load(f)["overall"]
+    overall, status = own_test_metrics(w)
     model = cfg["model"]
     towers = []
     if "image" in model["modalities"]:
@@ -66,9 +63,28 @@ def collect(workdirs: Sequence[str]) -> list[dict[str, Any]]:
       towers.append(model["text"]["name"])
     rows.append(dict(run=os.path.basename(os.path.normpath(w)), workdir=w,
                      paper_ref=ref, stages=cfg["stages"], towers="+".join(towers),
-                     metrics=overall, paper=PAPER.get(ref)))
+                     metrics=overall, status=status, paper=PAPER.get(ref)))
   return sorted(rows, key=lambda r: (_ORDER.get(r["paper_ref"], len(_ORDER)),
                                      r["run"]))
+
+
+def own_test_metrics(workdir: str) -> tuple[dict | None, str]:
+  """(overall metrics, 'ok') of workdir/eval/metrics.json when it scored the
+  workdir's current config.json on the run's own data; else (None, why)."""
+  mpath = os.path.join(workdir, "eval", "metrics.json")
+  if not os.path.exists(mpath):
+    return None, "not evaluated"
+  with open(mpath) as f:
+    m = json.load(f)
+  with open(os.path.join(workdir, "config.json"), "rb") as f:
+    sha = hashlib.sha256(f.read()).hexdigest()
+  if m.get("config_sha256", sha) != sha:
+    return None, "stale: config changed since evaluation"
+  if m.get("manifest"):
+    return None, "eval/metrics.json scored another manifest"
+  if m.get("checkpoint", {}).get("finished") is False:
+    return None, "stale: scored an unfinished stage"
+  return m["overall"], "ok"
 
 
 def _f(x) -> str:
@@ -92,7 +108,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
       entry = f"({entry[7:]}) {T2_LABELS[entry[7:]]}"
     elif entry.startswith("table1/"):
       entry = entry[7:]
-    n = m.get("n", "not evaluated") if r["metrics"] is not None else "not evaluated"
+    n = m.get("n", "not evaluated") if r["metrics"] is not None else r.get(
+        "status", "not evaluated")
     lines.append(
         f"| {r['run']} | {entry} | {r['stages']} | {r['towers']} | "
         f"{_f(m.get('plcc'))} | {_f(m.get('srcc'))} | {_f(m.get('rmse'))} | {n} | "

@@ -1,6 +1,6 @@
 """Speech input pipeline: manifest rows -> cached features -> padded batches.
 
-A manifest (DESIGN.md, surface 4) is a CSV or JSONL file with an ``audio``
+A manifest (docs/interfaces.md, Manifest) is a CSV or JSONL file with an ``audio``
 column (path relative to the manifest) and, for training, a ``text`` column
 and a ``split`` column. Batches come from a ``grain.MapDataset`` indexed by
 step, so a resumed run continues with exactly the batch it would have seen.

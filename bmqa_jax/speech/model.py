@@ -121,3 +121,22 @@ class DeepSpeech2(nn.Module):
 def count_params(params) -> int:
   """Number of parameters in a pytree."""
   return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+
+
+def from_config(config) -> DeepSpeech2:
+  """The recogniser a config describes (configs/asr.py: config.model)."""
+  m = config.model
+  return DeepSpeech2(
+      conv_features=tuple(m.conv_features),
+      conv_kernels=tuple(tuple(k) for k in m.conv_kernels),
+      conv_strides=tuple(tuple(s) for s in m.conv_strides),
+      rnn_hidden=m.rnn_hidden, rnn_layers=m.rnn_layers, relu_clip=m.relu_clip,
+      bn_momentum=m.bn_momentum, dropout_rate=m.dropout_rate,
+      rnn_unroll=m.rnn_unroll, dtype=jnp.dtype(m.dtype))
+
+
+def init_variables(model: DeepSpeech2, config, rng) -> dict:
+  """Variables of `model` for features of the config's shortest bucket."""
+  frames = min(config.frame_buckets)
+  return model.init(rng, jnp.zeros((1, frames, config.features.n_mels), jnp.float32),
+                    jnp.array([frames]), train=False)

@@ -60,6 +60,7 @@ class AlexNet(nn.Module):
   dropout_rate: float = 0.5
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'  # CPU convolution: 'auto', 'gemm' or 'xla' (layers.py)
   param_dtype: Dtype = jnp.float32
   levels: Sequence[int] = ()
 
@@ -77,7 +78,7 @@ class AlexNet(nn.Module):
         width, kernel, stride, pad = item
         x = nn.Conv(width, (kernel, kernel), stride, padding=pad, dtype=self.dtype,
                     param_dtype=self.param_dtype, kernel_init=layers.torch_linear_default,
-                    conv_general_dilated=layers.conv_general_dilated_for_backend(),
+                    conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl),
                     name=f'features_{index}')(x)
         x = nn.relu(x)
         index += 2

@@ -27,6 +27,7 @@ class CNBlock(nn.Module):
   stochastic_depth_rate: float
   layer_scale_init: float = 1e-6
   dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'  # CPU convolution: 'auto', 'gemm' or 'xla' (layers.py)
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -36,7 +37,7 @@ class CNBlock(nn.Module):
                               kernel_init=_trunc_normal_002)
     y = nn.Conv(dim, (7, 7), padding=3, feature_group_count=dim, dtype=self.dtype,
                 param_dtype=self.param_dtype, kernel_init=_trunc_normal_002,
-                conv_general_dilated=layers.conv_general_dilated_for_backend(),
+                conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl),
                 name='dwconv')(x)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
                      name='norm')(y)
@@ -65,6 +66,7 @@ class ConvNeXt(nn.Module):
   layer_scale_init: float = 1e-6
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'  # CPU convolution: 'auto', 'gemm' or 'xla' (layers.py)
   param_dtype: Dtype = jnp.float32
   # Stages (0..3, strides 4..32) also returned as ``levels``.
   levels: Sequence[int] = ()
@@ -73,7 +75,7 @@ class ConvNeXt(nn.Module):
   def __call__(self, images, train: bool = False):
     conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
                              kernel_init=_trunc_normal_002, padding='VALID',
-                             conv_general_dilated=layers.conv_general_dilated_for_backend())
+                             conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl))
     norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype,
                              param_dtype=self.param_dtype)
     x = conv(self.widths[0], (4, 4), strides=(4, 4), name='stem_conv')(
@@ -88,7 +90,7 @@ class ConvNeXt(nn.Module):
         x = conv(width, (2, 2), strides=(2, 2), name=f'downsample{i}_conv')(x)
       for j in range(depth):
         rate = self.stochastic_depth_rate * index / max(total - 1, 1)
-        x = CNBlock(rate, self.layer_scale_init, dtype=self.dtype,
+        x = CNBlock(rate, self.layer_scale_init, dtype=self.dtype, conv_impl=self.conv_impl,
                     param_dtype=self.param_dtype, name=f'stage{i}_block{j}')(x, train=train)
         index += 1
       stage_maps.append(x)

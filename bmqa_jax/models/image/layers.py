@@ -5,7 +5,6 @@ convolution with a matrix-multiply weight gradient used on CPU."""
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -199,17 +198,17 @@ def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=Non
   return _conv_gemm_wgrad(lhs, rhs, strides, pads)
 
 
-CONV_WEIGHT_GRAD_ENV = 'BMQA_CONV_WEIGHT_GRAD'
+CONV_IMPLS = ('auto', 'gemm', 'xla')
 
 
-def conv_general_dilated_for_backend():
-  """The convolution for ``nn.Conv(conv_general_dilated=...)``:
-  :func:`cpu_conv_general_dilated` on CPU, XLA's own elsewhere (cuDNN is fast).
-  The environment variable ``BMQA_CONV_WEIGHT_GRAD`` = ``gemm`` / ``xla``
-  overrides the choice (read when the model is traced)."""
-  choice = os.environ.get(CONV_WEIGHT_GRAD_ENV, 'auto')
-  if choice not in ('auto', 'gemm', 'xla'):
-    raise ValueError(f'{CONV_WEIGHT_GRAD_ENV}={choice!r}: expected auto, gemm or xla')
+def conv_general_dilated_for_backend(conv_impl: str = 'auto'):
+  """The convolution for ``nn.Conv(conv_general_dilated=...)``, chosen by the
+  encoder's ``conv_impl`` field (``config.model.conv_impl``): ``'gemm'``
+  :func:`cpu_conv_general_dilated`, ``'xla'`` XLA's own, ``'auto'`` the first on
+  CPU and the second elsewhere (cuDNN is fast)."""
+  choice = conv_impl
+  if choice not in CONV_IMPLS:
+    raise ValueError(f'conv_impl={choice!r}: expected one of {CONV_IMPLS}')
   if choice == 'auto':
     choice = 'gemm' if jax.default_backend() == 'cpu' else 'xla'
   return cpu_conv_general_dilated if choice == 'gemm' else None

@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bmqa_jax import pytree
+
 
 @dataclasses.dataclass(frozen=True)
 class Package:
@@ -189,12 +191,6 @@ def resolve(name: str, init: str, log=print) -> str:
   return out
 
 
-def param_paths(tree) -> dict:
-  """'module/sub/param' → leaf, for a nested dict of arrays."""
-  return {"/".join(str(k.key) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def load_into(path: str, variables: dict) -> dict:
   """Puts converted image-tower weights (launch/convert_weights.py) into the model."""
   restored = ocp.StandardCheckpointer().restore(os.path.abspath(path))
@@ -207,7 +203,7 @@ def load_into(path: str, variables: dict) -> dict:
     if have is None or new is None:
       raise ValueError(f"image init {path!r}: collection {col!r} is present in "
                        f"{'the checkpoint' if new is not None else 'the model'} only")
-    want, got = param_paths(have), param_paths(new)
+    want, got = pytree.param_paths(have), pytree.param_paths(new)
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     shapes = [f"{k}: model {want[k].shape} vs file {np.shape(got[k])}"
               for k in set(want) & set(got) if tuple(want[k].shape) != np.shape(got[k])]

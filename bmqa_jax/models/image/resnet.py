@@ -98,6 +98,7 @@ class ResNet(nn.Module):
   stem_width: int = 64
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'  # CPU convolution: 'auto', 'gemm' or 'xla' (layers.py)
   param_dtype: Dtype = jnp.float32
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
@@ -109,7 +110,7 @@ class ResNet(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype,
                              kernel_init=layers.kaiming_normal_fan_out,
-                             conv_general_dilated=layers.conv_general_dilated_for_backend())
+                             conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl))
     norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon, dtype=self.dtype,
                              param_dtype=self.param_dtype)

@@ -76,6 +76,7 @@ class VGG(nn.Module):
   dropout_rate: float = 0.5
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'  # CPU convolution: 'auto', 'gemm' or 'xla' (layers.py)
   param_dtype: Dtype = jnp.float32
   levels: Sequence[int] = ()
 
@@ -92,7 +93,7 @@ class VGG(nn.Module):
       else:
         x = nn.Conv(item, (3, 3), padding=1, dtype=self.dtype, param_dtype=self.param_dtype,
                     kernel_init=layers.kaiming_normal_fan_out,
-                    conv_general_dilated=layers.conv_general_dilated_for_backend(),
+                    conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl),
                     name=f'features_{index}')(x)
         x = nn.relu(x)
         index += 2

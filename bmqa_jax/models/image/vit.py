@@ -97,6 +97,7 @@ class VisionTransformer(nn.Module):
   attention_dropout_rate: float = 0.0
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'  # CPU convolution: 'auto', 'gemm' or 'xla' (layers.py)
   param_dtype: Dtype = jnp.float32
   # Encoder layers (0..num_layers-1) whose output tokens are also returned as
   # ``levels`` (before the final LayerNorm, class token first).
@@ -117,7 +118,7 @@ class VisionTransformer(nn.Module):
     x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding='VALID',
                 dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=nn.initializers.truncated_normal(math.sqrt(1 / fan_in)),
-                conv_general_dilated=layers.conv_general_dilated_for_backend(),
+                conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl),
                 name='conv_proj')(jnp.asarray(images, self.dtype))
     x = x.reshape(b, -1, self.hidden_dim)
     cls = self.param('class_token', nn.initializers.zeros,

