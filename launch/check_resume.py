@@ -3,13 +3,11 @@ r"""Kills training at random moments and checks that resuming gives the same wei
   python launch/check_resume.py --config=configs/quickstart.py:tiny=True,modalities=image \
       --kills=20 --workdir=/tmp/resume_check
 
-Trains once without interruption (WORKDIR/reference); then starts the same
-training in WORKDIR/killed, SIGKILLs it after a random time (uniform in
-[--min_s, --max_s]: start-up, compilation, steps and checkpoint writes alike)
---kills times, runs it to the end, and compares every weight of the two final
-checkpoints. Prints the moments, the step each kill had reached, and the
-largest difference (0 expected: the grain iterator and the step's random keys
-are restored exactly).
+Trains once without interruption (WORKDIR/reference, T seconds); then starts
+the same training in WORKDIR/killed and SIGKILLs it after a random time
+(uniform in [--min_s, --max_s], default [0.15 T, 0.45 T]: start-up,
+compilation, steps, checkpoint writes) --kills times, runs it to the end and
+compares the final weights (0 expected: batches, keys are functions of the step).
 """
 
 import os
@@ -30,10 +28,9 @@ from bmqa_jax.train_lib import checkpoint
 _CONFIG = flags.DEFINE_string("config", None, "Config file[:args] for launch/train.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where both runs go.")
 _KILLS = flags.DEFINE_integer("kills", 20, "How many times to kill the run.")
-_MIN_S = flags.DEFINE_float("min_s", 2.0, "Shortest time before a kill.")
-_MAX_S = flags.DEFINE_float("max_s", 25.0, "Longest time before a kill.")
+_MIN_S = flags.DEFINE_float("min_s", 0, "Shortest time before a kill (0: 0.15 T).")
+_MAX_S = flags.DEFINE_float("max_s", 0, "Longest time before a kill (0: 0.45 T).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill moments.")
-flags.mark_flags_as_required(["config", "workdir"])
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 
 
@@ -44,13 +41,13 @@ def _train(workdir, extra, timeout=None):
     return proc.wait(timeout=timeout)
   except subprocess.TimeoutExpired:
     proc.send_signal(signal.SIGKILL)
-    return proc.wait()
+  return proc.wait()
 
 
 def _latest(workdir):
   root = os.path.join(workdir, "checkpoints")
-  stages = sorted(os.listdir(root)) if os.path.isdir(root) else []
-  return {s: checkpoint.latest_step(os.path.join(root, s)) for s in stages}
+  return {s: checkpoint.latest_step(os.path.join(root, s))
+          for s in (sorted(os.listdir(root)) if os.path.isdir(root) else [])}
 
 
 def main(argv):
@@ -59,9 +56,11 @@ def main(argv):
   ref, killed = (os.path.join(_WORKDIR.value, n) for n in ("reference", "killed"))
   rng, t0 = random.Random(_SEED.value), time.time()
   assert _train(ref, extra) == 0, "the uninterrupted run failed"
-  print(f"reference run: {time.time() - t0:.0f} s, checkpoints {_latest(ref)}")
+  t_ref = time.time() - t0
+  print(f"reference run: {t_ref:.0f} s, checkpoints {_latest(ref)}")
+  lo, hi = _MIN_S.value or 0.15 * t_ref, _MAX_S.value or 0.45 * t_ref
   for k in range(_KILLS.value):
-    wait = rng.uniform(_MIN_S.value, _MAX_S.value)
+    wait = rng.uniform(lo, hi)
     rc = _train(killed, extra, timeout=wait)
     print(f"kill {k + 1:2d} after {wait:5.1f} s: rc {rc}, checkpoints {_latest(killed)}")
   assert _train(killed, extra) == 0, "the resumed run failed"
@@ -76,4 +75,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

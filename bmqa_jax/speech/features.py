@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -115,9 +116,15 @@ def cached_features(paths: list[str], cache_dir: str | None, feature_kwargs: dic
     if progress and (i + 1) % 100 == 0:
       progress(f"features {i + 1}/{len(paths)}")
   cache = FeatureCache.build(arrays)
-  if cache_file:
+  if cache_file:  # a unique temporary name: concurrent writers never collide
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = cache_file + ".tmp.npz"
-    np.savez(tmp, features=cache.features, offsets=cache.offsets)
-    os.replace(tmp, cache_file)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp.npz")
+    try:
+      with os.fdopen(fd, "wb") as f:
+        np.savez(f, features=cache.features, offsets=cache.offsets)
+      os.replace(tmp, cache_file)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
   return cache

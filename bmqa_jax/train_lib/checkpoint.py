@@ -40,11 +40,18 @@ def manager(directory: str, keep: int | None = None) -> ocp.CheckpointManager:
       item_names=ITEMS)
 
 
+def _reader(directory: str, item_names=None) -> ocp.CheckpointManager:
+  """A manager that only reads: it creates nothing, so that processes of a
+  cluster that open it need not meet at orbax's directory-creation barrier."""
+  return ocp.CheckpointManager(os.path.abspath(directory), item_names=item_names,
+                               options=ocp.CheckpointManagerOptions(create=False))
+
+
 def latest_step(directory: str) -> int | None:
   """The last complete step saved in `directory` (None: none, or no directory)."""
   if not os.path.isdir(directory):
     return None
-  return ocp.CheckpointManager(os.path.abspath(directory)).latest_step()
+  return _reader(directory).latest_step()
 
 
 def abstract(tree, shard):
@@ -85,10 +92,10 @@ def restore(directory: str, step: int, abstract_state):
     if item == _LEGACY_ITEM:  # flax.serialization's state dict of the train state
       target = flax.serialization.to_state_dict(abstract_state)
       state = flax.serialization.from_state_dict(
-          abstract_state, ocp.CheckpointManager(directory).restore(
+          abstract_state, _reader(directory).restore(
               step, args=ocp.args.StandardRestore(target)))
     else:
-      state = ocp.CheckpointManager(directory, item_names=ITEMS).restore(
+      state = _reader(directory, ITEMS).restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
               abstract_state)))["state"]
   except (ValueError, KeyError, TypeError) as e:
@@ -110,7 +117,7 @@ def load_weights(directory: str, abstract_weights=None, step: int | None = None,
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {directory}")
   item = _item(directory, step)
-  mngr = ocp.CheckpointManager(directory, item_names=(item,))
+  mngr = _reader(directory, (item,))
   try:
     if abstract_weights is None:
       meta = ocp.PyTreeCheckpointHandler().metadata(
