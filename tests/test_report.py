@@ -70,3 +70,32 @@ def test_runs_without_paper_entry(tmp_path):
   table = report.markdown(report.collect([w]))
   assert table.startswith("### BMQA runs")
   assert "| other | – | pt,ss,st | resnet18+lstm | 0.5000 |" in table
+
+
+def test_report_reads_only_metrics_of_the_workdirs_config(tmp_path):
+  """A metrics.json scored under another config, of another manifest, or of an
+  unfinished stage is not a result of this run (issue 11 item 9)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.experiments import report  # pylint: disable=g-import-not-at-top
+  w = tmp_path / "run"
+  (w / "eval").mkdir(parents=True)
+  cfg = {"stages": "st", "paper_ref": "", "model": {"modalities": ["image"],
+                                                     "image": {"name": "resnet50"}}}
+  (w / "config.json").write_text(json.dumps(cfg))
+  sha = hashlib.sha256((w / "config.json").read_bytes()).hexdigest()
+  overall = {"plcc": 0.9, "srcc": 0.8, "rmse": 0.1, "n": 10}
+
+  def status(**extra):
+    (w / "eval" / "metrics.json").write_text(json.dumps(dict(overall=overall, **extra)))
+    return report.own_test_metrics(str(w))
+
+  assert status(config_sha256=sha) == (overall, "ok")
+  assert status(config_sha256="0" * 64)[0] is None
+  assert "stale" in status(config_sha256="0" * 64)[1]
+  assert status(config_sha256=sha, manifest="/other.csv")[0] is None
+  assert status(config_sha256=sha, checkpoint={"finished": False})[0] is None
+  (w / "eval" / "metrics.json").write_text(json.dumps(dict(overall=overall,
+                                                           config_sha256="1" * 64)))
+  (row,) = report.collect([str(w)])
+  assert row["metrics"] is None and "stale" in report.markdown([row])

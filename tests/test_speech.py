@@ -189,6 +189,15 @@ def test_train_resume_and_transcribe(tmp_path, monkeypatch):
   assert len(written) == 6 and "text_reference" in written[0]
   assert written[0]["audio"] == os.path.join("..", "0.wav")
   assert [r["text"] for r in written] == [r["text"] for r in rows]
+  # JSONL stays JSONL; the input manifest is never the output.
+  out_jsonl = str(tmp_path / "out" / "t.jsonl")
+  infer.transcribe_manifest(workdir, manifest, out_jsonl)
+  with open(out_jsonl) as f:
+    assert [json.loads(l)["text"] for l in f] == [r["text"] for r in rows]
+  before = open(manifest).read()
+  with pytest.raises(ValueError, match="is the input manifest"):
+    infer.transcribe_manifest(workdir, manifest, manifest)
+  assert open(manifest).read() == before
 
 
 def test_ctc_jiwer_metrics():

@@ -95,3 +95,20 @@ def test_unknown_optimizer_and_schedule_are_refused():
     optim.make_schedule(mlc.ConfigDict(dict(learning_rate=1.0, schedule="x")), 10, 0)
   with pytest.raises(ValueError, match="unknown optimizer"):
     optim.make_optimizer(mlc.ConfigDict(dict(optimizer="lamb")), 1.0)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+  """A full disk mid-write (the transcripts of issue 11 item 8: 12 of 41 lines)
+  leaves the previous file whole and no temporary file behind."""
+  import errno  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.train_lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "out.csv"
+  path.write_text("old,complete\n")
+
+  def full(_):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(os, "fsync", full)
+  with pytest.raises(OSError, match="No space"):
+    workdir_lib.atomic_write(str(path), "new\n" * 1000)
+  assert path.read_text() == "old,complete\n"
+  assert os.listdir(tmp_path) == ["out.csv"]

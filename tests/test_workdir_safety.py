@@ -215,6 +215,14 @@ def test_non_finite_step_raises_and_saves_nothing_non_finite(data_dir, tmp_path)
   with pytest.raises(FloatingPointError):
     train.train_and_evaluate(c, str(tmp_path), log=logs.append, progress=False)
   assert f"[st] resumed at step {max(steps)}/5" in logs
+  # Its last stage never finished: evaluation refuses it unless asked.
+  from bmqa_jax.bmqa import evaluate  # pylint: disable=g-import-not-at-top
+  with pytest.raises(evaluate.UnfinishedStageError, match="stage st .* has not finished"):
+    evaluate.evaluate_workdir(str(tmp_path), log=lambda *_: None)
+  assert not (tmp_path / "eval").exists()
+  res = evaluate.evaluate_workdir(str(tmp_path), log=lambda *_: None,
+                                  allow_unfinished=True)
+  assert res["checkpoint"] == {"stage": "st", "step": max(steps), "finished": False}
 
 
 # --- evaluation records what it scored ------------------------------------------
