@@ -156,27 +156,6 @@ def initialize_distributed(coordinator: str | None = None,
       f"{jax.local_device_count()} local of {jax.device_count()} devices")
 
 
-def define_cluster_flags() -> None:
-  """absl flags of every training and evaluation launcher: --multihost (the
-  cluster from SLURM / Cloud TPU variables) or --coordinator, --num_processes,
-  --process_id (any other scheduler)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with the "
-                    "cluster read from SLURM or Cloud TPU variables.")
-  flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (with "
-                      "--num_processes and --process_id): a cluster of any scheduler.")
-  flags.DEFINE_integer("num_processes", None, "Processes of the job (--coordinator).")
-  flags.DEFINE_integer("process_id", None, "This process's index (--coordinator).")
-
-
-def initialize_from_flags(log=print) -> None:
-  """Starts the cluster when `define_cluster_flags`'s flags ask for one."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  f = flags.FLAGS
-  if f.coordinator or f.multihost:
-    initialize_distributed(f.coordinator, f.num_processes, f.process_id, log)
-
-
 def to_host(tree):
   """Numpy copies of (global) arrays on every process: gathered across
   processes when an array spans several (`multihost_utils.process_allgather`)."""

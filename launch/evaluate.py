@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from bmqa_jax import sharding
+from bmqa_jax import runtime
 from bmqa_jax.bmqa import evaluate
 from bmqa_jax.experiments import descriptions
 
@@ -40,13 +40,13 @@ _TEXT_SOURCE = flags.DEFINE_enum("text_source", None, ["text", "audio", "caption
 _ALLOW_UNFINISHED = flags.DEFINE_bool("allow_unfinished", False, "Score the latest "
                                       "checkpoint even if the last stage has not "
                                       "finished.")
-sharding.define_cluster_flags()
+runtime.define_flags()
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   del argv
-  sharding.initialize_from_flags()
+  runtime.start()
   logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
   source, describe = descriptions.for_evaluation(
       _WORKDIR.value, _TEXT_SOURCE.value, _CAPTIONER.value, _ASR.value)

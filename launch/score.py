@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from bmqa_jax import runtime
 from bmqa_jax.bmqa import scoring
 
 _WORKDIR = flags.DEFINE_string("workdir", "", "A training workdir (default: the "
@@ -32,10 +33,12 @@ _VIEW = flags.DEFINE_enum("view", "auto", ["auto", "center", "tiles"], "'auto': 
 _TILE_SHORT_SIDE = flags.DEFINE_integer("tile_short_side", 512, "With --view=tiles, "
                                         "the image is resized to this short side.")
 _OUT = flags.DEFINE_string("out", "", "Also write the scores to a .csv or .json.")
+runtime.define_flags(cluster=False)
 
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)
+  runtime.start()
   if len(argv) < 2:
     raise app.UsageError("give image files, folders or glob patterns")
   if not _WORKDIR.value:

@@ -22,7 +22,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from bmqa_jax import sharding
+from bmqa_jax import runtime
 from bmqa_jax.bmqa import train
 from bmqa_jax.experiments import descriptions
 
@@ -39,14 +39,14 @@ _CONFIG_CHANGE = flags.DEFINE_enum(
     "bmqa_jax.train_lib.workdir.SAFE_CONFIG_CHANGES): 'refuse' (stop with the changed "
     "fields) or 'allow' (continue with the new config, recorded in "
     "config_changes.jsonl).")
-sharding.define_cluster_flags()
+runtime.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
-  sharding.initialize_from_flags()
+  runtime.start()
   cfg, workdir = _CONFIG.value, _WORKDIR.value
   describe = descriptions.for_training(cfg, workdir)
   if _DRY_RUN.value:

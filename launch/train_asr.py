@@ -8,18 +8,18 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from bmqa_jax import sharding
+from bmqa_jax import runtime
 from bmqa_jax.speech import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ASR config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (resumed when it has checkpoints).")
-sharding.define_cluster_flags()
+runtime.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
-  sharding.initialize_from_flags()
+  runtime.start()
   config = _CONFIG.value
   metrics = train.train_and_evaluate(config, _WORKDIR.value)
   logging.info("done: %s", metrics)
