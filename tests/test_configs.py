@@ -38,7 +38,6 @@ from bmqa_jax.bmqa import train
 from bmqa_jax.bmqa import stage as stage_lib
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import optim
-from bmqa_jax.bmqa import model as bmqa
 from bmqa_jax.models import image
 import configs
 from configs import ablation

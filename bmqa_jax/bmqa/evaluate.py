@@ -11,9 +11,7 @@ Scores are on the MOS scale of the training data, higher is better.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 from typing import Callable, Sequence
@@ -233,13 +231,9 @@ def write_outputs(out_dir: str, result: dict, samples: Sequence, preds) -> None:
             "(n/c: the fit did not converge). RMSE is on the MOS scale. "
             "![scatter](scatter.png)\n")
   _atomic_write(os.path.join(out_dir, "report.md"), report)
-  with open(os.path.join(out_dir, "predictions.csv.tmp"), "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["image", "device", "mos", "prediction"])
-    for s, p in zip(samples, preds):
-      w.writerow([s.image, s.device, s.mos, f"{p:.5f}"])
-  os.replace(os.path.join(out_dir, "predictions.csv.tmp"),
-             os.path.join(out_dir, "predictions.csv"))
+  _atomic_write_csv(os.path.join(out_dir, "predictions.csv"),
+                    [["image", "device", "mos", "prediction"]] +
+                    [[s.image, s.device, s.mos, f"{p:.5f}"] for s, p in zip(samples, preds)])
   scatter(os.path.join(out_dir, "scatter.png"), samples, preds, result["overall"])
 
 
@@ -268,11 +262,9 @@ def scatter(path: str, samples, preds, overall: dict) -> None:
 
 def write_descriptions(path: str, samples: Sequence, source: str) -> None:
   """The generated descriptions a model was scored with: image, audio, text, source."""
-  rows = [["image", "audio", "text", "source"]] + [
-      [s.image, s.audio, s.text, source] for s in samples]
-  buf = io.StringIO()
-  csv.writer(buf).writerows(rows)
-  _atomic_write(path, buf.getvalue())
+  workdir_lib.atomic_write_csv(path, [["image", "audio", "text", "source"]] + [
+      [s.image, s.audio, s.text, source] for s in samples])
 
 
 _atomic_write = workdir_lib.atomic_write
+_atomic_write_csv = workdir_lib.atomic_write_csv

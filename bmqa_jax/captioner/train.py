@@ -14,8 +14,6 @@ evaluation split, written to ``workdir/eval/captioner_metrics.json`` and
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 
@@ -164,12 +162,9 @@ def _train_and_evaluate(config, workdir: str, log, progress: bool) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     workdir_lib.atomic_write(os.path.join(out_dir, "captioner_metrics.json"),
                              json.dumps(metrics, indent=1))
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["image", "reference", "greedy", "beam"])
-    for s, g, b in captions:
-      w.writerow([s.image, s.text, g, b])
-    workdir_lib.atomic_write(os.path.join(out_dir, "captions.csv"), buf.getvalue())
+    workdir_lib.atomic_write_csv(
+        os.path.join(out_dir, "captions.csv"), [["image", "reference", "greedy", "beam"]]
+        + [[s.image, s.text, g, b] for s, g, b in captions])
   return metrics
 
 

@@ -12,8 +12,6 @@ transcripts of the eval split, written to ``workdir/eval/asr_metrics.json`` and
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import time
@@ -207,10 +205,8 @@ def _train_and_evaluate(config, workdir: str, progress: bool) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     workdir_lib.atomic_write(os.path.join(out_dir, "asr_metrics.json"),
                              json.dumps(metrics, indent=2))
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["audio", "reference", "greedy", "beam"])
-    for row, r, g, b in zip(eval_rows, refs, greedy, beam):
-      w.writerow([row["audio"], r, g, b])
-    workdir_lib.atomic_write(os.path.join(out_dir, "asr_transcripts.csv"), buf.getvalue())
+    workdir_lib.atomic_write_csv(
+        os.path.join(out_dir, "asr_transcripts.csv"),
+        [["audio", "reference", "greedy", "beam"]] + [
+            [row["audio"], r, g, b] for row, r, g, b in zip(eval_rows, refs, greedy, beam)])
   return metrics

@@ -12,7 +12,9 @@ multi-host run only process 0 writes shared files.
 from __future__ import annotations
 
 import contextlib
+import csv
 import fnmatch
+import io
 import json
 import os
 import socket
@@ -239,6 +241,13 @@ def atomic_write(path: str, text: str) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def atomic_write_csv(path: str, rows) -> None:
+  """Writes `rows` (the header first) as CSV through `atomic_write`."""
+  buf = io.StringIO()
+  csv.writer(buf).writerows(rows)
+  atomic_write(path, buf.getvalue())
 
 
 def load_config(workdir: str, filename: str = CONFIG_FILE) -> mlc.ConfigDict:

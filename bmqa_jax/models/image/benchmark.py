@@ -1,20 +1,5 @@
-"""Image-encoder speed, Flax against the PyTorch reference in the same run.
-
-`launch/benchmark.py` prints the table. For each encoder and mode it times, after ``--warmup`` untimed steps
-(compilation included there), ``--steps`` steps of
-
-* ``train``: forward in training mode (BatchNorm batch statistics, dropout and
-  stochastic depth on), softmax cross-entropy on a 1000-class head, backward,
-  SGD-with-momentum update — one ``jax.jit`` with the state donated, and the
-  same in PyTorch (``model.train()``, ``torch.optim.SGD``);
-* ``infer``: the eval-mode forward (``torch.inference_mode`` for PyTorch),
-
-and prints images/s for both and the ratio (Flax / PyTorch; > 1: Flax is faster).
-``--json FILE`` writes ``[{"model", "mode", "batch", "jax_img_s", "torch_img_s",
-"ratio"}]``. torch is imported lazily; with ``--notorch`` only Flax is timed.
-Compute dtype: ``--dtype=bfloat16`` (Flax activations; PyTorch autocast on GPU).
-XLA options are set through the ``XLA_FLAGS`` environment variable.
-"""
+"""Timings of one image encoder, Flax and its PyTorch reference, for
+`launch/benchmark.py` (its docstring says what is timed and how)."""
 
 from __future__ import annotations
 
