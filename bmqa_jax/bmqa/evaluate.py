@@ -222,18 +222,18 @@ def format_table(result: dict) -> str:
 
 def write_outputs(out_dir: str, result: dict, samples: Sequence, preds) -> None:
   os.makedirs(out_dir, exist_ok=True)
-  _atomic_write(os.path.join(out_dir, "metrics.json"),
-                json.dumps(result, indent=1, default=float))
+  workdir_lib.atomic_write(os.path.join(out_dir, "metrics.json"),
+                           json.dumps(result, indent=1, default=float))
   report = (f"# BMQA evaluation\n\nDataset: {result['dataset']}\n\n"
             f"Workdir: {result['workdir']}\n\n{format_table(result)}\n\n"
             "SRCC/KRCC and raw PLCC/RMSE on the predictions as they are; "
             "PLCC/RMSE L4 and L5 after the 4- and 5-parameter logistic mapping "
             "(n/c: the fit did not converge). RMSE is on the MOS scale. "
             "![scatter](scatter.png)\n")
-  _atomic_write(os.path.join(out_dir, "report.md"), report)
-  _atomic_write_csv(os.path.join(out_dir, "predictions.csv"),
-                    [["image", "device", "mos", "prediction"]] +
-                    [[s.image, s.device, s.mos, f"{p:.5f}"] for s, p in zip(samples, preds)])
+  workdir_lib.atomic_write(os.path.join(out_dir, "report.md"), report)
+  workdir_lib.atomic_write_csv(
+      os.path.join(out_dir, "predictions.csv"), [["image", "device", "mos", "prediction"]]
+      + [[s.image, s.device, s.mos, f"{p:.5f}"] for s, p in zip(samples, preds)])
   scatter(os.path.join(out_dir, "scatter.png"), samples, preds, result["overall"])
 
 
@@ -265,6 +265,3 @@ def write_descriptions(path: str, samples: Sequence, source: str) -> None:
   workdir_lib.atomic_write_csv(path, [["image", "audio", "text", "source"]] + [
       [s.image, s.audio, s.text, source] for s in samples])
 
-
-_atomic_write = workdir_lib.atomic_write
-_atomic_write_csv = workdir_lib.atomic_write_csv

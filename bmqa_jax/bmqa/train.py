@@ -205,10 +205,6 @@ def _log_params(plan, log) -> None:
       f"({plan.steps_per_epoch} steps/epoch)")
 
 
-def load_config(workdir: str) -> mlc.ConfigDict:
-  return workdir_lib.load_config(workdir)
-
-
 def dry_run(cfg: mlc.ConfigDict, workdir: str, log=print,
             describe: Callable | None = None) -> dict[str, dict[str, int]]:
   """Plans every stage and reads one batch of its data; prints counts and shapes.

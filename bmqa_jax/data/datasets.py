@@ -32,11 +32,16 @@ def manifest_paths(cfg: mlc.ConfigDict, log=print) -> tuple[str, str]:
   if cfg.data.kind == "builtin":
     out = builtin_dir(cfg)
     args = builtin.BuildArgs(**{k: v for k, v in cfg.data.builtin.items()})
-    if not os.path.exists(os.path.join(out, "dataset_info.json")):
-      log(f"building the built-in dataset in {out} ...")
-    # Process 0 builds (or checks) the folder; then every process reads it.
-    sharding.on_process_zero(lambda: builtin.build(out, args, log=log), "builtin_data")
-    path = builtin.build(out, args, log=log)
+
+    def build():
+      if not os.path.exists(os.path.join(out, "dataset_info.json")):
+        log(f"building the built-in dataset in {out} ...")
+      return builtin.build(out, args, log=log)
+
+    # Process 0 builds (or checks) the folder; then the others check and read it.
+    path = sharding.on_process_zero(build, "builtin_data")
+    if path is None:
+      path = builtin.build(out, args, log=log)
     return path, os.path.join(out, "pretrain.csv")
   if cfg.data.kind == "manifest":
     if not cfg.data.manifest:
@@ -145,11 +150,16 @@ def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=print,
       texts = [s.text for s in train_rows]
     elif not os.path.exists(tok_path):
       raise ValueError(f"no tokenizer in {workdir} and no training split loaded")
-    if not os.path.exists(tok_path):
-      log(f"training the tokenizer on {len(texts)} training descriptions")
-    sharding.on_process_zero(lambda: tokenizer_lib.load_or_train(
-        tok_path, texts, cfg.tokenizer.vocab_size), "tokenizer")  # process 0 writes it
-    tok = tokenizer_lib.load_or_train(tok_path, texts, cfg.tokenizer.vocab_size)
+
+    def train_or_check():
+      if not os.path.exists(tok_path):
+        log(f"training the tokenizer on {len(texts)} training descriptions")
+      return tokenizer_lib.load_or_train(tok_path, texts, cfg.tokenizer.vocab_size)
+
+    # Process 0 trains (or checks) and writes it; then the others check and load it.
+    tok = sharding.on_process_zero(train_or_check, "tokenizer")
+    if tok is None:
+      tok = tokenizer_lib.load_or_train(tok_path, texts, cfg.tokenizer.vocab_size)
     all_texts = [s.text for ss in out.values() for s in ss]
     tok.encode(all_texts, cfg.input.max_text_len)
     if tok.truncated:
