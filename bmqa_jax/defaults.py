@@ -158,7 +158,14 @@ def base_config() -> mlc.ConfigDict:
       max_text_len=48, workers=0, prefetch=2,
       # Bound on a decoded image's pixels, checked from its header before decoding
       # (a 140 KB PNG can declare 12000×12000); 0: no bound.
-      max_pixels=100_000_000))
+      max_pixels=100_000_000,
+      # Where the images come from (bmqa_jax/data/prepared.py): 'prepared' decodes
+      # each image of a split once into a uint8 store under prepared_dir
+      # ('' = workdir/prepared); 'jpeg' decodes each file in every epoch; 'auto'
+      # prepares a split whose decoded size is under prepared_max_gb.
+      # prepare_short_side > 0 (mode 'resize' only) stores images resized to that
+      # short side (never upscaled); 0 keeps the decoded pixels exactly.
+      store="auto", prepared_max_gb=4.0, prepare_short_side=0, prepared_dir=""))
   c.tokenizer = mlc.ConfigDict(dict(vocab_size=1000))
 
   c.model = mlc.ConfigDict()

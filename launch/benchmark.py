@@ -11,19 +11,22 @@ For each encoder and mode it times, after ``--warmup`` untimed steps
   same in PyTorch (``model.train()``, ``torch.optim.SGD``);
 * ``infer``: the eval-mode forward (``torch.inference_mode`` for PyTorch),
 
-and prints images/s for both and the ratio (Flax / PyTorch; > 1: Flax is faster).
-``--json FILE`` writes ``[{"model", "mode", "batch", "jax_img_s", "torch_img_s",
-"ratio"}]``. torch is imported lazily; with ``--notorch`` only Flax is timed.
+and prints images/s for both, the ratio (Flax / PyTorch; > 1: Flax is faster)
+and Flax's first step (compilation included). ``--json FILE`` writes
+``[{"model", "mode", "batch", "jax_first_step_s", "jax_img_s", "torch_img_s", "ratio"}]``. torch is imported lazily; with ``--notorch`` only Flax is timed.
 Compute dtype: ``--dtype=bfloat16`` (Flax activations; PyTorch autocast on GPU).
-XLA options are set through the ``XLA_FLAGS`` environment variable.
+XLA options are set through the ``XLA_FLAGS`` environment variable; ``--nocpu_kernels``
+keeps XLA:CPU's default kernel libraries (``bmqa_jax.runtime.tune_cpu``).
 """
 
 import json
+import os
 
 from absl import app
 from absl import flags
 import jax
 
+from bmqa_jax import runtime
 from bmqa_jax.models.image import benchmark
 
 _MODELS = flags.DEFINE_list('models', ['resnet50', 'vit_b32', 'convnext_base',
@@ -39,19 +42,25 @@ _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classifier size.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 _TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch reference.')
 _TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads (0: default).')
+_CONV = flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'gemm', 'xla'],
+                          'Flax CPU convolution (config.model.conv_impl).')
 _JSON = flags.DEFINE_string('json', None, 'Write the results here as JSON.')
+runtime.define_flags(cluster=False)
 
 
 def main(argv):
   del argv
+  runtime.start()
   batch, size = _BATCH.value, _IMAGE_SIZE.value
   o = benchmark.Options(dtype=_DTYPE.value, num_classes=_NUM_CLASSES.value,
                         learning_rate=_LR.value, momentum=_MOMENTUM.value,
                         steps=_STEPS.value, warmup=_WARMUP.value,
-                        torch_threads=_TORCH_THREADS.value)
-  print(f'JAX devices: {jax.devices()}  dtype={_DTYPE.value} batch={batch} size={size}')
-  print('| model | mode | batch | Flax img/s | PyTorch img/s | ratio |')
-  print('|---|---|---:|---:|---:|---:|')
+                        torch_threads=_TORCH_THREADS.value,
+                        conv_impl=_CONV.value)
+  print(f'JAX devices: {jax.devices()}  dtype={_DTYPE.value} batch={batch} size={size} '
+        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
+  print('| model | mode | batch | Flax img/s | PyTorch img/s | ratio | Flax first step s |')
+  print('|---|---|---:|---:|---:|---:|---:|')
   rows = []
   fmt = lambda v: '–' if v is None else f'{v:.2f}'  # noqa: E731
   for name in _MODELS.value:
@@ -59,7 +68,8 @@ def main(argv):
       r = benchmark.row(name, mode, batch, size, o, _TORCH.value)
       rows.append(r)
       print(f"| {name} | {mode} | {batch} | {fmt(r['jax_img_s'])} | "
-            f"{fmt(r['torch_img_s'])} | {fmt(r['ratio'])} |", flush=True)
+            f"{fmt(r['torch_img_s'])} | {fmt(r['ratio'])} | {fmt(r['jax_first_step_s'])} |",
+            flush=True)
       if _JSON.value:  # rewritten after every row: a cut-off run keeps what it measured
         with open(_JSON.value, 'w') as f:
           json.dump(rows, f, indent=1)

@@ -1,5 +1,5 @@
 """launch/benchmark_train.py measures each stage on the plan training runs and
-writes the figures as JSON (issue 13 item 3)."""
+writes the figures as JSON (issue 13 items 1 and 3)."""
 
 import json
 import os
@@ -26,5 +26,11 @@ def test_benchmark_train_reports_every_stage(tmp_path):
               "peak_host_mb", "first_step_s"):
       assert r[k] > 0, (r["stage"], k)
     assert 0 < r["e2e_of_ceiling"] <= 1.5  # noisy, but the same order
-  assert rows[-1]["workers"] == 0 and rows[-1]["pipeline_images_per_s"] > 0
+    assert r["store"] == "prepared" and r["store_gb"] > 0 and r["store_build_s"] >= 0
+    # The pipeline alone on each store, per worker count (0: one core).
+    assert [(i["store"], i["workers"], i["cores"]) for i in r["inputs"]] == [
+        ("jpeg", 0, 1), ("prepared", 0, 1)]
+    for i in r["inputs"]:
+      assert i["images_per_s"] > 0 and i["images_per_s_per_core"] == i["images_per_s"]
+  assert [r["store_reused"] for r in stages] == [False, True]  # both read 'train'
   assert "stage  ss" in proc.stdout and "stage  st" in proc.stdout

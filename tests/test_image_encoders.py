@@ -4,6 +4,7 @@ references is in test_image_parity.py."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -175,6 +176,8 @@ def test_paper_model_output_shapes_at_224(name, width, tokens):
     (8, 4, 6, 1, 2, ((0, 0), (0, 0)), 1),            # downsample 1×1/2
     (9, 6, 6, 5, 2, 'SAME', 6),                      # EfficientNet depthwise, TF padding
     (8, 6, 6, 7, 1, ((3, 3), (3, 3)), 6),            # ConvNeXt depthwise
+    (8, 5, 5, 3, 2, ((0, 1), (0, 1)), 5),            # depthwise/2, uneven padding
+    (10, 4, 4, 5, 2, ((2, 2), (2, 2)), 4),           # depthwise/2, a row never read
     (16, 3, 8, 4, 4, 'VALID', 1),                    # patchify stem (ViT, ConvNeXt)
 ])
 def test_cpu_convolution_and_gradients_equal_xla(size, channels, out, kernel, stride, padding, groups):
@@ -197,3 +200,25 @@ def test_cpu_convolution_and_gradients_equal_xla(size, channels, out, kernel, st
   np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(y))))
   for got, want in zip(got_vjp(cotangent), ref_vjp(cotangent)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+@pytest.mark.parametrize('window, stride, padding, relu', [
+    (3, 2, ((1, 1), (1, 1)), True),   # ResNet stem, after a ReLU: many tied zeros
+    (2, 2, 'VALID', True),            # VGG
+    (3, 2, 'VALID', False),           # AlexNet
+])
+def test_cpu_max_pool_and_gradient_equal_xla(window, stride, padding, relu):
+  """Ties go to the first tap in row-major order, as in XLA's select_and_scatter
+  (and torch's max_pool2d)."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 13, 12, 5)).astype(np.float32)
+  x = jnp.asarray(np.maximum(x, 0) if relu else x)
+  xla = lambda x: nn.max_pool(x, (window, window), (stride, stride), padding)  # noqa: E731
+  ours = lambda x: layers.max_pool_for_backend('gemm')(  # noqa: E731
+      x, (window, window), strides=(stride, stride), padding=padding)
+  y, ref_vjp = jax.vjp(xla, x)
+  got_y, got_vjp = jax.vjp(ours, x)
+  np.testing.assert_array_equal(got_y, y)
+  g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  np.testing.assert_allclose(got_vjp(g)[0], ref_vjp(g)[0], rtol=0, atol=1e-6)
+  assert layers.max_pool_for_backend('xla') is nn.max_pool

@@ -32,3 +32,30 @@ def test_score_fills_and_reuses_the_compilation_cache(tmp_path):
   assert sorted(os.listdir(cache)) == entries  # read, not compiled and written again
   score = lambda out: out.stdout.strip().splitlines()[-1].split()[-1]
   assert score(first) == score(second)
+
+
+def _tune_in_fresh_process(xla_flags, start_jax_first=False):
+  code = ("import os, jax\n"
+          + ("jax.numpy.zeros(1).block_until_ready()\n" if start_jax_first else "")
+          + "from bmqa_jax import runtime\n"
+          "print(runtime.tune_cpu())\n"
+          "print(repr(os.environ.get('XLA_FLAGS', '')))\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if xla_flags is not None:
+    env["XLA_FLAGS"] = xla_flags
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env=dict(env, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  return out.stdout.strip().splitlines()
+
+
+def test_tune_cpu_adds_the_kernel_flag_and_keeps_the_users_choice():
+  from bmqa_jax import runtime  # pylint: disable=g-import-not-at-top
+  flag = f"{runtime.CPU_KERNEL_FLAG}={runtime.CPU_KERNELS}"
+  assert _tune_in_fresh_process(None) == ["True", repr(flag)]
+  assert _tune_in_fresh_process("--xla_cpu_enable_fast_math=false") == [
+      "True", repr(f"--xla_cpu_enable_fast_math=false {flag}")]
+  own = f"{runtime.CPU_KERNEL_FLAG}=individual_dot"
+  assert _tune_in_fresh_process(own) == ["False", repr(own)]
+  late = _tune_in_fresh_process(None, start_jax_first=True)
+  assert late[1:] == ["False", "''"] and "warning: JAX already started" in late[0]

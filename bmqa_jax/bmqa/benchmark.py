@@ -6,19 +6,30 @@ batch already on the devices (the step's ceiling: no input pipeline); steps/s
 end to end with the real input pipeline feeding every step; the input
 pipeline alone (images/s); and the peak memory (the host's resident set, and
 the first device's peak when the backend reports it).
+
+`input_figures`: the image pipeline alone on the JPEG path and on the prepared
+store (`bmqa_jax.data.prepared`), per grain worker count, as images/s and
+images/s per core (workers=0 decodes in the main process: one core; n workers:
+n cores), and the time to build the store. A loader's first batch (start-up)
+is not timed; with workers, batches they buffered meanwhile are.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import resource
 import time
+from typing import Sequence
 
 import jax
 
 from bmqa_jax import sharding
 from bmqa_jax.bmqa import feature_cache
 from bmqa_jax.bmqa import stage as stage_lib
+from bmqa_jax.data import datasets
 from bmqa_jax.data import pipeline
+from bmqa_jax.data import prepared
 
 
 def _loader(plan: stage_lib.StagePlan, records, pcfg, workdir: str, seed: int, log):
@@ -64,9 +75,40 @@ def stage_figures(plan: stage_lib.StagePlan, records, pcfg, workdir: str,
   stats = jax.local_devices()[0].memory_stats() or {}
   return dict(
       stage=plan.name, batch=bs, feature_cache=plan.uses_cache,
+      store="prepared" if "image_store" in records[0] else "jpeg",
       cache_build_s=round(cache_s, 2), first_step_s=round(first, 2),
       synthetic_steps_per_s=1 / ceiling, synthetic_images_per_s=bs / ceiling,
       e2e_steps_per_s=1 / e2e, e2e_images_per_s=bs / e2e,
       e2e_of_ceiling=ceiling / e2e, pipeline_images_per_s=bs / alone,
       peak_host_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       peak_device_mb=stats.get("peak_bytes_in_use", 0) / 2**20 or None)
+
+
+def _pipeline_rate(records, pcfg, batch: int, workers: int, steps: int) -> dict:
+  it = iter(pipeline.train_loader(records, dataclasses.replace(pcfg, workers=workers),
+                                  batch, seed=0))
+  next(it)  # start-up (worker processes) excluded
+  rate = batch / timed(lambda: next(it), steps)
+  cores = max(1, workers)
+  return dict(workers=workers, cores=cores, images_per_s=rate,
+              images_per_s_per_core=rate / cores)
+
+
+def input_figures(data: datasets.Data, split: str, cfg, batch: int,
+                  workers: Sequence[int], steps: int) -> dict:
+  """The image pipeline alone per store and worker count (see the module
+  docstring); the prepared store is built first if it is not there yet.
+  Caption pairs from TFDS come decoded (no store): {}."""
+  if split == "pretrain" and data.coco is not None:
+    return {}
+  pcfg = dataclasses.replace(pipeline.from_config(cfg), store="prepared")
+  path = prepared.store_path([s.image for s in data.splits[split]], pcfg, data.workdir)
+  reused = os.path.exists(path)
+  t = time.perf_counter()
+  stores = {"prepared": data.records(split, cfg, store="prepared")}
+  build_s = time.perf_counter() - t
+  stores["jpeg"] = data.records(split, cfg, store="jpeg")
+  rows = [dict(store=name, **_pipeline_rate(stores[name], pcfg, batch, w, steps))
+          for name in ("jpeg", "prepared") for w in workers]
+  return dict(store_build_s=round(build_s, 2), store_reused=reused,
+              store_gb=os.path.getsize(path) / 1e9, inputs=rows)

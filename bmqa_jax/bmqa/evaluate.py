@@ -29,6 +29,7 @@ from bmqa_jax.bmqa import stage as stage_lib
 from bmqa_jax.data import datasets
 from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.data import pipeline
+from bmqa_jax.data import prepared
 from bmqa_jax.data import tokenizer as tokenizer_lib
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import workdir as workdir_lib
@@ -184,6 +185,8 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
     name = f"{split} split of {data.manifest}"
   devices = sorted({s.device for s in samples if s.device})
   records = pipeline.to_records(samples, tok, cfg.input.max_text_len, devices)
+  # One pass over each image: a store only where training already prepared one.
+  records = prepared.attach(records, pipeline.from_config(cfg), workdir, log, build=False)
   mesh = sharding.make_mesh(cfg)
   # The weights on every device of the mesh (on every process of a cluster).
   variables = jax.device_put(jax.device_get(variables), sharding.replicated(mesh))

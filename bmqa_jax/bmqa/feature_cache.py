@@ -41,7 +41,6 @@ import ml_collections as mlc
 import numpy as np
 
 from bmqa_jax import sharding
-from bmqa_jax.data import image_io
 from bmqa_jax.data import pipeline
 
 VERSION = 1
@@ -82,6 +81,8 @@ def tower_key(cfg: mlc.ConfigDict, tower_variables: dict,
       resize_size=pcfg.resize_size, native_crop=pcfg.native_crop,
       eval_grid=list(pcfg.eval_grid), flip=pcfg.flip,
       weights=_digest_tree(tower_variables))
+  if pcfg.prepare_short_side:  # resized before the views (data/prepared.py)
+    spec["prepare_short_side"] = pcfg.prepare_short_side
   return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -91,8 +92,8 @@ def cache_root(cfg: mlc.ConfigDict, workdir: str) -> str:
                             os.path.join(workdir, "feature_cache"))
 
 
-def _views(path: str, pcfg: pipeline.PipelineConfig) -> np.ndarray:
-  v = pipeline.eval_views(image_io.read_image_uint8(path, max_pixels=pcfg.max_pixels), pcfg)
+def _views(record: dict, pcfg: pipeline.PipelineConfig) -> np.ndarray:
+  v = pipeline.eval_views(pipeline.record_image(record, pcfg.max_pixels)[0], pcfg)
   v = v if v.ndim == 4 else v[None]
   return np.concatenate([v, v[:, :, ::-1]]) if pcfg.flip else v
 
@@ -158,7 +159,7 @@ def build(model, variables: dict, records: Sequence[dict], cfg: mlc.ConfigDict,
     owners.clear()
 
   for i in todo:
-    for v, view in enumerate(_views(records[i]["path"], pcfg)):
+    for v, view in enumerate(_views(records[i], pcfg)):
       pending.append(view)
       owners.append((i, v))
       if len(pending) == bs:
@@ -187,7 +188,8 @@ class _PickView(grain.transforms.RandomMap):
     self.cache = cache
 
   def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    out = {k: v for k, v in record.items() if k not in ("path", "cache_row")}
+    out = {k: v for k, v in record.items()
+           if k not in pipeline.IMAGE_FIELDS + ("cache_row",)}
     view = int(rng.integers(0, self.cache.num_views))
     for i, f in enumerate(self.cache.features(int(record["cache_row"]), view)):
       out[f"feat_{i}"] = f

@@ -14,6 +14,7 @@ from bmqa_jax.data import categories
 from bmqa_jax.data import coco as coco_lib
 from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.data import pipeline
+from bmqa_jax.data import prepared
 from bmqa_jax.data import tokenizer as tokenizer_lib
 
 
@@ -67,18 +68,25 @@ class Data:
   tokenizer: tokenizer_lib.Tokenizer | None
   devices: tuple[str, ...]
   manifest: str
+  workdir: str  # the run's: its prepared stores live in workdir/prepared
   coco: Any = None  # coco.CocoPairs when the 'pretrain' pairs come from MS-COCO
+  log: Callable = print
 
-  def records(self, split: str, cfg: mlc.ConfigDict) -> Sequence[dict]:
-    """Pipeline records; caption pairs ('pretrain') also carry the multi-hot
-    `labels` of pretraining strategy CL when the run has categories."""
+  def records(self, split: str, cfg: mlc.ConfigDict,
+              store: str | None = None) -> Sequence[dict]:
+    """Pipeline records, reading their images from the split's prepared store
+    when `config.input.store` (or `store`, which overrides it) prepares them
+    (`bmqa_jax.data.prepared`, built on first use); caption pairs ('pretrain')
+    also carry the multi-hot `labels` of pretraining strategy CL when the run
+    has categories."""
     recs = pipeline.to_records(self.splits[split], self.tokenizer,
                                cfg.input.max_text_len, self.devices)
-    if split != "pretrain":
-      return recs
-    if self.coco is not None:
-      return coco_lib.CocoRecords(recs, self.coco)
-    names = categories.for_config(cfg)
+    if split == "pretrain" and self.coco is not None:
+      return coco_lib.CocoRecords(recs, self.coco)  # decoded images from TFDS
+    pcfg = pipeline.from_config(cfg)
+    pcfg = dataclasses.replace(pcfg, store=store or pcfg.store)
+    recs = prepared.attach(recs, pcfg, self.workdir, self.log)
+    names = categories.for_config(cfg) if split == "pretrain" else ()
     if names:
       hot = categories.multi_hot([s.text for s in self.splits[split]], names)
       for r, h in zip(recs, hot):
@@ -168,4 +176,4 @@ def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=print,
           "raise it (and the text encoder's max_len) or the tokenizer's vocab_size")
   devices = tuple(sorted({s.device for ss in out.values() for s in ss if s.device}))
   return Data(splits=out, tokenizer=tok, devices=devices, manifest=path,
-              coco=coco_pairs)
+              workdir=workdir, coco=coco_pairs, log=log)

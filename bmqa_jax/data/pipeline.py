@@ -9,6 +9,13 @@ Two input modes (`config.input.mode`):
   `eval_grid` of windows (`image` is then [B, K, crop, crop, 3] and the model's
   scores are averaged over the K views).
 
+Images come decoded from the prepared store of the split when the records
+carry one (`bmqa_jax.data.prepared`, `config.input.store`: each image decoded
+once into uint8 and kept in an ArrayRecord file), else each sample's file is
+decoded again in every epoch (the JPEG path); decoded caption pairs from TFDS
+come as `image_u8`. Augmentation runs on the uint8 image either way, in the
+grain workers (`config.input.workers`).
+
 Both normalise with the ImageNet mean/std (the contract of
 `bmqa_jax.models.image`). Texts are tokenised once, up front, with the run's
 sentencepiece model. Batches are per process (the global batch divided by the
@@ -49,6 +56,11 @@ class PipelineConfig:
   workers: int = 0  # grain worker processes (0: decode in the main process)
   prefetch: int = 2  # per-worker buffered batches
   max_pixels: int = image_io.MAX_PIXELS  # bound on a decoded image (0: none)
+  # The prepared store (bmqa_jax.data.prepared): 'auto' | 'prepared' | 'jpeg'.
+  store: str = "auto"
+  prepared_max_gb: float = 4.0  # 'auto': prepare a split decoding to less
+  prepare_short_side: int = 0  # > 0: store resized to this short side ('resize')
+  prepared_dir: str = ""  # '': <workdir>/prepared
 
 
 def from_config(cfg) -> PipelineConfig:
@@ -61,7 +73,9 @@ def from_config(cfg) -> PipelineConfig:
       crop_scale=tuple(get("crop_scale")), crop_ratio=tuple(get("crop_ratio")),
       flip=get("flip"), max_text_len=get("max_text_len"), mode=get("mode"),
       native_crop=get("native_crop"), eval_grid=tuple(get("eval_grid")),
-      workers=get("workers"), prefetch=get("prefetch"), max_pixels=get("max_pixels"))
+      workers=get("workers"), prefetch=get("prefetch"), max_pixels=get("max_pixels"),
+      store=get("store"), prepared_max_gb=get("prepared_max_gb"),
+      prepare_short_side=get("prepare_short_side"), prepared_dir=get("prepared_dir"))
 
 
 def to_records(samples: Sequence[Sample], tokenizer: Tokenizer | None,
@@ -118,12 +132,19 @@ def random_resized_crop(img: np.ndarray, size: int, scale, ratio,
   return _resize(img[y:y + side, x:x + side], (size, size))
 
 
-def _record_image(record: dict, max_pixels: int) -> tuple[np.ndarray, dict]:
-  """(uint8 RGB image, the record's other fields): the image is read from `path`
-  or comes decoded as `image_u8` (caption pairs read from TFDS, `data/coco.py`)."""
-  rest = {k: v for k, v in record.items() if k not in ("path", "image_u8")}
+# Where a record's image comes from; none of them reaches a batch.
+IMAGE_FIELDS = ("path", "image_u8", "image_store", "image_row")
+
+
+def record_image(record: dict, max_pixels: int) -> tuple[np.ndarray, dict]:
+  """(uint8 RGB image, the record's other fields): the image comes decoded as
+  `image_u8` (caption pairs read from TFDS, `data/coco.py`), from row
+  `image_row` of the prepared store `image_store`, or is read from `path`."""
+  rest = {k: v for k, v in record.items() if k not in IMAGE_FIELDS}
   if "image_u8" in record:
     return record["image_u8"], rest
+  if "image_store" in record:
+    return record["image_store"].image(int(record["image_row"])), rest
   return image_io.read_image_uint8(record["path"], max_pixels=max_pixels), rest
 
 
@@ -133,7 +154,7 @@ class _TrainImage(grain.transforms.RandomMap):
     self.cfg = cfg
 
   def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    img, out = _record_image(record, self.cfg.max_pixels)
+    img, out = record_image(record, self.cfg.max_pixels)
     if self.cfg.mode == "native":
       img = native.random_crop(img, self.cfg.native_crop, rng)
     else:
@@ -151,7 +172,7 @@ class _EvalImage(grain.transforms.Map):
     self.cfg = cfg
 
   def map(self, record: dict) -> dict:
-    img, out = _record_image(record, self.cfg.max_pixels)
+    img, out = record_image(record, self.cfg.max_pixels)
     out["image"] = eval_views(img, self.cfg)
     return out
 

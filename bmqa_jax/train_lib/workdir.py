@@ -29,9 +29,9 @@ CONFIG_FILE = "config.json"
 
 # Config fields a resumed run may change without altering what is trained:
 # logging, evaluation and checkpoint cadence, input-pipeline parallelism and
-# where features are cached. Patterns (fnmatch) over dotted paths such as
-# 'st.log_every_steps'; every other change to a workdir's config is refused
-# unless config_change='allow'.
+# where features and prepared images are kept. Patterns (fnmatch) over dotted
+# paths such as 'st.log_every_steps'; every other change to a workdir's config
+# is refused unless config_change='allow'.
 SAFE_CONFIG_CHANGES = (
     "log_every_steps",
     "checkpoint_every_steps",
@@ -46,6 +46,7 @@ SAFE_CONFIG_CHANGES = (
     "input.workers",
     "input.prefetch",
     "data.feature_cache_dir",
+    "input.prepared_dir",
     "data.check_images",
     "input.max_pixels",
 )

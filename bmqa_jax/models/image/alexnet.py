@@ -72,7 +72,7 @@ class AlexNet(nn.Module):
     for item in self.layout:
       if item == 'M':
         stage_maps.append(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = layers.max_pool_for_backend(self.conv_impl)(x, (3, 3), strides=(2, 2))
         index += 1
       else:
         width, kernel, stride, pad = item

@@ -23,17 +23,22 @@ class Options:
   steps: int = 3
   warmup: int = 1
   torch_threads: int = 0
+  conv_impl: str = 'auto'  # the encoders' CPU convolution (models/image/layers.py)
 
 
 def _time(step, state, steps, warmup):
-  for _ in range(warmup):
+  """(seconds of the first call, compilation included; seconds per later call)."""
+  start = time.perf_counter()
+  state = jax.block_until_ready(step(state))
+  first = time.perf_counter() - start
+  for _ in range(warmup - 1):
     state = step(state)
   jax.block_until_ready(state)
   start = time.perf_counter()
   for _ in range(steps):
     state = step(state)
   jax.block_until_ready(state)
-  return (time.perf_counter() - start) / steps
+  return first, (time.perf_counter() - start) / steps
 
 
 def random_variables(model, x, seed=0):
@@ -62,10 +67,11 @@ def random_variables(model, x, seed=0):
 
 
 def jax_seconds_per_step(name: str, mode: str, batch: int, size: int,
-                         o: Options) -> float:
-  """Seconds per Flax step of encoder `name` ('train' or 'infer')."""
+                         o: Options) -> tuple[float, float]:
+  """(seconds of the first Flax step, compilation included; seconds per step
+  after the warm-up) of encoder `name` ('train' or 'infer')."""
   dtype = jnp.dtype(o.dtype)
-  kwargs = {'num_classes': o.num_classes, 'dtype': dtype}
+  kwargs = {'num_classes': o.num_classes, 'dtype': dtype, 'conv_impl': o.conv_impl}
   if image.family(name) == 'vit':
     kwargs['image_size'] = size
   model = image.create(name, **kwargs)
@@ -157,10 +163,13 @@ def torch_seconds_per_step(name: str, mode: str, batch: int, size: int,
 
 def row(name: str, mode: str, batch: int, size: int, o: Options,
         with_torch: bool = True) -> dict:
-  """{'model', 'mode', 'batch', 'jax_img_s', 'torch_img_s', 'ratio'} of one run."""
-  jax_img_s = batch / jax_seconds_per_step(name, mode, batch, size, o)
+  """{'model', 'mode', 'batch', 'jax_first_step_s', 'jax_img_s', 'torch_img_s',
+  'ratio'} of one run."""
+  first_s, step_s = jax_seconds_per_step(name, mode, batch, size, o)
+  jax_img_s = batch / step_s
   torch_img_s = batch / torch_seconds_per_step(name, mode, batch, size, o) \
       if with_torch else None
-  return {'model': name, 'mode': mode, 'batch': batch, 'jax_img_s': jax_img_s,
+  return {'model': name, 'mode': mode, 'batch': batch,
+          'jax_first_step_s': first_s, 'jax_img_s': jax_img_s,
           'torch_img_s': torch_img_s,
           'ratio': jax_img_s / torch_img_s if torch_img_s else None}

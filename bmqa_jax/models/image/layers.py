@@ -1,6 +1,7 @@
 """Pieces shared by the image-encoder families: torch-matching initialisers,
-stochastic depth, the common output dict of every encoder, and the
-convolution with a matrix-multiply weight gradient used on CPU."""
+stochastic depth, the common output dict of every encoder, and the CPU forms
+of convolution (a matrix-multiply weight gradient; depthwise as shifted sums)
+and max pooling (a fused gradient), chosen by ``conv_impl``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from bmqa_jax.models.image import depthwise
+from bmqa_jax.models.image import pooling
 
 # torch.nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu'): torchvision's
 # convolution init for ResNet, VGG and EfficientNet.
@@ -138,28 +142,6 @@ def _conv_bwd(strides, pads, residuals, g):
 _conv_gemm_wgrad.defvjp(_conv_fwd, _conv_bwd)
 
 
-def _depthwise_shifted_sum(x, w, strides, pads):
-  """Depthwise convolution (kernel ``[Kh, Kw, 1, C]``) as a sum of ``Kh·Kw``
-  shifted, strided slices times per-channel weights: elementwise work that XLA
-  fuses, where XLA:CPU's grouped convolution runs a generic loop (37× slower
-  forward and 6× slower gradient for ConvNeXt's 7×7 at 56 px). Gradients by
-  autodiff of the same sum."""
-  kh, kw = w.shape[:2]
-  sh, sw = strides
-  b, h, wd, c = x.shape
-  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  ho = (h + sum(pads[0]) - kh) // sh + 1
-  wo = (wd + sum(pads[1]) - kw) // sw + 1
-  out = None
-  for i in range(kh):
-    for j in range(kw):
-      tap = jax.lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
-                          (1, sh, sw, 1))
-      term = tap * w[i, j, 0]
-      out = term if out is None else out + term
-  return out
-
-
 def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                              rhs_dilation=None, dimension_numbers=None,
                              feature_group_count=1, precision=None, **kwargs):
@@ -170,7 +152,8 @@ def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=Non
     gradient is one matrix product over im2col patches. XLA:CPU lowers the
     weight-gradient convolution (batch and feature axes swapped) to a generic
     loop, 5–40× the forward's time; the GEMM runs at about the forward's speed.
-  * Depthwise convolutions: :func:`_depthwise_shifted_sum`.
+  * Depthwise convolutions: :func:`bmqa_jax.models.image.depthwise.depthwise_conv`
+    (shifted sums instead of XLA:CPU's generic grouped-convolution loop).
 
   Same sums as XLA's convolution in another order (float32 differences ~1e-7
   relative). Falls back to ``lax.conv_general_dilated`` for dilation,
@@ -179,11 +162,11 @@ def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=Non
   """
   del dimension_numbers  # nn.Conv passes NHWC/HWIO for 2-D inputs
   cin, cout = lhs.shape[-1], rhs.shape[-1]
-  depthwise = feature_group_count == cin != 1 and rhs.shape[2] == 1 and cout == cin
+  one_per_group = feature_group_count == cin != 1 and rhs.shape[2] == 1 and cout == cin
   plain = (lhs.ndim != 4 or kwargs or precision is not None
            or any(d != 1 for d in (lhs_dilation or (1, 1)))
            or any(d != 1 for d in (rhs_dilation or (1, 1)))
-           or not (feature_group_count == 1 or depthwise))
+           or not (feature_group_count == 1 or one_per_group))
   if plain:
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
@@ -193,22 +176,37 @@ def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=Non
     padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
   pads = tuple(tuple(int(v) for v in p) for p in padding)
   strides = tuple(int(s) for s in window_strides)
-  if depthwise:
-    return _depthwise_shifted_sum(lhs, rhs, strides, pads)
+  if one_per_group:
+    return depthwise.depthwise_conv(lhs, rhs, strides, pads)
   return _conv_gemm_wgrad(lhs, rhs, strides, pads)
 
 
 CONV_IMPLS = ('auto', 'gemm', 'xla')
 
 
+def _cpu_kernels(conv_impl: str) -> bool:
+  """Whether ``conv_impl`` (``config.model.conv_impl``) picks this module's
+  CPU forms: ``'gemm'`` yes, ``'xla'`` no, ``'auto'`` on the CPU backend only
+  (cuDNN is fast)."""
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl={conv_impl!r}: expected one of {CONV_IMPLS}')
+  return conv_impl == 'gemm' or (conv_impl == 'auto' and jax.default_backend() == 'cpu')
+
+
 def conv_general_dilated_for_backend(conv_impl: str = 'auto'):
-  """The convolution for ``nn.Conv(conv_general_dilated=...)``, chosen by the
-  encoder's ``conv_impl`` field (``config.model.conv_impl``): ``'gemm'``
-  :func:`cpu_conv_general_dilated`, ``'xla'`` XLA's own, ``'auto'`` the first on
-  CPU and the second elsewhere (cuDNN is fast)."""
-  choice = conv_impl
-  if choice not in CONV_IMPLS:
-    raise ValueError(f'conv_impl={choice!r}: expected one of {CONV_IMPLS}')
-  if choice == 'auto':
-    choice = 'gemm' if jax.default_backend() == 'cpu' else 'xla'
-  return cpu_conv_general_dilated if choice == 'gemm' else None
+  """The convolution for ``nn.Conv(conv_general_dilated=...)``:
+  :func:`cpu_conv_general_dilated` where ``conv_impl`` picks the CPU forms,
+  else None (XLA's own)."""
+  return cpu_conv_general_dilated if _cpu_kernels(conv_impl) else None
+
+
+def max_pool_for_backend(conv_impl: str = 'auto'):
+  """``flax.linen.max_pool``, or where ``conv_impl`` picks the CPU forms the
+  same pooling with a fused gradient (:mod:`bmqa_jax.models.image.pooling`)."""
+  if not _cpu_kernels(conv_impl):
+    return nn.max_pool
+
+  def pool(x, window_shape, strides=None, padding='VALID'):
+    pads = ((0, 0), (0, 0)) if padding == 'VALID' else tuple(tuple(p) for p in padding)
+    return pooling.max_pool(x, tuple(window_shape), tuple(strides or (1, 1)), pads)
+  return pool

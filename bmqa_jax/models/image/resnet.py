@@ -118,7 +118,8 @@ class ResNet(nn.Module):
     x = conv(self.stem_width, (7, 7), 2, padding=3, name='conv1')(x)
     x = norm(name='bn1')(x, use_running_average=not train)
     x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    pool = layers.max_pool_for_backend(self.conv_impl)
+    x = pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     stage_maps = []
     for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(n_blocks):

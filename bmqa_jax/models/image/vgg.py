@@ -88,7 +88,7 @@ class VGG(nn.Module):
     for item in self.layout:
       if item == 'M':
         stage_maps.append(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool_for_backend(self.conv_impl)(x, (2, 2), strides=(2, 2))
         index += 1
       else:
         x = nn.Conv(item, (3, 3), padding=1, dtype=self.dtype, param_dtype=self.param_dtype,
