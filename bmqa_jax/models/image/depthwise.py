@@ -15,8 +15,10 @@ padded input x̂):
 * ``dx``: the same sum over the gradient ``g`` (spread to stride 1 and padded)
   with the kernel flipped: one more fused loop;
 * ``dw[i, j, c] = Σ_bpq x̂[b, s·p + i, s·q + j, c] · g[b, p, q, c]``: a loop
-  (``lax.scan``) over the kernel's rows, each step one reduction of its ``Kw``
-  taps, so the program holds one row's taps instead of all of them.
+  (``lax.scan``) over the kernel's rows, each step the ``Kw`` reductions of
+  that row's taps, so the program holds one row's taps instead of all of them
+  (unrolled, ConvNeXt-T's step compiled in 16.4 s instead of 10.1 s and ran
+  25 % slower).
 
 Only the input and the kernel are kept for the backward pass.
 """
@@ -83,8 +85,10 @@ def _bwd(strides, pads, residuals, g):
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
 
   def row(_, i):
-    taps = jnp.stack([_tap(xp, i, j, sh, sw, ho, wo) * g for j in range(kw)])
-    return None, jnp.sum(taps, axis=(1, 2, 3))
+    # One multiply-reduce per tap: stacking the Kw products first wrote Kw
+    # copies of the activations (ConvNeXt-T's step 15 % slower).
+    return None, jnp.stack([jnp.sum(_tap(xp, i, j, sh, sw, ho, wo) * g, axis=(0, 1, 2))
+                            for j in range(kw)])
 
   dw = jax.lax.scan(row, None, jnp.arange(kh))[1]
   return dx.astype(x.dtype), dw[:, :, None, :].astype(w.dtype)
