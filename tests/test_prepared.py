@@ -75,8 +75,7 @@ def test_an_unchanged_store_is_reused(records, tmp_path, monkeypatch):
   monkeypatch.setattr(prepared, "build", None)  # a rebuild would fail
   again = prepared.attach(records, CFG, str(tmp_path), log)
   assert again[0]["image_store"].path == path and os.stat(path).st_mtime_ns == mtime
-  assert lines[0].startswith("preparing 8 images") and lines[-1].startswith(
-      "reading 8 prepared images from")
+  assert len(lines) == 1 and lines[0].startswith("prepared 8 images")  # built once
 
 
 def test_a_changed_image_or_setting_builds_a_new_store(records, tmp_path):

@@ -217,10 +217,7 @@ def open_store(paths: Sequence[str], pcfg: pipeline.PipelineConfig, workdir: str
   path = store_path(paths, pcfg, workdir)
 
   def build_or_reuse() -> str:
-    if os.path.exists(path):
-      log(f"reading {len(paths)} prepared images from {path}")
-    else:
-      log(f"preparing {len(paths)} images (decoded once) → {path}")
+    if not os.path.exists(path):  # one line when built; nothing when reused
       build(path, paths, pcfg, log)
     return path
 
