@@ -238,9 +238,9 @@ def attach(records: Sequence[dict], pcfg: pipeline.PipelineConfig, workdir: str,
   image once, such as `evaluate`) uses a store only where one exists."""
   _check(pcfg)
   paths = [r["path"] for r in records]
-  if not paths or not _use_store(paths, pcfg, log):
-    return records
-  if not build and not os.path.exists(store_path(paths, pcfg, workdir)):
+  if not paths or (not build and not os.path.exists(store_path(paths, pcfg, workdir))):
+    return records  # (no image header read for a store that is not there)
+  if not _use_store(paths, pcfg, log):
     return records
   store = open_store(paths, pcfg, workdir, log)
   return [dict(r, image_store=store, image_row=np.int32(i))

@@ -30,24 +30,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
-
-def _out_size(n: int, pad: tuple[int, int], k: int, s: int) -> int:
-  return (n + sum(pad) - k) // s + 1
-
-
-def _tap(xp, i, j, sh, sw, ho, wo):
-  """x̂[:, sh·p + i, sw·q + j] for p < ho, q < wo (i may be traced)."""
-  rows = jax.lax.dynamic_slice_in_dim(xp, i, sh * (ho - 1) + 1, axis=1)[:, ::sh]
-  return jax.lax.slice_in_dim(rows, j, j + sw * (wo - 1) + 1, sw, axis=2)
+from bmqa_jax.models.image import windows
 
 
 def _shifted_sum(xp, w, strides, out_hw):
   """Σ_ij tap_ij(x̂) · w[i, j, 0]: every tap in one fused loop."""
-  (sh, sw), (ho, wo) = strides, out_hw
   out = None
   for i in range(w.shape[0]):
     for j in range(w.shape[1]):
-      term = _tap(xp, i, j, sh, sw, ho, wo) * w[i, j, 0]
+      term = windows.tap(xp, i, j, strides, out_hw) * w[i, j, 0]
       out = term if out is None else out + term
   return out
 
@@ -58,8 +49,8 @@ def depthwise_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int],
   """``lax.conv_general_dilated(x, w, strides, pads, feature_group_count=C)``
   for NHWC ``x`` and HWIO ``w`` of shape ``[Kh, Kw, 1, C]``."""
   kh, kw = w.shape[:2]
-  out_hw = (_out_size(x.shape[1], pads[0], kh, strides[0]),
-            _out_size(x.shape[2], pads[1], kw, strides[1]))
+  out_hw = (windows.out_size(x.shape[1], pads[0], kh, strides[0]),
+            windows.out_size(x.shape[2], pads[1], kw, strides[1]))
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   return _shifted_sum(xp, w, strides, out_hw)
 
@@ -87,8 +78,8 @@ def _bwd(strides, pads, residuals, g):
   def row(_, i):
     # One multiply-reduce per tap: stacking the Kw products first wrote Kw
     # copies of the activations (ConvNeXt-T's step 15 % slower).
-    return None, jnp.stack([jnp.sum(_tap(xp, i, j, sh, sw, ho, wo) * g, axis=(0, 1, 2))
-                            for j in range(kw)])
+    return None, jnp.stack([jnp.sum(windows.tap(xp, i, j, strides, (ho, wo)) * g,
+                                    axis=(0, 1, 2)) for j in range(kw)])
 
   dw = jax.lax.scan(row, None, jnp.arange(kh))[1]
   return dx.astype(x.dtype), dw[:, :, None, :].astype(w.dtype)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from bmqa_jax.models.image import depthwise
 from bmqa_jax.models.image import pooling
+from bmqa_jax.models.image import windows
 
 # torch.nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu'): torchvision's
 # convolution init for ResNet, VGG and EfficientNet.
@@ -111,9 +112,7 @@ def _patches(x, kernel_hw, strides, pads, out_hw):
     x = x.reshape(b, ho, sh, wo, sw, c).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(b, ho, wo, kh * kw * c)
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  taps = [jax.lax.slice(xp, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
-                        (1, sh, sw, 1))
-          for i in range(kh) for j in range(kw)]
+  taps = [windows.tap(xp, i, j, strides, out_hw) for i in range(kh) for j in range(kw)]
   return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
 
 

@@ -17,18 +17,17 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from bmqa_jax.models.image import windows
+
 
 def _taps(xp, window, strides, out_hw):
-  (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
-  for i in range(kh):
-    for j in range(kw):
-      yield i, j, jax.lax.slice(
-          xp, (0, i, j, 0), (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1,
-                             xp.shape[3]), (1, sh, sw, 1))
+  for i in range(window[0]):
+    for j in range(window[1]):
+      yield i, j, windows.tap(xp, i, j, strides, out_hw)
 
 
 def _geometry(x, window, strides, pads):
-  return tuple((n + sum(p) - k) // s + 1
+  return tuple(windows.out_size(n, p, k, s)
                for n, p, k, s in zip(x.shape[1:3], pads, window, strides))
 
 
@@ -55,15 +54,12 @@ def _fwd(x, window, strides, pads):
 def _bwd(window, strides, pads, residuals, g):
   x, out = residuals
   xp = _padded(x, pads)
-  (sh, sw), (ho, wo) = strides, out.shape[1:3]
   zero, taken, dxp = jnp.zeros((), g.dtype), None, None
-  for i, j, tap in _taps(xp, window, strides, (ho, wo)):
+  for i, j, tap in _taps(xp, window, strides, out.shape[1:3]):
     hit = tap == out
     first = hit if taken is None else hit & ~taken
     taken = first if taken is None else taken | first
-    cfg = ((0, 0, 0), (i, xp.shape[1] - i - sh * (ho - 1) - 1, sh - 1),
-           (j, xp.shape[2] - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0))
-    term = jax.lax.pad(jnp.where(first, g, zero), zero, cfg)
+    term = windows.untap(jnp.where(first, g, zero), i, j, strides, xp.shape[1:3])
     dxp = term if dxp is None else dxp + term
   (top, _), (left, _) = pads
   return (dxp[:, top:top + x.shape[1], left:left + x.shape[2]],)
