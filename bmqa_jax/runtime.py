@@ -2,10 +2,12 @@
 
 `define_flags()` adds the absl flags; `start()` then
 
-* chooses XLA:CPU's kernel libraries (`--cpu_kernels`, `tune_cpu`): YNNPACK for
-  matrix products and reductions, XLA's own convolutions (on a 2-core AVX-512
-  machine, convolutions ran 1.4× faster than with XLA's default, which sends
-  them to YNNPACK too; `launch/benchmark.py`, README "Speed");
+* chooses XLA:CPU's kernel libraries and scheduler (`--cpu_kernels`,
+  `tune_cpu`): YNNPACK for matrix products and reductions, no YNNPACK
+  convolutions (on a 2-core AVX-512 machine, convolutions ran 1.4× faster than
+  with XLA's default, which sends them to YNNPACK too), and kernels run one
+  after another rather than side by side on the same cores (ResNet-50
+  training 17 % faster); `launch/benchmark.py`, README "Speed";
 * turns on XLA's persistent compilation cache (`--compilation_cache`, default
   `default_cache_dir()`; '' turns it off): a second
   `launch/score.py`, or a resumed training run, loads its compiled programs
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 
@@ -38,6 +41,10 @@ def enable_compilation_cache(path: str | None = None) -> str:
   """XLA's persistent cache in `path` (None: `default_cache_dir()`); returns it.
   Programs that compile in under 0.5 s are not worth a file and are left out."""
   path = default_cache_dir() if path is None else path
+  # jaxlib 0.10 cannot serialise a program holding oneDNN calls; the write
+  # fails with this message and the program simply stays uncached.
+  warnings.filterwarnings("ignore", message=r"Error writing persistent compilation "
+                          r"cache entry .*std::bad_alloc")
   if path:
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
@@ -46,36 +53,70 @@ def enable_compilation_cache(path: str | None = None) -> str:
   return path
 
 
-# XLA:CPU library choice of `tune_cpu` (jaxlib 0.10's default routes
-# convolutions to YNNPACK as well).
-CPU_KERNEL_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-CPU_KERNELS = "individual_dot,reduce"
+# XLA:CPU settings of `tune_cpu`, flag -> value:
+# * YNNPACK for matrix products and reductions only (jaxlib 0.10's default
+#   routes convolutions to YNNPACK as well, slower than XLA's and oneDNN's);
+# * XLA's plain thunk scheduler: the concurrency-optimised one runs independent
+#   kernels side by side on the same cores, and each then runs slower (ResNet-50
+#   training 5.62 against 4.79 img/s, VGG-19 1.53 against 1.39).
+CPU_FLAGS = {
+    "--xla_cpu_experimental_ynn_fusion_type": "individual_dot,reduce",
+    "--xla_cpu_enable_concurrency_optimized_scheduler": "false",
+}
+
+
+def cpu_flags(current: str = "") -> list[str]:
+  """The `CPU_FLAGS` entries (``flag=value``) that `current` does not set."""
+  return [f"{flag}={value}" for flag, value in CPU_FLAGS.items()
+          if flag + "=" not in current]
 
 
 def tune_cpu(log=print) -> bool:
-  """Adds `CPU_KERNEL_FLAG=CPU_KERNELS` to XLA_FLAGS; True when it did.
+  """Adds `CPU_FLAGS` to XLA_FLAGS; True when it added any.
 
-  Left alone when XLA_FLAGS already sets that flag (the user's choice wins).
+  A flag that XLA_FLAGS already sets is left alone (the user's choice wins).
   XLA reads XLA_FLAGS once, when JAX starts its backends: after that it is too
   late, and this says so.
   """
   current = os.environ.get("XLA_FLAGS", "")
-  if CPU_KERNEL_FLAG + "=" in current:
+  missing = cpu_flags(current)
+  if not missing:
     return False
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
   if xla_bridge.backends_are_initialized():
-    log(f"warning: JAX already started; {CPU_KERNEL_FLAG}={CPU_KERNELS} not applied "
+    log(f"warning: JAX already started; {' '.join(missing)} not applied "
         "(call runtime.tune_cpu() before the first JAX computation)")
     return False
-  os.environ["XLA_FLAGS"] = f"{current} {CPU_KERNEL_FLAG}={CPU_KERNELS}".strip()
+  os.environ["XLA_FLAGS"] = " ".join([current] + missing).strip()
   return True
 
 
-def define_flags(cluster: bool = True) -> None:
+# Whether image encoders may run CPU convolutions on oneDNN
+# (bmqa_jax/models/image/onednn.py); `start()` sets it from --onednn.
+_onednn = True
+
+
+def use_onednn(enabled: bool) -> None:
+  """Allows (or forbids) oneDNN convolutions in the programs built from now on.
+  They run faster, but XLA cannot write programs that hold them to the
+  persistent compilation cache (jaxlib 0.10), so they compile at every start."""
+  global _onednn
+  _onednn = bool(enabled)
+
+
+def onednn_allowed() -> bool:
+  return _onednn
+
+
+def define_flags(cluster: bool = True, onednn: bool = True) -> None:
+  """The flags `start()` reads; `onednn` is the default of --onednn."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_bool("cpu_kernels", True, "XLA:CPU: YNNPACK for matrix products and "
-                    "reductions, XLA's own convolutions (runtime.tune_cpu); "
-                    "--nocpu_kernels keeps XLA's defaults.")
+                    "reductions, no YNNPACK convolutions, the plain thunk scheduler "
+                    "(runtime.tune_cpu); --nocpu_kernels keeps XLA's defaults.")
+  flags.DEFINE_bool("onednn", onednn, "CPU convolutions of the image encoders on "
+                    "oneDNN (faster steps; XLA's compilation cache cannot keep those "
+                    "programs, so they compile at every start).")
   flags.DEFINE_string("compilation_cache", None, "XLA compilation cache folder "
                       "(default $BMQA_CACHE_DIR/xla or ~/.cache/bmqa_jax/xla; '': off).")
   if not cluster:
@@ -95,6 +136,7 @@ def start(log=print) -> None:
   f = flags.FLAGS
   if f.cpu_kernels:
     tune_cpu(log)
+  use_onednn(f.onednn)
   enable_compilation_cache(f.compilation_cache)
   if "coordinator" in f and (f.coordinator or f.multihost):
     sharding.initialize_distributed(f.coordinator, f.num_processes, f.process_id, log)

@@ -42,7 +42,7 @@ _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classifier size.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 _TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch reference.')
 _TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads (0: default).')
-_CONV = flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'gemm', 'xla'],
+_CONV = flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'onednn', 'gemm', 'xla'],
                           'Flax CPU convolution (config.model.conv_impl).')
 _JSON = flags.DEFINE_string('json', None, 'Write the results here as JSON.')
 runtime.define_flags(cluster=False)

@@ -33,7 +33,7 @@ _VIEW = flags.DEFINE_enum("view", "auto", ["auto", "center", "tiles"], "'auto': 
 _TILE_SHORT_SIDE = flags.DEFINE_integer("tile_short_side", 512, "With --view=tiles, "
                                         "the image is resized to this short side.")
 _OUT = flags.DEFINE_string("out", "", "Also write the scores to a .csv or .json.")
-runtime.define_flags(cluster=False)
+runtime.define_flags(cluster=False, onednn=False)  # keep its programs cacheable
 
 
 def main(argv):

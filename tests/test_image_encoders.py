@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bmqa_jax import runtime
 from bmqa_jax.models import image
 from bmqa_jax.models.image import efficientnet
 from bmqa_jax.models.image import layers
+from bmqa_jax.models.image import onednn
 
 SIZES = {'vit_tiny': 32}  # others: 64 px
 BATCH_NORM = {'resnet', 'efficientnet'}
@@ -179,8 +181,16 @@ def test_paper_model_output_shapes_at_224(name, width, tokens):
     (8, 5, 5, 3, 2, ((0, 1), (0, 1)), 5),            # depthwise/2, uneven padding
     (10, 4, 4, 5, 2, ((2, 2), (2, 2)), 4),           # depthwise/2, a row never read
     (16, 3, 8, 4, 4, 'VALID', 1),                    # patchify stem (ViT, ConvNeXt)
+    (8, 4, 6, 1, 1, 'VALID', 1),                     # bottleneck 1×1
+    (28, 3, 4, 3, 1, 'SAME', 1),                     # a map large enough for XLA's weight gradient
+    (12, 3, 4, 4, 3, ((1, 2), (2, 0)), 1),           # stride 3, uneven padding: three phases
+    (9, 3, 4, 3, 2, ((2, 2), (2, 2)), 1),            # padding wider than the last phase reads
 ])
-def test_cpu_convolution_and_gradients_equal_xla(size, channels, out, kernel, stride, padding, groups):
+@pytest.mark.parametrize('onednn_ok', [False, True])
+def test_cpu_convolution_and_gradients_equal_xla(size, channels, out, kernel, stride, padding,
+                                                 groups, onednn_ok):
+  if onednn_ok and not onednn.available():
+    pytest.skip('this jaxlib/CPU does not run oneDNN convolutions')
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, size, size + 1, channels)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, channels // groups, out)), jnp.float32)
@@ -192,7 +202,7 @@ def test_cpu_convolution_and_gradients_equal_xla(size, channels, out, kernel, st
 
   def gemm(x, w):
     return layers.cpu_conv_general_dilated(x, w, (stride, stride), padding,
-                                                  feature_group_count=groups)
+                                           feature_group_count=groups, onednn_ok=onednn_ok)
 
   y, ref_vjp = jax.vjp(xla, x, w)
   cotangent = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
@@ -200,6 +210,58 @@ def test_cpu_convolution_and_gradients_equal_xla(size, channels, out, kernel, st
   np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(y))))
   for got, want in zip(got_vjp(cotangent), ref_vjp(cotangent)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def test_onednn_convolution_is_really_used_and_refused_where_absent(monkeypatch):
+  """'auto'/'onednn' put oneDNN custom calls in the program (forward, input
+  gradient, 1×1 weight gradient); 'gemm' keeps XLA's kernels; 'onednn'
+  refuses a process that cannot or may not run them."""
+  if not onednn.available():
+    pytest.skip('this jaxlib/CPU does not run oneDNN convolutions')
+  x = jnp.ones((2, 8, 8, 3))
+  w = jnp.ones((3, 3, 3, 4))
+  w1 = jnp.ones((1, 1, 3, 4))
+
+  def program(impl):
+    conv = layers.conv_general_dilated_for_backend(impl)
+    def loss(x, w, w1):
+      return ((conv(x, w, (1, 1), 'SAME') + conv(x, w1, (1, 1), 'VALID')) ** 2).sum()
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, w, w1).compile().as_text()
+
+  text = program('onednn')
+  assert text.count(onednn.TARGET) == 4  # two forwards, two input gradients
+  assert text.count(onednn.MATMUL_TARGET) == 1  # the 1×1 kernel's gradient
+  assert program('auto').count(onednn.TARGET) == 4
+  assert onednn.TARGET not in program('gemm')
+  monkeypatch.setattr(runtime, '_onednn', False)  # --noonednn (launch/score.py)
+  with pytest.raises(ValueError, match="conv_impl='onednn'"):
+    layers.conv_general_dilated_for_backend('onednn')
+  assert onednn.TARGET not in program('auto')
+
+
+def test_onednn_dense_and_gradients_equal_xla():
+  """ConvNeXt's pointwise layers: ``[..., K] @ [K, N]`` and both gradients as
+  oneDNN matmuls; other products stay ``lax.dot_general``."""
+  if not onednn.available():
+    pytest.skip('this jaxlib/CPU does not run oneDNN convolutions')
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 5, 6, 7)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((7, 9)), jnp.float32)
+  dims = (((3,), (0,)), ((), ()))
+  dense = nn.Dense(9, dot_general=layers.dot_general_for_backend('onednn'))
+  assert layers.dot_general_for_backend('gemm') is None
+  params = lambda w: {'params': {'kernel': w, 'bias': jnp.zeros(9)}}  # noqa: E731
+  y, got_vjp = jax.vjp(lambda x, w: dense.apply(params(w), x), x, w)
+  want, ref_vjp = jax.vjp(lambda x, w: jax.lax.dot_general(x, w, dims), x, w)
+  np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+  g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  for got, ref in zip(got_vjp(g), ref_vjp(g)):
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+  loss = lambda x: (dense.apply(params(w), x) ** 2).sum()  # noqa: E731
+  text = jax.jit(jax.grad(loss)).lower(x).compile().as_text()
+  assert text.count(onednn.MATMUL_TARGET) == 2  # forward and input gradient
+  batched = onednn.dense_dot_general(x, x, (((3,), (3,)), ((0,), (0,))))  # not a Dense product
+  np.testing.assert_allclose(batched, jnp.einsum('bijk,bmnk->bijmn', x, x), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize('window, stride, padding, relu', [

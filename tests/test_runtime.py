@@ -49,13 +49,16 @@ def _tune_in_fresh_process(xla_flags, start_jax_first=False):
   return out.stdout.strip().splitlines()
 
 
-def test_tune_cpu_adds_the_kernel_flag_and_keeps_the_users_choice():
+def test_tune_cpu_adds_the_cpu_flags_and_keeps_the_users_choice():
   from bmqa_jax import runtime  # pylint: disable=g-import-not-at-top
-  flag = f"{runtime.CPU_KERNEL_FLAG}={runtime.CPU_KERNELS}"
-  assert _tune_in_fresh_process(None) == ["True", repr(flag)]
+  ynn, sched = (f"{k}={v}" for k, v in runtime.CPU_FLAGS.items())
+  assert _tune_in_fresh_process(None) == ["True", repr(f"{ynn} {sched}")]
   assert _tune_in_fresh_process("--xla_cpu_enable_fast_math=false") == [
-      "True", repr(f"--xla_cpu_enable_fast_math=false {flag}")]
-  own = f"{runtime.CPU_KERNEL_FLAG}=individual_dot"
-  assert _tune_in_fresh_process(own) == ["False", repr(own)]
+      "True", repr(f"--xla_cpu_enable_fast_math=false {ynn} {sched}")]
+  # A flag the user set keeps the user's value; the others are still added.
+  own = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+  assert _tune_in_fresh_process(own) == ["True", repr(f"{own} {sched}")]
+  both = f"{own} --xla_cpu_enable_concurrency_optimized_scheduler=true"
+  assert _tune_in_fresh_process(both) == ["False", repr(both)]
   late = _tune_in_fresh_process(None, start_jax_first=True)
   assert late[1:] == ["False", "''"] and "warning: JAX already started" in late[0]

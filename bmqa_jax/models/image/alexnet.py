@@ -60,7 +60,7 @@ class AlexNet(nn.Module):
   dropout_rate: float = 0.5
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: 'auto', 'gemm' or 'xla' (layers.py)
+  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
   levels: Sequence[int] = ()
 

@@ -27,14 +27,15 @@ class CNBlock(nn.Module):
   stochastic_depth_rate: float
   layer_scale_init: float = 1e-6
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: 'auto', 'gemm' or 'xla' (layers.py)
+  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     dim = x.shape[-1]
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              kernel_init=_trunc_normal_002)
+                              kernel_init=_trunc_normal_002,
+                              dot_general=layers.dot_general_for_backend(self.conv_impl))
     y = nn.Conv(dim, (7, 7), padding=3, feature_group_count=dim, dtype=self.dtype,
                 param_dtype=self.param_dtype, kernel_init=_trunc_normal_002,
                 conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl),
@@ -66,7 +67,7 @@ class ConvNeXt(nn.Module):
   layer_scale_init: float = 1e-6
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: 'auto', 'gemm' or 'xla' (layers.py)
+  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
   # Stages (0..3, strides 4..32) also returned as ``levels``.
   levels: Sequence[int] = ()

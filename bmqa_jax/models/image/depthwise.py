@@ -30,6 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from bmqa_jax.models.image import onednn
 from bmqa_jax.models.image import windows
 
 
@@ -43,11 +44,17 @@ def _shifted_sum(xp, w, strides, out_hw):
   return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def depthwise_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int],
-                   pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+                   pads: tuple[tuple[int, int], tuple[int, int]],
+                   onednn_ok: bool = False) -> jax.Array:
   """``lax.conv_general_dilated(x, w, strides, pads, feature_group_count=C)``
-  for NHWC ``x`` and HWIO ``w`` of shape ``[Kh, Kw, 1, C]``."""
+  for NHWC ``x`` and HWIO ``w`` of shape ``[Kh, Kw, 1, C]``. With
+  ``onednn_ok`` (float32), the forward pass and the input gradient are
+  oneDNN's depthwise kernels (:mod:`bmqa_jax.models.image.onednn`, 2.5–25×
+  faster than the shifted sums); the kernel gradient is the scan below."""
+  if onednn_ok and x.dtype == w.dtype == jnp.float32:
+    return onednn.forward(x, w, strides, pads, depthwise=True)
   kh, kw = w.shape[:2]
   out_hw = (windows.out_size(x.shape[1], pads[0], kh, strides[0]),
             windows.out_size(x.shape[2], pads[1], kw, strides[1]))
@@ -55,23 +62,27 @@ def depthwise_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int],
   return _shifted_sum(xp, w, strides, out_hw)
 
 
-def _fwd(x, w, strides, pads):
-  return depthwise_conv(x, w, strides, pads), (x, w)
+def _fwd(x, w, strides, pads, onednn_ok):
+  return depthwise_conv(x, w, strides, pads, onednn_ok), (x, w)
 
 
-def _bwd(strides, pads, residuals, g):
+def _bwd(strides, pads, onednn_ok, residuals, g):
   x, w = residuals
   (kh, kw), (sh, sw) = w.shape[:2], strides
   ho, wo = g.shape[1:3]
-  # dx: g at stride 1 (zeros between), padded by k − 1 − pad on each side (the
-  # far side also by what the stride skipped), correlated with the flipped kernel.
   h, wd = x.shape[1:3]
-  cfg = [(0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)]
-  for axis, k, s, (lo, _), n, no in ((1, kh, sh, pads[0], h, ho), (2, kw, sw, pads[1], wd, wo)):
-    top = k - 1 - lo
-    cfg[axis] = (top, n + k - 1 - top - (s * (no - 1) + 1), s - 1)
-  gp = jax.lax.pad(g, jnp.zeros((), g.dtype), cfg)
-  dx = _shifted_sum(gp, w[::-1, ::-1], (1, 1), (h, wd))
+  if onednn_ok and x.dtype == w.dtype == jnp.float32:
+    dx = onednn.input_grad(g, w, strides, pads, x.shape, depthwise=True)
+  else:
+    # dx: g at stride 1 (zeros between), padded by k − 1 − pad on each side (the
+    # far side also by what the stride skipped), correlated with the flipped kernel.
+    cfg = [(0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)]
+    for axis, k, s, (lo, _), n, no in ((1, kh, sh, pads[0], h, ho),
+                                       (2, kw, sw, pads[1], wd, wo)):
+      top = k - 1 - lo
+      cfg[axis] = (top, n + k - 1 - top - (s * (no - 1) + 1), s - 1)
+    gp = jax.lax.pad(g, jnp.zeros((), g.dtype), cfg)
+    dx = _shifted_sum(gp, w[::-1, ::-1], (1, 1), (h, wd))
 
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
 

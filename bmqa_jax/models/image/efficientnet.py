@@ -183,7 +183,7 @@ class EfficientNet(nn.Module):
   head_width: int | None = None  # None: 4 × last stage width (B*), 1280 for Lite.
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: 'auto', 'gemm' or 'xla' (layers.py)
+  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
   bn_momentum: float | None = None  # None: the reference's (0.9 B*, 0.99 Lite).
   bn_epsilon: float | None = None   # None: the reference's (1e-5 B*, 1e-3 Lite).

@@ -1,7 +1,8 @@
 """Pieces shared by the image-encoder families: torch-matching initialisers,
 stochastic depth, the common output dict of every encoder, and the CPU forms
-of convolution (a matrix-multiply weight gradient; depthwise as shifted sums)
-and max pooling (a fused gradient), chosen by ``conv_impl``."""
+of convolution (oneDNN calls for the forward pass and input gradient, a
+matrix-multiply weight gradient; depthwise on oneDNN or as shifted sums) and
+max pooling (a fused gradient), chosen by ``conv_impl``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from bmqa_jax.models.image import depthwise
+from bmqa_jax.models.image import onednn
 from bmqa_jax.models.image import pooling
 from bmqa_jax.models.image import windows
 
@@ -116,54 +118,92 @@ def _patches(x, kernel_hw, strides, pads, out_hw):
   return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_gemm_wgrad(x, w, strides, pads):
+# Inputs of at least this many pixels (28×28) keep XLA's own k×k weight
+# gradient on CPU (see cpu_conv_general_dilated).
+XLA_GRAD_MIN_PIXELS = 28 * 28
+
+
+def _xla_weight_grad(x_shape, kernel_hw, strides, pads) -> bool:
+  """Whether XLA's own weight gradient beats the im2col product: k×k kernels
+  (k > 1, not a patchify stem) on maps of at least ``XLA_GRAD_MIN_PIXELS``."""
+  kh, kw = kernel_hw
+  return (kh * kw > 1 and not _patchify(kernel_hw, strides, pads)
+          and x_shape[1] * x_shape[2] >= XLA_GRAD_MIN_PIXELS)
+
+
+def _patchify(kernel_hw, strides, pads) -> bool:
+  """A ViT/ConvNeXt stem: a k×k kernel (k > 1) at stride k, unpadded."""
+  return (tuple(kernel_hw) == tuple(strides) and kernel_hw[0] * kernel_hw[1] > 1
+          and all(p == (0, 0) for p in pads))
+
+
+def _uses_onednn(x, w, strides, pads) -> bool:
+  """oneDNN runs this convolution: float32, not a patchify stem."""
+  return x.dtype == w.dtype == jnp.float32 and not _patchify(w.shape[:2], strides, pads)
+
+
+def _xla_conv(x, w, strides, pads):
   return jax.lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC)
 
 
-def _conv_fwd(x, w, strides, pads):
-  return _conv_gemm_wgrad(x, w, strides, pads), (x, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, w, strides, pads, onednn_ok):
+  """A convolution whose forward and input gradient run on oneDNN where
+  ``onednn_ok`` (and :func:`_uses_onednn`), on XLA otherwise, and whose weight
+  gradient is XLA's or one im2col product (:func:`_xla_weight_grad`)."""
+  if onednn_ok and _uses_onednn(x, w, strides, pads):
+    return onednn.forward(x, w, strides, pads)
+  return _xla_conv(x, w, strides, pads)
 
 
-def _conv_bwd(strides, pads, residuals, g):
+def _conv_fwd(x, w, strides, pads, onednn_ok):
+  return _conv(x, w, strides, pads, onednn_ok), (x, w)
+
+
+def _conv_bwd(strides, pads, onednn_ok, residuals, g):
   x, w = residuals
-  conv = lambda x_: jax.lax.conv_general_dilated(  # noqa: E731
-      x_, w, strides, pads, dimension_numbers=_NHWC)
-  dx = jax.vjp(conv, x)[1](g)[0]
+  if onednn_ok and _uses_onednn(x, w, strides, pads):
+    dx = onednn.input_grad(g, w, strides, pads, x.shape)
+  else:
+    dx = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads), x)[1](g)[0]
   kh, kw, cin, cout = w.shape
+  if onednn_ok and _uses_onednn(x, w, strides, pads) and kh * kw == 1:
+    p = _patches(x, (kh, kw), strides, pads, g.shape[1:3])
+    dw = onednn.matmul(p.reshape(-1, cin), g.reshape(-1, cout), transpose_a=True)
+    return dx, dw.reshape(kh, kw, cin, cout)
+  if _xla_weight_grad(x.shape, (kh, kw), strides, pads):
+    return dx, jax.vjp(lambda w_: _xla_conv(x, w_, strides, pads), w)[1](g)[0]
   p = _patches(x, (kh, kw), strides, pads, g.shape[1:3])
   dw = jax.lax.dot_general(p.reshape(-1, kh * kw * cin), g.reshape(-1, cout),
                            (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-  dw = dw.reshape(kh, kw, cin, cout)
-  return dx, dw.astype(w.dtype)
+  return dx, dw.reshape(kh, kw, cin, cout).astype(w.dtype)
 
 
-_conv_gemm_wgrad.defvjp(_conv_fwd, _conv_bwd)
-
-
-# Inputs of at least this many pixels (28×28) keep XLA's own k×k convolution
-# gradients on CPU (see cpu_conv_general_dilated).
-XLA_GRAD_MIN_PIXELS = 28 * 28
+_conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                              rhs_dilation=None, dimension_numbers=None,
-                             feature_group_count=1, precision=None, **kwargs):
+                             feature_group_count=1, precision=None, *,
+                             onednn_ok: bool = False, **kwargs):
   """Drop-in ``lax.conv_general_dilated`` (the ``conv_general_dilated`` field of
   ``nn.Conv``) for the convolutions XLA:CPU runs slowly.
 
-  * Ordinary convolutions: XLA's forward and input gradient; the kernel
-    gradient is one matrix product over im2col patches. XLA:CPU's own
-    weight-gradient convolution is slow where the maps are small and the
-    channels many (ResNet-50's 3×3 at 14 and 7 px: its training step 2.5
-    against 3.9 img/s) and for 1×1 kernels, and fast on large maps: a k×k
-    kernel (k > 1, not a patchify stem) on an input of at least
-    ``XLA_GRAD_MIN_PIXELS`` pixels keeps XLA's own gradients (VGG-19's step
-    1.4 against 1.14 img/s with the GEMM everywhere, ResNet-50's 4.6 against 4.1).
+  * Ordinary convolutions: with ``onednn_ok``, the forward pass and the
+    stride-1 input gradient run on oneDNN (:mod:`bmqa_jax.models.image.onednn`,
+    float32 only; 15–40 % faster than XLA's kernels per layer), otherwise on
+    XLA. The kernel gradient is XLA's own on large maps and one matrix product
+    over im2col patches elsewhere: XLA:CPU's weight-gradient convolution is
+    slow where the maps are small and the channels many (ResNet-50's 3×3 at 14
+    and 7 px: its training step 2.5 against 3.9 img/s) and for 1×1 kernels,
+    and fast for a k×k kernel (k > 1, not a patchify stem) on an input of at
+    least ``XLA_GRAD_MIN_PIXELS`` pixels (VGG-19's step 1.4 against 1.14 img/s
+    with the product everywhere).
   * Depthwise convolutions: :func:`bmqa_jax.models.image.depthwise.depthwise_conv`
-    (shifted sums instead of XLA:CPU's generic grouped-convolution loop).
+    (oneDNN's depthwise kernels with ``onednn_ok``, else shifted sums, instead
+    of XLA:CPU's generic grouped-convolution loop).
 
-  Same sums as XLA's convolution in another order (float32 differences ~1e-7
+  Same sums as XLA's convolution in another order (float32 differences ~1e-6
   relative). Falls back to ``lax.conv_general_dilated`` for dilation,
   precision settings, non-2-D inputs and groups that are neither 1 nor
   depthwise.
@@ -185,31 +225,48 @@ def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=Non
   pads = tuple(tuple(int(v) for v in p) for p in padding)
   strides = tuple(int(s) for s in window_strides)
   if one_per_group:
-    return depthwise.depthwise_conv(lhs, rhs, strides, pads)
-  kh, kw = rhs.shape[:2]
-  patchify = (kh, kw) == strides and all(p == (0, 0) for p in pads)
-  if kh * kw > 1 and not patchify and lhs.shape[1] * lhs.shape[2] >= XLA_GRAD_MIN_PIXELS:
-    return jax.lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=_NHWC)
-  return _conv_gemm_wgrad(lhs, rhs, strides, pads)
+    return depthwise.depthwise_conv(lhs, rhs, strides, pads, onednn_ok)
+  return _conv(lhs, rhs, strides, pads, onednn_ok)
 
 
-CONV_IMPLS = ('auto', 'gemm', 'xla')
+CONV_IMPLS = ('auto', 'onednn', 'gemm', 'xla')
 
 
 def _cpu_kernels(conv_impl: str) -> bool:
   """Whether ``conv_impl`` (``config.model.conv_impl``) picks this module's
-  CPU forms: ``'gemm'`` yes, ``'xla'`` no, ``'auto'`` on the CPU backend only
-  (cuDNN is fast)."""
+  CPU forms: ``'onednn'`` yes, ``'xla'`` no, ``'auto'`` and ``'gemm'`` on the
+  CPU backend only (cuDNN is fast)."""
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl={conv_impl!r}: expected one of {CONV_IMPLS}')
-  return conv_impl == 'gemm' or (conv_impl == 'auto' and jax.default_backend() == 'cpu')
+  return conv_impl == 'onednn' or (
+      conv_impl in ('auto', 'gemm') and jax.default_backend() == 'cpu')
 
 
 def conv_general_dilated_for_backend(conv_impl: str = 'auto'):
   """The convolution for ``nn.Conv(conv_general_dilated=...)``:
   :func:`cpu_conv_general_dilated` where ``conv_impl`` picks the CPU forms,
-  else None (XLA's own)."""
-  return cpu_conv_general_dilated if _cpu_kernels(conv_impl) else None
+  else None (XLA's own). ``'auto'`` and ``'onednn'`` run convolutions on
+  oneDNN where :func:`onednn.available` (``'onednn'`` raises where it is
+  not); ``'gemm'`` keeps to XLA's kernels, whose programs XLA's persistent
+  compilation cache can store (small models, where compiling costs more
+  than oneDNN saves)."""
+  if not _cpu_kernels(conv_impl):
+    return None
+  onednn_ok = conv_impl in ('auto', 'onednn') and onednn.available()
+  if conv_impl == 'onednn' and not onednn_ok:
+    raise ValueError("conv_impl='onednn': this process cannot run oneDNN's "
+                     'convolution (needs one x86 CPU device and a jaxlib with oneDNN)')
+  return functools.partial(cpu_conv_general_dilated, onednn_ok=onednn_ok)
+
+
+def dot_general_for_backend(conv_impl: str = 'auto'):
+  """The product for ``nn.Dense(dot_general=...)``: oneDNN matmuls
+  (:func:`onednn.dense_dot_general`) where ``conv_impl`` runs convolutions on
+  oneDNN, else None (``lax.dot_general``)."""
+  conv = conv_general_dilated_for_backend(conv_impl)
+  if conv is not None and conv.keywords['onednn_ok']:
+    return onednn.dense_dot_general
+  return None
 
 
 def max_pool_for_backend(conv_impl: str = 'auto'):

@@ -102,7 +102,7 @@ class MobileNetV2(nn.Module):
   dropout_rate: float = 0.2
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: 'auto', 'gemm' or 'xla' (layers.py)
+  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
   bn_momentum: float = 0.9  # torch's momentum 0.1
   bn_epsilon: float = 1e-5

@@ -98,7 +98,7 @@ class ResNet(nn.Module):
   stem_width: int = 64
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: 'auto', 'gemm' or 'xla' (layers.py)
+  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5

@@ -97,7 +97,7 @@ class VisionTransformer(nn.Module):
   attention_dropout_rate: float = 0.0
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: 'auto', 'gemm' or 'xla' (layers.py)
+  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
   # Encoder layers (0..num_layers-1) whose output tokens are also returned as
   # ``levels`` (before the final LayerNorm, class token first).
