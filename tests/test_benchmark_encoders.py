@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -34,3 +36,19 @@ def test_benchmark_rows_and_cpu_kernels(tmp_path):
   assert all(f"{k}={v}" in stdout for k, v in runtime.CPU_FLAGS.items())
   _, stdout = _bench(tmp_path, "--nocpu_kernels", "--modes=infer")
   assert not any(k in stdout for k in runtime.CPU_FLAGS)
+
+
+def test_layer_rows_cover_every_convolution_once():
+  """--layers: each distinct convolution of the net with its count, timed
+  three ways for Flax and PyTorch."""
+  pytest.importorskip("torch")
+  from bmqa_jax.models.image import benchmark  # pylint: disable=g-import-not-at-top
+  geometries = benchmark.conv_geometries("resnet_tiny", 2, 32)
+  # resnet_tiny: the stem, then per stage two 3×3 (+ a 1×1 downsample after the first).
+  assert sum(geometries.values()) == 12
+  assert ((2, 32, 32, 3), (7, 7, 3, 16), (2, 2), ((3, 3), (3, 3)), 1) in geometries
+  rows = benchmark.layer_rows("resnet_tiny", 2, 32, benchmark.Options(steps=1))
+  assert sum(r["count"] for r in rows) == 12
+  for r in rows:
+    assert len(r["jax_ms"]) == len(r["torch_ms"]) == 3
+    assert all(t > 0 for t in r["jax_ms"] + r["torch_ms"])

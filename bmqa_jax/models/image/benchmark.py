@@ -173,3 +173,111 @@ def row(name: str, mode: str, batch: int, size: int, o: Options,
           'jax_first_step_s': first_s, 'jax_img_s': jax_img_s,
           'torch_img_s': torch_img_s,
           'ratio': jax_img_s / torch_img_s if torch_img_s else None}
+
+
+def _eqns(jaxpr):
+  """Every equation of ``jaxpr`` and of the jaxprs nested in its equations."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          yield from _eqns(inner)
+
+
+def conv_geometries(name: str, batch: int, size: int) -> dict[tuple, int]:
+  """{(input shape, kernel shape, strides, pads, groups): count} of the
+  convolutions in encoder ``name``'s forward pass (traced with XLA's own
+  convolution, so each is one ``conv_general_dilated``)."""
+  kwargs = {'conv_impl': 'xla'}
+  if image.family(name) == 'vit':
+    kwargs['image_size'] = size
+  model = image.create(name, **kwargs)
+  x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  out: dict[tuple, int] = {}
+  for eqn in _eqns(jaxpr.jaxpr):
+    if eqn.primitive.name == 'conv_general_dilated':
+      p = eqn.params
+      key = (tuple(eqn.invars[0].aval.shape), tuple(eqn.invars[1].aval.shape),
+             tuple(p['window_strides']), tuple(tuple(q) for q in p['padding']),
+             p['feature_group_count'])
+      out[key] = out.get(key, 0) + 1
+  return out
+
+
+def _best_ms(fn, *args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))
+  start = time.perf_counter()
+  for _ in range(repeats):
+    jax.block_until_ready(fn(*args))
+  return (time.perf_counter() - start) / repeats * 1e3
+
+
+def layer_rows(name: str, batch: int, size: int, o: Options,
+               with_torch: bool = True) -> list[dict]:
+  """Per distinct convolution of encoder ``name``: milliseconds of its
+  forward pass, input gradient and kernel gradient with the library's CPU
+  convolution (``o.conv_impl``), and with PyTorch's (channels-last,
+  ``aten.convolution_backward``) when ``with_torch``. Where a network's
+  training step loses time, layer by layer."""
+  from bmqa_jax.models.image import layers  # pylint: disable=g-import-not-at-top
+  conv = layers.conv_general_dilated_for_backend(o.conv_impl) or jax.lax.conv_general_dilated
+  rows = []
+  rng = np.random.default_rng(0)
+  for (xs, ws, strides, pads, groups), count in conv_geometries(name, batch, size).items():
+    x = jnp.asarray(rng.standard_normal(xs), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(ws) / np.sqrt(np.prod(ws[:3])), jnp.float32)
+
+    def f(x, w, strides=strides, pads=pads, groups=groups):
+      return conv(x, w, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                  feature_group_count=groups)
+    g = jnp.ones(jax.eval_shape(f, x, w).shape, jnp.float32)
+    ms = [_best_ms(jax.jit(f), x, w, repeats=o.steps),
+          _best_ms(jax.jit(lambda x, w, g: jax.vjp(lambda x_: f(x_, w), x)[1](g)[0]),
+                   x, w, g, repeats=o.steps),
+          _best_ms(jax.jit(lambda x, w, g: jax.vjp(lambda w_: f(x, w_), w)[1](g)[0]),
+                   x, w, g, repeats=o.steps)]
+    torch_ms = _torch_layer_ms(xs, ws, strides, pads, groups, o) if with_torch else None
+    rows.append({'model': name, 'input': xs, 'kernel': ws, 'strides': strides,
+                 'pads': pads, 'groups': groups, 'count': count,
+                 'jax_ms': ms, 'torch_ms': torch_ms})
+  return rows
+
+
+def _torch_layer_ms(xs, ws, strides, pads, groups, o: Options) -> list[float]:
+  """PyTorch's forward, input-gradient and kernel-gradient milliseconds for
+  one convolution geometry (NHWC/HWIO shapes), channels-last."""
+  import torch  # pylint: disable=g-import-not-at-top
+  if o.torch_threads:
+    torch.set_num_threads(o.torch_threads)
+  b, h, w_, c = xs
+  kh, kw, cin_g, cout = ws
+  x = torch.randn(b, c, h, w_).contiguous(memory_format=torch.channels_last)
+  w = torch.randn(cout, cin_g, kh, kw).contiguous(memory_format=torch.channels_last)
+  # torch pads symmetrically: pad the input by the difference first.
+  (pt, pb), (pl, pr) = pads
+  sym = (min(pt, pb), min(pl, pr))
+  if (pt, pb, pl, pr) != (sym[0], sym[0], sym[1], sym[1]):
+    x = torch.nn.functional.pad(x, (pl - sym[1], pr - sym[1], pt - sym[0], pb - sym[0]))
+    x = x.contiguous(memory_format=torch.channels_last)
+  y = torch.nn.functional.conv2d(x, w, stride=strides, padding=sym, groups=groups)
+  g = torch.ones_like(y)
+
+  def timed(fn):
+    fn()
+    start = time.perf_counter()
+    for _ in range(o.steps):
+      fn()
+    return (time.perf_counter() - start) / o.steps * 1e3
+
+  def backward(mask):
+    return lambda: torch.ops.aten.convolution_backward(
+        g, x, w, None, list(strides), list(sym), [1, 1], False, [0, 0], groups, mask)
+  with torch.no_grad():
+    return [timed(lambda: torch.nn.functional.conv2d(x, w, stride=strides, padding=sym,
+                                                     groups=groups)),
+            timed(backward([True, False, False])),
+            timed(backward([False, True, False]))]
