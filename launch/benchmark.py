@@ -45,9 +45,6 @@ _TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads
 _CONV = flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'onednn', 'gemm', 'xla'],
                           'Flax CPU convolution (config.model.conv_impl).')
 _JSON = flags.DEFINE_string('json', None, 'Write the results here as JSON.')
-_LAYERS = flags.DEFINE_bool('layers', False, 'Instead: each distinct convolution of '
-                            'the models alone (forward, input and kernel gradient, ms), '
-                            'Flax vs PyTorch, and the sums over the network.')
 runtime.define_flags(cluster=False)
 
 
@@ -62,9 +59,6 @@ def main(argv):
                         conv_impl=_CONV.value)
   print(f'JAX devices: {jax.devices()}  dtype={_DTYPE.value} batch={batch} size={size} '
         f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
-  if _LAYERS.value:
-    _print_layers(batch, size, o)
-    return
   print('| model | mode | batch | Flax img/s | PyTorch img/s | ratio | Flax first step s |')
   print('|---|---|---:|---:|---:|---:|---:|')
   rows = []
@@ -79,27 +73,6 @@ def main(argv):
       if _JSON.value:  # rewritten after every row: a cut-off run keeps what it measured
         with open(_JSON.value, 'w') as f:
           json.dump(rows, f, indent=1)
-
-
-def _print_layers(batch, size, o):
-  fmt = lambda v: '–' if v is None else ' / '.join(f'{t:.1f}' for t in v)  # noqa: E731
-  rows = []
-  for name in _MODELS.value:
-    print(f'\n{name}: ms forward / input gradient / kernel gradient')
-    print('| input | kernel | stride | groups | × | Flax | PyTorch |')
-    print('|---|---|---|---:|---:|---|---|')
-    model_rows = benchmark.layer_rows(name, batch, size, o, _TORCH.value)
-    for r in model_rows:
-      print(f"| {r['input']} | {r['kernel']} | {r['strides']} | {r['groups']} | "
-            f"{r['count']} | {fmt(r['jax_ms'])} | {fmt(r['torch_ms'])} |", flush=True)
-    total = lambda key: None if model_rows[0][key] is None else [  # noqa: E731
-        sum(r['count'] * r[key][i] for r in model_rows) for i in range(3)]
-    print(f"| sum over the network | | | | | {fmt(total('jax_ms'))} | "
-          f"{fmt(total('torch_ms'))} |")
-    rows += model_rows
-  if _JSON.value:
-    with open(_JSON.value, 'w') as f:
-      json.dump(rows, f, indent=1)
 
 
 if __name__ == '__main__':

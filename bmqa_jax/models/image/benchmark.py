@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 import jax
@@ -281,3 +282,29 @@ def _torch_layer_ms(xs, ws, strides, pads, groups, o: Options) -> list[float]:
                                                      groups=groups)),
             timed(backward([True, False, False])),
             timed(backward([False, True, False]))]
+
+
+def print_layers(names, batch: int, size: int, o: Options, with_torch: bool = True,
+                 json_path: str | None = None) -> list[dict]:
+  """Prints :func:`layer_rows` of each encoder in ``names`` as a Markdown
+  table with the sums over the network (``launch/benchmark_layers.py``);
+  writes the rows to ``json_path`` when given."""
+  fmt = lambda v: '–' if v is None else ' / '.join(f'{t:.1f}' for t in v)  # noqa: E731
+  rows = []
+  for name in names:
+    print(f'\n{name}: ms forward / input gradient / kernel gradient')
+    print('| input | kernel | stride | groups | × | Flax | PyTorch |')
+    print('|---|---|---|---:|---:|---|---|')
+    model_rows = layer_rows(name, batch, size, o, with_torch)
+    for r in model_rows:
+      print(f"| {r['input']} | {r['kernel']} | {r['strides']} | {r['groups']} | "
+            f"{r['count']} | {fmt(r['jax_ms'])} | {fmt(r['torch_ms'])} |", flush=True)
+    total = lambda key: None if model_rows[0][key] is None else [  # noqa: E731
+        sum(r['count'] * r[key][i] for r in model_rows) for i in range(3)]
+    print(f"| sum over the network | | | | | {fmt(total('jax_ms'))} | "
+          f"{fmt(total('torch_ms'))} |")
+    rows += model_rows
+  if json_path:
+    with open(json_path, 'w') as f:
+      json.dump(rows, f, indent=1)
+  return rows
