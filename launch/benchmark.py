@@ -2,21 +2,16 @@ r"""Image-encoder speed, Flax against the PyTorch reference in the same run (iss
 
     python launch/benchmark.py --models=resnet50,vit_b32 --batch=8 [--json=FILE]
 
-For each encoder and mode it times, after ``--warmup`` untimed steps
-(compilation included there), ``--steps`` steps of
-
-* ``train``: forward in training mode (BatchNorm batch statistics, dropout and
-  stochastic depth on), softmax cross-entropy on a 1000-class head, backward,
-  SGD-with-momentum update — one ``jax.jit`` with the state donated, and the
-  same in PyTorch (``model.train()``, ``torch.optim.SGD``);
-* ``infer``: the eval-mode forward (``torch.inference_mode`` for PyTorch),
-
-and prints images/s for both, the ratio (Flax / PyTorch; > 1: Flax is faster)
-and Flax's first step (compilation included). ``--json FILE`` writes
-``[{"model", "mode", "batch", "jax_first_step_s", "jax_img_s", "torch_img_s", "ratio"}]``. torch is imported lazily; with ``--notorch`` only Flax is timed.
-Compute dtype: ``--dtype=bfloat16`` (Flax activations; PyTorch autocast on GPU).
-XLA options are set through the ``XLA_FLAGS`` environment variable; ``--nocpu_kernels``
-keeps XLA:CPU's default kernel libraries (``bmqa_jax.runtime.tune_cpu``).
+Per encoder and mode, after ``--warmup`` untimed steps (compilation included),
+``--steps`` steps of ``train`` (training-mode forward, softmax cross-entropy on
+a 1000-class head, backward, SGD-momentum update: one ``jax.jit``, state
+donated; the same in PyTorch) or ``infer`` (the eval-mode forward). Prints
+images/s for both, the ratio (> 1: Flax is faster) and Flax's first step;
+``--json FILE`` writes the rows. ``--notorch`` times Flax only; ``--dtype``
+sets Flax's activations (PyTorch autocast on GPU); ``--nocpu_kernels`` keeps
+XLA:CPU's defaults (``bmqa_jax.runtime.tune_cpu``). ``--layers`` instead times
+each distinct convolution alone (forward, input and kernel gradient, ms) with
+the sums over the network: where a training step loses time, layer by layer.
 """
 
 import json
@@ -45,6 +40,7 @@ _TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads
 _CONV = flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'onednn', 'gemm', 'xla'],
                           'Flax CPU convolution (config.model.conv_impl).')
 _JSON = flags.DEFINE_string('json', None, 'Write the results here as JSON.')
+_LAYERS = flags.DEFINE_bool('layers', False, 'Time each distinct convolution instead.')
 runtime.define_flags(cluster=False)
 
 
@@ -59,6 +55,9 @@ def main(argv):
                         conv_impl=_CONV.value)
   print(f'JAX devices: {jax.devices()}  dtype={_DTYPE.value} batch={batch} size={size} '
         f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
+  if _LAYERS.value:
+    benchmark.print_layers(_MODELS.value, batch, size, o, _TORCH.value, _JSON.value)
+    return
   print('| model | mode | batch | Flax img/s | PyTorch img/s | ratio | Flax first step s |')
   print('|---|---|---:|---:|---:|---:|---:|')
   rows = []

@@ -39,7 +39,7 @@ def test_benchmark_rows_and_cpu_kernels(tmp_path):
 
 
 def test_layer_rows_cover_every_convolution_once():
-  """launch/benchmark_layers.py: each distinct convolution of the net with its count, timed
+  """launch/benchmark.py --layers: each distinct convolution of the net with its count, timed
   three ways for Flax and PyTorch."""
   pytest.importorskip("torch")
   from bmqa_jax.models.image import benchmark  # pylint: disable=g-import-not-at-top
@@ -54,11 +54,11 @@ def test_layer_rows_cover_every_convolution_once():
     assert all(t > 0 for t in r["jax_ms"] + r["torch_ms"])
 
 
-def test_benchmark_layers_script_writes_one_row_per_geometry(tmp_path):
+def test_benchmark_layers_writes_one_row_per_geometry(tmp_path):
   out = tmp_path / "layers.json"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   proc = subprocess.run(
-      [sys.executable, "launch/benchmark_layers.py", "--models=resnet_tiny", "--batch=2",
+      [sys.executable, "launch/benchmark.py", "--layers", "--models=resnet_tiny", "--batch=2",
        "--image_size=32", "--steps=1", "--notorch", "--compilation_cache=", f"--json={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300,
       env=dict(env, JAX_PLATFORMS="cpu"))

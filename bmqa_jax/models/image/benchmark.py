@@ -287,7 +287,7 @@ def _torch_layer_ms(xs, ws, strides, pads, groups, o: Options) -> list[float]:
 def print_layers(names, batch: int, size: int, o: Options, with_torch: bool = True,
                  json_path: str | None = None) -> list[dict]:
   """Prints :func:`layer_rows` of each encoder in ``names`` as a Markdown
-  table with the sums over the network (``launch/benchmark_layers.py``);
+  table with the sums over the network (``launch/benchmark.py --layers``);
   writes the rows to ``json_path`` when given."""
   fmt = lambda v: '–' if v is None else ' / '.join(f'{t:.1f}' for t in v)  # noqa: E731
   rows = []
