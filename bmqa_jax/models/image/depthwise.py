@@ -53,7 +53,7 @@ def depthwise_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int],
   ``onednn_ok`` (float32), the forward pass and the input gradient are
   oneDNN's depthwise kernels (:mod:`bmqa_jax.models.image.onednn`, 2.5–25×
   faster than the shifted sums); the kernel gradient is the scan below."""
-  if onednn_ok and x.dtype == w.dtype == jnp.float32:
+  if onednn_ok and onednn.supports(x, w):
     return onednn.forward(x, w, strides, pads, depthwise=True)
   kh, kw = w.shape[:2]
   out_hw = (windows.out_size(x.shape[1], pads[0], kh, strides[0]),
@@ -71,7 +71,7 @@ def _bwd(strides, pads, onednn_ok, residuals, g):
   (kh, kw), (sh, sw) = w.shape[:2], strides
   ho, wo = g.shape[1:3]
   h, wd = x.shape[1:3]
-  if onednn_ok and x.dtype == w.dtype == jnp.float32:
+  if onednn_ok and onednn.supports(x, w):
     dx = onednn.input_grad(g, w, strides, pads, x.shape, depthwise=True)
   else:
     # dx: g at stride 1 (zeros between), padded by k − 1 − pad on each side (the

@@ -139,7 +139,7 @@ def _patchify(kernel_hw, strides, pads) -> bool:
 
 def _uses_onednn(x, w, strides, pads) -> bool:
   """oneDNN runs this convolution: float32, not a patchify stem."""
-  return x.dtype == w.dtype == jnp.float32 and not _patchify(w.shape[:2], strides, pads)
+  return onednn.supports(x, w) and not _patchify(w.shape[:2], strides, pads)
 
 
 def _xla_conv(x, w, strides, pads):
@@ -162,12 +162,13 @@ def _conv_fwd(x, w, strides, pads, onednn_ok):
 
 def _conv_bwd(strides, pads, onednn_ok, residuals, g):
   x, w = residuals
-  if onednn_ok and _uses_onednn(x, w, strides, pads):
+  use_onednn = onednn_ok and _uses_onednn(x, w, strides, pads)
+  if use_onednn:
     dx = onednn.input_grad(g, w, strides, pads, x.shape)
   else:
     dx = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads), x)[1](g)[0]
   kh, kw, cin, cout = w.shape
-  if onednn_ok and _uses_onednn(x, w, strides, pads) and kh * kw == 1:
+  if use_onednn and kh * kw == 1:
     p = _patches(x, (kh, kw), strides, pads, g.shape[1:3])
     dw = onednn.matmul(p.reshape(-1, cin), g.reshape(-1, cout), transpose_a=True)
     return dx, dw.reshape(kh, kw, cin, cout)
@@ -189,11 +190,12 @@ def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=Non
   """Drop-in ``lax.conv_general_dilated`` (the ``conv_general_dilated`` field of
   ``nn.Conv``) for the convolutions XLA:CPU runs slowly.
 
-  * Ordinary convolutions: with ``onednn_ok``, the forward pass and the
-    stride-1 input gradient run on oneDNN (:mod:`bmqa_jax.models.image.onednn`,
-    float32 only; 15–40 % faster than XLA's kernels per layer), otherwise on
-    XLA. The kernel gradient is XLA's own on large maps and one matrix product
-    over im2col patches elsewhere: XLA:CPU's weight-gradient convolution is
+  * Ordinary convolutions: with ``onednn_ok``, the forward pass, the input
+    gradient and a 1×1 kernel's gradient run on oneDNN
+    (:mod:`bmqa_jax.models.image.onednn`, float32 only; 15–40 % faster than
+    XLA's kernels per layer), otherwise on XLA. A k×k kernel's gradient is
+    XLA's own on large maps and one matrix product over im2col patches
+    elsewhere: XLA:CPU's weight-gradient convolution is
     slow where the maps are small and the channels many (ResNet-50's 3×3 at 14
     and 7 px: its training step 2.5 against 3.9 img/s) and for 1×1 kernels,
     and fast for a k×k kernel (k > 1, not a patchify stem) on an input of at
@@ -252,19 +254,24 @@ def conv_general_dilated_for_backend(conv_impl: str = 'auto'):
   than oneDNN saves)."""
   if not _cpu_kernels(conv_impl):
     return None
-  onednn_ok = conv_impl in ('auto', 'onednn') and onednn.available()
-  if conv_impl == 'onednn' and not onednn_ok:
+  return functools.partial(cpu_conv_general_dilated, onednn_ok=_onednn_ok(conv_impl))
+
+
+def _onednn_ok(conv_impl: str) -> bool:
+  """Whether ``conv_impl`` (one that picks the CPU forms) runs on oneDNN here;
+  ``'onednn'`` raises where this process cannot."""
+  ok = conv_impl in ('auto', 'onednn') and onednn.available()
+  if conv_impl == 'onednn' and not ok:
     raise ValueError("conv_impl='onednn': this process cannot run oneDNN's "
                      'convolution (needs one x86 CPU device and a jaxlib with oneDNN)')
-  return functools.partial(cpu_conv_general_dilated, onednn_ok=onednn_ok)
+  return ok
 
 
 def dot_general_for_backend(conv_impl: str = 'auto'):
   """The product for ``nn.Dense(dot_general=...)``: oneDNN matmuls
   (:func:`onednn.dense_dot_general`) where ``conv_impl`` runs convolutions on
   oneDNN, else None (``lax.dot_general``)."""
-  conv = conv_general_dilated_for_backend(conv_impl)
-  if conv is not None and conv.keywords['onednn_ok']:
+  if _cpu_kernels(conv_impl) and _onednn_ok(conv_impl):
     return onednn.dense_dot_general
   return None
 

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bmqa_jax import runtime
+from bmqa_jax.models.image import windows
 
 TARGET = '__onednn$convolution'
 MATMUL_TARGET = '__onednn$matmul'
@@ -89,9 +90,15 @@ def forward(x: jax.Array, w: jax.Array, strides: Sequence[int], pads: Pads,
   ``depthwise`` one group per channel (``w`` ``[Kh, Kw, 1, C]``)."""
   b, h, wd, _ = x.shape
   kh, kw, _, cout = w.shape
-  oh = (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1
-  ow = (wd + pads[1][0] + pads[1][1] - kw) // strides[1] + 1
+  oh = windows.out_size(h, pads[0], kh, strides[0])
+  ow = windows.out_size(wd, pads[1], kw, strides[1])
   return _call(x, w, (b, oh, ow, cout), HWIO, strides, pads, cout if depthwise else 1)
+
+
+def supports(x: jax.Array, w: jax.Array) -> bool:
+  """Whether the calls here take these operands: float32 only (bf16 keeps
+  XLA's kernels)."""
+  return x.dtype == w.dtype == jnp.float32
 
 
 def _phase(size: int, out_size: int, k: int, stride: int, pad_lo: int, r: int):
@@ -190,7 +197,7 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None,
   (lhs_c, rhs_c), (lhs_b, rhs_b) = dimension_numbers
   plain = (rhs.ndim != 2 or tuple(lhs_c) != (lhs.ndim - 1,) or tuple(rhs_c) != (0,)
            or lhs_b or rhs_b or precision is not None or kwargs
-           or not lhs.dtype == rhs.dtype == jnp.float32
+           or not supports(lhs, rhs)
            or preferred_element_type not in (None, jnp.float32))
   if plain:
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
