@@ -3,10 +3,11 @@ r"""Image-encoder speed, Flax against the PyTorch reference in the same run (iss
     python launch/benchmark.py --models=resnet50,vit_b32 --batch=8 [--json=FILE]
 
 Per encoder and mode, after ``--warmup`` untimed steps (compilation included),
-``--steps`` steps of ``train`` (training-mode forward, softmax cross-entropy on
-a 1000-class head, backward, SGD-momentum update: one ``jax.jit``, state
-donated; the same in PyTorch) or ``infer`` (the eval-mode forward). Prints
-images/s for both, the ratio (> 1: Flax is faster) and Flax's first step;
+``--steps`` rounds of one Flax and one PyTorch step, timed in turn, of ``train``
+(training-mode forward, softmax cross-entropy on a 1000-class head, backward,
+SGD-momentum update: one ``jax.jit``, state donated; the same in PyTorch) or
+``infer`` (the eval-mode forward). Prints images/s for both from the median
+step, the ratio (> 1: Flax is faster) and Flax's first step;
 ``--json FILE`` writes the rows. ``--notorch`` times Flax only; ``--dtype``
 sets Flax's activations (PyTorch autocast on GPU); ``--nocpu_kernels`` keeps
 XLA:CPU's defaults (``bmqa_jax.runtime.tune_cpu``). ``--layers`` instead times
@@ -29,7 +30,7 @@ _MODELS = flags.DEFINE_list('models', ['resnet50', 'vit_b32', 'convnext_base',
 _MODES = flags.DEFINE_list('modes', ['train', 'infer'], 'train and/or infer.')
 _BATCH = flags.DEFINE_integer('batch', 8, 'Batch size.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input side.')
-_STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps.')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (rounds).')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps first (compilation).')
 _LR = flags.DEFINE_float('learning_rate', 0.01, 'SGD learning rate.')
 _MOMENTUM = flags.DEFINE_float('momentum', 0.9, 'SGD momentum.')

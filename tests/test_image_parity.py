@@ -169,3 +169,20 @@ def test_parameter_count_equals_reference(name):
   abstract = convert.expected_variables(name, num_classes=1000)
   ours = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract['params']))
   assert ours == ref
+
+
+
+@pytest.mark.parametrize('shape', [(2, 9, 9, 128), (4, 7)])
+def test_gelu_and_its_gradient_match_torch(shape):
+  """layers.gelu (erf, not jax.nn.gelu's slower erfc) against torch.nn.GELU,
+  forward and backward, in float32, on values out to the tails (±9)."""
+  from bmqa_jax.models.image import layers
+  rng = np.random.default_rng(3)
+  x = (3.0 * rng.standard_normal(shape)).astype(np.float32)
+  g = rng.standard_normal(shape).astype(np.float32)
+  tx = torch.from_numpy(x).requires_grad_()
+  y_ref = torch.nn.GELU()(tx)
+  y_ref.backward(torch.from_numpy(g))
+  y, vjp = jax.vjp(layers.gelu, jnp.asarray(x))
+  _close(y, y_ref.detach().numpy(), 'GELU')
+  _close(vjp(jnp.asarray(g))[0], tx.grad.numpy(), 'GELU dx')

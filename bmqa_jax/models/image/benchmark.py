@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 
@@ -27,19 +28,27 @@ class Options:
   conv_impl: str = 'auto'  # the encoders' CPU convolution (models/image/layers.py)
 
 
-def _time(step, state, steps, warmup):
-  """(seconds of the first call, compilation included; seconds per later call)."""
-  start = time.perf_counter()
-  state = jax.block_until_ready(step(state))
-  first = time.perf_counter() - start
-  for _ in range(warmup - 1):
-    state = step(state)
-  jax.block_until_ready(state)
-  start = time.perf_counter()
+def _interleaved(runs: dict, steps: int) -> dict:
+  """Median seconds per call of each zero-argument step in ``runs`` (warmed
+  up), timed in turn: one call of each, ``steps`` rounds. A machine that
+  slows down or speeds up during the run (a noisy neighbour, a CPU clock)
+  weighs on every implementation alike, instead of on whichever block of
+  steps it fell in. For steps of a second or more: the first few ms after a
+  switch are shared with the other library's idle-spinning threads."""
+  times = {name: [] for name in runs}
   for _ in range(steps):
-    state = step(state)
-  jax.block_until_ready(state)
-  return first, (time.perf_counter() - start) / steps
+    for name, run in runs.items():
+      start = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def _median_ms(run, steps: int) -> float:
+  """Median milliseconds of ``steps`` calls of ``run`` in a row (short
+  kernels: the calls right after a switch of library, slowed by the other
+  one's spinning threads, fall out of the median)."""
+  return _interleaved({0: run}, steps)[0] * 1e3
 
 
 def random_variables(model, x, seed=0):
@@ -67,10 +76,10 @@ def random_variables(model, x, seed=0):
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def jax_seconds_per_step(name: str, mode: str, batch: int, size: int,
-                         o: Options) -> tuple[float, float]:
-  """(seconds of the first Flax step, compilation included; seconds per step
-  after the warm-up) of encoder `name` ('train' or 'infer')."""
+def jax_step(name: str, mode: str, batch: int, size: int, o: Options):
+  """One Flax step of encoder `name` ('train' or 'infer') as a zero-argument
+  callable that returns when the step is done; a training state carries over
+  from call to call."""
   dtype = jnp.dtype(o.dtype)
   kwargs = {'num_classes': o.num_classes, 'dtype': dtype, 'conv_impl': o.conv_impl}
   if image.family(name) == 'vit':
@@ -86,7 +95,7 @@ def jax_seconds_per_step(name: str, mode: str, batch: int, size: int,
   # constant-fold whatever depends on them alone (e.g. the stem's patches).
   if mode == 'infer':
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False)['logits'])
-    return _time(lambda out: forward(variables, x), None, o.steps, o.warmup)
+    return lambda: jax.block_until_ready(forward(variables, x))
 
   tx = optax.sgd(o.learning_rate, momentum=o.momentum)
 
@@ -105,16 +114,19 @@ def jax_seconds_per_step(name: str, mode: str, batch: int, size: int,
     return optax.apply_updates(params, updates), stats, opt_state, key
 
   step = jax.jit(train_step, donate_argnums=0)
-  state = (params, stats, tx.init(params), jax.random.key(1))
-  return _time(lambda state: step(state, x, labels), state, o.steps, o.warmup)
+  state = [(params, stats, tx.init(params), jax.random.key(1))]
+
+  def run():
+    state[0] = jax.block_until_ready(step(state[0], x, labels))
+  return run
 
 
 _TORCHVISION = {'vit_b32': 'vit_b_32', 'vit_b16': 'vit_b_16'}
 
 
-def torch_seconds_per_step(name: str, mode: str, batch: int, size: int,
-                           o: Options) -> float:
-  """Seconds per PyTorch step of the torchvision (or EfficientNet-Lite) model."""
+def torch_step(name: str, mode: str, batch: int, size: int, o: Options):
+  """One PyTorch step of the torchvision (or EfficientNet-Lite) model, as
+  :func:`jax_step`."""
   import torch  # pylint: disable=g-import-not-at-top
   import torchvision  # pylint: disable=g-import-not-at-top
   if o.torch_threads:
@@ -152,24 +164,29 @@ def torch_seconds_per_step(name: str, mode: str, batch: int, size: int,
       loss.backward()
       opt.step()
 
-  for _ in range(o.warmup):
+  def run():
     step()
-  sync()
-  start = time.perf_counter()
-  for _ in range(o.steps):
-    step()
-  sync()
-  return (time.perf_counter() - start) / o.steps
+    sync()
+  return run
 
 
 def row(name: str, mode: str, batch: int, size: int, o: Options,
         with_torch: bool = True) -> dict:
   """{'model', 'mode', 'batch', 'jax_first_step_s', 'jax_img_s', 'torch_img_s',
   'ratio'} of one run."""
-  first_s, step_s = jax_seconds_per_step(name, mode, batch, size, o)
-  jax_img_s = batch / step_s
-  torch_img_s = batch / torch_seconds_per_step(name, mode, batch, size, o) \
-      if with_torch else None
+  runs = {'jax': jax_step(name, mode, batch, size, o)}
+  start = time.perf_counter()
+  runs['jax']()
+  first_s = time.perf_counter() - start
+  for _ in range(o.warmup - 1):
+    runs['jax']()
+  if with_torch:
+    runs['torch'] = torch_step(name, mode, batch, size, o)
+    for _ in range(o.warmup):
+      runs['torch']()
+  seconds = _interleaved(runs, o.steps)
+  jax_img_s = batch / seconds['jax']
+  torch_img_s = batch / seconds['torch'] if with_torch else None
   return {'model': name, 'mode': mode, 'batch': batch,
           'jax_first_step_s': first_s, 'jax_img_s': jax_img_s,
           'torch_img_s': torch_img_s,
@@ -209,14 +226,6 @@ def conv_geometries(name: str, batch: int, size: int) -> dict[tuple, int]:
   return out
 
 
-def _best_ms(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  start = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(fn(*args))
-  return (time.perf_counter() - start) / repeats * 1e3
-
-
 def layer_rows(name: str, batch: int, size: int, o: Options,
                with_torch: bool = True) -> list[dict]:
   """Per distinct convolution of encoder ``name``: milliseconds of its
@@ -236,21 +245,29 @@ def layer_rows(name: str, batch: int, size: int, o: Options,
       return conv(x, w, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                   feature_group_count=groups)
     g = jnp.ones(jax.eval_shape(f, x, w).shape, jnp.float32)
-    ms = [_best_ms(jax.jit(f), x, w, repeats=o.steps),
-          _best_ms(jax.jit(lambda x, w, g: jax.vjp(lambda x_: f(x_, w), x)[1](g)[0]),
-                   x, w, g, repeats=o.steps),
-          _best_ms(jax.jit(lambda x, w, g: jax.vjp(lambda w_: f(x, w_), w)[1](g)[0]),
-                   x, w, g, repeats=o.steps)]
-    torch_ms = _torch_layer_ms(xs, ws, strides, pads, groups, o) if with_torch else None
+    fns = [jax.jit(f),
+           jax.jit(lambda x, w, g: jax.vjp(lambda x_: f(x_, w), x)[1](g)[0]),
+           jax.jit(lambda x, w, g: jax.vjp(lambda w_: f(x, w_), w)[1](g)[0])]
+    runs = {('jax', i): functools.partial(lambda fn, *a: jax.block_until_ready(fn(*a)),
+                                          fn, x, w, *([g] if i else []))
+            for i, fn in enumerate(fns)}
+    if with_torch:
+      runs.update({('torch', i): fn for i, fn in
+                   enumerate(_torch_layer_fns(xs, ws, strides, pads, groups, o))})
+    for run in runs.values():
+      run()
+    ms = {key: _median_ms(run, o.steps) for key, run in runs.items()}
+    jax_ms = [ms['jax', i] for i in range(3)]
+    torch_ms = [ms['torch', i] for i in range(3)] if with_torch else None
     rows.append({'model': name, 'input': xs, 'kernel': ws, 'strides': strides,
                  'pads': pads, 'groups': groups, 'count': count,
-                 'jax_ms': ms, 'torch_ms': torch_ms})
+                 'jax_ms': jax_ms, 'torch_ms': torch_ms})
   return rows
 
 
-def _torch_layer_ms(xs, ws, strides, pads, groups, o: Options) -> list[float]:
-  """PyTorch's forward, input-gradient and kernel-gradient milliseconds for
-  one convolution geometry (NHWC/HWIO shapes), channels-last."""
+def _torch_layer_fns(xs, ws, strides, pads, groups, o: Options) -> list:
+  """PyTorch's forward, input gradient and kernel gradient of one convolution
+  geometry (NHWC/HWIO shapes), channels-last, as zero-argument callables."""
   import torch  # pylint: disable=g-import-not-at-top
   if o.torch_threads:
     torch.set_num_threads(o.torch_threads)
@@ -267,21 +284,16 @@ def _torch_layer_ms(xs, ws, strides, pads, groups, o: Options) -> list[float]:
   y = torch.nn.functional.conv2d(x, w, stride=strides, padding=sym, groups=groups)
   g = torch.ones_like(y)
 
-  def timed(fn):
-    fn()
-    start = time.perf_counter()
-    for _ in range(o.steps):
-      fn()
-    return (time.perf_counter() - start) / o.steps * 1e3
+  def no_grad(fn, *args):
+    with torch.no_grad():
+      return fn(*args)
 
   def backward(mask):
-    return lambda: torch.ops.aten.convolution_backward(
-        g, x, w, None, list(strides), list(sym), [1, 1], False, [0, 0], groups, mask)
-  with torch.no_grad():
-    return [timed(lambda: torch.nn.functional.conv2d(x, w, stride=strides, padding=sym,
-                                                     groups=groups)),
-            timed(backward([True, False, False])),
-            timed(backward([False, True, False]))]
+    return functools.partial(no_grad, torch.ops.aten.convolution_backward, g, x, w, None,
+                             list(strides), list(sym), [1, 1], False, [0, 0], groups, mask)
+  return [functools.partial(no_grad, torch.nn.functional.conv2d, x, w, None, strides, sym,
+                            [1, 1], groups),
+          backward([True, False, False]), backward([False, True, False])]
 
 
 def print_layers(names, batch: int, size: int, o: Options, with_torch: bool = True,

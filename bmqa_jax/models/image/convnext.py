@@ -42,7 +42,7 @@ class CNBlock(nn.Module):
                 name='dwconv')(x)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
                      name='norm')(y)
-    y = nn.gelu(dense(4 * dim, name='pwconv1')(y), approximate=False)
+    y = layers.gelu(dense(4 * dim, name='pwconv1')(y))
     y = dense(dim, name='pwconv2')(y)
     scale = self.param('layer_scale', nn.initializers.constant(self.layer_scale_init),
                        (dim,), self.param_dtype)

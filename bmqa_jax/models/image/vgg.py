@@ -100,7 +100,8 @@ class VGG(nn.Module):
     tokens = x.reshape(x.shape[0], -1, x.shape[-1])
     x = adaptive_avg_pool(x, self.pool_size).reshape(x.shape[0], -1)
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              kernel_init=nn.initializers.normal(0.01))
+                              kernel_init=nn.initializers.normal(0.01),
+                              dot_general=layers.dot_general_for_backend(self.conv_impl))
     for i in (0, 3):
       x = nn.relu(dense(self.hidden_dim, name=f'classifier_{i}')(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

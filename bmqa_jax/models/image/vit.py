@@ -32,6 +32,7 @@ class SelfAttention(nn.Module):
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'  # the Dense layers' CPU product (layers.dot_general_for_backend)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -40,7 +41,8 @@ class SelfAttention(nn.Module):
       raise ValueError(f'width {d} is not divisible by {self.num_heads} heads')
     head_dim = d // self.num_heads
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              kernel_init=nn.initializers.xavier_uniform())
+                              kernel_init=nn.initializers.xavier_uniform(),
+                              dot_general=layers.dot_general_for_backend(self.conv_impl))
     qkv = dense(3 * d, name='in_proj')(x).reshape(b, n, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(head_dim)
@@ -59,6 +61,7 @@ class EncoderBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'  # the Dense layers' CPU product (layers.dot_general_for_backend)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -66,15 +69,17 @@ class EncoderBlock(nn.Module):
                              param_dtype=self.param_dtype)
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                               kernel_init=nn.initializers.xavier_uniform(),
-                              bias_init=nn.initializers.normal(1e-6))
+                              bias_init=nn.initializers.normal(1e-6),
+                              dot_general=layers.dot_general_for_backend(self.conv_impl))
     drop = functools.partial(nn.Dropout, self.dropout_rate, deterministic=not train)
     y = norm(name='ln_1')(x)
     y = SelfAttention(self.num_heads, self.attention_dropout_rate, dtype=self.dtype,
-                      param_dtype=self.param_dtype, name='self_attention')(y, train=train)
+                      param_dtype=self.param_dtype, conv_impl=self.conv_impl,
+                      name='self_attention')(y, train=train)
     x = x + drop()(y)
     y = norm(name='ln_2')(x)
     y = dense(self.mlp_dim, name='mlp_0')(y)
-    y = drop()(nn.gelu(y, approximate=False))
+    y = drop()(layers.gelu(y))
     y = drop()(dense(x.shape[-1], name='mlp_3')(y))
     return x + y
 
@@ -133,7 +138,7 @@ class VisionTransformer(nn.Module):
     for i in range(self.num_layers):
       x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
                        self.attention_dropout_rate, dtype=self.dtype,
-                       param_dtype=self.param_dtype,
+                       param_dtype=self.param_dtype, conv_impl=self.conv_impl,
                        name=f'encoder_layer_{i}')(x, train=train)
       stage_maps.append(x)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
