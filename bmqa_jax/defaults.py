@@ -183,8 +183,8 @@ def base_config() -> mlc.ConfigDict:
                                       mlp_dim=2048))
   c.model.dtype = "float32"  # compute dtype; parameters stay float32
   # CPU convolution algorithm of the image tower (models/image/layers.py):
-  # 'auto' (on CPU: oneDNN convolutions where the jaxlib runs them, im2col
-  # weight gradients; XLA's own elsewhere), 'onednn' (required), 'gemm' (the
+  # 'auto' (on CPU: oneDNN convolutions and Dense products where the jaxlib
+  # runs them; XLA's own elsewhere), 'onednn' (required), 'gemm' (the
   # CPU forms on XLA's kernels only: programs the compilation cache can keep)
   # or 'xla'.
   c.model.conv_impl = "auto"
