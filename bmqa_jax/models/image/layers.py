@@ -174,15 +174,14 @@ def _conv_bwd(strides, pads, onednn_ok, residuals, g):
   else:
     dx = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads), x)[1](g)[0]
   kh, kw, cin, cout = w.shape
-  if use_onednn and kh * kw == 1:
-    p = _patches(x, (kh, kw), strides, pads, g.shape[1:3])
-    dw = onednn.matmul(p.reshape(-1, cin), g.reshape(-1, cout), transpose_a=True)
-    return dx, dw.reshape(kh, kw, cin, cout)
   if _xla_weight_grad((kh, kw), strides, pads):
     return dx, jax.vjp(lambda w_: _xla_conv(x, w_, strides, pads), w)[1](g)[0]
-  p = _patches(x, (kh, kw), strides, pads, g.shape[1:3])
-  dw = jax.lax.dot_general(p.reshape(-1, kh * kw * cin), g.reshape(-1, cout),
-                           (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  p = _patches(x, (kh, kw), strides, pads, g.shape[1:3]).reshape(-1, kh * kw * cin)
+  if use_onednn:  # a 1×1 kernel (oneDNN never runs a patchify stem)
+    dw = onednn.matmul(p, g.reshape(-1, cout), transpose_a=True)
+  else:
+    dw = jax.lax.dot_general(p, g.reshape(-1, cout), (((0,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
   return dx, dw.reshape(kh, kw, cin, cout).astype(w.dtype)
 
 
