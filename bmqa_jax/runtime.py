@@ -27,14 +27,18 @@ import jax
 from bmqa_jax import sharding
 
 
+def cache_root() -> str:
+  """$BMQA_CACHE_DIR, else ~/.cache/bmqa_jax: compiled programs and kernels."""
+  return os.environ.get("BMQA_CACHE_DIR",
+                        os.path.join(os.path.expanduser("~"), ".cache", "bmqa_jax"))
+
+
 def default_cache_dir() -> str:
   """JAX's own JAX_COMPILATION_CACHE_DIR when set, else $BMQA_CACHE_DIR/xla or
   ~/.cache/bmqa_jax/xla."""
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return os.environ["JAX_COMPILATION_CACHE_DIR"]
-  root = os.environ.get("BMQA_CACHE_DIR",
-                        os.path.join(os.path.expanduser("~"), ".cache", "bmqa_jax"))
-  return os.path.join(root, "xla")
+  return os.path.join(cache_root(), "xla")
 
 
 def enable_compilation_cache(path: str | None = None) -> str:

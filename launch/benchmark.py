@@ -55,7 +55,7 @@ def main(argv):
                         torch_threads=_TORCH_THREADS.value,
                         conv_impl=_CONV.value)
   print(f'JAX devices: {jax.devices()}  dtype={_DTYPE.value} batch={batch} size={size} '
-        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
+        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}\n{benchmark.kernels_note(_CONV.value)}')
   if _LAYERS.value:
     benchmark.print_layers(_MODELS.value, batch, size, o, _TORCH.value, _JSON.value)
     return

@@ -14,6 +14,8 @@ import numpy as np
 import optax
 
 from bmqa_jax.models import image
+from bmqa_jax.models.image import layers
+from bmqa_jax.models.image import onednn_weight_grad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +28,18 @@ class Options:
   warmup: int = 1
   torch_threads: int = 0
   conv_impl: str = 'auto'  # the encoders' CPU convolution (models/image/layers.py)
+
+
+def kernels_note(conv_impl: str) -> str:
+  """Which kernels the Flax steps use for k×k weight gradients."""
+  if not layers.conv_general_dilated_for_backend(conv_impl):
+    return 'convolutions: XLA'
+  if not layers._onednn_ok(conv_impl):  # pylint: disable=protected-access
+    return 'convolutions: XLA (bmqa_jax.models.image.layers forms)'
+  if onednn_weight_grad.available():
+    return 'convolutions: oneDNN (k×k weight gradients: oneDNN FFI call)'
+  return ('convolutions: oneDNN (k×k weight gradients: XLA; '
+          f'{onednn_weight_grad.unavailable_reason()})')
 
 
 def _interleaved(runs: dict, steps: int) -> dict:
@@ -233,7 +247,6 @@ def layer_rows(name: str, batch: int, size: int, o: Options,
   convolution (``o.conv_impl``), and with PyTorch's (channels-last,
   ``aten.convolution_backward``) when ``with_torch``. Where a network's
   training step loses time, layer by layer."""
-  from bmqa_jax.models.image import layers  # pylint: disable=g-import-not-at-top
   conv = layers.conv_general_dilated_for_backend(o.conv_impl) or jax.lax.conv_general_dilated
   rows = []
   rng = np.random.default_rng(0)

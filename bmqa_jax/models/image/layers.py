@@ -16,6 +16,7 @@ import numpy as np
 
 from bmqa_jax.models.image import depthwise
 from bmqa_jax.models.image import onednn
+from bmqa_jax.models.image import onednn_weight_grad
 from bmqa_jax.models.image import pooling
 from bmqa_jax.models.image import windows
 
@@ -132,8 +133,9 @@ def _patches(x, kernel_hw, strides, pads, out_hw):
 
 
 def _xla_weight_grad(kernel_hw, strides, pads) -> bool:
-  """Whether XLA's own weight gradient beats one im2col product: for every
-  k×k kernel (k > 1) but a patchify stem, where im2col is a reshape."""
+  """Whether a k×k kernel's own weight gradient (oneDNN's or XLA's) beats one
+  im2col product: for every k×k kernel (k > 1) but a patchify stem, where
+  im2col is a reshape."""
   return kernel_hw[0] * kernel_hw[1] > 1 and not _patchify(kernel_hw, strides, pads)
 
 
@@ -156,7 +158,8 @@ def _xla_conv(x, w, strides, pads):
 def _conv(x, w, strides, pads, onednn_ok):
   """A convolution whose forward and input gradient run on oneDNN where
   ``onednn_ok`` (and :func:`_uses_onednn`), on XLA otherwise, and whose weight
-  gradient is XLA's or one im2col product (:func:`_xla_weight_grad`)."""
+  gradient is one im2col product, or for k×k kernels (:func:`_xla_weight_grad`)
+  oneDNN's (:mod:`onednn_weight_grad`, where built) or XLA's."""
   if onednn_ok and _uses_onednn(x, w, strides, pads):
     return onednn.forward(x, w, strides, pads)
   return _xla_conv(x, w, strides, pads)
@@ -175,6 +178,8 @@ def _conv_bwd(strides, pads, onednn_ok, residuals, g):
     dx = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads), x)[1](g)[0]
   kh, kw, cin, cout = w.shape
   if _xla_weight_grad((kh, kw), strides, pads):
+    if use_onednn and onednn_weight_grad.worth_it(g.shape) and onednn_weight_grad.available():
+      return dx, onednn_weight_grad.weight_grad(x, g, w.shape, strides, pads)
     return dx, jax.vjp(lambda w_: _xla_conv(x, w_, strides, pads), w)[1](g)[0]
   p = _patches(x, (kh, kw), strides, pads, g.shape[1:3]).reshape(-1, kh * kw * cin)
   if use_onednn:  # a 1×1 kernel (oneDNN never runs a patchify stem)
@@ -199,10 +204,13 @@ def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=Non
     gradient and a 1×1 kernel's gradient run on oneDNN
     (:mod:`bmqa_jax.models.image.onednn`, float32 only; 15–40 % faster than
     XLA's kernels per layer), otherwise on XLA. A k×k kernel's gradient is
-    XLA's own (with YNNPACK's matrix products, `runtime.tune_cpu`, it beat an
-    im2col product at every size of ResNet-50 and VGG-19: a 3×3 at 14 px with
-    512 channels 35.6 against 63.2 ms); a 1×1 kernel's and a patchify stem's
-    are one matrix product (there the "patches" are a reshape).
+    oneDNN's ``convolution_backward_weights`` where ``onednn_ok`` and
+    :func:`onednn_weight_grad.available` (an FFI call built against the
+    system's oneDNN; VGG-19 training 1.24× faster), else XLA's own (with
+    YNNPACK's matrix products, `runtime.tune_cpu`, it beat an im2col product
+    at every size of ResNet-50 and VGG-19: a 3×3 at 14 px with 512 channels
+    35.6 against 63.2 ms); a 1×1 kernel's and a patchify stem's are one
+    matrix product (there the "patches" are a reshape).
   * Depthwise convolutions: :func:`bmqa_jax.models.image.depthwise.depthwise_conv`
     (oneDNN's depthwise kernels with ``onednn_ok``, else shifted sums, instead
     of XLA:CPU's generic grouped-convolution loop).

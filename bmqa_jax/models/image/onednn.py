@@ -17,7 +17,8 @@ convolution 3.4 against 8.7 ms at 56 px and 0.6 against 7.7 ms at 14 px
 (against :mod:`bmqa_jax.models.image.depthwise`'s shifted sums). The call computes forward
 convolutions only: a weight gradient written as one (the gradient as a
 kernel the size of the map) falls to oneDNN's reference loop (seconds), so
-:mod:`bmqa_jax.models.image.layers` keeps the weight gradient elsewhere.
+weight gradients run elsewhere: :mod:`bmqa_jax.models.image.onednn_weight_grad`
+(oneDNN's backward-weights kernel through an FFI call of its own) or XLA.
 
 :func:`available` checks once per process that the call compiles, runs and
 matches ``lax.conv_general_dilated``; where it does not (another CPU, a jaxlib
