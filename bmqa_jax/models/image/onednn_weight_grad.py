@@ -22,8 +22,9 @@ stem 11.7 against 19.2 ms; at small maps XLA's is faster
 
 :func:`available` builds, loads and checks the call once per process against
 ``lax.conv_general_dilated``'s gradient; where it cannot (no compiler, no
-oneDNN headers, not x86, not one CPU device), :func:`unavailable_reason` says
-why and :mod:`bmqa_jax.models.image.layers` keeps XLA's weight gradient.
+oneDNN headers, no oneDNN convolutions in this process),
+:func:`unavailable_reason` says why and :mod:`bmqa_jax.models.image.layers`
+keeps XLA's weight gradient.
 ``BMQA_ONEDNN_WEIGHT_GRAD=0`` turns the call off.
 """
 
@@ -34,7 +35,6 @@ import functools
 import hashlib
 import os
 import pathlib
-import platform
 import subprocess
 import tempfile
 from typing import Sequence
@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bmqa_jax import runtime
+from bmqa_jax.models.image import onednn
 
 TARGET = 'bmqa_onednn_weight_grad'
 SOURCE = pathlib.Path(__file__).with_name('csrc') / 'onednn_weight_grad.cc'
@@ -80,11 +81,12 @@ def build(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
   cache.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix='.so.tmp', dir=cache)
   os.close(fd)
+  command = build_command(SOURCE, tmp)
   try:
-    result = subprocess.run(build_command(SOURCE, tmp), capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
       message = (result.stderr or result.stdout).strip().splitlines()
-      raise RuntimeError(f'building {SOURCE.name} failed ({" ".join(build_command(SOURCE, tmp))}'
+      raise RuntimeError(f'building {SOURCE.name} failed ({" ".join(command)}'
                          f'): {" ".join(message[-3:])}; {_NEEDS}')
     os.replace(tmp, path)
   except OSError as e:  # no compiler at all
@@ -113,13 +115,17 @@ def worth_it(output_shape: Sequence[int]) -> bool:
 
 
 def available() -> bool:
-  """Whether this process runs :func:`weight_grad` (built, registered and
-  matching XLA's gradient; checked once)."""
-  return _status() == ''
+  """Whether this process runs :func:`weight_grad`: oneDNN's convolutions run
+  here (:func:`onednn.available`: x86, one CPU device, allowed) and the call
+  is built, registered and matches XLA's gradient (checked once)."""
+  return unavailable_reason() == ''
 
 
 def unavailable_reason() -> str:
   """Why :func:`available` is False ('' when it is True)."""
+  if not onednn.available():
+    return ('oneDNN convolutions do not run in this process '
+            '(bmqa_jax.models.image.onednn.available)')
   return _status()
 
 
@@ -127,11 +133,7 @@ def unavailable_reason() -> str:
 def _status() -> str:
   if os.environ.get('BMQA_ONEDNN_WEIGHT_GRAD', '1') == '0':
     return 'turned off by BMQA_ONEDNN_WEIGHT_GRAD=0'
-  if platform.machine().lower() not in ('x86_64', 'amd64'):
-    return f'oneDNN weight gradients are built for x86 CPUs, not {platform.machine()}'
   try:
-    if jax.default_backend() != 'cpu' or jax.device_count() != 1:
-      return 'needs one CPU device'
     library = ctypes.CDLL(str(build()))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.BmqaOnednnWeightGrad),
                                 platform='cpu')
