@@ -1,14 +1,13 @@
-r"""Image-encoder speed, Flax against the PyTorch reference in the same run (issue 3).
+r"""Image-encoder speed, Flax against the PyTorch reference in the same run (issue 3):
+``python launch/benchmark.py --models=resnet50,vit_b32 --batch=8 [--json=FILE]``.
 
-    python launch/benchmark.py --models=resnet50,vit_b32 --batch=8 [--json=FILE]
-
-Per encoder and mode, after ``--warmup`` untimed steps (compilation included),
-``--steps`` rounds of one Flax and one PyTorch step, timed in turn, of ``train``
-(training-mode forward, softmax cross-entropy on a 1000-class head, backward,
-SGD-momentum update: one ``jax.jit``, state donated; the same in PyTorch) or
-``infer`` (the eval-mode forward). Prints images/s for both from the median
-step, the ratio (> 1: Flax is faster) and Flax's first step;
-``--json FILE`` writes the rows. ``--notorch`` times Flax only; ``--dtype``
+Per encoder and mode, Flax and PyTorch each in a process of its own: after
+``--warmup`` untimed steps (compilation included), ``--steps`` rounds of ``--settle``
+untimed and one timed step of Flax, then of PyTorch, of ``train`` (training-mode
+forward, softmax cross-entropy on a 1000-class head, backward, SGD-momentum
+update: one ``jax.jit``, state donated; the same in PyTorch) or ``infer`` (the
+eval-mode forward). Prints images/s from the median steps, the ratio (> 1: Flax
+is faster) and Flax's first step; ``--json FILE`` writes the rows. ``--notorch`` times Flax only; ``--dtype``
 sets Flax's activations (PyTorch autocast on GPU); ``--nocpu_kernels`` keeps
 XLA:CPU's defaults (``bmqa_jax.runtime.tune_cpu``). ``--layers`` instead times
 each distinct convolution alone (forward, input and kernel gradient, ms) with
@@ -32,6 +31,7 @@ _BATCH = flags.DEFINE_integer('batch', 8, 'Batch size.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input side.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (rounds).')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps first (compilation).')
+_SETTLE = flags.DEFINE_integer('settle', 1, 'Untimed steps before each timed one.')
 _LR = flags.DEFINE_float('learning_rate', 0.01, 'SGD learning rate.')
 _MOMENTUM = flags.DEFINE_float('momentum', 0.9, 'SGD momentum.')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classifier size.')
@@ -51,7 +51,7 @@ def main(argv):
   batch, size = _BATCH.value, _IMAGE_SIZE.value
   o = benchmark.Options(dtype=_DTYPE.value, num_classes=_NUM_CLASSES.value,
                         learning_rate=_LR.value, momentum=_MOMENTUM.value,
-                        steps=_STEPS.value, warmup=_WARMUP.value,
+                        steps=_STEPS.value, warmup=_WARMUP.value, settle=_SETTLE.value,
                         torch_threads=_TORCH_THREADS.value,
                         conv_impl=_CONV.value)
   print(f'JAX devices: {jax.devices()}  dtype={_DTYPE.value} batch={batch} size={size} '

@@ -66,3 +66,15 @@ def test_benchmark_layers_writes_one_row_per_geometry(tmp_path):
   rows = json.loads(out.read_text())
   assert sum(r["count"] for r in rows) == 12 and all(r["torch_ms"] is None for r in rows)
   assert "| sum over the network |" in proc.stdout
+
+
+def test_row_steps_each_library_in_a_process_of_its_own():
+  """benchmark.row: Flax and PyTorch each in a spawned process, stepped in turn;
+  a step that fails there raises here with the child's traceback."""
+  pytest.importorskip("torchvision")
+  from bmqa_jax.models.image import benchmark  # pylint: disable=g-import-not-at-top
+  r = benchmark.row("resnet18", "train", 2, 32, benchmark.Options(steps=2, num_classes=10))
+  assert r["jax_img_s"] > 0 and r["torch_img_s"] > 0
+  assert r["ratio"] == pytest.approx(r["jax_img_s"] / r["torch_img_s"])
+  with pytest.raises(RuntimeError, match=r"step failed in its process:(.|\n)*resnet_tiny"):
+    benchmark.row("resnet_tiny", "infer", 2, 32, benchmark.Options(steps=1))

@@ -16,6 +16,7 @@ import optax
 from bmqa_jax.models import image
 from bmqa_jax.models.image import layers
 from bmqa_jax.models.image import onednn_weight_grad
+from bmqa_jax.models.image import step_process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Options:
   momentum: float = 0.9
   steps: int = 3
   warmup: int = 1
+  settle: int = 1  # untimed steps of a library before each timed one (row)
   torch_threads: int = 0
   conv_impl: str = 'auto'  # the encoders' CPU convolution (models/image/layers.py)
 
@@ -42,16 +44,20 @@ def kernels_note(conv_impl: str) -> str:
           f'{onednn_weight_grad.unavailable_reason()})')
 
 
-def _interleaved(runs: dict, steps: int) -> dict:
+def _interleaved(runs: dict, steps: int, settle: int = 0) -> dict:
   """Median seconds per call of each zero-argument step in ``runs`` (warmed
-  up), timed in turn: one call of each, ``steps`` rounds. A machine that
-  slows down or speeds up during the run (a noisy neighbour, a CPU clock)
-  weighs on every implementation alike, instead of on whichever block of
-  steps it fell in. For steps of a second or more: the first few ms after a
-  switch are shared with the other library's idle-spinning threads."""
+  up), timed in turn: ``settle`` untimed calls and one timed call of each,
+  ``steps`` rounds. A machine that slows down or speeds up during the run (a
+  noisy neighbour, a CPU clock) weighs on every implementation alike, instead
+  of on whichever block of steps it fell in. ``settle`` calls after a switch
+  put each back in the state of a training loop (`row`); without them, for
+  steps of a second or more, the first few ms after a switch are also shared
+  with the other library's idle-spinning threads."""
   times = {name: [] for name in runs}
   for _ in range(steps):
     for name, run in runs.items():
+      for _ in range(settle):
+        run()
       start = time.perf_counter()
       run()
       times[name].append(time.perf_counter() - start)
@@ -187,18 +193,38 @@ def torch_step(name: str, mode: str, batch: int, size: int, o: Options):
 def row(name: str, mode: str, batch: int, size: int, o: Options,
         with_torch: bool = True) -> dict:
   """{'model', 'mode', 'batch', 'jax_first_step_s', 'jax_img_s', 'torch_img_s',
-  'ratio'} of one run."""
-  runs = {'jax': jax_step(name, mode, batch, size, o)}
-  start = time.perf_counter()
-  runs['jax']()
-  first_s = time.perf_counter() - start
-  for _ in range(o.warmup - 1):
+  'ratio'} of one run: each library's step in a process of its own
+  (`step_process.StepProcess`), both alive for the whole row and stepped in turn, with
+  ``o.settle`` untimed steps before each timed one.
+
+  Why settle: XLA:CPU allocates a training step's buffers afresh and glibc
+  hands blocks that large back to the kernel when they are freed, so every
+  step faults them in again (0.67 M pages a ConvNeXt-B step, 2.7 GB).
+  Back to back that cost 1.4 s of system time; after 5 s of PyTorch steps,
+  3–7 s for the same faults: on this VM the guest hands pages left free for a
+  few seconds back to the host (virtio-balloon free page reporting is on), and
+  faulting them in again costs the host's work too.
+  Flax ConvNeXt-B took 5.3 s a step alone and 7.2 s stepped one for one with
+  a PyTorch process, which kept its pace (its heap keeps its pages). A
+  training loop steps back to back: one untimed step after each switch
+  measures that.
+  """
+  args = (name, mode, batch, size, o)
+  runs = {'jax': step_process.StepProcess(jax_step, *args)}
+  try:
+    start = time.perf_counter()
     runs['jax']()
-  if with_torch:
-    runs['torch'] = torch_step(name, mode, batch, size, o)
-    for _ in range(o.warmup):
-      runs['torch']()
-  seconds = _interleaved(runs, o.steps)
+    first_s = time.perf_counter() - start
+    for _ in range(o.warmup - 1):
+      runs['jax']()
+    if with_torch:
+      runs['torch'] = step_process.StepProcess(torch_step, *args)
+      for _ in range(o.warmup):
+        runs['torch']()
+    seconds = _interleaved(runs, o.steps, o.settle)
+  finally:
+    for run in runs.values():
+      run.close()
   jax_img_s = batch / seconds['jax']
   torch_img_s = batch / seconds['torch'] if with_torch else None
   return {'model': name, 'mode': mode, 'batch': batch,

@@ -1,0 +1,78 @@
+"""A benchmark step in a process of its own (`benchmark.row`)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import traceback
+
+import jax
+
+from bmqa_jax import runtime
+
+# jax.config entries a step's process takes over from the parent's
+# (runtime.start: the compilation cache).
+_JAX_SETTINGS = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
+                 'jax_persistent_cache_min_entry_size_bytes')
+
+
+def _serve(conn, make_step, step_args: tuple, settings: dict, onednn: bool) -> None:
+  """A `StepProcess`'s loop: builds the step, then runs one per request and
+  answers with its seconds (or the traceback of a failure)."""
+  try:
+    for key, value in settings.items():
+      jax.config.update(key, value)
+    runtime.use_onednn(onednn)
+    run = make_step(*step_args)
+    conn.send('ready')
+    while conn.recv():
+      start = time.perf_counter()
+      run()
+      conn.send(time.perf_counter() - start)
+  except Exception:  # pylint: disable=broad-except
+    conn.send(traceback.format_exc())
+
+
+class StepProcess:
+  """The step that ``make_step(*step_args)`` returns (`benchmark.jax_step` or
+  `benchmark.torch_step`: one library's step) in a process of its own,
+  as users run them: in one process the two share glibc's heap, libgomp and
+  the order of what ran before (later models ran slower there). A call runs
+  one step there and returns when it is done; the process is spawned (a
+  forked JAX would deadlock), inherits XLA_FLAGS and takes the parent's
+  compilation cache and oneDNN settings."""
+
+  def __init__(self, make_step, *step_args):
+    self.name = f'{make_step.__name__} {step_args[:2]}'
+    ctx = multiprocessing.get_context('spawn')
+    self._conn, child = ctx.Pipe()
+    settings = {k: getattr(jax.config, k) for k in _JAX_SETTINGS}
+    self._process = ctx.Process(target=_serve, daemon=True, args=(
+        child, make_step, step_args, settings, runtime.onednn_allowed()))
+    self._process.start()
+    child.close()
+    self._answer()
+
+  def _answer(self):
+    try:
+      answer = self._conn.recv()
+    except EOFError:
+      self._process.join(5)
+      raise RuntimeError(f'the {self.name} step process died (exit code '
+                         f'{self._process.exitcode})') from None
+    if isinstance(answer, str) and answer != 'ready':
+      raise RuntimeError(f'the {self.name} step failed in its process:\n{answer}')
+    return answer
+
+  def __call__(self) -> float:
+    self._conn.send(True)
+    return self._answer()
+
+  def close(self):
+    try:
+      self._conn.send(False)
+    except OSError:  # the process is gone already
+      pass
+    self._process.join(30)
+    if self._process.is_alive():
+      self._process.kill()
