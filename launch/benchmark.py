@@ -3,19 +3,20 @@ r"""Image-encoder speed, Flax against the PyTorch reference in the same run (iss
 
 Per encoder and mode, Flax and PyTorch each in a process of its own: after
 ``--warmup`` untimed steps (compilation included), ``--steps`` rounds of ``--settle``
-untimed and one timed step of Flax, then of PyTorch, of ``train`` (training-mode
-forward, softmax cross-entropy on a 1000-class head, backward, SGD-momentum
-update: one ``jax.jit``, state donated; the same in PyTorch) or ``infer`` (the
-eval-mode forward). Prints images/s from the median steps, the ratio (> 1: Flax
-is faster) and Flax's first step; ``--json FILE`` writes the rows. ``--notorch`` times Flax only; ``--dtype``
-sets Flax's activations (PyTorch autocast on GPU); ``--nocpu_kernels`` keeps
-XLA:CPU's defaults (``bmqa_jax.runtime.tune_cpu``). ``--layers`` instead times
-each distinct convolution alone (forward, input and kernel gradient, ms) with
-the sums over the network: where a training step loses time, layer by layer.
+untimed and one timed step of Flax, then of PyTorch, of ``train`` (forward,
+softmax cross-entropy on a 1000-class head, backward, SGD-momentum update; one
+``jax.jit``, state donated) or ``infer`` (eval-mode forward). Prints images/s
+from the median steps, the ratio (> 1: Flax is faster) and Flax's first step.
+PyTorch runs as its users run it, without `bmqa_jax.huge_pages` (unless
+``--torch_huge_pages``). ``--layers`` times each distinct convolution instead.
 """
 
+from bmqa_jax import huge_pages
+
+if __name__ == "__main__":  # before JAX starts: glibc reads its tunables at exec
+  huge_pages.restart()
+
 import json
-import os
 
 from absl import app
 from absl import flags
@@ -31,13 +32,14 @@ _BATCH = flags.DEFINE_integer('batch', 8, 'Batch size.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input side.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (rounds).')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps first (compilation).')
-_SETTLE = flags.DEFINE_integer('settle', 1, 'Untimed steps before each timed one.')
+_SETTLE = flags.DEFINE_integer('settle', 2, 'Untimed steps before each timed one.')
 _LR = flags.DEFINE_float('learning_rate', 0.01, 'SGD learning rate.')
 _MOMENTUM = flags.DEFINE_float('momentum', 0.9, 'SGD momentum.')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classifier size.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 _TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch reference.')
 _TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads (0: default).')
+_TORCH_HUGE = flags.DEFINE_bool('torch_huge_pages', False, 'PyTorch with huge pages too.')
 _CONV = flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'onednn', 'gemm', 'xla'],
                           'Flax CPU convolution (config.model.conv_impl).')
 _JSON = flags.DEFINE_string('json', None, 'Write the results here as JSON.')
@@ -45,17 +47,15 @@ _LAYERS = flags.DEFINE_bool('layers', False, 'Time each distinct convolution ins
 runtime.define_flags(cluster=False)
 
 
-def main(argv):
-  del argv
+def main(_):
   runtime.start()
   batch, size = _BATCH.value, _IMAGE_SIZE.value
   o = benchmark.Options(dtype=_DTYPE.value, num_classes=_NUM_CLASSES.value,
                         learning_rate=_LR.value, momentum=_MOMENTUM.value,
                         steps=_STEPS.value, warmup=_WARMUP.value, settle=_SETTLE.value,
                         torch_threads=_TORCH_THREADS.value,
-                        conv_impl=_CONV.value)
-  print(f'JAX devices: {jax.devices()}  dtype={_DTYPE.value} batch={batch} size={size} '
-        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}\n{benchmark.kernels_note(_CONV.value)}')
+                        torch_huge_pages=_TORCH_HUGE.value, conv_impl=_CONV.value)
+  print(benchmark.header(o, batch, size))
   if _LAYERS.value:
     benchmark.print_layers(_MODELS.value, batch, size, o, _TORCH.value, _JSON.value)
     return

@@ -12,6 +12,11 @@ consumes, and the time to build the store. Numbers on a shared machine are
 noisy: compare ratios measured in the same run.
 """
 
+from bmqa_jax import huge_pages
+
+if __name__ == "__main__":  # before JAX starts: glibc reads its tunables at exec
+  huge_pages.restart()
+
 import json
 import tempfile
 

@@ -12,6 +12,11 @@ instead, so the run's own eval/metrics.json is kept. metrics.json records the
 checkpoint step scored and the sha256 of the workdir's config.json.
 """
 
+from bmqa_jax import huge_pages
+
+if __name__ == "__main__":  # before JAX starts: glibc reads its tunables at exec
+  huge_pages.restart()
+
 from absl import app
 from absl import flags
 from absl import logging

@@ -13,6 +13,11 @@ is written as the scores come; running the same command again skips the files
 it already holds.
 """
 
+from bmqa_jax import huge_pages
+
+if __name__ == "__main__":  # before JAX starts: glibc reads its tunables at exec
+  huge_pages.restart()
+
 import sys
 
 from absl import app

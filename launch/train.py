@@ -17,6 +17,11 @@ Several processes: --multihost reads the cluster from SLURM
 scheduler. The workdir must be on a filesystem every process sees.
 """
 
+from bmqa_jax import huge_pages
+
+if __name__ == "__main__":  # before JAX starts: glibc reads its tunables at exec
+  huge_pages.restart()
+
 from absl import app
 from absl import flags
 from absl import logging

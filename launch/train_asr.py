@@ -3,6 +3,11 @@ r"""Trains the speech recogniser; see configs/asr.py for the commands.
   python launch/train_asr.py --config=configs/asr.py:manifest=M.csv --workdir=DIR
 """
 
+from bmqa_jax import huge_pages
+
+if __name__ == "__main__":  # before JAX starts: glibc reads its tunables at exec
+  huge_pages.restart()
+
 from absl import app
 from absl import flags
 from absl import logging

@@ -3,6 +3,11 @@ r"""Trains the QSD captioner (Show-Attend-Tell); see configs/captioner.py.
   python launch/train_captioner.py --config=configs/captioner.py --workdir=runs/captioner
 """
 
+from bmqa_jax import huge_pages
+
+if __name__ == "__main__":  # before JAX starts: glibc reads its tunables at exec
+  huge_pages.restart()
+
 from absl import app
 from absl import flags
 from absl import logging

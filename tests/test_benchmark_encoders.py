@@ -78,3 +78,32 @@ def test_row_steps_each_library_in_a_process_of_its_own():
   assert r["ratio"] == pytest.approx(r["jax_img_s"] / r["torch_img_s"])
   with pytest.raises(RuntimeError, match=r"step failed in its process:(.|\n)*resnet_tiny"):
     benchmark.row("resnet_tiny", "infer", 2, 32, benchmark.Options(steps=1))
+
+
+def _environment_step(name):
+  """A step (for StepProcess) that fails unless its process has name=child."""
+  value = os.environ.get(name)
+
+  def run():
+    if value != "child":
+      raise AssertionError(f"{name}={value!r} in the step's process")
+  return run
+
+
+def test_step_process_starts_with_the_environment_it_is_given(monkeypatch):
+  """The PyTorch reference is started without bmqa_jax.huge_pages's tunable."""
+  from bmqa_jax.models.image import step_process  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("BMQA_TEST_STEP_ENV", "parent")
+  run = step_process.StepProcess(_environment_step, "BMQA_TEST_STEP_ENV",
+                                 environ={**os.environ, "BMQA_TEST_STEP_ENV": "child"})
+  try:
+    run()
+  finally:
+    run.close()
+  assert os.environ["BMQA_TEST_STEP_ENV"] == "parent"
+  with pytest.raises(RuntimeError, match="BMQA_TEST_STEP_ENV='parent'"):
+    parent = step_process.StepProcess(_environment_step, "BMQA_TEST_STEP_ENV")
+    try:
+      parent()
+    finally:
+      parent.close()

@@ -113,7 +113,9 @@ def test_eight_devices_train_like_one(result, family):
   assert set(many["weights"]) == set(one["weights"])
   for k, b in one["weights"].items():
     err = np.linalg.norm(many["weights"][k] - b) / max(np.linalg.norm(b), 1.0)
-    assert err <= 1e-5, f"{family} {k}: relative difference {err:.2e}"
+    # Adam steps on gradients all-reduced in another order: float32 rounding,
+    # amplified a little through the recurrence (the GRU's biases: up to 1.5e-5).
+    assert err <= 5e-5, f"{family} {k}: relative difference {err:.2e}"
   # CTC losses near 100 summed in another order: float32 rounding only.
   np.testing.assert_allclose(many["losses"], one["losses"], rtol=5e-5)
   assert len(set(one["losses"])) == STEPS  # every step changed the weights

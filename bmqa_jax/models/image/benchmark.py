@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import time
 
 import jax
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bmqa_jax import huge_pages
 from bmqa_jax.models import image
 from bmqa_jax.models.image import layers
 from bmqa_jax.models.image import onednn_weight_grad
@@ -27,8 +29,9 @@ class Options:
   momentum: float = 0.9
   steps: int = 3
   warmup: int = 1
-  settle: int = 1  # untimed steps of a library before each timed one (row)
+  settle: int = 2  # untimed steps of a library before each timed one (row)
   torch_threads: int = 0
+  torch_huge_pages: bool = False  # PyTorch without them, as its users run it
   conv_impl: str = 'auto'  # the encoders' CPU convolution (models/image/layers.py)
 
 
@@ -42,6 +45,15 @@ def kernels_note(conv_impl: str) -> str:
     return 'convolutions: oneDNN (k×k weight gradients: oneDNN FFI call)'
   return ('convolutions: oneDNN (k×k weight gradients: XLA; '
           f'{onednn_weight_grad.unavailable_reason()})')
+
+
+def header(o: Options, batch: int, size: int) -> str:
+  """What a run measures on: devices, shapes, XLA_FLAGS, kernels, huge pages."""
+  torch_pages = huge_pages.status(None if o.torch_huge_pages else
+                                  huge_pages.original_environ())
+  return (f'JAX devices: {jax.devices()}  dtype={o.dtype} batch={batch} size={size} '
+          f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}\n{kernels_note(o.conv_impl)}\n'
+          f'huge pages: Flax {huge_pages.status()}; PyTorch {torch_pages}')
 
 
 def _interleaved(runs: dict, steps: int, settle: int = 0) -> dict:
@@ -199,15 +211,14 @@ def row(name: str, mode: str, batch: int, size: int, o: Options,
 
   Why settle: XLA:CPU allocates a training step's buffers afresh and glibc
   hands blocks that large back to the kernel when they are freed, so every
-  step faults them in again (0.67 M pages a ConvNeXt-B step, 2.7 GB).
-  Back to back that cost 1.4 s of system time; after 5 s of PyTorch steps,
-  3–7 s for the same faults: on this VM the guest hands pages left free for a
-  few seconds back to the host (virtio-balloon free page reporting is on), and
-  faulting them in again costs the host's work too.
-  Flax ConvNeXt-B took 5.3 s a step alone and 7.2 s stepped one for one with
-  a PyTorch process, which kept its pace (its heap keeps its pages). A
-  training loop steps back to back: one untimed step after each switch
-  measures that.
+  step faults them in again (`bmqa_jax.huge_pages`; without huge pages 0.67 M
+  faults a ConvNeXt-B step, 2.7 GB, 1.4 s of system time back to back, 3–7 s
+  after 5 s of PyTorch steps: on this VM pages left free for a few seconds go
+  back to the host, virtio-balloon free page reporting). A training loop steps
+  back to back: one untimed step after each switch measures that.
+
+  PyTorch runs in the environment its users have (`huge_pages.original_environ`)
+  unless ``o.torch_huge_pages``.
   """
   args = (name, mode, batch, size, o)
   runs = {'jax': step_process.StepProcess(jax_step, *args)}
@@ -218,7 +229,9 @@ def row(name: str, mode: str, batch: int, size: int, o: Options,
     for _ in range(o.warmup - 1):
       runs['jax']()
     if with_torch:
-      runs['torch'] = step_process.StepProcess(torch_step, *args)
+      runs['torch'] = step_process.StepProcess(
+          torch_step, *args,
+          environ=None if o.torch_huge_pages else huge_pages.original_environ())
       for _ in range(o.warmup):
         runs['torch']()
     seconds = _interleaved(runs, o.steps, o.settle)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import traceback
 
 import jax
@@ -32,23 +34,41 @@ def _serve(conn, make_step, step_args: tuple, settings: dict, onednn: bool) -> N
     conn.send(traceback.format_exc())
 
 
+@contextlib.contextmanager
+def _environment(environ: dict | None):
+  """os.environ replaced by `environ` (None: kept) for as long as it lasts."""
+  if environ is None:
+    yield
+    return
+  saved = dict(os.environ)
+  os.environ.clear()
+  os.environ.update(environ)
+  try:
+    yield
+  finally:
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 class StepProcess:
   """The step that ``make_step(*step_args)`` returns (`benchmark.jax_step` or
   `benchmark.torch_step`: one library's step) in a process of its own,
   as users run them: in one process the two share glibc's heap, libgomp and
   the order of what ran before (later models ran slower there). A call runs
   one step there and returns when it is done; the process is spawned (a
-  forked JAX would deadlock), inherits XLA_FLAGS and takes the parent's
-  compilation cache and oneDNN settings."""
+  forked JAX would deadlock) with this process's environment (XLA_FLAGS
+  included), or `environ` where given, and takes the parent's compilation
+  cache and oneDNN settings."""
 
-  def __init__(self, make_step, *step_args):
+  def __init__(self, make_step, *step_args, environ: dict | None = None):
     self.name = f'{make_step.__name__} {step_args[:2]}'
     ctx = multiprocessing.get_context('spawn')
     self._conn, child = ctx.Pipe()
     settings = {k: getattr(jax.config, k) for k in _JAX_SETTINGS}
     self._process = ctx.Process(target=_serve, daemon=True, args=(
         child, make_step, step_args, settings, runtime.onednn_allowed()))
-    self._process.start()
+    with _environment(environ):
+      self._process.start()
     child.close()
     self._answer()
 
