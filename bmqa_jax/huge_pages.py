@@ -25,7 +25,8 @@ import os
 import platform
 import sys
 
-TUNABLE = "glibc.malloc.hugetlb=1"
+_NAME = "glibc.malloc.hugetlb"
+TUNABLE = f"{_NAME}=1"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 # Set in the restarted process, to GLIBC_TUNABLES's value before ('' if unset):
 # `original_environ()` undoes the restart for a child that should not have it.
@@ -58,7 +59,7 @@ def why_not(environ=None, mode: str | None = "auto") -> str | None:
   mode = thp_mode() if mode == "auto" else mode
   if environ.get("BMQA_HUGE_PAGES", "1") == "0":
     return "BMQA_HUGE_PAGES=0"
-  if TUNABLE.split("=")[0] in environ.get("GLIBC_TUNABLES", ""):
+  if _NAME in environ.get("GLIBC_TUNABLES", ""):
     return f"GLIBC_TUNABLES={environ['GLIBC_TUNABLES']} (set before the start)"
   if not sys.platform.startswith("linux") or not glibc_has_tunable():
     return "not glibc >= 2.35"
@@ -97,7 +98,7 @@ def status(environ=None) -> str:
   if _ADDED in environ:
     return f"on ({TUNABLE}, added by restart())"
   tunables = environ.get("GLIBC_TUNABLES", "")
-  if TUNABLE.split("=")[0] in tunables:
+  if _NAME in tunables:
     return f"GLIBC_TUNABLES={tunables}"
   why = why_not(environ)
   return f"off ({why})" if why else "off"

@@ -209,13 +209,14 @@ def row(name: str, mode: str, batch: int, size: int, o: Options,
   (`step_process.StepProcess`), both alive for the whole row and stepped in turn, with
   ``o.settle`` untimed steps before each timed one.
 
-  Why settle: XLA:CPU allocates a training step's buffers afresh and glibc
-  hands blocks that large back to the kernel when they are freed, so every
-  step faults them in again (`bmqa_jax.huge_pages`; without huge pages 0.67 M
-  faults a ConvNeXt-B step, 2.7 GB, 1.4 s of system time back to back, 3–7 s
-  after 5 s of PyTorch steps: on this VM pages left free for a few seconds go
-  back to the host, virtio-balloon free page reporting). A training loop steps
-  back to back: one untimed step after each switch measures that.
+  Why settle: a step that follows a few seconds without one of its own is
+  slow on this VM (Flax ResNet-50: 1.8–2.3 s instead of 1.05 after 3–6 s of
+  sleep or of PyTorch steps, with 1.1–1.8 s more system time and no more page
+  faults): memory left free for a few seconds goes back to the host
+  (virtio-balloon free page reporting), and the next step's fresh pages cost
+  the host's work as well. The second step after a switch was still slow now
+  and then, the third not. A training loop steps back to back: ``o.settle``
+  (default 2) untimed steps after each switch measure that.
 
   PyTorch runs in the environment its users have (`huge_pages.original_environ`)
   unless ``o.torch_huge_pages``.
