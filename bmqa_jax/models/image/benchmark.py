@@ -42,8 +42,8 @@ def kernels_note(conv_impl: str) -> str:
   if not layers._onednn_ok(conv_impl):  # pylint: disable=protected-access
     return 'convolutions: XLA (bmqa_jax.models.image.layers forms)'
   if onednn_weight_grad.available():
-    return 'convolutions: oneDNN (k×k weight gradients: oneDNN FFI call)'
-  return ('convolutions: oneDNN (k×k weight gradients: XLA; '
+    return 'convolutions: oneDNN (k×k and depthwise weight gradients: oneDNN FFI call)'
+  return ('convolutions: oneDNN (k×k weight gradients: XLA, depthwise: per-tap sums; '
           f'{onednn_weight_grad.unavailable_reason()})')
 
 

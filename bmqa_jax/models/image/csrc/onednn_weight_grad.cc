@@ -1,5 +1,6 @@
-// The weight gradient of a float32 NHWC/HWIO convolution on oneDNN, as an XLA
-// FFI handler (bmqa_jax/models/image/onednn_weight_grad.py builds and registers it).
+// The weight gradient of a float32 NHWC/HWIO convolution, grouped or not
+// (depthwise: groups = channels), on oneDNN, as an XLA FFI handler
+// (bmqa_jax/models/image/onednn_weight_grad.py builds and registers it).
 //
 // XLA:CPU's own weight gradient of a k×k convolution is its generic loop;
 // oneDNN's convolution_backward_weights (the kernel behind torch's CPU
@@ -34,7 +35,20 @@ dnnl::engine& Engine() {
 struct Geometry {
   int64_t x[4], g[4], w[4];  // NHWC input, NHWC output gradient, HWIO kernel
   int64_t strides[2], pad_lo[2], pad_hi[2];
+  int64_t groups;  // feature groups: the kernel's I is the input's C / groups
 };
+
+// The HWIO kernel [KH, KW, C/G, O] as oneDNN weights: OIHW dims, or with
+// groups GOIHW dims (O/G outputs per group), over the same HWIO memory.
+memory::desc HwioDesc(const Geometry& d) {
+  const int64_t kh = d.w[0], kw = d.w[1], in = d.w[2], out = d.w[3];
+  const auto f32 = memory::data_type::f32;
+  if (d.groups == 1)
+    return memory::desc({out, in, kh, kw}, f32, memory::format_tag::hwio);
+  const int64_t per_group = out / d.groups;
+  return memory::desc({d.groups, per_group, in, kh, kw}, f32,
+                      memory::dims{per_group, 1, out, kw * in * out, in * out});
+}
 
 // dW of images [n0, n1) into `out` (HWIO), on the calling thread only.
 void Chunk(const float* x, const float* g, float* out, int64_t n0, int64_t n1,
@@ -45,14 +59,15 @@ void Chunk(const float* x, const float* g, float* out, int64_t n0, int64_t n1,
   omp_set_num_threads(1);
   const int64_t n = n1 - n0;
   memory::dims src_dims{n, d.x[3], d.x[1], d.x[2]}, dst_dims{n, d.g[3], d.g[1], d.g[2]};
-  memory::dims wei_dims{d.w[3], d.w[2], d.w[0], d.w[1]};
+  const memory::desc wei_hwio = HwioDesc(d);
+  const memory::dims wei_dims = wei_hwio.dims();
   memory::dims strides{d.strides[0], d.strides[1]};
   memory::dims pad_lo{d.pad_lo[0], d.pad_lo[1]}, pad_hi{d.pad_hi[0], d.pad_hi[1]};
   auto& eng = Engine();
   using tag = memory::format_tag;
   const auto f32 = memory::data_type::f32;
   memory::desc src_md(src_dims, f32, tag::nhwc), dst_md(dst_dims, f32, tag::nhwc);
-  memory::desc wei_any(wei_dims, f32, tag::any), wei_hwio(wei_dims, f32, tag::hwio);
+  memory::desc wei_any(wei_dims, f32, tag::any);
   dnnl::convolution_forward::primitive_desc fwd_pd(
       dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
                                       dnnl::algorithm::convolution_direct, src_md,
@@ -114,11 +129,15 @@ struct Job {
 ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                       ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dw,
                       int64_t stride_h, int64_t stride_w, int64_t pad_top,
-                      int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
+                      int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
+                      int64_t groups) {
   auto xd = x.dimensions(), gd = g.dimensions(), wd = dw->dimensions();
   if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4)
     return ffi::Error::InvalidArgument("expected NHWC input and gradient, HWIO kernel");
+  if (groups < 1 || xd[3] != wd[2] * groups || wd[3] % groups != 0)
+    return ffi::Error::InvalidArgument("kernel channels do not match the groups");
   auto job = std::make_shared<Job>();
+  job->d.groups = groups;
   for (int i = 0; i < 4; ++i) {
     job->d.x[i] = xd[i];
     job->d.g[i] = gd[i];
@@ -163,4 +182,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BmqaOnednnWeightGrad, WeightGrad,
                                   .Attr<int64_t>("pad_top")
                                   .Attr<int64_t>("pad_bottom")
                                   .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("pad_right"));
+                                  .Attr<int64_t>("pad_right")
+                                  .Attr<int64_t>("groups"));
