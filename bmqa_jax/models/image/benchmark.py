@@ -36,7 +36,8 @@ class Options:
 
 
 def kernels_note(conv_impl: str) -> str:
-  """Which kernels the Flax steps use for k×k weight gradients."""
+  """Which kernels the Flax steps use for convolutions and their k×k and
+  depthwise weight gradients."""
   if not layers.conv_general_dilated_for_backend(conv_impl):
     return 'convolutions: XLA'
   if not layers._onednn_ok(conv_impl):  # pylint: disable=protected-access

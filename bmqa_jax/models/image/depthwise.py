@@ -76,7 +76,8 @@ def _bwd(strides, pads, onednn_ok, residuals, g):
   (kh, kw), (sh, sw) = w.shape[:2], strides
   ho, wo = g.shape[1:3]
   h, wd = x.shape[1:3]
-  if onednn_ok and onednn.supports(x, w):
+  on_onednn = onednn_ok and onednn.supports(x, w)
+  if on_onednn:
     dx = onednn.input_grad(g, w, strides, pads, x.shape, depthwise=True)
   else:
     # dx: g at stride 1 (zeros between), padded by k − 1 − pad on each side (the
@@ -89,8 +90,7 @@ def _bwd(strides, pads, onednn_ok, residuals, g):
     gp = jax.lax.pad(g, jnp.zeros((), g.dtype), cfg)
     dx = _shifted_sum(gp, w[::-1, ::-1], (1, 1), (h, wd))
 
-  if (onednn_ok and onednn.supports(x, w)
-      and onednn_weight_grad.depthwise_worth_it(g.shape, w.shape)
+  if (on_onednn and onednn_weight_grad.depthwise_worth_it(g.shape, w.shape)
       and onednn_weight_grad.available()):
     dw = onednn_weight_grad.weight_grad(x, g, w.shape, strides, pads, groups=x.shape[-1])
     return dx.astype(x.dtype), dw.astype(w.dtype)
