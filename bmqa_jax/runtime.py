@@ -8,13 +8,14 @@
   with XLA's default, which sends them to YNNPACK too), and kernels run one
   after another rather than side by side on the same cores (ResNet-50
   training 17 % faster); `launch/benchmark.py`, README "Speed";
+* with `cluster=True` flags, starts the cluster (`sharding.initialize_distributed`):
+  `--multihost` (SLURM or Cloud TPU variables) or `--coordinator=HOST:PORT
+  --num_processes=N --process_id=I` (any scheduler);
 * turns on XLA's persistent compilation cache (`--compilation_cache`, default
   `default_cache_dir()`; '' turns it off): a second
   `launch/score.py`, or a resumed training run, loads its compiled programs
-  instead of compiling them again;
-* with `cluster=True` flags, starts the cluster (`sharding.initialize_distributed`):
-  `--multihost` (SLURM or Cloud TPU variables) or `--coordinator=HOST:PORT
-  --num_processes=N --process_id=I` (any scheduler).
+  instead of compiling them again. Not for several processes on CPUs
+  (`cache_safe`): there it made every warm-cache run wait forever.
 """
 
 from __future__ import annotations
@@ -41,10 +42,34 @@ def default_cache_dir() -> str:
   return os.path.join(cache_root(), "xla")
 
 
-def enable_compilation_cache(path: str | None = None) -> str:
-  """XLA's persistent cache in `path` (None: `default_cache_dir()`); returns it.
-  Programs that compile in under 0.5 s are not worth a file and are left out."""
+def cache_safe() -> str | None:
+  """None where the persistent compilation cache may be used, else why not.
+
+  Several processes on CPUs (jaxlib 0.10): a CPU program loaded from the cache
+  has another fingerprint than the same program compiled, and JAX numbers each
+  launch of a program from its fingerprint (`GetBaseLaunchId` in jaxlib's
+  py_executable.cc); XLA's CPU collectives meet only launches of the same
+  number. On CPUs each process's cache key holds its own devices and only
+  process 0 writes, so in a warm run process 0 loads the train step while the
+  others compile it, and the first all-reduce waits forever
+  (tests/test_multiprocess.py: `test_warm_compilation_cache_2x2`).
+  """
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    return ("several processes on CPUs: a program loaded from the cache gets "
+            "another launch id than the same program compiled by the other "
+            "processes, and their collectives would never meet")
+  return None
+
+
+def enable_compilation_cache(path: str | None = None, log=print) -> str:
+  """XLA's persistent cache in `path` (None: `default_cache_dir()`); returns it
+  ('' when off, or when `cache_safe()` says it must be). Programs that compile
+  in under 0.5 s are not worth a file and are left out. Call it after the
+  cluster is started: `cache_safe` asks how many processes there are."""
   path = default_cache_dir() if path is None else path
+  if path and (why := cache_safe()):
+    log(f"compilation cache off: {why}")
+    return ""
   # jaxlib 0.10 cannot serialise a program holding oneDNN calls; the write
   # fails with this message and the program simply stays uncached.
   warnings.filterwarnings("ignore", message=r"Error writing persistent compilation "
@@ -134,13 +159,13 @@ def define_flags(cluster: bool = True, onednn: bool = True) -> None:
 
 
 def start(log=print) -> None:
-  """The CPU kernels, the compilation cache, then the cluster when the flags
-  ask for one."""
+  """The CPU kernels, the cluster when the flags ask for one, then the
+  compilation cache (whose use depends on the cluster)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   if f.cpu_kernels:
     tune_cpu(log)
   use_onednn(f.onednn)
-  enable_compilation_cache(f.compilation_cache)
   if "coordinator" in f and (f.coordinator or f.multihost):
     sharding.initialize_distributed(f.coordinator, f.num_processes, f.process_id, log)
+  enable_compilation_cache(f.compilation_cache, log)
