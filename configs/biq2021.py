@@ -6,8 +6,8 @@ path runs (there is no description for PT or SS); the validation split doubles
 as the test split.
 
 The default recipe reads the photos at their native scale and keeps the
-ImageNet-pretrained tower frozen (the README's "Real photos" section has the
-measurements behind each choice):
+ImageNet-pretrained tower frozen (docs/real_photos.md has the measurements
+behind each choice):
 
 * input: `mode='native'`, 512-px windows (the whole photo here; larger photos
   are scored as the mean over `eval_grid` windows), never resized: the noise

@@ -29,7 +29,7 @@ captioner's workdir recorded in ``config.data.captioner_workdir`` (default
 """
 
 from bmqa_jax import config_args
-from configs import quickstart
+from bmqa_jax.configs import quickstart
 
 
 def get_config(arg: str | None = None):

@@ -33,8 +33,8 @@ Arguments (`key=value`, comma-separated; the rules: bmqa_jax/config_args.py):
   data=builtin|manifest    the training data (default builtin)
   manifest=PATH            data=manifest: the MLIQ-style manifest
   pretrain_manifest=PATH   data=manifest: PT's caption pairs ('' none)
-  init=DIR                 converted image-tower weights, see README
-                           "Pretrained weights" ('' none)
+  init=DIR                 converted image-tower weights, see
+                           docs/models.md ('' none)
   runlocal=True|False      True: the CPU smoke-run size above
 Any field can be overridden on the command line (`--config.st.epochs=10`,
 `--config.mesh.model=2`).

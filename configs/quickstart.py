@@ -13,8 +13,8 @@ rules of every config's argument: bmqa_jax/config_args.py):
                      image+text comparison; default image+text.
   img=NAME           another image tower (bmqa_jax.models.image.names());
                      EfficientNet-Lite starts from its ImageNet weights.
-  init=imagenet|none|DIR   the image tower's initial weights (README
-                     "Pretrained weights"); default: imagenet where packaged.
+  init=imagenet|none|DIR   the image tower's initial weights
+                     (docs/models.md); default: imagenet where packaged.
   tiny=True|False    True: a few steps per stage, for tests and smoke runs.
 """
 

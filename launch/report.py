@@ -1,29 +1,10 @@
-r"""One markdown table of several evaluated runs, beside the paper's Table 1/2.
+"""`bmqa-report` from a clone; flags and examples: bmqa_jax/cli/report.py
+(`python launch/report.py --help`).
 
-  python launch/report.py runs/ablation_*            # after launch/evaluate.py
-  python launch/report.py --out=table2.md runs/ablation_a runs/ablation_e
-
-Reads WORKDIR/config.json and WORKDIR/eval/metrics.json of each workdir.
+One markdown table of several evaluated runs, beside the paper's Table 1/2.
 """
 
-from absl import app
-from absl import flags
-
-from bmqa_jax.experiments import report
-
-_OUT = flags.DEFINE_string("out", None, "Also write the table to this file.")
-
-
-def main(argv):
-  workdirs = argv[1:]
-  if not workdirs:
-    raise app.UsageError("name one or more training workdirs")
-  table = report.markdown(report.collect(workdirs))
-  print(table, end="")
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      f.write(table)
-
+from bmqa_jax import cli
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.report()

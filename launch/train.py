@@ -1,65 +1,10 @@
-r"""Trains BMQA: every stage of the config, resuming from the workdir.
+"""`bmqa-train` from a clone; flags and examples: bmqa_jax/cli/train.py
+(`python launch/train.py --help`).
 
-  python launch/train.py --config=configs/quickstart.py --workdir=runs/quickstart
-  python launch/train.py --config=configs/mliq.py:img=convnext_base --workdir=W --dry_run
-
---dry_run builds every stage's model (shapes only: nothing is initialised) and
-one batch of its data, prints parameter counts and shapes, and trains nothing.
-
-The workdir keeps the config of its first run (config.json); a later run whose
-config changes what is trained (a learning rate, a tower, a stage) stops with
-the changed fields, unless --config_change=allow. Only one run may use a
-workdir at a time (WORKDIR/.lock).
-
-Several processes: --multihost reads the cluster from SLURM
-(launch/slurm/train.sbatch) or Cloud TPU (launch/tpu/train.sh) variables;
---coordinator=HOST:PORT --num_processes=N --process_id=I for any other
-scheduler. The workdir must be on a filesystem every process sees.
+Trains BMQA: every stage of the config, resuming from the workdir.
 """
 
-from bmqa_jax import huge_pages
-
-if __name__ == "__main__":  # before JAX starts: glibc reads its tunables at exec
-  huge_pages.restart()
-
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
-
-from bmqa_jax import runtime
-from bmqa_jax.bmqa import train
-from bmqa_jax.experiments import descriptions
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the "
-                               "tokenizer go; the run resumes from here.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Build every stage's model (shapes "
-                             "only) and first batch, print parameter counts and "
-                             "shapes, train nothing.")
-_CONFIG_CHANGE = flags.DEFINE_enum(
-    "config_change", "refuse", ["refuse", "allow"],
-    "When the workdir's config.json differs from --config in a field that "
-    "changes training (anything but logging/eval/checkpoint cadence, see "
-    "bmqa_jax.train_lib.workdir.SAFE_CONFIG_CHANGES): 'refuse' (stop with the changed "
-    "fields) or 'allow' (continue with the new config, recorded in "
-    "config_changes.jsonl).")
-runtime.define_flags()
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
-  runtime.start()
-  cfg, workdir = _CONFIG.value, _WORKDIR.value
-  describe = descriptions.for_training(cfg, workdir)
-  if _DRY_RUN.value:
-    train.dry_run(cfg, workdir, describe=describe)
-  else:
-    train.train_and_evaluate(cfg, workdir, config_change=_CONFIG_CHANGE.value,
-                             describe=describe)
-
+from bmqa_jax import cli
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.train()

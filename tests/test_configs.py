@@ -3,9 +3,10 @@ configurations, all 15 of Table 1 and all 8 of Table 2, dry-run.
 
 Every config parses its argument with `bmqa_jax.config_args.parse_arg`; the
 parser's rules and each config's documented arguments are tested first.
-`configs` is imported as the installed package (`pip install -e .`), without
-touching `sys.path`; a subprocess loads a config file through ml_collections'
-config_flags as the launch scripts do.
+The configs are imported as `bmqa_jax.configs` (the repository's `configs/`
+folder, installed inside the package), without touching `sys.path`; the
+commands' `--config` flag (bmqa_jax/cli/config_flag.py) loads them by name and
+by file, from any folder, and names every mistake.
 
 `launch/train.py --dry_run` traces every stage's model (`jax.eval_shape`,
 nothing initialised) and loads one batch of its data. The 23 configurations
@@ -39,9 +40,10 @@ from bmqa_jax.bmqa import stage as stage_lib
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import optim
 from bmqa_jax.models import image
-import configs
-from configs import ablation
-from configs import mliq
+from bmqa_jax import configs
+from bmqa_jax.cli import config_flag
+from bmqa_jax.configs import ablation
+from bmqa_jax.configs import mliq
 
 TINY_DATA = dict(num_scenes=20, image_size=64, seed=0, audio=False)
 CONFIGS_DIR = os.path.dirname(os.path.abspath(configs.__file__))
@@ -156,7 +158,7 @@ DOCUMENTED = {
 
 
 def _config(name, arg=None):
-  return importlib.import_module(f"configs.{name}").get_config(arg)
+  return importlib.import_module(f"bmqa_jax.configs.{name}").get_config(arg)
 
 
 def test_every_config_is_covered():
@@ -166,7 +168,7 @@ def test_every_config_is_covered():
 @pytest.mark.parametrize("name,arg", [(n, a) for n, args in DOCUMENTED.items()
                                       for a in args])
 def test_config_accepts_its_documented_arguments(name, arg):
-  module = importlib.import_module(f"configs.{name}")
+  module = importlib.import_module(f"bmqa_jax.configs.{name}")
   assert "Arguments" in module.__doc__
   for item in filter(None, arg.split(",")):
     assert item.split("=")[0] in module.__doc__, (name, item)  # documented
@@ -239,28 +241,73 @@ def test_shared_data_blocks():
   assert not hasattr(defaults, "parse_args")
 
 
-def test_config_file_loads_through_config_flags(tmp_path):
-  """A launch script's `--config=configs/X.py:args`, in a fresh process whose
-  sys.path has neither the repository nor `configs/`: dark4k.py imports
-  `configs.quickstart` from the installed package."""
+SHOW_CONFIG = """\
+from absl import app
+from bmqa_jax.cli import config_flag
+_CONFIG = config_flag.DEFINE_config()
+def main(_):
+  print("CONFIG " + _CONFIG.value.to_json())
+app.run(main)
+"""
+
+
+def _show(tmp_path, *args):
+  """A command's --config, parsed in a fresh process in another folder."""
   script = tmp_path / "show_config.py"
-  script.write_text(
-      "from absl import app\n"
-      "from ml_collections import config_flags\n"
-      "_CONFIG = config_flags.DEFINE_config_file('config', None, 'config file')\n"
-      "def main(_):\n"
-      "  print('CONFIG ' + _CONFIG.value.to_json())\n"
-      "app.run(main)\n")
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  path = os.path.join(CONFIGS_DIR, "dark4k.py")
-  out = subprocess.run(
-      [sys.executable, str(script), f"--config={path}:captioner=/runs/cap"],
-      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  line = [l for l in out.stdout.splitlines() if l.startswith("CONFIG ")][-1]
-  c = json.loads(line[len("CONFIG "):])
-  assert c["data"]["captioner_workdir"] == "/runs/cap"
-  assert c["model"] == json.loads(_config("quickstart").to_json())["model"]
+  script.write_text(SHOW_CONFIG)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(config_flag.__file__)))
+  env = dict(os.environ, PYTHONPATH=os.path.dirname(root))
+  return subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def _shown(proc):
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("CONFIG ")][-1]
+  return json.loads(line[len("CONFIG "):])
+
+
+def test_config_by_name_and_by_file_from_another_folder(tmp_path):
+  """`--config=NAME[:args]` finds the packaged config from any folder, and a
+  file still loads; dark4k (which imports the quickstart) both ways."""
+  assert config_flag.names() == CONFIG_NAMES
+  by_name = _shown(_show(tmp_path, "--config=dark4k:captioner=/runs/cap"))
+  by_file = _shown(_show(tmp_path, "--config=" + os.path.join(CONFIGS_DIR, "dark4k.py")
+                         + ":captioner=/runs/cap"))
+  assert by_name == by_file
+  assert by_name["data"]["captioner_workdir"] == "/runs/cap"
+  assert by_name["model"] == json.loads(_config("quickstart").to_json())["model"]
+  c = _shown(_show(tmp_path, "--config=quickstart:tiny=True", "--config.st.epochs=3"))
+  assert c["st"]["epochs"] == 3 and c["data"]["builtin"] == TINY_DATA
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config=quickstar"], "--config=quickstar: no packaged config 'quickstar' "
+     "(did you mean 'quickstart'?); the names are ablation, asr, biq2021, "
+     "captioner, dark4k, mliq, quickstart, or give a file (path/to/config.py)"),
+    (["--config=configs/nope.py"], "--config=configs/nope.py: no config file "
+     "'configs/nope.py' (in {cwd}); the packaged configs go by name: ablation, asr, "
+     "biq2021, captioner, dark4k, mliq, quickstart"),
+    (["--config=quickstart:tiyn=True"], "--config=quickstart:tiyn=True: unknown "
+     "config argument 'tiyn' (known keys: img, init, modalities, tiny)"),
+    (["--config=quickstart", "--config.st.learnig_rate=1"], "--config.st.learnig_rate: "
+     "config.st has no field 'learnig_rate'; did you mean 'learning_rate'?"),
+    (["--config=quickstart", "--config.stt.epochs=1"], "--config.stt.epochs: config "
+     "has no field 'stt'; did you mean 'st'?"),
+    (["--config=quickstart", "--config.seed.x=1"], "--config.seed.x: config.seed is a "
+     "value, not a group of fields"),
+])
+def test_config_mistakes_are_named(tmp_path, args, message):
+  """Each mistake is one absl flags error naming it (today's ml_collections
+  gives a 53-line trace ending in a garbled KeyError for the misspelt field)."""
+  fv = flags.FlagValues()
+  config_flag.DEFINE_config(flag_values=fv)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.chdir(tmp_path)  # a relative file is looked up from where the command runs
+    mp.setattr(sys, "argv", ["prog", *args])
+    with pytest.raises(config_flag.ConfigError) as e:
+      fv(["prog", *args])
+  assert str(e.value) == message.format(cwd=tmp_path)
 
 
 def test_config_flags_reports_a_bad_argument():
@@ -404,7 +451,7 @@ def test_runlocal_shrinks_to_the_same_family(workdir):
 def test_quickstart_sizes_fit_the_builtin_descriptions(name):
   """The quickstart's texts fit its Transformer: the built-in descriptions (200
   scenes, seed 0) are at most 87 pieces of its 1000-piece tokenizer with BOS."""
-  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.configs import quickstart  # pylint: disable=g-import-not-at-top
   c = {"quickstart": lambda: quickstart.get_config(),
        "quickstart_tiny": lambda: quickstart.get_config("tiny=True"),
        "mliq_runlocal": lambda: mliq.get_config("img=resnet50,txt=transformer,"

@@ -69,8 +69,11 @@ def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
   `describe`: fills generated descriptions when `config.data.text_source` is
   'audio' or 'captioner' (`bmqa_jax.experiments.descriptions.describer`).
   """
+  # The data are read and checked first: a failed check leaves nothing in the
+  # workdir (a config.json written before it would refuse the corrected config).
+  data = load_data(cfg, workdir, stage_lib.stage_names(cfg), log, describe)
   with workdir_lib.owned(cfg, workdir, config_change, log, default_fields):
-    return _train_and_evaluate(cfg, workdir, log, progress, describe)
+    return _train_and_evaluate(cfg, workdir, data, log, progress)
 
 
 def load_data(cfg, workdir: str, names: list[str], log, describe=None,
@@ -81,10 +84,9 @@ def load_data(cfg, workdir: str, names: list[str], log, describe=None,
                        tuple(sorted(needed)), log=log, describe=describe)
 
 
-def _train_and_evaluate(cfg, workdir: str, log, progress, describe) -> dict:
+def _train_and_evaluate(cfg, workdir: str, data: datasets.Data, log, progress) -> dict:
   mesh = sharding.make_mesh(cfg)
   names = stage_lib.stage_names(cfg)
-  data = load_data(cfg, workdir, names, log, describe)
   pcfg = pipeline.from_config(cfg)
   if stage_lib.finished_stages(workdir) is None and jax.process_index() == 0:
     workdir_lib.atomic_write(os.path.join(workdir, stage_lib.STAGES_FILE), "{}")
