@@ -94,6 +94,8 @@ def test_a_lone_string_is_one_path_and_lists_take_folders_and_globs(metric, phot
   np.testing.assert_array_equal(np.sort(metric(str(folder))), np.sort(want))
   np.testing.assert_array_equal(np.sort(metric(folder)), np.sort(want))
   np.testing.assert_array_equal(np.sort(metric([f"{folder}/**/*.png"])), np.sort(want))
+  # A folder that a pattern matches is read as a folder (it failed as an image).
+  np.testing.assert_array_equal(np.sort(metric(f"{folder}/*")), np.sort(want))
   got = metric([photos[0], str(folder)])
   assert got.shape == (3,) and got[0] == want[0]
 

@@ -86,6 +86,9 @@ def create_metric(workdir: str | os.PathLike | None = None, *, view: str = "auto
 
   Returns:
     A `Metric`: `metric(inputs) -> np.ndarray` of scores in [0, 1], higher is better.
+
+  Called before JAX has started, it also picks XLA:CPU's kernel libraries as
+  the commands do (`runtime.tune_cpu`), so both give the same scores as fast.
   """
   return _create(workdir, "", view=view, text=text, batch_size=batch_size,
                  tile_short_side=tile_short_side, onednn=onednn,
