@@ -33,7 +33,7 @@ _HINTS = {
     "WorkdirLockedError": "another run holds this workdir: wait for it, or stop it",
     "OutFileError": "--out names a .csv or .json file of bmqa-score's; "
                     "--overwrite starts it again",
-    "UsageError": "{prog} --help shows the usage",
+    "UsageError": "--help shows the command's usage and flags",
 }
 
 
@@ -48,12 +48,11 @@ def message(e: BaseException) -> str:
 
 
 def hint(e: BaseException) -> str:
-  prog = os.path.basename(sys.argv[0]) if sys.argv else "the command"
   for cls in type(e).__mro__:
     if cls.__name__ in _HINTS:
-      return _HINTS[cls.__name__].format(prog=prog)
+      return _HINTS[cls.__name__]
   if isinstance(e, flags.Error):
-    return f"{prog} --help lists the flags"
+    return "--help lists the command's flags"
   return "--verbose shows the traceback"
 
 
