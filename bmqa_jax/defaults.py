@@ -182,12 +182,6 @@ def base_config() -> mlc.ConfigDict:
   c.model.align = mlc.ConfigDict(dict(width=1024, heads=32, qkv_dim=2048,
                                       mlp_dim=2048))
   c.model.dtype = "float32"  # compute dtype; parameters stay float32
-  # CPU convolution algorithm of the image tower (models/image/layers.py):
-  # 'auto' (on CPU: oneDNN convolutions and Dense products where the jaxlib
-  # runs them; XLA's own elsewhere), 'onednn' (required), 'gemm' (the
-  # CPU forms on XLA's kernels only: programs the compilation cache can keep)
-  # or 'xla'.
-  c.model.conv_impl = "auto"
   # Image-only models: K independently initialised alignment + probe heads
   # averaged (bmqa/model.py); 1 = the paper's single head.
   c.model.ensemble = 1
@@ -313,10 +307,6 @@ def quickstart_sizes(c: mlc.ConfigDict) -> None:
   c.input.update(image_size=96, resize_size=104, crop_scale=(0.5, 1.0),
                  max_text_len=96)
   c.tokenizer.vocab_size = 1000
-  # XLA's kernels only: at 96 px oneDNN saves nothing here (the quickstart's
-  # training 255.5 s with it, 256.4 s without), and its programs cannot be kept in the
-  # compilation cache, so a second run would compile them all again.
-  c.model.conv_impl = "gemm"
   c.model.align = dict(width=256, heads=8, qkv_dim=256, mlp_dim=512)
   c.model.temperature_init = 0.1
   c.pt.update(epochs=20, batch_size=32, learning_rate=1e-3, warmup_epochs=1)

@@ -3,11 +3,12 @@
 XLA:CPU allocates a step's temporaries afresh at every call, in blocks far
 above glibc's 32 MB mmap threshold, and glibc hands such a block back to the
 kernel when it is freed: every training step faults its buffers in again,
-4 KiB at a time (ConvNeXt-B, batch 8, 224 px: 0.67 M faults, 2.7 GB, 1.3–1.9 s
-of system time in a 5.1 s step). With glibc's tunable ``glibc.malloc.hugetlb=1``
-(glibc ≥ 2.35) malloc advises ``MADV_HUGEPAGE`` on those blocks, and a kernel
-whose transparent huge pages are in ``madvise`` mode (the usual default) backs
-them with 2 MiB pages: 1.7 K faults and 4.4 s a step (README "Speed").
+4 KiB at a time, and the faults cost system time in every step. With glibc's
+tunable ``glibc.malloc.hugetlb=1`` (glibc ≥ 2.35) malloc advises
+``MADV_HUGEPAGE`` on those blocks, and a kernel whose transparent huge pages
+are in ``madvise`` mode (the usual default) backs them with 2 MiB pages: a
+few hundred faults a step instead of hundreds of thousands (what that buys:
+docs/performance.md, measured with ``launch/benchmark.py``).
 
 glibc reads its tunables once, when the process starts. So `restart()`, the
 first statement of each launch script, replaces the script's process

@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import jax
 
@@ -29,7 +28,7 @@ from bmqa_jax import sharding
 
 
 def cache_root() -> str:
-  """$BMQA_CACHE_DIR, else ~/.cache/bmqa_jax: compiled programs and kernels."""
+  """$BMQA_CACHE_DIR, else ~/.cache/bmqa_jax: where compiled programs are kept."""
   return os.environ.get("BMQA_CACHE_DIR",
                         os.path.join(os.path.expanduser("~"), ".cache", "bmqa_jax"))
 
@@ -70,10 +69,6 @@ def enable_compilation_cache(path: str | None = None, log=print) -> str:
   if path and (why := cache_safe()):
     log(f"compilation cache off: {why}")
     return ""
-  # jaxlib 0.10 cannot serialise a program holding oneDNN calls; the write
-  # fails with this message and the program simply stays uncached.
-  warnings.filterwarnings("ignore", message=r"Error writing persistent compilation "
-                          r"cache entry .*std::bad_alloc")
   if path:
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
@@ -120,32 +115,12 @@ def tune_cpu(log=print) -> bool:
   return True
 
 
-# Whether image encoders may run CPU convolutions on oneDNN
-# (bmqa_jax/models/image/onednn.py); `start()` sets it from --onednn.
-_onednn = True
-
-
-def use_onednn(enabled: bool) -> None:
-  """Allows (or forbids) oneDNN convolutions in the programs built from now on.
-  They run faster, but XLA cannot write programs that hold them to the
-  persistent compilation cache (jaxlib 0.10), so they compile at every start."""
-  global _onednn
-  _onednn = bool(enabled)
-
-
-def onednn_allowed() -> bool:
-  return _onednn
-
-
-def define_flags(cluster: bool = True, onednn: bool = True) -> None:
-  """The flags `start()` reads; `onednn` is the default of --onednn."""
+def define_flags(cluster: bool = True) -> None:
+  """The flags `start()` reads."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_bool("cpu_kernels", True, "XLA:CPU: YNNPACK for matrix products and "
                     "reductions, no YNNPACK convolutions, the plain thunk scheduler "
                     "(runtime.tune_cpu); --nocpu_kernels keeps XLA's defaults.")
-  flags.DEFINE_bool("onednn", onednn, "CPU convolutions of the image encoders on "
-                    "oneDNN (faster steps; XLA's compilation cache cannot keep those "
-                    "programs, so they compile at every start).")
   flags.DEFINE_string("compilation_cache", None, "XLA compilation cache folder "
                       "(default $BMQA_CACHE_DIR/xla or ~/.cache/bmqa_jax/xla; '': off).")
   if not cluster:
@@ -165,7 +140,6 @@ def start(log=print) -> None:
   f = flags.FLAGS
   if f.cpu_kernels:
     tune_cpu(log)
-  use_onednn(f.onednn)
   if "coordinator" in f and (f.coordinator or f.multihost):
     sharding.initialize_distributed(f.coordinator, f.num_processes, f.process_id, log)
   enable_compilation_cache(f.compilation_cache, log)

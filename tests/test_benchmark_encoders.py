@@ -34,38 +34,9 @@ def test_benchmark_rows_and_cpu_kernels(tmp_path):
     assert r["jax_img_s"] > 0 and r["jax_first_step_s"] > 0
     assert r["torch_img_s"] is None and r["ratio"] is None
   assert all(f"{k}={v}" in stdout for k, v in runtime.CPU_FLAGS.items())
+  assert "load average:" in stdout and "huge pages: Flax" in stdout
   _, stdout = _bench(tmp_path, "--nocpu_kernels", "--modes=infer")
   assert not any(k in stdout for k in runtime.CPU_FLAGS)
-
-
-def test_layer_rows_cover_every_convolution_once():
-  """launch/benchmark.py --layers: each distinct convolution of the net with its count, timed
-  three ways for Flax and PyTorch."""
-  pytest.importorskip("torch")
-  from bmqa_jax.models.image import benchmark  # pylint: disable=g-import-not-at-top
-  geometries = benchmark.conv_geometries("resnet_tiny", 2, 32)
-  # resnet_tiny: the stem, then per stage two 3×3 (+ a 1×1 downsample after the first).
-  assert sum(geometries.values()) == 12
-  assert ((2, 32, 32, 3), (7, 7, 3, 16), (2, 2), ((3, 3), (3, 3)), 1) in geometries
-  rows = benchmark.layer_rows("resnet_tiny", 2, 32, benchmark.Options(steps=1))
-  assert sum(r["count"] for r in rows) == 12
-  for r in rows:
-    assert len(r["jax_ms"]) == len(r["torch_ms"]) == 3
-    assert all(t > 0 for t in r["jax_ms"] + r["torch_ms"])
-
-
-def test_benchmark_layers_writes_one_row_per_geometry(tmp_path):
-  out = tmp_path / "layers.json"
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  proc = subprocess.run(
-      [sys.executable, "launch/benchmark.py", "--layers", "--models=resnet_tiny", "--batch=2",
-       "--image_size=32", "--steps=1", "--notorch", "--compilation_cache=", f"--json={out}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(env, JAX_PLATFORMS="cpu"))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = json.loads(out.read_text())
-  assert sum(r["count"] for r in rows) == 12 and all(r["torch_ms"] is None for r in rows)
-  assert "| sum over the network |" in proc.stdout
 
 
 def test_row_steps_each_library_in_a_process_of_its_own():

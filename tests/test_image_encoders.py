@@ -10,11 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmqa_jax import runtime
 from bmqa_jax.models import image
 from bmqa_jax.models.image import efficientnet
 from bmqa_jax.models.image import layers
-from bmqa_jax.models.image import onednn
+from bmqa_jax.models.image import ops
 
 SIZES = {'vit_tiny': 32}  # others: 64 px
 BATCH_NORM = {'resnet', 'efficientnet'}
@@ -182,92 +181,51 @@ def test_paper_model_output_shapes_at_224(name, width, tokens):
     (10, 4, 4, 5, 2, ((2, 2), (2, 2)), 4),           # depthwise/2, a row never read
     (16, 3, 8, 4, 4, 'VALID', 1),                    # patchify stem (ViT, ConvNeXt)
     (8, 4, 6, 1, 1, 'VALID', 1),                     # bottleneck 1×1
-    (28, 3, 4, 3, 1, 'SAME', 1),                     # a map large enough for XLA's weight gradient
-    (12, 3, 4, 4, 3, ((1, 2), (2, 0)), 1),           # stride 3, uneven padding: three phases
-    (9, 3, 4, 3, 2, ((2, 2), (2, 2)), 1),            # padding wider than the last phase reads
+    (9, 3, 4, 1, 2, ((1, 0), (0, 1)), 1),            # padded 1×1/2
+    (8, 4, 6, 3, 1, 'SAME', 2),                      # grouped, not depthwise: XLA's
 ])
-@pytest.mark.parametrize('onednn_ok', [False, True])
 def test_cpu_convolution_and_gradients_equal_xla(size, channels, out, kernel, stride, padding,
-                                                 groups, onednn_ok):
-  if onednn_ok and not onednn.available():
-    pytest.skip('this jaxlib/CPU does not run oneDNN convolutions')
+                                                 groups):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, size, size + 1, channels)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, channels // groups, out)), jnp.float32)
 
-  def xla(x, w):
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                        feature_group_count=groups)
+  def conv(impl, x, w):
+    return impl(x, w, (stride, stride), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                feature_group_count=groups)
 
-  def gemm(x, w):
-    return layers.cpu_conv_general_dilated(x, w, (stride, stride), padding,
-                                           feature_group_count=groups, onednn_ok=onednn_ok)
-
-  y, ref_vjp = jax.vjp(xla, x, w)
+  y, ref_vjp = jax.vjp(functools.partial(conv, jax.lax.conv_general_dilated), x, w)
   cotangent = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-  got_y, got_vjp = jax.vjp(gemm, x, w)
+  got_y, got_vjp = jax.vjp(functools.partial(conv, ops.CPU.conv_general_dilated), x, w)
   np.testing.assert_allclose(got_y, y, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(y))))
   for got, want in zip(got_vjp(cotangent), ref_vjp(cotangent)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
-def test_onednn_convolution_is_really_used_and_refused_where_absent(monkeypatch):
-  """'auto'/'onednn' put oneDNN custom calls in the program (forward, input
-  gradient, 1×1 weight gradient); 'gemm' keeps XLA's kernels; 'onednn'
-  refuses a process that cannot or may not run them."""
-  if not onednn.available():
-    pytest.skip('this jaxlib/CPU does not run oneDNN convolutions')
-  x = jnp.ones((2, 8, 8, 3))
-  w = jnp.ones((3, 3, 3, 4))
-  w1 = jnp.ones((1, 1, 3, 4))
+def test_ops_follow_the_backend_and_programs_hold_no_custom_call():
+  """The CPU forms on the CPU backend, XLA's own elsewhere; either way a
+  model's training program is plain XLA (no custom call), which XLA's
+  persistent compilation cache can store."""
+  assert ops.for_backend() is ops.CPU and jax.default_backend() == 'cpu'
+  assert ops.for_backend('gpu') is ops.XLA and ops.for_backend('tpu') is ops.XLA
+  for name in ('resnet_tiny', 'efficientnet_tiny', 'convnext_mini', 'vgg_tiny'):
+    model = image.create(name, num_classes=3)
+    x = jnp.ones((2, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x)
 
-  def program(impl):
-    conv = layers.conv_general_dilated_for_backend(impl)
-    def loss(x, w, w1):
-      return ((conv(x, w, (1, 1), 'SAME') + conv(x, w1, (1, 1), 'VALID')) ** 2).sum()
-    return jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, w, w1).compile().as_text()
-
-  text = program('onednn')
-  assert text.count(onednn.TARGET) == 4  # two forwards, two input gradients
-  assert text.count(onednn.MATMUL_TARGET) == 1  # the 1×1 kernel's gradient
-  assert program('auto').count(onednn.TARGET) == 4
-  assert onednn.TARGET not in program('gemm')
-  monkeypatch.setattr(runtime, '_onednn', False)  # --noonednn (launch/score.py)
-  with pytest.raises(ValueError, match="conv_impl='onednn'"):
-    layers.conv_general_dilated_for_backend('onednn')
-  assert onednn.TARGET not in program('auto')
-
-
-def test_onednn_dense_and_gradients_equal_xla():
-  """ConvNeXt's pointwise layers: ``[..., K] @ [K, N]`` and both gradients as
-  oneDNN matmuls; other products stay ``lax.dot_general``."""
-  if not onednn.available():
-    pytest.skip('this jaxlib/CPU does not run oneDNN convolutions')
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((2, 5, 6, 7)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((7, 9)), jnp.float32)
-  dims = (((3,), (0,)), ((), ()))
-  dense = nn.Dense(9, dot_general=layers.dot_general_for_backend('onednn'))
-  assert layers.dot_general_for_backend('gemm') is None
-  params = lambda w: {'params': {'kernel': w, 'bias': jnp.zeros(9)}}  # noqa: E731
-  y, got_vjp = jax.vjp(lambda x, w: dense.apply(params(w), x), x, w)
-  want, ref_vjp = jax.vjp(lambda x, w: jax.lax.dot_general(x, w, dims), x, w)
-  np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
-  g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-  for got, ref in zip(got_vjp(g), ref_vjp(g)):
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-  loss = lambda x: (dense.apply(params(w), x) ** 2).sum()  # noqa: E731
-  text = jax.jit(jax.grad(loss)).lower(x).compile().as_text()
-  assert text.count(onednn.MATMUL_TARGET) == 2  # forward and input gradient
-  batched = onednn.dense_dot_general(x, x, (((3,), (3,)), ((0,), (0,))))  # not a Dense product
-  np.testing.assert_allclose(batched, jnp.einsum('bijk,bmnk->bijmn', x, x), rtol=1e-5, atol=1e-4)
+    def loss(params, variables=variables, model=model):
+      out, _ = model.apply({**variables, 'params': params}, x, train=True,
+                           mutable=['batch_stats'], rngs={'dropout': jax.random.key(1)})
+      return out['logits'].sum()
+    text = jax.jit(jax.grad(loss)).lower(variables['params']).as_text()
+    assert 'custom_call' not in text, name
 
 
 @pytest.mark.parametrize('window, stride, padding, relu', [
     (3, 2, ((1, 1), (1, 1)), True),   # ResNet stem, after a ReLU: many tied zeros
     (2, 2, 'VALID', True),            # VGG
     (3, 2, 'VALID', False),           # AlexNet
+    (3, 2, 'SAME', False),            # padding by name
 ])
 def test_cpu_max_pool_and_gradient_equal_xla(window, stride, padding, relu):
   """Ties go to the first tap in row-major order, as in XLA's select_and_scatter
@@ -276,11 +234,11 @@ def test_cpu_max_pool_and_gradient_equal_xla(window, stride, padding, relu):
   x = rng.standard_normal((2, 13, 12, 5)).astype(np.float32)
   x = jnp.asarray(np.maximum(x, 0) if relu else x)
   xla = lambda x: nn.max_pool(x, (window, window), (stride, stride), padding)  # noqa: E731
-  ours = lambda x: layers.max_pool_for_backend('gemm')(  # noqa: E731
+  ours = lambda x: ops.CPU.max_pool(  # noqa: E731
       x, (window, window), strides=(stride, stride), padding=padding)
   y, ref_vjp = jax.vjp(xla, x)
   got_y, got_vjp = jax.vjp(ours, x)
   np.testing.assert_array_equal(got_y, y)
   g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
   np.testing.assert_allclose(got_vjp(g)[0], ref_vjp(g)[0], rtol=0, atol=1e-6)
-  assert layers.max_pool_for_backend('xla') is nn.max_pool
+  assert ops.XLA.max_pool is nn.max_pool

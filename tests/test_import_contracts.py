@@ -2,8 +2,9 @@
 
 The import-linter contracts of `.importlinter` (layers: core → data → models →
 {bmqa, speech, captioner, baselines} → experiments; inference never imports a
-trainer) are checked with function-level imports counted, as is the absence
-of any import cycle (grimp's graph).
+trainer; the CPU kernels only through `models.image.ops`) are checked with
+function-level imports counted, as is the absence of any import cycle
+(grimp's graph).
 """
 
 import configparser
@@ -37,6 +38,15 @@ def test_every_top_level_module_is_in_a_layer():
          if (n.endswith(".py") and n != "__init__.py") or
          os.path.isfile(os.path.join(PACKAGE, n, "__init__.py"))}
   assert top - named == set(), "add these to a layer of .importlinter"
+
+
+def test_cpu_kernels_are_imported_only_by_the_ops_seam():
+  graph = grimp.build_graph("bmqa_jax", include_external_packages=False)
+  kernels = "bmqa_jax.models.image.cpu_kernels"
+  importers = {m for k in graph.find_descendants(kernels) | {kernels}
+               for m in graph.find_modules_that_directly_import(k)
+               if m != kernels and not m.startswith(kernels + ".")}
+  assert importers == {"bmqa_jax.models.image.ops"}
 
 
 def test_no_import_cycle():

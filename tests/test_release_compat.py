@@ -2,6 +2,7 @@
 load: weights for inference and scoring, and the full state for a resume
 (tests/data/release_0_1/README.md)."""
 
+import json
 import os
 import shutil
 
@@ -79,3 +80,28 @@ def test_captioner_workdir_captions(old):
       os.path.join(old, "images")) if n.endswith(".png"))[:2]
   out = captioner_infer.caption_paths(work, images)
   assert len(out) == 2 and all(isinstance(r["caption"], str) for r in out)
+
+
+def test_workdir_with_the_removed_conv_impl_field_resumes(tmp_path):
+  """config.json files written while `config.model.conv_impl` existed (the
+  image encoders' ops now follow the backend) still build their model and
+  resume under today's config, which lacks the field."""
+  from bmqa_jax.bmqa import model as bmqa_model  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.bmqa import train  # pylint: disable=g-import-not-at-top
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  cfg = quickstart.get_config("tiny=True")
+  assert "conv_impl" not in cfg.model
+  work = str(tmp_path)
+  workdir_lib.save_config(cfg, work)
+  path = os.path.join(work, workdir_lib.CONFIG_FILE)
+  with open(path) as f:
+    old = json.load(f)
+  old["model"]["conv_impl"] = "gemm"
+  with open(path, "w") as f:
+    json.dump(old, f)
+  stored = workdir_lib.load_config(work)
+  model = bmqa_model.from_config(stored, vocab_size=stored.tokenizer.vocab_size)
+  assert model.image_encoder is not None
+  logs = []
+  workdir_lib.own_config(cfg, work, "refuse", logs.append, train.default_fields)
+  assert "conv_impl" not in workdir_lib.load_config(work).model

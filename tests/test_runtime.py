@@ -62,3 +62,36 @@ def test_tune_cpu_adds_the_cpu_flags_and_keeps_the_users_choice():
   assert _tune_in_fresh_process(both) == ["False", repr(both)]
   late = _tune_in_fresh_process(None, start_jax_first=True)
   assert late[1:] == ["False", "''"] and "warning: JAX already started" in late[0]
+
+
+def test_a_training_step_is_written_to_the_compilation_cache_without_warnings(tmp_path):
+  """Every program of the image encoders can be stored (no custom call that
+  XLA cannot serialise): a training step compiles into the cache silently,
+  and a second process loads it instead of compiling."""
+  code = ("import sys, warnings\n"
+          "warnings.simplefilter('always')\n"
+          "import jax, jax.numpy as jnp, optax\n"
+          "from bmqa_jax import runtime\n"
+          "from bmqa_jax.models import image\n"
+          "runtime.enable_compilation_cache(sys.argv[1])\n"
+          "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+          "model = image.create('resnet_tiny', num_classes=4)\n"
+          "x = jnp.ones((2, 32, 32, 3))\n"
+          "v = model.init(jax.random.key(0), x)\n"
+          "def loss(p):\n"
+          "  out, _ = model.apply({**v, 'params': p}, x, train=True, mutable=['batch_stats'])\n"
+          "  return optax.softmax_cross_entropy_with_integer_labels(\n"
+          "      out['logits'], jnp.zeros(2, int)).mean()\n"
+          "print(float(jax.jit(jax.grad(lambda p: loss(p)))(v['params'])['fc']['bias'][0]))\n")
+  cache = tmp_path / "xla"
+  run = lambda: subprocess.run(  # noqa: E731
+      [sys.executable, "-c", code, str(cache)], cwd=ROOT, capture_output=True, text=True,
+      timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  first = run()
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert "Error writing persistent compilation cache" not in first.stderr, first.stderr[-2000:]
+  entries = sorted(os.listdir(cache))
+  assert any("jit__lambda" in e for e in entries), entries  # the gradient program
+  second = run()
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert sorted(os.listdir(cache)) == entries and second.stdout == first.stdout

@@ -201,8 +201,7 @@ def from_config(cfg, vocab_size: int | None) -> BMQA:
   if "image" in modalities:
     levels = tuple(ic.get("levels", ()))
     kwargs = dict(ic.kwargs, levels=levels) if levels else dict(ic.kwargs)
-    img = image.create(ic.name, dtype=dtype, conv_impl=cfg.model.get("conv_impl", "auto"),
-                       **kwargs)
+    img = image.create(ic.name, dtype=dtype, **kwargs)
   if "text" in modalities:
     if vocab_size is None:
       raise ValueError("a model with a text tower needs the tokenizer's vocab_size")

@@ -66,7 +66,7 @@ class ScoringError(ValueError):
 
 def create_metric(workdir: str | os.PathLike | None = None, *, view: str = "auto",
                   text: str | None = None, batch_size: int = 16,
-                  tile_short_side: int = 512, onednn: bool = False,
+                  tile_short_side: int = 512,
                   compilation_cache: str | None = None) -> "Metric":
   """A quality scorer: the model shipped in the package, or a trained workdir's.
 
@@ -78,8 +78,6 @@ def create_metric(workdir: str | os.PathLike | None = None, *, view: str = "auto
       with descriptions (`metric(images, text=...)` gives one per image).
     batch_size: most views of one image per step.
     tile_short_side: with view='tiles', the short side the image is resized to.
-    onednn: CPU convolutions on oneDNN (faster steps; XLA cannot keep such a
-      program in its compilation cache, so it compiles at every start).
     compilation_cache: None turns on XLA's persistent cache in its default
       folder (`runtime.default_cache_dir()`) unless the process already set
       one; a folder uses that one; '' leaves the process's setting alone.
@@ -91,12 +89,11 @@ def create_metric(workdir: str | os.PathLike | None = None, *, view: str = "auto
   the commands do (`runtime.tune_cpu`), so both give the same scores as fast.
   """
   return _create(workdir, "", view=view, text=text, batch_size=batch_size,
-                 tile_short_side=tile_short_side, onednn=onednn,
-                 compilation_cache=compilation_cache)
+                 tile_short_side=tile_short_side, compilation_cache=compilation_cache)
 
 
 def _create(workdir, asset_dir: str, *, view: str = "auto", text: str | None = None,
-            batch_size: int = 16, tile_short_side: int = 512, onednn: bool = False,
+            batch_size: int = 16, tile_short_side: int = 512,
             compilation_cache: str | None = None) -> "Metric":
   if view not in VIEWS:
     raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
@@ -124,9 +121,6 @@ def _create(workdir, asset_dir: str, *, view: str = "auto", text: str | None = N
         asset_dir, ("config.json", "heads.safetensors")))
     name = shipped.NAME
   cfg = cfg.copy_and_resolve_references()
-  if not onednn and cfg.model.get("conv_impl", "auto") in ("auto", "onednn"):
-    with cfg.unlocked():
-      cfg.model.conv_impl = "gemm"  # XLA's own kernels: a cacheable program
   model = bmqa_lib.from_config(cfg, tok.vocab_size if tok else None)
   pcfg = pipeline.from_config(cfg)
   if view != "auto" and pcfg.mode != "resize":

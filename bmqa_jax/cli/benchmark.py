@@ -1,7 +1,6 @@
 r"""Image-encoder speed, Flax against the PyTorch reference in the same run (issue 3).
 
   bmqa-benchmark --models=resnet50,vit_b32 --batch=8 [--json=FILE]
-  bmqa-benchmark --models=resnet50 --layers
 
 Per encoder and mode, Flax and PyTorch each in a process of its own: after
 ``--warmup`` untimed steps (compilation included), ``--steps`` rounds of ``--settle``
@@ -10,7 +9,7 @@ softmax cross-entropy on a 1000-class head, backward, SGD-momentum update; one
 ``jax.jit``, state donated) or ``infer`` (eval-mode forward). Prints images/s
 from the median steps, the ratio (> 1: Flax is faster) and Flax's first step.
 PyTorch runs as its users run it, without `bmqa_jax.huge_pages` (unless
-``--torch_huge_pages``). ``--layers`` times each distinct convolution instead.
+``--torch_huge_pages``). docs/performance.md: the tables and their commands.
 """
 
 import json
@@ -36,10 +35,7 @@ _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute
 _TORCH = flags.DEFINE_bool('torch', True, 'Also time the PyTorch reference.')
 _TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads (0: default).')
 _TORCH_HUGE = flags.DEFINE_bool('torch_huge_pages', False, 'PyTorch with huge pages too.')
-_CONV = flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'onednn', 'gemm', 'xla'],
-                          'Flax CPU convolution (config.model.conv_impl).')
 _JSON = flags.DEFINE_string('json', None, 'Write the results here as JSON.')
-_LAYERS = flags.DEFINE_bool('layers', False, 'Time each distinct convolution instead.')
 runtime.define_flags(cluster=False)
 
 
@@ -50,11 +46,8 @@ def main(_):
                         learning_rate=_LR.value, momentum=_MOMENTUM.value,
                         steps=_STEPS.value, warmup=_WARMUP.value, settle=_SETTLE.value,
                         torch_threads=_TORCH_THREADS.value,
-                        torch_huge_pages=_TORCH_HUGE.value, conv_impl=_CONV.value)
+                        torch_huge_pages=_TORCH_HUGE.value)
   print(benchmark.header(o, batch, size))
-  if _LAYERS.value:
-    benchmark.print_layers(_MODELS.value, batch, size, o, _TORCH.value, _JSON.value)
-    return
   print('| model | mode | batch | Flax img/s | PyTorch img/s | ratio | Flax first step s |')
   print('|---|---|---:|---:|---:|---:|---:|')
   rows = []

@@ -45,7 +45,7 @@ _TILE_SHORT_SIDE = flags.DEFINE_integer("tile_short_side", 512, "With --view=til
 _OUT = flags.DEFINE_string("out", "", "Also write the scores to a .csv or .json.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start --out again (another "
                                "model, view or text; a file bmqa-score did not write).")
-runtime.define_flags(cluster=False, onednn=False)  # keep its programs cacheable
+runtime.define_flags(cluster=False)
 
 
 def main(argv):
@@ -55,7 +55,7 @@ def main(argv):
     raise app.UsageError("give image files, folders or glob patterns")
   metric = scoring.create_metric(
       _WORKDIR.value or None, view=_VIEW.value, text=_TEXT.value or None,
-      tile_short_side=_TILE_SHORT_SIDE.value, onednn=flags.FLAGS.onednn,
+      tile_short_side=_TILE_SHORT_SIDE.value,
       compilation_cache="")  # runtime.start() set it from --compilation_cache
   print(f"scoring with {_describe(metric)}", file=sys.stderr)
   identity = metric.identity()

@@ -49,6 +49,7 @@ SAFE_CONFIG_CHANGES = (
     "input.prepared_dir",
     "data.check_images",
     "input.max_pixels",
+    "model.conv_impl",  # removed: the image encoders' ops follow the backend
 )
 _ABSENT = "<absent>"
 

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bmqa_jax.models.image import layers
+from bmqa_jax.models.image import ops
 from bmqa_jax.models.image.vgg import adaptive_avg_pool
 
 Dtype = Any
@@ -60,7 +61,6 @@ class AlexNet(nn.Module):
   dropout_rate: float = 0.5
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
   levels: Sequence[int] = ()
 
@@ -72,13 +72,13 @@ class AlexNet(nn.Module):
     for item in self.layout:
       if item == 'M':
         stage_maps.append(x)
-        x = layers.max_pool_for_backend(self.conv_impl)(x, (3, 3), strides=(2, 2))
+        x = ops.for_backend().max_pool(x, (3, 3), strides=(2, 2))
         index += 1
       else:
         width, kernel, stride, pad = item
         x = nn.Conv(width, (kernel, kernel), stride, padding=pad, dtype=self.dtype,
                     param_dtype=self.param_dtype, kernel_init=layers.torch_linear_default,
-                    conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl),
+                    conv_general_dilated=ops.for_backend().conv_general_dilated,
                     name=f'features_{index}')(x)
         x = nn.relu(x)
         index += 2

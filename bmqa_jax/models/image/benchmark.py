@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import os
 import time
 
@@ -16,8 +14,6 @@ import optax
 
 from bmqa_jax import huge_pages
 from bmqa_jax.models import image
-from bmqa_jax.models.image import layers
-from bmqa_jax.models.image import onednn_weight_grad
 from bmqa_jax.models.image import step_process
 
 
@@ -32,29 +28,18 @@ class Options:
   settle: int = 2  # untimed steps of a library before each timed one (row)
   torch_threads: int = 0
   torch_huge_pages: bool = False  # PyTorch without them, as its users run it
-  conv_impl: str = 'auto'  # the encoders' CPU convolution (models/image/layers.py)
-
-
-def kernels_note(conv_impl: str) -> str:
-  """Which kernels the Flax steps use for convolutions and their k×k and
-  depthwise weight gradients."""
-  if not layers.conv_general_dilated_for_backend(conv_impl):
-    return 'convolutions: XLA'
-  if not layers._onednn_ok(conv_impl):  # pylint: disable=protected-access
-    return 'convolutions: XLA (bmqa_jax.models.image.layers forms)'
-  if onednn_weight_grad.available():
-    return 'convolutions: oneDNN (k×k and depthwise weight gradients: oneDNN FFI call)'
-  return ('convolutions: oneDNN (k×k weight gradients: XLA, depthwise: per-tap sums; '
-          f'{onednn_weight_grad.unavailable_reason()})')
 
 
 def header(o: Options, batch: int, size: int) -> str:
-  """What a run measures on: devices, shapes, XLA_FLAGS, kernels, huge pages."""
+  """What a run measures on: devices, shapes, XLA_FLAGS, huge pages, and the
+  machine's load (compare runs made idle)."""
   torch_pages = huge_pages.status(None if o.torch_huge_pages else
                                   huge_pages.original_environ())
+  load = ' '.join(f'{v:.1f}' for v in os.getloadavg())
   return (f'JAX devices: {jax.devices()}  dtype={o.dtype} batch={batch} size={size} '
-          f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}\n{kernels_note(o.conv_impl)}\n'
-          f'huge pages: Flax {huge_pages.status()}; PyTorch {torch_pages}')
+          f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}\n'
+          f'huge pages: Flax {huge_pages.status()}; PyTorch {torch_pages}\n'
+          f'load average: {load} on {os.cpu_count()} cores')
 
 
 def _interleaved(runs: dict, steps: int, settle: int = 0) -> dict:
@@ -75,13 +60,6 @@ def _interleaved(runs: dict, steps: int, settle: int = 0) -> dict:
       run()
       times[name].append(time.perf_counter() - start)
   return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def _median_ms(run, steps: int) -> float:
-  """Median milliseconds of ``steps`` calls of ``run`` in a row (short
-  kernels: the calls right after a switch of library, slowed by the other
-  one's spinning threads, fall out of the median)."""
-  return _interleaved({0: run}, steps)[0] * 1e3
 
 
 def random_variables(model, x, seed=0):
@@ -114,7 +92,7 @@ def jax_step(name: str, mode: str, batch: int, size: int, o: Options):
   callable that returns when the step is done; a training state carries over
   from call to call."""
   dtype = jnp.dtype(o.dtype)
-  kwargs = {'num_classes': o.num_classes, 'dtype': dtype, 'conv_impl': o.conv_impl}
+  kwargs = {'num_classes': o.num_classes, 'dtype': dtype}
   if image.family(name) == 'vit':
     kwargs['image_size'] = size
   model = image.create(name, **kwargs)
@@ -210,14 +188,11 @@ def row(name: str, mode: str, batch: int, size: int, o: Options,
   (`step_process.StepProcess`), both alive for the whole row and stepped in turn, with
   ``o.settle`` untimed steps before each timed one.
 
-  Why settle: a step that follows a few seconds without one of its own is
-  slow on this VM (Flax ResNet-50: 1.8–2.3 s instead of 1.05 after 3–6 s of
-  sleep or of PyTorch steps, with 1.1–1.8 s more system time and no more page
-  faults): memory left free for a few seconds goes back to the host
-  (virtio-balloon free page reporting), and the next step's fresh pages cost
-  the host's work as well. The second step after a switch was still slow now
-  and then, the third not. A training loop steps back to back: ``o.settle``
-  (default 2) untimed steps after each switch measure that.
+  Why settle: a step that follows a few seconds without one of its own can
+  be much slower (on a VM that hands memory left free back to the host, the
+  next step's fresh pages cost the host's work as well; docs/performance.md).
+  A training loop steps back to back: ``o.settle`` untimed steps after each
+  switch measure that.
 
   PyTorch runs in the environment its users have (`huge_pages.original_environ`)
   unless ``o.torch_huge_pages``.
@@ -246,131 +221,3 @@ def row(name: str, mode: str, batch: int, size: int, o: Options,
           'jax_first_step_s': first_s, 'jax_img_s': jax_img_s,
           'torch_img_s': torch_img_s,
           'ratio': jax_img_s / torch_img_s if torch_img_s else None}
-
-
-def _eqns(jaxpr):
-  """Every equation of ``jaxpr`` and of the jaxprs nested in its equations."""
-  for eqn in jaxpr.eqns:
-    yield eqn
-    for v in eqn.params.values():
-      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-        inner = getattr(sub, 'jaxpr', sub)
-        if hasattr(inner, 'eqns'):
-          yield from _eqns(inner)
-
-
-def conv_geometries(name: str, batch: int, size: int) -> dict[tuple, int]:
-  """{(input shape, kernel shape, strides, pads, groups): count} of the
-  convolutions in encoder ``name``'s forward pass (traced with XLA's own
-  convolution, so each is one ``conv_general_dilated``)."""
-  kwargs = {'conv_impl': 'xla'}
-  if image.family(name) == 'vit':
-    kwargs['image_size'] = size
-  model = image.create(name, **kwargs)
-  x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), x)
-  jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
-  out: dict[tuple, int] = {}
-  for eqn in _eqns(jaxpr.jaxpr):
-    if eqn.primitive.name == 'conv_general_dilated':
-      p = eqn.params
-      key = (tuple(eqn.invars[0].aval.shape), tuple(eqn.invars[1].aval.shape),
-             tuple(p['window_strides']), tuple(tuple(q) for q in p['padding']),
-             p['feature_group_count'])
-      out[key] = out.get(key, 0) + 1
-  return out
-
-
-def layer_rows(name: str, batch: int, size: int, o: Options,
-               with_torch: bool = True) -> list[dict]:
-  """Per distinct convolution of encoder ``name``: milliseconds of its
-  forward pass, input gradient and kernel gradient with the library's CPU
-  convolution (``o.conv_impl``), and with PyTorch's (channels-last,
-  ``aten.convolution_backward``) when ``with_torch``. Where a network's
-  training step loses time, layer by layer."""
-  conv = layers.conv_general_dilated_for_backend(o.conv_impl) or jax.lax.conv_general_dilated
-  rows = []
-  rng = np.random.default_rng(0)
-  for (xs, ws, strides, pads, groups), count in conv_geometries(name, batch, size).items():
-    x = jnp.asarray(rng.standard_normal(xs), jnp.float32)
-    w = jnp.asarray(rng.standard_normal(ws) / np.sqrt(np.prod(ws[:3])), jnp.float32)
-
-    def f(x, w, strides=strides, pads=pads, groups=groups):
-      return conv(x, w, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                  feature_group_count=groups)
-    g = jnp.ones(jax.eval_shape(f, x, w).shape, jnp.float32)
-    fns = [jax.jit(f),
-           jax.jit(lambda x, w, g: jax.vjp(lambda x_: f(x_, w), x)[1](g)[0]),
-           jax.jit(lambda x, w, g: jax.vjp(lambda w_: f(x, w_), w)[1](g)[0])]
-    runs = {('jax', i): functools.partial(lambda fn, *a: jax.block_until_ready(fn(*a)),
-                                          fn, x, w, *([g] if i else []))
-            for i, fn in enumerate(fns)}
-    if with_torch:
-      runs.update({('torch', i): fn for i, fn in
-                   enumerate(_torch_layer_fns(xs, ws, strides, pads, groups, o))})
-    for run in runs.values():
-      run()
-    ms = {key: _median_ms(run, o.steps) for key, run in runs.items()}
-    jax_ms = [ms['jax', i] for i in range(3)]
-    torch_ms = [ms['torch', i] for i in range(3)] if with_torch else None
-    rows.append({'model': name, 'input': xs, 'kernel': ws, 'strides': strides,
-                 'pads': pads, 'groups': groups, 'count': count,
-                 'jax_ms': jax_ms, 'torch_ms': torch_ms})
-  return rows
-
-
-def _torch_layer_fns(xs, ws, strides, pads, groups, o: Options) -> list:
-  """PyTorch's forward, input gradient and kernel gradient of one convolution
-  geometry (NHWC/HWIO shapes), channels-last, as zero-argument callables."""
-  import torch  # pylint: disable=g-import-not-at-top
-  if o.torch_threads:
-    torch.set_num_threads(o.torch_threads)
-  b, h, w_, c = xs
-  kh, kw, cin_g, cout = ws
-  x = torch.randn(b, c, h, w_).contiguous(memory_format=torch.channels_last)
-  w = torch.randn(cout, cin_g, kh, kw).contiguous(memory_format=torch.channels_last)
-  # torch pads symmetrically: pad the input by the difference first.
-  (pt, pb), (pl, pr) = pads
-  sym = (min(pt, pb), min(pl, pr))
-  if (pt, pb, pl, pr) != (sym[0], sym[0], sym[1], sym[1]):
-    x = torch.nn.functional.pad(x, (pl - sym[1], pr - sym[1], pt - sym[0], pb - sym[0]))
-    x = x.contiguous(memory_format=torch.channels_last)
-  y = torch.nn.functional.conv2d(x, w, stride=strides, padding=sym, groups=groups)
-  g = torch.ones_like(y)
-
-  def no_grad(fn, *args):
-    with torch.no_grad():
-      return fn(*args)
-
-  def backward(mask):
-    return functools.partial(no_grad, torch.ops.aten.convolution_backward, g, x, w, None,
-                             list(strides), list(sym), [1, 1], False, [0, 0], groups, mask)
-  return [functools.partial(no_grad, torch.nn.functional.conv2d, x, w, None, strides, sym,
-                            [1, 1], groups),
-          backward([True, False, False]), backward([False, True, False])]
-
-
-def print_layers(names, batch: int, size: int, o: Options, with_torch: bool = True,
-                 json_path: str | None = None) -> list[dict]:
-  """Prints :func:`layer_rows` of each encoder in ``names`` as a Markdown
-  table with the sums over the network (``launch/benchmark.py --layers``);
-  writes the rows to ``json_path`` when given."""
-  fmt = lambda v: '–' if v is None else ' / '.join(f'{t:.1f}' for t in v)  # noqa: E731
-  rows = []
-  for name in names:
-    print(f'\n{name}: ms forward / input gradient / kernel gradient')
-    print('| input | kernel | stride | groups | × | Flax | PyTorch |')
-    print('|---|---|---|---:|---:|---|---|')
-    model_rows = layer_rows(name, batch, size, o, with_torch)
-    for r in model_rows:
-      print(f"| {r['input']} | {r['kernel']} | {r['strides']} | {r['groups']} | "
-            f"{r['count']} | {fmt(r['jax_ms'])} | {fmt(r['torch_ms'])} |", flush=True)
-    total = lambda key: None if model_rows[0][key] is None else [  # noqa: E731
-        sum(r['count'] * r[key][i] for r in model_rows) for i in range(3)]
-    print(f"| sum over the network | | | | | {fmt(total('jax_ms'))} | "
-          f"{fmt(total('torch_ms'))} |")
-    rows += model_rows
-  if json_path:
-    with open(json_path, 'w') as f:
-      json.dump(rows, f, indent=1)
-  return rows

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bmqa_jax.models.image import layers
+from bmqa_jax.models.image import ops
 
 Dtype = Any
 
@@ -27,18 +28,16 @@ class CNBlock(nn.Module):
   stochastic_depth_rate: float
   layer_scale_init: float = 1e-6
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     dim = x.shape[-1]
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              kernel_init=_trunc_normal_002,
-                              dot_general=layers.dot_general_for_backend(self.conv_impl))
+                              kernel_init=_trunc_normal_002)
     y = nn.Conv(dim, (7, 7), padding=3, feature_group_count=dim, dtype=self.dtype,
                 param_dtype=self.param_dtype, kernel_init=_trunc_normal_002,
-                conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl),
+                conv_general_dilated=ops.for_backend().conv_general_dilated,
                 name='dwconv')(x)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
                      name='norm')(y)
@@ -67,7 +66,6 @@ class ConvNeXt(nn.Module):
   layer_scale_init: float = 1e-6
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
   # Stages (0..3, strides 4..32) also returned as ``levels``.
   levels: Sequence[int] = ()
@@ -76,7 +74,7 @@ class ConvNeXt(nn.Module):
   def __call__(self, images, train: bool = False):
     conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
                              kernel_init=_trunc_normal_002, padding='VALID',
-                             conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl))
+                             conv_general_dilated=ops.for_backend().conv_general_dilated)
     norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype,
                              param_dtype=self.param_dtype)
     x = conv(self.widths[0], (4, 4), strides=(4, 4), name='stem_conv')(
@@ -91,8 +89,8 @@ class ConvNeXt(nn.Module):
         x = conv(width, (2, 2), strides=(2, 2), name=f'downsample{i}_conv')(x)
       for j in range(depth):
         rate = self.stochastic_depth_rate * index / max(total - 1, 1)
-        x = CNBlock(rate, self.layer_scale_init, dtype=self.dtype, conv_impl=self.conv_impl,
-                    param_dtype=self.param_dtype, name=f'stage{i}_block{j}')(x, train=train)
+        x = CNBlock(rate, self.layer_scale_init, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name=f'stage{i}_block{j}')(x, train=train)
         index += 1
       stage_maps.append(x)
     tokens = x.reshape(x.shape[0], -1, x.shape[-1])

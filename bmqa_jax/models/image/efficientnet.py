@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from bmqa_jax.models.image import layers
+from bmqa_jax.models.image import ops
 
 Dtype = Any
 
@@ -183,7 +184,6 @@ class EfficientNet(nn.Module):
   head_width: int | None = None  # None: 4 × last stage width (B*), 1280 for Lite.
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
   bn_momentum: float | None = None  # None: the reference's (0.9 B*, 0.99 Lite).
   bn_epsilon: float | None = None   # None: the reference's (1e-5 B*, 1e-3 Lite).
@@ -202,7 +202,7 @@ class EfficientNet(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype,
                              kernel_init=layers.kaiming_normal_fan_out,
-                             conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl))
+                             conv_general_dilated=ops.for_backend().conv_general_dilated)
     norm = functools.partial(nn.BatchNorm, momentum=momentum, epsilon=epsilon,
                              dtype=self.dtype, param_dtype=self.param_dtype)
     act = relu6 if lite else nn.silu

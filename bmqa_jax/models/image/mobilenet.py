@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bmqa_jax.models.image import layers
+from bmqa_jax.models.image import ops
 from bmqa_jax.models.image.efficientnet import make_divisible
 
 Dtype = Any
@@ -102,7 +103,6 @@ class MobileNetV2(nn.Module):
   dropout_rate: float = 0.2
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
   bn_momentum: float = 0.9  # torch's momentum 0.1
   bn_epsilon: float = 1e-5
@@ -113,7 +113,7 @@ class MobileNetV2(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype,
                              kernel_init=layers.kaiming_normal_fan_out,
-                             conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl))
+                             conv_general_dilated=ops.for_backend().conv_general_dilated)
     norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon, dtype=self.dtype,
                              param_dtype=self.param_dtype)

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bmqa_jax.models.image import layers
+from bmqa_jax.models.image import ops
 
 Dtype = Any
 
@@ -98,7 +99,6 @@ class ResNet(nn.Module):
   stem_width: int = 64
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
@@ -110,7 +110,7 @@ class ResNet(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype,
                              kernel_init=layers.kaiming_normal_fan_out,
-                             conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl))
+                             conv_general_dilated=ops.for_backend().conv_general_dilated)
     norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon, dtype=self.dtype,
                              param_dtype=self.param_dtype)
@@ -118,8 +118,7 @@ class ResNet(nn.Module):
     x = conv(self.stem_width, (7, 7), 2, padding=3, name='conv1')(x)
     x = norm(name='bn1')(x, use_running_average=not train)
     x = nn.relu(x)
-    pool = layers.max_pool_for_backend(self.conv_impl)
-    x = pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = ops.for_backend().max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     stage_maps = []
     for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(n_blocks):

@@ -9,22 +9,19 @@ import traceback
 
 import jax
 
-from bmqa_jax import runtime
-
 # jax.config entries a step's process takes over from the parent's
 # (runtime.start: the compilation cache).
 _JAX_SETTINGS = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
                  'jax_persistent_cache_min_entry_size_bytes')
 
 
-def _serve(conn, make_step, step_args: tuple, settings: dict, onednn: bool) -> None:
+def _serve(conn, make_step, step_args: tuple, settings: dict) -> None:
   """A `StepProcess`'s loop: builds the step, then runs one per request and
   answers when it is done (or with the traceback of a failure); the caller
   times the call."""
   try:
     for key, value in settings.items():
       jax.config.update(key, value)
-    runtime.use_onednn(onednn)
     run = make_step(*step_args)
     conn.send('ready')
     while conn.recv():
@@ -58,15 +55,15 @@ class StepProcess:
   one step there and returns when it is done; the process is spawned (a
   forked JAX would deadlock) with this process's environment (XLA_FLAGS
   included), or `environ` where given, and takes the parent's compilation
-  cache and oneDNN settings."""
+  cache settings."""
 
   def __init__(self, make_step, *step_args, environ: dict | None = None):
     self.name = f'{make_step.__name__} {step_args[:2]}'
     ctx = multiprocessing.get_context('spawn')
     self._conn, child = ctx.Pipe()
     settings = {k: getattr(jax.config, k) for k in _JAX_SETTINGS}
-    self._process = ctx.Process(target=_serve, daemon=True, args=(
-        child, make_step, step_args, settings, runtime.onednn_allowed()))
+    self._process = ctx.Process(target=_serve, daemon=True,
+                                args=(child, make_step, step_args, settings))
     with _environment(environ):
       self._process.start()
     child.close()

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bmqa_jax.models.image import layers
+from bmqa_jax.models.image import ops
 
 Dtype = Any
 
@@ -76,7 +77,6 @@ class VGG(nn.Module):
   dropout_rate: float = 0.5
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
   levels: Sequence[int] = ()
 
@@ -88,20 +88,19 @@ class VGG(nn.Module):
     for item in self.layout:
       if item == 'M':
         stage_maps.append(x)
-        x = layers.max_pool_for_backend(self.conv_impl)(x, (2, 2), strides=(2, 2))
+        x = ops.for_backend().max_pool(x, (2, 2), strides=(2, 2))
         index += 1
       else:
         x = nn.Conv(item, (3, 3), padding=1, dtype=self.dtype, param_dtype=self.param_dtype,
                     kernel_init=layers.kaiming_normal_fan_out,
-                    conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl),
+                    conv_general_dilated=ops.for_backend().conv_general_dilated,
                     name=f'features_{index}')(x)
         x = nn.relu(x)
         index += 2
     tokens = x.reshape(x.shape[0], -1, x.shape[-1])
     x = adaptive_avg_pool(x, self.pool_size).reshape(x.shape[0], -1)
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              kernel_init=nn.initializers.normal(0.01),
-                              dot_general=layers.dot_general_for_backend(self.conv_impl))
+                              kernel_init=nn.initializers.normal(0.01))
     for i in (0, 3):
       x = nn.relu(dense(self.hidden_dim, name=f'classifier_{i}')(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from bmqa_jax.models.image import layers
+from bmqa_jax.models.image import ops
 
 Dtype = Any
 
@@ -32,7 +33,6 @@ class SelfAttention(nn.Module):
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # the Dense layers' CPU product (layers.dot_general_for_backend)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -41,8 +41,7 @@ class SelfAttention(nn.Module):
       raise ValueError(f'width {d} is not divisible by {self.num_heads} heads')
     head_dim = d // self.num_heads
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              kernel_init=nn.initializers.xavier_uniform(),
-                              dot_general=layers.dot_general_for_backend(self.conv_impl))
+                              kernel_init=nn.initializers.xavier_uniform())
     qkv = dense(3 * d, name='in_proj')(x).reshape(b, n, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(head_dim)
@@ -61,7 +60,6 @@ class EncoderBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # the Dense layers' CPU product (layers.dot_general_for_backend)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -69,13 +67,11 @@ class EncoderBlock(nn.Module):
                              param_dtype=self.param_dtype)
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                               kernel_init=nn.initializers.xavier_uniform(),
-                              bias_init=nn.initializers.normal(1e-6),
-                              dot_general=layers.dot_general_for_backend(self.conv_impl))
+                              bias_init=nn.initializers.normal(1e-6))
     drop = functools.partial(nn.Dropout, self.dropout_rate, deterministic=not train)
     y = norm(name='ln_1')(x)
     y = SelfAttention(self.num_heads, self.attention_dropout_rate, dtype=self.dtype,
-                      param_dtype=self.param_dtype, conv_impl=self.conv_impl,
-                      name='self_attention')(y, train=train)
+                      param_dtype=self.param_dtype, name='self_attention')(y, train=train)
     x = x + drop()(y)
     y = norm(name='ln_2')(x)
     y = dense(self.mlp_dim, name='mlp_0')(y)
@@ -102,7 +98,6 @@ class VisionTransformer(nn.Module):
   attention_dropout_rate: float = 0.0
   num_classes: int | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'  # CPU convolution: one of layers.CONV_IMPLS
   param_dtype: Dtype = jnp.float32
   # Encoder layers (0..num_layers-1) whose output tokens are also returned as
   # ``levels`` (before the final LayerNorm, class token first).
@@ -123,7 +118,7 @@ class VisionTransformer(nn.Module):
     x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding='VALID',
                 dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=nn.initializers.truncated_normal(math.sqrt(1 / fan_in)),
-                conv_general_dilated=layers.conv_general_dilated_for_backend(self.conv_impl),
+                conv_general_dilated=ops.for_backend().conv_general_dilated,
                 name='conv_proj')(jnp.asarray(images, self.dtype))
     x = x.reshape(b, -1, self.hidden_dim)
     cls = self.param('class_token', nn.initializers.zeros,
@@ -138,8 +133,7 @@ class VisionTransformer(nn.Module):
     for i in range(self.num_layers):
       x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
                        self.attention_dropout_rate, dtype=self.dtype,
-                       param_dtype=self.param_dtype, conv_impl=self.conv_impl,
-                       name=f'encoder_layer_{i}')(x, train=train)
+                       param_dtype=self.param_dtype, name=f'encoder_layer_{i}')(x, train=train)
       stage_maps.append(x)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
                      name='ln')(x)

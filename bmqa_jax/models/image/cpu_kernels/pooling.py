@@ -1,8 +1,8 @@
 """Max pooling with a gradient that fuses on XLA:CPU.
 
 XLA differentiates ``reduce_window(max)`` with ``select_and_scatter``, which
-XLA:CPU runs as a variadic reduce-window over index arrays plus a scatter:
-about 130 ms of a 2 s ResNet-50 training step on 2 cores. Here the gradient is
+XLA:CPU runs as a variadic reduce-window over index arrays plus a scatter, a
+large part of a ResNet's training step (docs/performance.md). Here the gradient is
 written by hand (a ``jax.custom_vjp``) as elementwise work over the window's
 taps: in row-major tap order, the first tap equal to the window's maximum
 receives the gradient, as in ``torch.nn.functional.max_pool2d`` and XLA's own
@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bmqa_jax.models.image import windows
+from bmqa_jax.models.image.cpu_kernels import windows
 
 
 def _taps(xp, window, strides, out_hw):
@@ -35,9 +36,20 @@ def _padded(x, pads):
   return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf)
 
 
+def max_pool(inputs, window_shape, strides=None, padding='VALID'):
+  """Drop-in ``flax.linen.max_pool`` for NHWC ``inputs``; other ranks go to
+  ``flax.linen.max_pool`` unchanged."""
+  if inputs.ndim != 4 or len(window_shape) != 2:
+    return nn.max_pool(inputs, window_shape, strides, padding)
+  window, strides = tuple(window_shape), tuple(strides or (1, 1))
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(inputs.shape[1:3], window, strides, padding)
+  return _max_pool(inputs, window, strides, tuple(tuple(int(v) for v in p) for p in padding))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
-             pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+def _max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+              pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
   """``flax.linen.max_pool(x, window, strides, pads)`` for NHWC ``x`` (padding
   never wins: it is −inf)."""
   out = None
@@ -47,7 +59,7 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
 
 
 def _fwd(x, window, strides, pads):
-  out = max_pool(x, window, strides, pads)
+  out = _max_pool(x, window, strides, pads)
   return out, (x, out)
 
 
@@ -65,4 +77,4 @@ def _bwd(window, strides, pads, residuals, g):
   return (dxp[:, top:top + x.shape[1], left:left + x.shape[2]],)
 
 
-max_pool.defvjp(_fwd, _bwd)
+_max_pool.defvjp(_fwd, _bwd)
