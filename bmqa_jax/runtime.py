@@ -3,11 +3,9 @@
 `define_flags()` adds the absl flags; `start()` then
 
 * chooses XLA:CPU's kernel libraries and scheduler (`--cpu_kernels`,
-  `tune_cpu`): YNNPACK for matrix products and reductions, no YNNPACK
-  convolutions (on a 2-core AVX-512 machine, convolutions ran 1.4× faster than
-  with XLA's default, which sends them to YNNPACK too), and kernels run one
-  after another rather than side by side on the same cores (ResNet-50
-  training 17 % faster); `launch/benchmark.py`, README "Speed";
+  `tune_cpu`): YNNPACK for matrix products and reductions but not
+  convolutions, and kernels one after another rather than side by side on the
+  same cores (what each buys: docs/performance.md);
 * with `cluster=True` flags, starts the cluster (`sharding.initialize_distributed`):
   `--multihost` (SLURM or Cloud TPU variables) or `--coordinator=HOST:PORT
   --num_processes=N --process_id=I` (any scheduler);
@@ -77,12 +75,12 @@ def enable_compilation_cache(path: str | None = None, log=print) -> str:
   return path
 
 
-# XLA:CPU settings of `tune_cpu`, flag -> value:
+# XLA:CPU settings of `tune_cpu`, flag -> value (measured with
+# launch/benchmark.py and launch/benchmark_train.py, docs/performance.md):
 # * YNNPACK for matrix products and reductions only (jaxlib 0.10's default
-#   routes convolutions to YNNPACK as well, slower than XLA's and oneDNN's);
+#   routes convolutions to YNNPACK as well, where they run slower);
 # * XLA's plain thunk scheduler: the concurrency-optimised one runs independent
-#   kernels side by side on the same cores, and each then runs slower (ResNet-50
-#   training 5.62 against 4.79 img/s, VGG-19 1.53 against 1.39).
+#   kernels side by side on the same cores, and each then runs slower.
 CPU_FLAGS = {
     "--xla_cpu_experimental_ynn_fusion_type": "individual_dot,reduce",
     "--xla_cpu_enable_concurrency_optimized_scheduler": "false",
@@ -95,24 +93,19 @@ def cpu_flags(current: str = "") -> list[str]:
           if flag + "=" not in current]
 
 
-def tune_cpu(log=print) -> bool:
+def tune_cpu() -> bool:
   """Adds `CPU_FLAGS` to XLA_FLAGS; True when it added any.
 
   A flag that XLA_FLAGS already sets is left alone (the user's choice wins).
-  XLA reads XLA_FLAGS once, when JAX starts its backends: after that it is too
-  late, and this says so.
+  XLA reads XLA_FLAGS once, when JAX runs its first computation: call this
+  before (`start()` is each launch script's first call); later, the flags
+  change nothing.
   """
   current = os.environ.get("XLA_FLAGS", "")
   missing = cpu_flags(current)
-  if not missing:
-    return False
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  if xla_bridge.backends_are_initialized():
-    log(f"warning: JAX already started; {' '.join(missing)} not applied "
-        "(call runtime.tune_cpu() before the first JAX computation)")
-    return False
-  os.environ["XLA_FLAGS"] = " ".join([current] + missing).strip()
-  return True
+  if missing:
+    os.environ["XLA_FLAGS"] = " ".join([current] + missing).strip()
+  return bool(missing)
 
 
 def define_flags(cluster: bool = True) -> None:
@@ -139,7 +132,7 @@ def start(log=print) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   if f.cpu_kernels:
-    tune_cpu(log)
+    tune_cpu()
   if "coordinator" in f and (f.coordinator or f.multihost):
     sharding.initialize_distributed(f.coordinator, f.num_processes, f.process_id, log)
   enable_compilation_cache(f.compilation_cache, log)

@@ -99,7 +99,7 @@ def _create(workdir, asset_dir: str, *, view: str = "auto", text: str | None = N
     raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
   if batch_size < 1:
     raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-  runtime.tune_cpu(log=lambda *_: None)  # only before JAX starts; a no-op after
+  runtime.tune_cpu()  # only before JAX starts; a no-op after
   if compilation_cache is None and not jax.config.jax_compilation_cache_dir:
     runtime.enable_compilation_cache(log=lambda *_: None)
   elif compilation_cache:
