@@ -165,7 +165,7 @@ def _write_data(root, n=16):
 
 @pytest.fixture(scope="module")
 def captioner(tmp_path_factory):
-  from configs import captioner as cap_config  # pylint: disable=import-outside-toplevel
+  from bmqa_jax.configs import captioner as cap_config  # pylint: disable=import-outside-toplevel
   root = str(tmp_path_factory.mktemp("data"))
   manifest = _write_data(root)
   config = cap_config.get_config(f"manifest={manifest},runlocal=True,steps=8")
@@ -218,7 +218,7 @@ def test_caption_launcher_writes_attention_maps(captioner, tmp_path):
 def test_image_only_bmqa_with_generated_descriptions(captioner, tmp_path, monkeypatch):
   """Dark-4K protocol: a model trained on image + given text scores images of
   a manifest without text, with descriptions from the captioner."""
-  from configs import quickstart  # pylint: disable=import-outside-toplevel
+  from bmqa_jax.configs import quickstart  # pylint: disable=import-outside-toplevel
   from bmqa_jax.bmqa import evaluate  # pylint: disable=import-outside-toplevel
   from bmqa_jax.bmqa import train as bmqa_train  # pylint: disable=import-outside-toplevel
   from bmqa_jax.data import datasets  # pylint: disable=import-outside-toplevel

@@ -27,7 +27,7 @@ def _sgd(o):
 def _families():
   """(name, model, tx, init_fn, step_fn, batch) of the recogniser and the captioner."""
   import jax  # pylint: disable=g-import-not-at-top
-  from configs import asr, captioner  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.configs import asr, captioner  # pylint: disable=g-import-not-at-top
   from bmqa_jax.captioner import model as cap_model  # pylint: disable=g-import-not-at-top
   from bmqa_jax.captioner import train as cap_train  # pylint: disable=g-import-not-at-top
   from bmqa_jax.speech import model as asr_model  # pylint: disable=g-import-not-at-top

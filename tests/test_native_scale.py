@@ -17,7 +17,7 @@ from bmqa_jax.data import pipeline
 from bmqa_jax.models import align
 from bmqa_jax.bmqa import model as bmqa_lib
 from bmqa_jax.models import image
-from configs import quickstart
+from bmqa_jax.configs import quickstart
 
 
 def _photo(h, w, seed=0):

@@ -88,7 +88,7 @@ def test_workdir_with_the_removed_conv_impl_field_resumes(tmp_path):
   resume under today's config, which lacks the field."""
   from bmqa_jax.bmqa import model as bmqa_model  # pylint: disable=g-import-not-at-top
   from bmqa_jax.bmqa import train  # pylint: disable=g-import-not-at-top
-  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.configs import quickstart  # pylint: disable=g-import-not-at-top
   cfg = quickstart.get_config("tiny=True")
   assert "conv_impl" not in cfg.model
   work = str(tmp_path)

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from bmqa_jax.experiments import report
-from configs import ablation
-from configs import mliq
+from bmqa_jax.configs import ablation
+from bmqa_jax.configs import mliq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

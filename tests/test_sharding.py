@@ -26,7 +26,7 @@ BATCH = 24
 
 def _config(stage_name, image_name="resnet_tiny"):
   """quickstart's tiny model; image-only for ST (one tower compiles faster)."""
-  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.configs import quickstart  # pylint: disable=g-import-not-at-top
   cfg = quickstart.get_config("tiny=True")
   # The sizes these tolerances were set on (the batch's texts are 48 tokens;
   # quickstart's own limit grew to 96 for the built-in descriptions).

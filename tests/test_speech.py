@@ -157,7 +157,7 @@ def _write_manifest(root, n=6):
 
 
 def test_train_resume_and_transcribe(tmp_path, monkeypatch):
-  from configs import asr  # pylint: disable=import-outside-toplevel
+  from bmqa_jax.configs import asr  # pylint: disable=import-outside-toplevel
   manifest = _write_manifest(str(tmp_path))
   config = asr.get_config(f"manifest={manifest},runlocal=True,steps=30")
   config.model.update(TINY)
@@ -208,7 +208,7 @@ def test_ctc_jiwer_metrics():
 
 def test_recogniser_stops_at_a_non_finite_step_and_keeps_finite_checkpoints(tmp_path):
   """The shared step loop guards the recogniser as it guards BMQA."""
-  from configs import asr  # pylint: disable=import-outside-toplevel
+  from bmqa_jax.configs import asr  # pylint: disable=import-outside-toplevel
   from bmqa_jax.train_lib import checkpoint, loop  # pylint: disable=import-outside-toplevel
   manifest = _write_manifest(str(tmp_path))
   config = asr.get_config(f"manifest={manifest},runlocal=True,steps=8")

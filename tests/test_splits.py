@@ -84,7 +84,7 @@ def test_repeated_splits_tiny_run_and_resume(tmp_path, monkeypatch):
   """Two tiny trainings; a finished split's metrics are aggregated as stored (not
   recomputed); a metrics.json of another config is not taken as finished; a
   changed config is refused instead of mixing results."""
-  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.configs import quickstart  # pylint: disable=g-import-not-at-top
   from bmqa_jax.train_lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv("BMQA_DATA_DIR", str(tmp_path / "data"))
   cfg = quickstart.get_config("modalities=image,tiny=True")

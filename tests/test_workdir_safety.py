@@ -16,7 +16,7 @@ import pytest
 from bmqa_jax.bmqa import train
 from bmqa_jax.train_lib import workdir as workdir_lib
 from bmqa_jax.train_lib import checkpoint
-from configs import quickstart
+from bmqa_jax.configs import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
