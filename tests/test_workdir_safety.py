@@ -73,17 +73,38 @@ def test_stale_lock_is_taken_over_and_released(trained):
   assert not [f for f in os.listdir(trained["work"]) if f.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("host", ["self", "elsewhere.example"])
-def test_live_lock_refuses_a_second_run(data_dir, tmp_path, host):
-  host = socket.gethostname() if host == "self" else host
-  _write_lock(str(tmp_path), host, os.getpid())  # this test process: alive
-  before = _read(tmp_path / ".lock")
-  with pytest.raises(workdir_lib.WorkdirLockedError,
-                     match=rf"process {os.getpid()} on host {host}"):
-    train.train_and_evaluate(_cfg(data_dir), str(tmp_path), log=lambda _: None,
-                             progress=False)
-  assert _read(tmp_path / ".lock") == before  # not taken, not removed
-  assert not (tmp_path / "config.json").exists()
+_HOLD = (
+    "import sys\n"
+    "from bmqa_jax.train_lib import workdir\n"
+    "workdir.WorkdirLock(sys.argv[1]).acquire()\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n")
+
+
+def test_live_lock_refuses_a_second_run_until_its_holder_dies(data_dir, tmp_path):
+  """A running process holds the lock: a run is refused, naming it; killed
+  (no release), its lock is free to the next run."""
+  holder = subprocess.Popen(
+      [sys.executable, "-c", _HOLD, str(tmp_path)], stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE, text=True,
+      env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    before = _read(tmp_path / ".lock")
+    with pytest.raises(workdir_lib.WorkdirLockedError,
+                       match=rf"process {holder.pid} on host {socket.gethostname()}"):
+      train.train_and_evaluate(_cfg(data_dir), str(tmp_path), log=lambda _: None,
+                               progress=False)
+    assert _read(tmp_path / ".lock") == before  # not taken, not removed
+    assert not (tmp_path / "config.json").exists()
+  finally:
+    holder.kill()
+    holder.wait()
+  logs = []
+  lock = workdir_lib.WorkdirLock(str(tmp_path), log=logs.append)
+  lock.acquire()
+  assert f"of process {holder.pid}" in logs[0]
+  lock.release()
 
 
 def test_lock_is_exclusive_and_released_only_by_its_owner(tmp_path):
@@ -95,6 +116,90 @@ def test_lock_is_exclusive_and_released_only_by_its_owner(tmp_path):
     workdir_lib.WorkdirLock(str(tmp_path)).acquire()
   a.release()
   assert not (tmp_path / ".lock").exists()
+
+
+_RACE = r'''
+import json, multiprocessing as mp, os, sys, time
+from bmqa_jax.train_lib import workdir as workdir_lib
+
+def slow_log(msg):  # a log line to a slow terminal or network disk
+  print(msg, file=sys.stderr, flush=True)
+  time.sleep(0.01)
+
+def run(i, work, dead, rounds, barrier, out):
+  for r in range(rounds):
+    if i == 0:  # each round starts from a dead run's lock on this host
+      with open(os.path.join(work, ".lock"), "w") as f:
+        json.dump(dict(host=workdir_lib.socket.gethostname(), pid=dead), f)
+    barrier.wait()
+    lock = workdir_lib.WorkdirLock(work, log=slow_log)
+    try:
+      lock.acquire()
+    except workdir_lib.WorkdirLockedError:
+      pass
+    out.put((r, lock.held))
+    barrier.wait()  # every process has tried before the holder lets go
+    lock.release()
+    barrier.wait()
+
+if __name__ == "__main__":
+  work, dead, rounds, nproc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+  ctx = mp.get_context("fork")
+  barrier, out = ctx.Barrier(nproc), ctx.Queue()
+  procs = [ctx.Process(target=run, args=(i, work, dead, rounds, barrier, out))
+           for i in range(nproc)]
+  for p in procs:
+    p.start()
+  held = [0] * rounds
+  for _ in range(rounds * nproc):
+    r, h = out.get(timeout=120)
+    held[r] += h
+  for p in procs:
+    p.join()
+  print(json.dumps(held))
+'''
+
+
+def test_racing_runs_never_share_the_lock(tmp_path):
+  """4 processes start together on a dead run's lock, 20 times: one holds it
+  each time (with a remove-and-recreate takeover, two often did)."""
+  script = tmp_path / "race.py"
+  script.write_text(_RACE)
+  work = tmp_path / "w"
+  work.mkdir()
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, str(script), str(work), str(_dead_pid()),
+                         "20", "4"], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  held = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert held == [1] * 20, held
+  assert not (work / ".lock").exists()
+
+
+def test_empty_or_garbled_lock_left_by_a_full_disk_blocks_nothing(tmp_path):
+  for content in (b"", b'{"host": "x", "pi', b"\xff\x00"):
+    (tmp_path / ".lock").write_bytes(content)
+    lock = workdir_lib.WorkdirLock(str(tmp_path), log=lambda _: None)
+    lock.acquire()
+    assert json.loads(_read(tmp_path / ".lock"))["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_lock_that_cannot_be_written_is_removed(tmp_path, monkeypatch):
+  """A disk full while the lock's information is written: the error is raised
+  and no half-written lock stays behind to confuse the next run."""
+  def full(fd, data):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(workdir_lib.os, "write", full)
+  with pytest.raises(OSError, match="No space left"):
+    workdir_lib.WorkdirLock(str(tmp_path)).acquire()
+  monkeypatch.undo()
+  assert not (tmp_path / ".lock").exists()
+  lock = workdir_lib.WorkdirLock(str(tmp_path))
+  lock.acquire()
+  lock.release()
 
 
 # --- the config -----------------------------------------------------------------
