@@ -54,7 +54,11 @@ def trained(data_dir, tmp_path_factory):
   dead = _dead_pid()
   _write_lock(work, socket.gethostname(), dead)
   logs = []
-  train.train_and_evaluate(_cfg(data_dir), work, log=logs.append, progress=False)
+  mask = os.umask(0o022)  # a team's usual umask: files readable by the group
+  try:
+    train.train_and_evaluate(_cfg(data_dir), work, log=logs.append, progress=False)
+  finally:
+    os.umask(mask)
   return dict(work=work, logs="\n".join(logs), dead=dead)
 
 
@@ -79,6 +83,18 @@ _HOLD = (
     "workdir.WorkdirLock(sys.argv[1]).acquire()\n"
     "print('held', flush=True)\n"
     "sys.stdin.read()\n")
+
+
+def test_files_of_a_run_have_the_users_umask(trained):
+  """Under umask 022 every file a run writes is 0644 (atomically written files
+  were 0600: a shared workdir was unreadable to the team)."""
+  modes = {}
+  for root, _, files in os.walk(trained["work"]):
+    for f in files:
+      p = os.path.join(root, f)
+      modes[os.path.relpath(p, trained["work"])] = oct(os.stat(p).st_mode & 0o777)
+  assert "config.json" in modes and "stages.json" in modes
+  assert {k: v for k, v in modes.items() if v != "0o644"} == {}
 
 
 def test_live_lock_refuses_a_second_run_until_its_holder_dies(data_dir, tmp_path):

@@ -229,11 +229,35 @@ class WorkdirLock:
     self._fd = None
 
 
+def umask() -> int:
+  """The process's umask, read without changing it where Linux says it
+  (`os.umask` sets it while asking, which another thread could see)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def as_user_file(fd: int) -> None:
+  """Gives a file made by `tempfile.mkstemp` (mode 0600) the mode a plain
+  `open` would (0666 less the umask), so that a shared workdir or cache stays
+  readable to the team."""
+  os.fchmod(fd, 0o666 & ~umask())
+
+
 def atomic_write(path: str, text: str) -> None:
-  """Writes `text` to `path` through a unique temporary file and a rename."""
+  """Writes `text` to `path` through a unique temporary file and a rename; the
+  file gets the user's umask, as a plain `open` would give it."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
                              prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
+    as_user_file(fd)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       f.write(text)
       f.flush()
