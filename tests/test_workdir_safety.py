@@ -311,6 +311,31 @@ def test_cli_refuses_a_changed_config(trained, data_dir):
   assert _read(path) == before
 
 
+def test_cli_refuses_a_workdir_whose_config_json_was_deleted(trained, data_dir,
+                                                             tmp_path):
+  """Checkpoints without config.json: `rm config.json` does not turn config
+  ownership off (main resumed with a new learning rate and exited 0)."""
+  work = str(tmp_path / "w")
+  shutil.copytree(trained["work"], work)
+  os.remove(os.path.join(work, "config.json"))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "launch/train.py",
+       "--config=configs/quickstart.py:tiny=True,modalities=image",
+       "--config.model.image.init=none",
+       f"--config.data.builtin_dir={os.path.join(data_dir, 'builtin')}",
+       "--config.st.epochs=0.2", "--config.st.eval_split=",
+       "--config.st.checkpoint_every_steps=1", "--config.st.log_every_steps=1",
+       "--config.st.learning_rate=0.5", f"--workdir={work}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and "holds checkpoints" in err[0] and \
+      "no config.json" in err[0], proc.stderr[-3000:]
+  assert "put back" in proc.stderr and "--config_change=allow" in proc.stderr
+  assert not os.path.exists(os.path.join(work, "config.json"))
+
+
 # --- non-finite steps -----------------------------------------------------------
 
 def test_non_finite_step_raises_and_saves_nothing_non_finite(data_dir, tmp_path):

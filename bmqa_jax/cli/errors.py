@@ -30,6 +30,8 @@ _HINTS = {
                      "scene (optional: text, audio, device, split); README, \"Your own data\"",
     "ConfigChangedError": "use a new --workdir, or --config_change=allow to go on "
                           "with the new config",
+    "ConfigMissingError": "put back WORKDIR/config.json, use a new --workdir, or "
+                          "--config_change=allow to go on with this config",
     "WorkdirLockedError": "another run holds this workdir: wait for it, or stop it",
     "OutFileError": "--out names a .csv or .json file of bmqa-score's; "
                     "--overwrite starts it again",

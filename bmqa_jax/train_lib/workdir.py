@@ -4,7 +4,9 @@ The first run writes `config.json` (atomically); a later run compares its
 config with it and refuses a change that would alter what was trained
 (`ConfigChangedError`, naming the fields), accepting only the fields of
 `SAFE_CONFIG_CHANGES` or an explicit `config_change='allow'` (recorded in
-`config_changes.jsonl`). `WorkdirLock` (an `fcntl.flock` on `workdir/.lock`,
+`config_changes.jsonl`). A workdir with checkpoints but no `config.json` is
+refused the same way (`ConfigMissingError`): deleting the record must not turn
+the check off. `WorkdirLock` (an `fcntl.flock` on `workdir/.lock`,
 whose host and pid are information only) keeps a second run out. `owned(...)` does both, on process 0 only: in a
 multi-host run only process 0 writes shared files.
 """
@@ -58,6 +60,11 @@ _ABSENT = "<absent>"
 class ConfigChangedError(ValueError):
   """A run's config differs from its workdir's config.json in a field that
   changes what is trained."""
+
+
+class ConfigMissingError(ConfigChangedError):
+  """A workdir holds checkpoints but no config.json: what they were trained
+  with is unknown, so a run cannot tell whether its config changes it."""
 
 
 class WorkdirLockedError(RuntimeError):
@@ -116,6 +123,19 @@ def own_config(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse",
     raise ValueError(f"config_change={config_change!r}: 'refuse' or 'allow'")
   path = os.path.join(workdir, filename)
   if not os.path.exists(path):
+    ckpts = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(ckpts) and os.listdir(ckpts):
+      if config_change != "allow":
+        raise ConfigMissingError(
+            f"{workdir!r} holds checkpoints ({ckpts}) but no {filename}: restore "
+            f"{path}, use a new workdir, or config_change='allow' "
+            "(launch/train.py --config_change=allow) to continue with this config")
+      log(f"config: {path} is missing; continuing with this config "
+          "(config_change='allow')")
+      if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
+          f.write(json.dumps(dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                  changes=[], previous=None)) + "\n")
     if jax.process_index() == 0:
       save_config(cfg, workdir, filename)
     return
