@@ -32,6 +32,8 @@ _HINTS = {
                           "with the new config",
     "ConfigMissingError": "put back WORKDIR/config.json, use a new --workdir, or "
                           "--config_change=allow to go on with this config",
+    "ShippedModelError": "reinstall the package (pip install --force-reinstall "
+                         "bmqa_jax), or score with your own --workdir",
     "WorkdirLockedError": "another run holds this workdir: wait for it, or stop it",
     "OutFileError": "--out names a .csv or .json file of bmqa-score's; "
                     "--overwrite starts it again",
