@@ -372,6 +372,113 @@ def test_non_finite_step_raises_and_saves_nothing_non_finite(data_dir, tmp_path)
     evaluate.evaluate_workdir(str(tmp_path), log=lambda *_: None, allow_unfinished=True)
 
 
+# --- damaged checkpoints ----------------------------------------------------------
+
+def _largest_file(step_dir):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs
+           if f != checkpoint.DIGEST_FILE]
+  return max(files, key=os.path.getsize)
+
+
+def _damage(ck, step, how):
+  """Damages step `step` of the checkpoint folder `ck` as a disk or a user would."""
+  step_dir = os.path.join(ck, str(step))
+  if how == "truncated":  # a disk full or a killed copy
+    path = _largest_file(step_dir)
+    data = _read(path)
+    with open(path, "wb") as f:
+      f.write(data[:len(data) // 2])
+  elif how == "flipped":  # bit rot: the bytes still decode
+    path = _largest_file(step_dir)
+    data = bytearray(_read(path))
+    for i in np.random.default_rng(step).choice(len(data), 64, replace=False):
+      data[i] ^= 0x01
+    with open(path, "wb") as f:
+      f.write(bytes(data))
+  else:  # "nan": a NaN written into the step, saved properly (digest and all)
+    w, _ = checkpoint.load_weights(ck, step=step)
+    meta = ocp.PyTreeCheckpointHandler().metadata(
+        __import__("etils").epath.Path(os.path.join(step_dir, "state")))
+    tree = getattr(meta, "tree", meta)
+    shard = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
+                                                           sharding=shard), tree)
+    state = checkpoint.restore(ck, step, abstract)
+    leaf = jax.tree.leaves(state["params"])[0]
+    state["params"] = jax.tree.map(lambda x: x.at[...].set(np.nan) if x is leaf
+                                   else x, state["params"])
+    shutil.rmtree(step_dir)
+    checkpoint.save(checkpoint.manager(ck), step, state)
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped", "nan"])
+def test_damaged_latest_step_is_moved_aside_and_training_resumes_before_it(
+    trained, data_dir, tmp_path, how):
+  """The latest step damaged: a re-run names it in one line, moves it to
+  checkpoints/st.damaged/2 (kept), resumes from step 1 and ends with the same
+  weights as the undamaged run (main: a tensorstore trace, or a NaN step
+  named 'the last finite checkpoint')."""
+  work = str(tmp_path / "w")
+  shutil.copytree(trained["work"], work)
+  ck = os.path.join(work, "checkpoints", "st")
+  want, last = checkpoint.load_weights(ck)
+  assert last == 2 and checkpoint.all_steps(ck) == [1, 2]
+  _damage(ck, last, how)
+  logs = []
+  train.train_and_evaluate(_cfg(data_dir), work, log=logs.append, progress=False)
+  damaged = [l for l in logs if "is damaged" in l]
+  assert len(damaged) == 1 and f"checkpoints/st/{last} is damaged" in damaged[0], logs
+  assert f"st.damaged/{last}" in damaged[0]
+  assert f"[st] resumed at step {last - 1}/{last}" in logs
+  assert os.path.isdir(os.path.join(work, "checkpoints", "st.damaged", str(last)))
+  got, step = checkpoint.load_weights(ck)
+  assert step == last
+  assert jax.tree.all(jax.tree.map(np.array_equal, got, want))
+
+
+def test_score_cli_names_a_damaged_checkpoint(trained, tmp_path):
+  """Scoring a workdir whose checkpoint is damaged: one named error, exit 2
+  (main: `nan`, exit 0)."""
+  from bmqa_jax.bmqa import shipped  # pylint: disable=g-import-not-at-top
+  work = str(tmp_path / "w")
+  shutil.copytree(trained["work"], work)
+  _damage(os.path.join(work, "checkpoints", "st"), 2, "nan")
+  photo = shipped.reference_photos(str(tmp_path / "photos"))[0]
+  proc = subprocess.run([sys.executable, "launch/score.py", f"--workdir={work}", photo],
+                        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, (proc.stdout, proc.stderr[-3000:])
+  assert "checkpoints/st/2 is damaged" in proc.stderr and "nan" not in proc.stdout
+
+
+def test_flipped_checkpoint_bytes_give_a_named_error_or_the_same_weights(
+    trained, tmp_path):
+  """Fuzz: random bytes flipped (fixed seeds) in a copy of the latest step:
+  loading it for scoring gives a DamagedCheckpointError naming the step, or
+  exactly the saved weights, never other numbers."""
+  ck0 = os.path.join(trained["work"], "checkpoints", "st")
+  want, _ = checkpoint.load_weights(ck0)
+  rng = np.random.default_rng(27)
+  for trial in range(6):
+    ck = str(tmp_path / str(trial))
+    shutil.copytree(ck0, ck)
+    files = sorted(os.path.join(r, f) for r, _, fs in os.walk(os.path.join(ck, "2"))
+                   for f in fs if f != checkpoint.DIGEST_FILE)
+    path = files[int(rng.integers(len(files)))]
+    data = bytearray(_read(path))
+    for i in rng.choice(len(data), size=int(rng.integers(1, min(64, len(data)) + 1)),
+                        replace=False):
+      data[i] ^= int(rng.integers(1, 256))
+    with open(path, "wb") as f:
+      f.write(bytes(data))
+    try:
+      got, _ = checkpoint.load_weights(ck)
+    except checkpoint.DamagedCheckpointError as e:
+      assert f"{ck}/2 is damaged" in str(e)
+      continue
+    assert jax.tree.all(jax.tree.map(np.array_equal, got, want)), trial
+
+
 # --- evaluation records what it scored ------------------------------------------
 
 def test_evaluation_records_checkpoint_and_config_and_keeps_own_metrics(

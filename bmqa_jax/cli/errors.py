@@ -34,6 +34,9 @@ _HINTS = {
                           "--config_change=allow to go on with this config",
     "ShippedModelError": "reinstall the package (pip install --force-reinstall "
                          "bmqa_jax), or score with your own --workdir",
+    "DamagedCheckpointError": "training the same workdir again moves the damaged "
+                              "step to CHECKPOINTS.damaged/ and resumes from the "
+                              "newest good one",
     "WorkdirLockedError": "another run holds this workdir: wait for it, or stop it",
     "OutFileError": "--out names a .csv or .json file of bmqa-score's; "
                     "--overwrite starts it again",
