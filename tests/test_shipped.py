@@ -72,3 +72,77 @@ def test_reaches_its_stated_validation_srcc(reference):
   srcc = metrics.srcc(np.array(scores), np.array([float(r["mos"]) for r in rows]))
   assert srcc == pytest.approx(reference["val"]["srcc"], abs=2e-3)
   assert srcc >= 0.85
+
+
+# --- the shipped files are verified before use ----------------------------------
+
+def test_digests_match_the_shipped_files():
+  """SHA256SUMS lists every shipped file with its sha256 (a rebuild rewrites
+  it: bmqa-build-shipped-model)."""
+  digests = shipped.read_digests(shipped.ASSET_DIR)
+  files = {n for n in os.listdir(shipped.ASSET_DIR) if n != shipped.DIGESTS}
+  assert set(digests) == files
+  shipped.verify()
+
+
+def _copy(tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / "model")
+  shutil.copytree(shipped.ASSET_DIR, out)
+  return out
+
+
+def _score(asset_dir, paths):
+  return {os.path.basename(r.path): r.score
+          for r in scoring.iter_scores("", paths, progress=False, asset_dir=asset_dir)}
+
+
+@pytest.mark.parametrize("field,value", [("native_crop", 384), ("mode", "resize")])
+def test_an_edited_config_is_refused_naming_the_file(tmp_path, field, value):
+  """Editing `native_crop` or `mode` changed scores on main; the digest stops it."""
+  model = _copy(tmp_path)
+  path = os.path.join(model, "config.json")
+  with open(path) as f:
+    cfg = json.load(f)
+  cfg["input"][field] = value
+  with open(path, "w") as f:
+    json.dump(cfg, f, indent=1, sort_keys=True)
+  paths = shipped.reference_photos(str(tmp_path / "photos"))
+  with pytest.raises(shipped.ShippedModelError, match=r"config\.json is damaged or was edited"):
+    _score(model, paths)
+
+
+def test_a_nan_bias_is_refused_naming_the_file(tmp_path):
+  """A NaN in one bias made every score `nan` on main."""
+  from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+  model = _copy(tmp_path)
+  path = os.path.join(model, "heads.safetensors")
+  heads = st_numpy.load_file(path)
+  name = next(k for k in sorted(heads) if k.endswith("bias"))
+  heads[name] = heads[name].copy()
+  heads[name].flat[0] = np.nan
+  st_numpy.save_file(heads, path)
+  with pytest.raises(shipped.ShippedModelError, match=r"heads\.safetensors is damaged"):
+    shipped.load(model)
+
+
+def test_flipped_bytes_give_a_named_error_or_the_reference_scores(tmp_path, reference):
+  """Fuzz: random bytes flipped (fixed seeds) in a copy of each shipped file that
+  a score reads give a `ShippedModelError` naming the file, or (never, with the
+  digests) exactly the reference scores: never a different number."""
+  paths = shipped.reference_photos(str(tmp_path / "photos"))
+  rng = np.random.default_rng(27)
+  for trial in range(6):
+    name = ("config.json", "heads.safetensors")[trial % 2]
+    model = _copy(tmp_path / str(trial))
+    path = os.path.join(model, name)
+    data = bytearray(open(path, "rb").read())
+    for i in rng.choice(len(data), size=int(rng.integers(1, 2000)), replace=False):
+      data[i] ^= int(rng.integers(1, 256))
+    open(path, "wb").write(bytes(data))
+    try:
+      got = _score(model, paths)
+    except shipped.ShippedModelError as e:
+      assert name in str(e)
+      continue
+    assert got == reference["photos"], (trial, got)

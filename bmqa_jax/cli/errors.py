@@ -30,6 +30,13 @@ _HINTS = {
                      "scene (optional: text, audio, device, split); README, \"Your own data\"",
     "ConfigChangedError": "use a new --workdir, or --config_change=allow to go on "
                           "with the new config",
+    "ConfigMissingError": "put back WORKDIR/config.json, use a new --workdir, or "
+                          "--config_change=allow to go on with this config",
+    "ShippedModelError": "reinstall the package (pip install --force-reinstall "
+                         "bmqa_jax), or score with your own --workdir",
+    "DamagedCheckpointError": "training the same workdir again moves the damaged "
+                              "step to CHECKPOINTS.damaged/ and resumes from the "
+                              "newest good one",
     "WorkdirLockedError": "another run holds this workdir: wait for it, or stop it",
     "OutFileError": "--out names a .csv or .json file of bmqa-score's; "
                     "--overwrite starts it again",

@@ -48,6 +48,7 @@ from PIL import Image
 from bmqa_jax import sharding
 from bmqa_jax.data import image_io
 from bmqa_jax.data import pipeline
+from bmqa_jax.train_lib import workdir as workdir_lib
 
 VERSION = 1
 STORES = ("auto", "prepared", "jpeg")
@@ -159,6 +160,7 @@ def build(path: str, paths: Sequence[str], pcfg: pipeline.PipelineConfig,
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
                              dir=folder)
+  workdir_lib.as_user_file(fd)
   os.close(fd)
   t, size = time.perf_counter(), 0
   writer = array_record_module.ArrayRecordWriter(tmp, _WRITER_OPTIONS)

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from bmqa_jax import audio
+from bmqa_jax.train_lib import workdir as workdir_lib
 
 __all__ = ["featurize", "FeatureCache", "cached_features"]
 
@@ -120,6 +121,7 @@ def cached_features(paths: list[str], cache_dir: str | None, feature_kwargs: dic
     os.makedirs(cache_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp.npz")
     try:
+      workdir_lib.as_user_file(fd)
       with os.fdopen(fd, "wb") as f:
         np.savez(f, features=cache.features, offsets=cache.offsets)
       os.replace(tmp, cache_file)

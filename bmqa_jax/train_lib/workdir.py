@@ -4,8 +4,10 @@ The first run writes `config.json` (atomically); a later run compares its
 config with it and refuses a change that would alter what was trained
 (`ConfigChangedError`, naming the fields), accepting only the fields of
 `SAFE_CONFIG_CHANGES` or an explicit `config_change='allow'` (recorded in
-`config_changes.jsonl`). `WorkdirLock` (`workdir/.lock`, holding the host and
-pid) keeps a second run out. `owned(...)` does both, on process 0 only: in a
+`config_changes.jsonl`). A workdir with checkpoints but no `config.json` is
+refused the same way (`ConfigMissingError`): deleting the record must not turn
+the check off. `WorkdirLock` (an `fcntl.flock` on `workdir/.lock`,
+whose host and pid are information only) keeps a second run out. `owned(...)` does both, on process 0 only: in a
 multi-host run only process 0 writes shared files.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import fnmatch
 import io
 import json
@@ -57,6 +60,11 @@ _ABSENT = "<absent>"
 class ConfigChangedError(ValueError):
   """A run's config differs from its workdir's config.json in a field that
   changes what is trained."""
+
+
+class ConfigMissingError(ConfigChangedError):
+  """A workdir holds checkpoints but no config.json: what they were trained
+  with is unknown, so a run cannot tell whether its config changes it."""
 
 
 class WorkdirLockedError(RuntimeError):
@@ -115,6 +123,19 @@ def own_config(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse",
     raise ValueError(f"config_change={config_change!r}: 'refuse' or 'allow'")
   path = os.path.join(workdir, filename)
   if not os.path.exists(path):
+    ckpts = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(ckpts) and os.listdir(ckpts):
+      if config_change != "allow":
+        raise ConfigMissingError(
+            f"{workdir!r} holds checkpoints ({ckpts}) but no {filename}: restore "
+            f"{path}, use a new workdir, or config_change='allow' "
+            "(launch/train.py --config_change=allow) to continue with this config")
+      log(f"config: {path} is missing; continuing with this config "
+          "(config_change='allow')")
+      if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
+          f.write(json.dumps(dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                  changes=[], previous=None)) + "\n")
     if jax.process_index() == 0:
       save_config(cfg, workdir, filename)
     return
@@ -149,22 +170,18 @@ def save_config(cfg: mlc.ConfigDict, workdir: str, filename: str = CONFIG_FILE) 
   atomic_write(os.path.join(workdir, filename), cfg.to_json_best_effort(indent=1))
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # another user's process
-    return True
-  return True
-
-
 class WorkdirLock:
-  """`workdir/.lock`, created exclusively, holding this run's host and pid.
+  """`workdir/.lock`, held with `fcntl.flock` for the run's life.
 
-  A lock of a process that is gone (same host, pid not alive) is taken over;
-  any other held lock refuses the run (`WorkdirLockedError`). A lock written by
-  another host cannot be checked: delete it by hand once that run is gone.
+  The kernel holds the lock, not the file: it is released when the holder
+  closes the file or dies, so a dead run's lock is free again and of racing
+  runs exactly one gets it (the file's host and pid are information only, for
+  the message of a refused run). A file left by a dead run, empty (a disk full
+  at start) or unreadable blocks nothing. The holder removes the file on
+  release; a run that locked a file another run has just removed (its inode no
+  longer the path's) tries again. A lock whose information could not be
+  written is removed and the error raised. Locks on a network filesystem are
+  as good as its `flock` (NFS: byte-range locks across hosts).
   """
 
   def __init__(self, workdir: str, log=print):
@@ -172,68 +189,95 @@ class WorkdirLock:
     self.log = log
     self.me = dict(host=socket.gethostname(), pid=os.getpid())
     self.held = False
+    self._fd = None
 
-  def _create(self) -> bool:
+  def _holder(self, fd: int) -> dict | None:
+    """The information in the open lock file (None: empty or unreadable)."""
     try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, "w") as f:
-      json.dump(dict(self.me, time=time.strftime("%Y-%m-%dT%H:%M:%S%z")), f)
-    return True
-
-  def _holder(self) -> dict | None:
-    try:
-      with open(self.path) as f:
-        return json.load(f)
-    except FileNotFoundError:
-      return {}
+      os.lseek(fd, 0, os.SEEK_SET)
+      info = json.loads(os.read(fd, 4096).decode())
+      return info if isinstance(info, dict) else None
     except (OSError, ValueError):
       return None
 
   def acquire(self) -> None:
-    for _ in range(3):
-      if self._create():
-        self.held = True
-        return
-      holder = self._holder()
-      if holder == {}:  # released meanwhile
-        continue
-      if holder is None or "pid" not in holder:
+    for _ in range(100):
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        holder = self._holder(fd) or {}
+        os.close(fd)
+        who = (f"process {holder.get('pid')} on host {holder.get('host')}"
+               if holder else "another run (starting)")
         raise WorkdirLockedError(
-            f"{self.path} exists but is unreadable: another run may be starting; "
-            "delete it if none is")
-      host, pid = holder.get("host"), int(holder["pid"])
-      if host == self.me["host"] and not _pid_alive(pid):
-        self.log(f"taking over the stale lock {self.path} of process {pid} on "
-                 f"{host} (no longer running)")
-        # Racing takers: each removes the stale file; one wins the O_EXCL create.
-        try:
-          os.remove(self.path)
-        except FileNotFoundError:
-          pass
+            f"{os.path.dirname(self.path)!r} is in use by {who} ({self.path}); "
+            "wait for it to finish") from None
+      try:
+        same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+      except FileNotFoundError:
+        same = False
+      if not same:  # the previous holder removed the file after we opened it
+        os.close(fd)
         continue
-      raise WorkdirLockedError(
-          f"{os.path.dirname(self.path)!r} is in use by process {pid} on host "
-          f"{host} ({self.path}); wait for it to finish, or delete the lock if "
-          "that run is gone")
-    raise WorkdirLockedError(f"could not take {self.path}")
+      before = self._holder(fd)
+      try:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps(dict(
+            self.me, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))).encode())
+        os.fsync(fd)
+      except BaseException:  # a disk full: leave no half-written lock
+        with contextlib.suppress(OSError):
+          os.remove(self.path)
+        os.close(fd)
+        raise
+      self._fd, self.held = fd, True
+      if before and before.get("pid") is not None:
+        self.log(f"taking over the stale lock {self.path} of process "
+                 f"{before.get('pid')} on {before.get('host')} (no longer running)")
+      return
+    raise WorkdirLockedError(f"could not take {self.path}: it keeps being replaced")
 
   def release(self) -> None:
     if not self.held:
       return
     self.held = False
-    holder = self._holder()
-    if holder and holder.get("pid") == self.me["pid"] and \
-        holder.get("host") == self.me["host"]:
-      os.remove(self.path)
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(self.path)  # while still locked: a waiting run sees a new inode
+    os.close(self._fd)
+    self._fd = None
+
+
+def umask() -> int:
+  """The process's umask, read without changing it where Linux says it
+  (`os.umask` sets it while asking, which another thread could see)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def as_user_file(fd: int) -> None:
+  """Gives a file made by `tempfile.mkstemp` (mode 0600) the mode a plain
+  `open` would (0666 less the umask), so that a shared workdir or cache stays
+  readable to the team."""
+  os.fchmod(fd, 0o666 & ~umask())
 
 
 def atomic_write(path: str, text: str) -> None:
-  """Writes `text` to `path` through a unique temporary file and a rename."""
+  """Writes `text` to `path` through a unique temporary file and a rename; the
+  file gets the user's umask, as a plain `open` would give it."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
                              prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
+    as_user_file(fd)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       f.write(text)
       f.flush()
