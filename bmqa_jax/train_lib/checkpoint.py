@@ -79,10 +79,14 @@ def latest_step(directory: str) -> int | None:
 
 
 def all_steps(directory: str) -> list[int]:
-  """The complete steps saved in `directory`, oldest first."""
+  """The complete steps saved in `directory`, oldest first: the folders named by
+  their step (orbax writes a step under a temporary name and renames it when
+  complete). Read from the folder, not through a manager: one process of a
+  cluster may call it alone, and a manager's set-up can wait for the others."""
   if not os.path.isdir(directory):
     return []
-  return sorted(_reader(directory).all_steps())
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
 def _files(step_dir: str) -> dict[str, str]:
@@ -113,7 +117,11 @@ def record_digests(directory: str) -> None:
     path = os.path.join(step_dir, DIGEST_FILE)
     if os.path.exists(path):
       continue
-    digests, tmp = _files(step_dir), path + ".tmp"
+    try:
+      digests = _files(step_dir)
+    except FileNotFoundError:  # removed meanwhile (max_to_keep)
+      continue
+    tmp = path + ".tmp"
     with open(tmp, "w") as f:
       json.dump(digests, f, indent=0, sort_keys=True)
     os.replace(tmp, path)
