@@ -11,6 +11,8 @@ each config's own `key=value` argument is read by `bmqa_jax.config_args`.
 
 from __future__ import annotations
 
+import json
+
 import ml_collections as mlc
 
 
@@ -71,6 +73,33 @@ def step_optimizer(*, learning_rate: float, warmup_steps: int,
       grad_clip_norm=grad_clip_norm, momentum=momentum))
 
 
+def input_config(**overrides) -> mlc.ConfigDict:
+  """`config.input`: the image input pipeline (bmqa_jax/data/pipeline.py reads
+  every field from here; the captioner's config overrides the sizes).
+
+  mode 'resize': random resized crops of image_size for training; resize the
+  short side to resize_size and centre-crop image_size for evaluation.
+  mode 'native': the camera's pixels, never resampled: random native_crop
+  windows for training, the mean over an eval_grid (rows, cols) of windows
+  for evaluation and scoring (bmqa_jax/data/native.py)."""
+  c = mlc.ConfigDict(dict(
+      mode="resize", image_size=224, resize_size=256, crop_scale=(0.35, 1.0),
+      crop_ratio=(3 / 4, 4 / 3), native_crop=512, eval_grid=(1, 1), flip=True,
+      max_text_len=48, workers=0, prefetch=2,
+      # Bound on a decoded image's pixels, checked from its header before decoding
+      # (a 140 KB PNG can declare 12000×12000); 0: no bound.
+      max_pixels=100_000_000,
+      # Where the images come from (bmqa_jax/data/prepared.py): 'prepared' decodes
+      # each image of a split once into a uint8 store under prepared_dir
+      # ('' = workdir/prepared); 'jpeg' decodes each file in every epoch; 'auto'
+      # prepares a split whose decoded size is under prepared_max_gb.
+      # prepare_short_side > 0 (mode 'resize' only) stores images resized to that
+      # short side (never upscaled); 0 keeps the decoded pixels exactly.
+      store="auto", prepared_max_gb=4.0, prepare_short_side=0, prepared_dir=""))
+  c.update(overrides)
+  return c
+
+
 def stage(**kw) -> mlc.ConfigDict:
   """One training stage; the trainer runs every stage with the same code."""
   c = mlc.ConfigDict(dict(
@@ -91,6 +120,7 @@ def stage(**kw) -> mlc.ConfigDict:
       adam_b2=0.999,
       weight_decay=0.0,
       grad_clip_norm=0.0,  # 0: no clipping
+      final_lr_fraction=0.0,  # cosine: the last step's fraction of learning_rate
       trainable=".*",  # regex over parameter paths ('img_align/...'); rest frozen
       init="previous",  # 'previous': weights of the stage before; 'fresh'
       # Towers of this stage's model, e.g. ('image', 'text') for SS before an
@@ -147,25 +177,7 @@ def base_config() -> mlc.ConfigDict:
   ))
   c.data.builtin = builtin_data()
 
-  # mode 'resize': random resized crops of image_size for training; resize the
-  # short side to resize_size and centre-crop image_size for evaluation.
-  # mode 'native': the camera's pixels, never resampled: random native_crop
-  # windows for training, the mean over an eval_grid (rows, cols) of windows
-  # for evaluation and scoring (bmqa_jax/data/native.py).
-  c.input = mlc.ConfigDict(dict(
-      mode="resize", image_size=224, resize_size=256, crop_scale=(0.35, 1.0),
-      crop_ratio=(3 / 4, 4 / 3), native_crop=512, eval_grid=(1, 1), flip=True,
-      max_text_len=48, workers=0, prefetch=2,
-      # Bound on a decoded image's pixels, checked from its header before decoding
-      # (a 140 KB PNG can declare 12000×12000); 0: no bound.
-      max_pixels=100_000_000,
-      # Where the images come from (bmqa_jax/data/prepared.py): 'prepared' decodes
-      # each image of a split once into a uint8 store under prepared_dir
-      # ('' = workdir/prepared); 'jpeg' decodes each file in every epoch; 'auto'
-      # prepares a split whose decoded size is under prepared_max_gb.
-      # prepare_short_side > 0 (mode 'resize' only) stores images resized to that
-      # short side (never upscaled); 0 keeps the decoded pixels exactly.
-      store="auto", prepared_max_gb=4.0, prepare_short_side=0, prepared_dir=""))
+  c.input = input_config()
   c.tokenizer = mlc.ConfigDict(dict(vocab_size=1000))
 
   c.model = mlc.ConfigDict()
@@ -218,6 +230,159 @@ def base_config() -> mlc.ConfigDict:
   ))
   return c
 
+
+
+def asr_config(manifest: str = "") -> mlc.ConfigDict:
+  """The speech recogniser's config (configs/asr.py; `manifest`: as `task_data`)."""
+  c = mlc.ConfigDict()
+  c.seed = 0
+
+  # 'builtin': the built-in dataset's spoken descriptions (built on first use,
+  # as by launch/build_dataset.py); 'manifest': any manifest with audio + text.
+  c.data = task_data(manifest)
+  c.data.cache_dir = ""  # '': WORKDIR/feature_cache
+
+  # Passed to speech.features.featurize -> audio.log_mel.
+  c.features = mlc.ConfigDict(dict(
+      sample_rate=16000, window_seconds=0.025, hop_seconds=0.010, n_mels=40,
+      f_min=0.0, f_max=8000.0, log_floor=1e-6, normalize=True,
+      bucket_samples=16000))
+
+  c.model = mlc.ConfigDict(dict(
+      conv_features=(16, 16), conv_kernels=((11, 11), (5, 7)),
+      # Time stride 3 (33 output frames/s): fast speech reaches 0.22 characters
+      # per 10 ms frame, and CTC needs an output frame per character + repeats.
+      conv_strides=((3, 2), (1, 2)),
+      rnn_hidden=128, rnn_layers=2, relu_clip=20.0, bn_momentum=0.99,
+      dropout_rate=0.1, rnn_unroll=1, dtype="float32"))
+
+  # AdamW, linear warmup then cosine decay to final_lr_fraction × learning_rate.
+  c.optimizer = step_optimizer(
+      learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.05,
+      adam_b1=0.9, adam_b2=0.98, weight_decay=1e-4, grad_clip_norm=5.0)
+  c.mesh = mesh()
+
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  # Padded lengths in frames (10 ms): one compiled train step per bucket.
+  c.frame_buckets = (512, 1024, 1536, 2048, 3072)
+  c.label_multiple = 16
+  c.num_steps = 300
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 100
+  c.keep_checkpoints = 2
+
+  c.decode = mlc.ConfigDict(dict(beam_size=8, prune_log_prob=-8.0))
+  return c
+
+
+def captioner_config(manifest: str = "",
+                     encoder: str = "resnet_tiny") -> mlc.ConfigDict:
+  """The QSD captioner's config (configs/captioner.py; `manifest`: as
+  `task_data`; `encoder`: any image.names() entry)."""
+  c = mlc.ConfigDict()
+  c.seed = 0
+
+  # The quickstart's built-in dataset (the same cache directory), or a manifest.
+  c.data = task_data(manifest)
+  c.input = input_config(image_size=128, resize_size=144, crop_scale=(0.6, 1.0))
+
+  c.vocab = mlc.ConfigDict()
+  c.vocab.min_count = 2  # rarer training words become <unk>
+  c.vocab.max_len = 56  # words + punctuation of a description (longest: 54)
+
+  c.model = mlc.ConfigDict(dict(
+      encoder=encoder, encoder_kwargs={}, embed_dim=128, hidden_dim=256,
+      attention_dim=128, dropout_rate=0.3))
+
+  # λ of the doubly-stochastic term λ Σ_i (1 − Σ_t α_ti)². Xu et al. use λ = 1
+  # with the cross entropy summed over a caption's words; ours is the mean over
+  # words, so λ = 1 / (mean description length ≈ 30 words) is the same balance.
+  c.loss = mlc.ConfigDict(dict(attention_penalty=0.03))
+
+  # AdamW, linear warmup then cosine decay to final_lr_fraction × learning_rate.
+  c.optimizer = step_optimizer(
+      learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.05,
+      adam_b1=0.9, adam_b2=0.999, weight_decay=1e-4, grad_clip_norm=5.0)
+  c.mesh = mesh()
+
+  c.batch_size = 32
+  c.eval_batch_size = 50
+  c.num_steps = 1500
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 250
+  c.keep_checkpoints = 2
+
+  c.decode = mlc.ConfigDict()
+  c.decode.beam_size = 3
+  c.decode.max_len = 58  # vocab.max_len + <eos> + slack
+  c.decode.length_penalty = 0.0  # final score log p / len**length_penalty
+  return c
+
+
+# Each family's base config; a workdir's stored config.json is read onto it
+# (`complete`).
+BASES = {"bmqa": base_config, "asr": asr_config, "captioner": captioner_config}
+
+# Fields renamed since release 0.1 (old dotted name → today's), and fields
+# removed (read and dropped). `complete` applies both to a stored config.json.
+RENAMED_FIELDS = {
+    "optimizer.b1": "optimizer.adam_b1",
+    "optimizer.b2": "optimizer.adam_b2",
+    "checkpoint_keep": "keep_checkpoints",
+    "decode.beam_width": "decode.beam_size",
+}
+REMOVED_FIELDS = ("model.conv_impl",)  # the image encoders' ops follow the backend
+
+
+def _is_stage(v) -> bool:
+  return isinstance(v, dict) and "loss" in v and "trainable" in v
+
+
+def complete(stored, family: str = "bmqa") -> mlc.ConfigDict:
+  """`stored` (a config.json, dict or ConfigDict) as today's config of `family`.
+
+  The one place where old configs are read: renamed fields take today's
+  names, removed ones are dropped, and the result is merged onto today's base
+  config of the family (`BASES`; for BMQA also `stage()` under any further
+  stage such as `ft`), so a field added since the file was written holds its
+  default and every reader can use `config.x.y` without a fall-back. Free-form
+  blocks (`kwargs`, `*_kwargs`) are taken whole from `stored`.
+  """
+  tree = json.loads(stored.to_json_best_effort() if isinstance(
+      stored, mlc.ConfigDict) else json.dumps(stored))
+  for field in (*RENAMED_FIELDS, *REMOVED_FIELDS):
+    node, key = _parent(tree, field)
+    if key in node:
+      value = node.pop(key)
+      if field in RENAMED_FIELDS:  # renamed within the same block
+        node.setdefault(RENAMED_FIELDS[field].rsplit(".", 1)[-1], value)
+  base = json.loads(BASES[family]().to_json_best_effort())
+  if family == "bmqa":
+    stage_base = json.loads(stage().to_json_best_effort())
+    for k, v in tree.items():
+      if _is_stage(v) and k not in base:
+        base[k] = stage_base
+  return mlc.ConfigDict(_merge(base, tree))
+
+
+def _parent(tree: dict, field: str) -> tuple[dict, str]:
+  """(the block holding dotted `field`, its last name); {} when there is none."""
+  *path, key = field.split(".")
+  for k in path:
+    tree = tree.get(k) if isinstance(tree.get(k), dict) else {}
+  return tree, key
+
+
+def _merge(base: dict, over: dict) -> dict:
+  out = dict(base)
+  for k, v in over.items():
+    free = k == "kwargs" or k.endswith("_kwargs")
+    if isinstance(v, dict) and isinstance(out.get(k), dict) and not free:
+      out[k] = _merge(out[k], v)
+    else:
+      out[k] = v
+  return out
 
 # Sec. 5.1.3: ST starts at lr 8e-5 for VGG/ResNet/EfficientNet and 6.4e-5 for
 # ViT/ConvNeXt (×0.95 at epochs 150 and 250 for both).

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from bmqa_jax import defaults
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import loop
 from bmqa_jax.train_lib import optim
@@ -94,7 +95,7 @@ def test_unknown_optimizer_and_schedule_are_refused():
   with pytest.raises(ValueError, match="unknown schedule"):
     optim.make_schedule(mlc.ConfigDict(dict(learning_rate=1.0, schedule="x")), 10, 0)
   with pytest.raises(ValueError, match="unknown optimizer"):
-    optim.make_optimizer(mlc.ConfigDict(dict(optimizer="lamb")), 1.0)
+    optim.make_optimizer(defaults.stage(optimizer="lamb"), 1.0)
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ finite weights, and no non-finite state is ever saved (`train_lib.loop`).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import ml_collections as mlc
@@ -43,19 +43,6 @@ from bmqa_jax.train_lib import loop
 from bmqa_jax.train_lib import state as state_lib
 from bmqa_jax.train_lib import workdir as workdir_lib
 
-def default_fields(*trees: dict) -> dict[str, Any]:
-  """The default of each config field (for `workdir.config_changes`):
-  base_config's, and `defaults.stage()`'s for a stage the base config lacks
-  (any sub-config with a `loss` and `trainable`)."""
-  out = workdir_lib.flatten(workdir_lib.as_json(defaults.base_config()))
-  stage = workdir_lib.flatten(workdir_lib.as_json(defaults.stage()))
-  for tree in trees:
-    for k, v in tree.items():
-      if isinstance(v, dict) and "loss" in v and "trainable" in v:
-        for f, d in stage.items():
-          out.setdefault(f"{k}.{f}", d)
-  return out
-
 
 def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
                        progress: bool = True, config_change: str = "refuse",
@@ -72,7 +59,7 @@ def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
   # The data are read and checked first: a failed check leaves nothing in the
   # workdir (a config.json written before it would refuse the corrected config).
   data = load_data(cfg, workdir, stage_lib.stage_names(cfg), log, describe)
-  with workdir_lib.owned(cfg, workdir, config_change, log, default_fields):
+  with workdir_lib.owned(cfg, workdir, config_change, log, defaults.complete):
     return _train_and_evaluate(cfg, workdir, data, log, progress)
 
 

@@ -14,6 +14,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from bmqa_jax import defaults
 from bmqa_jax.captioner import decode as decode_lib
 from bmqa_jax.captioner import model as model_lib
 from bmqa_jax.captioner import vocab as vocab_lib
@@ -29,12 +30,17 @@ CONFIG_FILE = "captioner_config.json"
 VOCAB_FILE = "captioner_vocab.json"
 
 
+def complete_config(stored):
+  """A captioner's stored config read as today's (`defaults.complete`)."""
+  return defaults.complete(stored, "captioner")
+
+
 def load_captioner(workdir: str):
   """``(config, model, variables, vocab)`` of the latest checkpoint in ``workdir``."""
   if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
     raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)} not found: is "
                             f"{workdir} a captioner workdir (launch/train_captioner.py)?")
-  config = workdir_lib.load_config(workdir, CONFIG_FILE)
+  config = workdir_lib.load_config(workdir, CONFIG_FILE, complete_config)
   vocab = vocab_lib.Vocab.load(os.path.join(workdir, VOCAB_FILE))
   model = model_lib.from_config(config, len(vocab))
   variables, _ = checkpoint.load_weights(os.path.join(workdir, "checkpoints"))

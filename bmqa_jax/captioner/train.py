@@ -82,7 +82,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
                        config_change: str = "refuse", progress: bool = False) -> dict:
   """Trains (or resumes) in ``workdir``; returns the evaluation metrics."""
   with workdir_lib.owned(config, workdir, config_change, log,
-                         filename=infer.CONFIG_FILE):
+                         infer.complete_config, infer.CONFIG_FILE):
     return _train_and_evaluate(config, workdir, log, progress)
 
 
@@ -120,7 +120,7 @@ def _train_and_evaluate(config, workdir: str, log, progress: bool) -> dict:
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = sharding.state_sharding(abstract, mesh, sharding.min_shard_size(config))
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  mngr = checkpoint.manager(ckpt_dir, config.checkpoint_keep)
+  mngr = checkpoint.manager(ckpt_dir, config.keep_checkpoints)
   latest = mngr.latest_step()
   if latest is not None:
     state = checkpoint.restore(ckpt_dir, latest, checkpoint.abstract(abstract, shardings))

@@ -16,6 +16,7 @@ import os
 import jax
 import numpy as np
 
+from bmqa_jax import defaults
 from bmqa_jax.speech import data as data_lib
 from bmqa_jax.speech import decode as decode_lib
 from bmqa_jax.speech import features as features_lib
@@ -31,12 +32,17 @@ CONFIG_FILE = "asr_config.json"
 _PATH_COLUMNS = ("image", "audio")
 
 
+def complete_config(stored):
+  """A recogniser's stored config read as today's (`defaults.complete`)."""
+  return defaults.complete(stored, "asr")
+
+
 def load_recognizer(workdir: str):
   """``(config, model, variables)`` of the latest checkpoint in ``workdir``."""
   if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
     raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)} not found: is "
                             f"{workdir} an ASR workdir (launch/train_asr.py)?")
-  config = workdir_lib.load_config(workdir, CONFIG_FILE)
+  config = workdir_lib.load_config(workdir, CONFIG_FILE, complete_config)
   model = model_lib.from_config(config)
   variables, _ = checkpoint.load_weights(os.path.join(workdir, "checkpoints"))
   return config, model, variables
@@ -60,7 +66,7 @@ def transcribe(model, variables, features, config) -> tuple[list[str], list[str]
     lp, out_len = fn(variables, feats, lengths)
     lp, out_len = np.asarray(lp)[:len(idx)], np.asarray(out_len)[:len(idx)]
     g = decode_lib.greedy_decode(lp, out_len)
-    b = decode_lib.beam_decode(lp, out_len, config.decode.beam_width,
+    b = decode_lib.beam_decode(lp, out_len, config.decode.beam_size,
                                config.decode.prune_log_prob)
     for k, i in enumerate(idx):
       greedy[i], beam[i] = g[k], b[k]
