@@ -180,8 +180,10 @@ def test_train_resume_and_transcribe(tmp_path, monkeypatch):
   def no_step(*args):
     raise AssertionError("resumed run trained although step 30 was saved")
   monkeypatch.setattr(train, "make_train_step", lambda *a: no_step)
-  again = train.train_and_evaluate(config, workdir)
+  logs = []
+  again = train.train_and_evaluate(config, workdir, log=logs.append)
   assert again["step"] == 30 and again["beam"] == metrics["beam"]
+  assert "[asr] complete, skipping" in logs  # the shared set-up, one log channel
   out = str(tmp_path / "out" / "t.csv")
   rows = infer.transcribe_manifest(workdir, manifest, out)
   with open(out) as f:

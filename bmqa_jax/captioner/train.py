@@ -31,22 +31,9 @@ from bmqa_jax.data import pipeline
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import loop
 from bmqa_jax.train_lib import optim
+from bmqa_jax.train_lib import setup
 from bmqa_jax.train_lib import state as state_lib
 from bmqa_jax.train_lib import workdir as workdir_lib
-
-
-def resolve_manifest(config, log=print) -> str:
-  """``config.data.manifest``, or the built-in dataset's (built on first use)."""
-  if config.data.kind == "manifest":
-    if not config.data.manifest:
-      raise ValueError("config.data.kind='manifest' needs config.data.manifest")
-    return config.data.manifest
-  if config.data.kind != "builtin":
-    raise ValueError(f"unknown config.data.kind {config.data.kind!r}")
-  cfg = ml_collections.ConfigDict(dict(data=dict(
-      kind="builtin", builtin=config.data.builtin.to_dict(),
-      builtin_dir=config.data.builtin_dir)))
-  return datasets.manifest_paths(cfg, log=log)[0]
 
 
 def load_split(manifest: str, split: str) -> list[manifest_lib.Sample]:
@@ -78,9 +65,10 @@ def make_train_step(model, tx, penalty_weight: float, schedule=None):
   return train_step
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print,
-                       config_change: str = "refuse", progress: bool = False) -> dict:
-  """Trains (or resumes) in ``workdir``; returns the evaluation metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=print,
+                       progress: bool = False, config_change: str = "refuse") -> dict:
+  """Trains (or resumes) in ``workdir``; returns the evaluation metrics. The
+  arguments are those of `bmqa_jax.bmqa.train.train_and_evaluate`."""
   with workdir_lib.owned(config, workdir, config_change, log,
                          infer.complete_config, infer.CONFIG_FILE):
     return _train_and_evaluate(config, workdir, log, progress)
@@ -98,7 +86,7 @@ def _vocab(workdir: str, train_samples, config) -> vocab_lib.Vocab:
 
 
 def _train_and_evaluate(config, workdir: str, log, progress: bool) -> dict:
-  manifest = resolve_manifest(config, log)
+  manifest = datasets.task_manifest(config, log)
   train_samples = load_split(manifest, config.data.train_split)
   eval_samples = load_split(manifest, config.data.eval_split)
   vocab = _vocab(workdir, train_samples, config)
@@ -117,19 +105,15 @@ def _train_and_evaluate(config, workdir: str, log, progress: bool) -> dict:
     v = model_lib.init_variables(model, config, rng)
     return state_lib.create(v["params"], v.get("batch_stats", {}), tx)
 
-  abstract = jax.eval_shape(init, jax.random.key(config.seed))
-  shardings = sharding.state_sharding(abstract, mesh, sharding.min_shard_size(config))
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  mngr = checkpoint.manager(ckpt_dir, config.keep_checkpoints)
-  latest = mngr.latest_step()
-  if latest is not None:
-    state = checkpoint.restore(ckpt_dir, latest, checkpoint.abstract(abstract, shardings))
-    log(f"captioner: resumed at step {latest}")
-  else:
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+  abstract, shardings = setup.state_sharding(init, config.seed, mesh, config)
+  start = setup.restore_or_initialise(
+      os.path.join(workdir, "checkpoints"), config.keep_checkpoints, abstract,
+      shardings, setup.new_state(init, config.seed, shardings), name="captioner",
+      total_steps=config.num_steps, log=log)
+  state = start.state
   it = iter(pipeline.train_loader(train_records, pipeline.from_config(config),
                                   config.batch_size, config.seed,
-                                  start_step=int(latest or 0)))
+                                  start_step=start.step))
   log(f"Show-Attend-Tell ({config.model.encoder}): "
       f"{state_lib.count_params(state['params'])} parameters")
 
@@ -146,7 +130,7 @@ def _train_and_evaluate(config, workdir: str, log, progress: bool) -> dict:
       lambda _: sharding.put_batch({k: v for k, v in next(it).items()
                                     if k in ("image", "caption")}, mesh),
       jax.random.key(config.seed + 1), name="captioner", total_steps=config.num_steps,
-      mngr=mngr, log_every=config.log_every_steps,
+      mngr=start.mngr, log_every=config.log_every_steps,
       checkpoint_every=config.checkpoint_every_steps,
       tensorboard_dir=os.path.join(workdir, "tensorboard"), log=log,
       progress=progress, on_log=on_log)

@@ -81,7 +81,7 @@ def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
       log(f"[split {seed}] scenes per split: {counts}")
       scfg = _split_config(cfg, man, pre, os.path.join(workdir, "feature_cache"))
       describe = descriptions.for_training(scfg, sdir, log)
-      train.train_and_evaluate(scfg, sdir, log=log, describe=describe)
+      train.train_and_evaluate(scfg, sdir, log=log, describe=describe, progress=True)
       evaluate.evaluate_workdir(sdir, split="test", log=log,
                                 text_source=scfg.data.get("text_source", "text"),
                                 describe=describe)

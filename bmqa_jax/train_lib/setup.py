@@ -1,0 +1,65 @@
+"""What every trainer does before its first step: its state, restored or new.
+
+A run restores the latest checkpoint of its checkpoint directory when there is
+one (the whole state: step, weights, batch statistics, optimiser) and
+initialises otherwise; the step it starts from is also where its input pipeline
+starts (`bmqa_jax.data.pipeline.train_loader`: the batches are a function of the
+step). BMQA runs this once per stage (`bmqa_jax.bmqa.train`), the recogniser and
+the captioner once (`bmqa_jax.speech.train`, `bmqa_jax.captioner.train`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+
+from bmqa_jax import sharding
+from bmqa_jax.train_lib import checkpoint
+
+
+@dataclasses.dataclass
+class Start:
+  """A run's state at its first step and the manager it saves with."""
+  state: Any
+  step: int  # 0 for a new run
+  total_steps: int
+  mngr: Any  # orbax CheckpointManager
+
+  @property
+  def done(self) -> bool:
+    """Whether the last step is already saved (nothing is left to train)."""
+    return self.step >= self.total_steps
+
+
+def state_sharding(init: Callable, seed: int, mesh, config):
+  """(abstract state, its sharding) of `init(rng) -> state` (nothing is computed):
+  every parameter of at least `config.mesh.shard_min_size` is split over 'model'."""
+  abstract = jax.eval_shape(init, jax.random.key(seed))
+  return abstract, sharding.state_sharding(abstract, mesh,
+                                           sharding.min_shard_size(config))
+
+
+def restore_or_initialise(ckpt_dir: str, keep: int, abstract_state, shardings,
+                          initialise: Callable[[], Any], *, name: str,
+                          total_steps: int, log=print) -> Start:
+  """The latest checkpoint of `ckpt_dir` restored into `abstract_state` placed
+  as `shardings`, or `initialise()` when there is none. `keep`: checkpoints
+  the returned manager keeps. Logs `[name] resumed at step s/total` (or
+  `[name] complete, skipping` when the last step is saved)."""
+  mngr = checkpoint.manager(ckpt_dir, keep)
+  latest = mngr.latest_step()
+  if latest is None:
+    return Start(initialise(), 0, total_steps, mngr)
+  state = checkpoint.restore(ckpt_dir, latest,
+                             checkpoint.abstract(abstract_state, shardings))
+  start = Start(state, int(latest), total_steps, mngr)
+  log(f"[{name}] complete, skipping" if start.done else
+      f"[{name}] resumed at step {latest}/{total_steps}")
+  return start
+
+
+def new_state(init: Callable, seed: int, shardings) -> Callable[[], Any]:
+  """`initialise` for `restore_or_initialise`: `init(rng)` jitted to `shardings`."""
+  return lambda: jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
