@@ -283,7 +283,8 @@ def eval_batches(records: list[dict], cfg: PipelineConfig, global_batch: int,
   batch = global_batch if local else _process_batch(global_batch)
   shard = (grain.sharding.NoSharding() if local else
            grain.sharding.ShardByJaxProcess(drop_remainder=False))
-  num_batches = -(-(-(-len(records) // n_proc)) // batch)
+  per_process = -(-len(records) // n_proc)  # ceiling divisions
+  num_batches = -(-per_process // batch)
   sampler = grain.samplers.IndexSampler(
       num_records=len(records), shard_options=shard, shuffle=False, num_epochs=1,
       seed=0)

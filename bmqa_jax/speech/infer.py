@@ -95,10 +95,11 @@ def transcribe_paths(workdir: str, paths: list[str], decoder: str = "beam",
 
 def transcribe_manifest(workdir: str, manifest: str, out: str,
                         decoder: str = "beam") -> list[dict]:
-  """Writes ``out`` (CSV, or JSONL when it ends in .jsonl; atomically): ``manifest``'s rows with ``text`` set to
-  the transcript of ``audio``; a previous ``text`` is kept as ``text_reference``.
-  Rows without audio keep an empty ``text``. ``out`` must not be ``manifest``
-  (its human transcripts would be lost on the next run)."""
+  """Writes ``out`` (CSV, or JSONL when it ends in .jsonl; atomically):
+  ``manifest``'s rows with ``text`` set to the transcript of ``audio``; a
+  previous ``text`` is kept as ``text_reference``. Rows without audio keep an
+  empty ``text``. ``out`` must not be ``manifest`` (its human transcripts would
+  be lost on the next run)."""
   if os.path.exists(out) and os.path.samefile(out, manifest):
     raise ValueError(f"--out {out!r} is the input manifest: write the transcripts "
                      "to another file (the manifest's own text would be replaced)")
