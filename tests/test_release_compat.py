@@ -15,6 +15,7 @@ from bmqa_jax import sharding
 from bmqa_jax.bmqa import evaluate
 from bmqa_jax.bmqa import stage as stage_lib
 from bmqa_jax.captioner import infer as captioner_infer
+from bmqa_jax.captioner import vocab as vocab_lib
 from bmqa_jax.speech import infer as speech_infer
 from bmqa_jax.speech import model as speech_model
 from bmqa_jax.train_lib import checkpoint
@@ -81,8 +82,21 @@ def test_captioner_workdir_captions(old):
   work = os.path.join(old, "captioner")
   images = sorted(os.path.join(old, "images", n) for n in os.listdir(
       os.path.join(old, "images")) if n.endswith(".png"))[:2]
+  config, _, _, vocab = captioner_infer.load_captioner(work)
   out = captioner_infer.caption_paths(work, images)
-  assert len(out) == 2 and all(isinstance(r["caption"], str) for r in out)
+  assert len(out) == 2
+  # Two training steps: one photo's caption may be empty (<eos> first), but
+  # the weights do decode words, each from the stored vocabulary (never a
+  # special token), and one attention map per word and per <eos> (none when the
+  # caption reached decode.max_len).
+  assert any(r["words"] for r in out)
+  for r in out:
+    assert all(vocab.index.get(w, vocab_lib.UNK) > vocab_lib.UNK for w in r["words"]), r
+    assert r["caption"].split() == r["words"]
+    att = np.asarray(r["attention"])
+    ended = len(r["words"]) < config.decode.max_len
+    assert att.shape[0] == len(r["words"]) + ended
+    np.testing.assert_allclose(att.sum(-1), 1.0, rtol=1e-5)
 
 
 def test_workdir_with_the_removed_conv_impl_field_resumes(tmp_path):

@@ -307,3 +307,14 @@ def test_complete_takes_free_form_kwargs_whole():
   assert got.model.text.kwargs.to_dict() == {"width": 8}
   assert got.ft.keep_checkpoints == defaults.stage().keep_checkpoints
   assert workdir_lib.as_json(got.input) == workdir_lib.as_json(defaults.input_config())
+
+
+def test_readme_lists_the_safe_changes():
+  """The README's list of what a resumed run may change is SAFE_CONFIG_CHANGES."""
+  import re  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "README.md")) as f:
+    text = f.read()
+  block = text.split("<!-- safe-config-changes -->")[1].split(
+      "<!-- /safe-config-changes -->")[0]
+  assert re.findall(r"`([^`]+)`", block) == list(workdir_lib.SAFE_CONFIG_CHANGES)

@@ -49,7 +49,9 @@ def load_captioner(workdir: str):
 
 def caption_paths(workdir: str, paths: Sequence[str], beam_size: int | None = None,
                   loaded=None) -> list[dict]:
-  """Per path: ``caption`` (text), ``words`` and ``attention`` [len(words) + 1, L].
+  """Per path: ``caption`` (text), ``words`` and ``attention`` [len(words) + 1, L]
+  (one row per word and one for <eos>; [len(words), L] when the caption reached
+  ``config.decode.max_len`` without <eos>).
 
   Images get the evaluation transform of the captioner's config (resize the
   short side, centre crop). ``beam_size`` None: the config's. ``loaded``: the
