@@ -29,12 +29,12 @@ Arguments (comma separated ``key=value``; the rules: bmqa_jax/config_args.py):
 import ml_collections
 
 from bmqa_jax import config_args
-from bmqa_jax import defaults
+from bmqa_jax import config_bases
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_args.parse_arg(arg, manifest="", runlocal=False, steps=(None, int))
-  c = defaults.asr_config(args.manifest)
+  c = config_bases.asr_config(args.manifest)
   if args.runlocal:
     c.model.conv_features = (8, 8)
     c.model.rnn_hidden = 64

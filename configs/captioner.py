@@ -28,13 +28,14 @@ Arguments (comma separated ``key=value``; the rules: bmqa_jax/config_args.py):
 import ml_collections
 
 from bmqa_jax import config_args
+from bmqa_jax import config_bases
 from bmqa_jax import defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_args.parse_arg(arg, manifest="", encoder="resnet_tiny",
                                runlocal=False, steps=(None, int))
-  c = defaults.captioner_config(args.manifest, args.encoder)
+  c = config_bases.captioner_config(args.manifest, args.encoder)
   if args.runlocal:
     c.data.builtin = defaults.builtin_data(tiny=True)
     c.input.image_size = 64  # 2×2 attention positions with resnet_tiny

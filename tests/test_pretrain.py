@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from bmqa_jax import config_bases
 from bmqa_jax import defaults
 from bmqa_jax import losses
 from bmqa_jax import sharding
@@ -185,7 +186,7 @@ def test_coco_caption_pairs_from_mock_tfds(tmp_path):
       np.testing.assert_array_equal(np.flatnonzero(hot),
                                     np.unique(src[int(i)]["objects"]["label"]))
     recs = coco.CocoRecords(pipeline.to_records(pairs.samples, None, L), pairs)
-    pcfg = pipeline.from_config(defaults.complete({"input": dict(image_size=16)}))
+    pcfg = pipeline.from_config(config_bases.complete({"input": dict(image_size=16)}))
     loader = pipeline.train_loader(recs, pcfg, 2, seed=0)
     batch = next(iter(loader))
   assert batch["image"].shape == (2, 16, 16, 3) and batch["labels"].shape == (2, 80)

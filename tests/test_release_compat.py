@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from bmqa_jax import defaults
+from bmqa_jax import config_bases
 from bmqa_jax import sharding
 from bmqa_jax.bmqa import evaluate
 from bmqa_jax.bmqa import stage as stage_lib
@@ -50,7 +50,7 @@ def test_bmqa_workdir_scores_and_resumes(old):
   jax.tree.map(np.testing.assert_array_equal, state["params"], variables["params"])
   # And config.json is still the workdir's own: no change is reported.
   stored = workdir_lib.load_config(work)
-  assert workdir_lib.config_changes(stored, cfg, defaults.complete) == []
+  assert workdir_lib.config_changes(stored, cfg, config_bases.complete) == []
 
 
 def test_recogniser_workdir_transcribes_and_resumes(old):
@@ -59,7 +59,7 @@ def test_recogniser_workdir_transcribes_and_resumes(old):
   feats = np.zeros((1, 512, config.features.n_mels), np.float32)
   logits, _ = model.apply(variables, feats, np.array([512]), train=False)
   assert np.all(np.isfinite(np.asarray(logits)))
-  # Its config is read as today's (`defaults.complete`): release 0.1 named the
+  # Its config is read as today's (`config_bases.complete`): release 0.1 named the
   # Adam moments' decay rates b1/b2, the beam width beam_width and the kept
   # checkpoints checkpoint_keep, and had no optimizer/schedule fields.
   assert (config.optimizer.adam_b1, config.optimizer.adam_b2) == (0.9, 0.98)
@@ -115,10 +115,10 @@ def test_workdir_with_the_removed_conv_impl_field_resumes(tmp_path):
   old["model"]["conv_impl"] = "gemm"
   with open(path, "w") as f:
     json.dump(old, f)
-  stored = workdir_lib.load_config(work, complete=defaults.complete)
+  stored = workdir_lib.load_config(work, complete=config_bases.complete)
   assert "conv_impl" not in stored.model  # read and dropped
   model = bmqa_model.from_config(stored, vocab_size=stored.tokenizer.vocab_size)
   assert model.image_encoder is not None
   logs = []
-  workdir_lib.own_config(cfg, work, "refuse", logs.append, defaults.complete)
+  workdir_lib.own_config(cfg, work, "refuse", logs.append, config_bases.complete)
   assert logs == []  # no change to report: the resume goes on

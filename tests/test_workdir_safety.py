@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from bmqa_jax import config_bases
 from bmqa_jax import defaults
 from bmqa_jax.bmqa import train
 from bmqa_jax.train_lib import workdir as workdir_lib
@@ -152,10 +153,10 @@ def test_old_config_file_with_a_non_default_new_field_is_refused(trained, data_d
   old = json.loads(_read(os.path.join(trained["work"], "config.json")))
   del old["input"]["mode"], old["model"]["ensemble"]
   c = _cfg(data_dir)
-  assert workdir_lib.config_changes(old, c, defaults.complete) == []
+  assert workdir_lib.config_changes(old, c, config_bases.complete) == []
   c.input.mode = "native"
   c.model.ensemble = 3
-  got = {k: (a, b) for k, a, b in workdir_lib.config_changes(old, c, defaults.complete)}
+  got = {k: (a, b) for k, a, b in workdir_lib.config_changes(old, c, config_bases.complete)}
   assert got == {"input.mode": ("resize", "native"), "model.ensemble": (1, 3)}
   assert not any(workdir_lib.safe_change(k) for k in got)
   assert workdir_lib.safe_change("ft.checkpoint_every_steps") and workdir_lib.safe_change("eval.x")
@@ -263,7 +264,7 @@ def _base_fields() -> set[str]:
   """Every dotted field of today's base configs (BMQA with its stages, the
   recogniser, the captioner)."""
   out = set()
-  for base in defaults.BASES.values():
+  for base in config_bases.BASES.values():
     out |= set(workdir_lib.flatten(workdir_lib.as_json(base())))
   return out
 
@@ -273,7 +274,7 @@ def test_each_safe_change_names_a_field_of_todays_configs():
   for pattern in workdir_lib.SAFE_CONFIG_CHANGES:
     assert any(workdir_lib.fnmatch.fnmatchcase(f, pattern) for f in fields), pattern
   # The old spellings are read under today's names, and no config has them.
-  for old in (*defaults.RENAMED_FIELDS, *defaults.REMOVED_FIELDS):
+  for old in (*config_bases.RENAMED_FIELDS, *config_bases.REMOVED_FIELDS):
     assert old not in fields, old
 
 
@@ -302,7 +303,7 @@ def test_old_spellings_are_read_under_todays_names(tmp_path):
 def test_complete_takes_free_form_kwargs_whole():
   """A GRU text tower's kwargs are not mixed with the base config's Transformer
   kwargs; a further stage (ft) gets the stage defaults."""
-  got = defaults.complete({"model": {"text": {"name": "gru", "kwargs": {"width": 8}}},
+  got = config_bases.complete({"model": {"text": {"name": "gru", "kwargs": {"width": 8}}},
                            "ft": {"loss": "mse", "trainable": ".*"}})
   assert got.model.text.kwargs.to_dict() == {"width": 8}
   assert got.ft.keep_checkpoints == defaults.stage().keep_checkpoints

@@ -29,7 +29,7 @@ import jax
 import ml_collections as mlc
 import numpy as np
 
-from bmqa_jax import defaults
+from bmqa_jax import config_bases
 from bmqa_jax import metrics as metrics_lib
 from bmqa_jax import pytree
 from bmqa_jax import sharding
@@ -64,7 +64,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, log=print,
   # The data are read and checked first: a failed check leaves nothing in the
   # workdir (a config.json written before it would refuse the corrected config).
   data = load_data(config, workdir, stage_lib.stage_names(config), log, describe)
-  with workdir_lib.owned(config, workdir, config_change, log, defaults.complete):
+  with workdir_lib.owned(config, workdir, config_change, log, config_bases.complete):
     return _train_and_evaluate(config, workdir, data, log, progress)
 
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from bmqa_jax import defaults
+from bmqa_jax import config_bases
 from bmqa_jax.captioner import decode as decode_lib
 from bmqa_jax.captioner import model as model_lib
 from bmqa_jax.captioner import vocab as vocab_lib
@@ -31,8 +31,8 @@ VOCAB_FILE = "captioner_vocab.json"
 
 
 def complete_config(stored):
-  """A captioner's stored config read as today's (`defaults.complete`)."""
-  return defaults.complete(stored, "captioner")
+  """A captioner's stored config read as today's (`config_bases.complete`)."""
+  return config_bases.complete(stored, "captioner")
 
 
 def load_captioner(workdir: str):

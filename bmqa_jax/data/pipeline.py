@@ -66,7 +66,7 @@ class PipelineConfig:
 
 def from_config(cfg) -> PipelineConfig:
   """The pipeline settings of a run's `config.input` (an old config.json is
-  completed with today's defaults when it is read, `defaults.complete`)."""
+  completed with today's defaults when it is read, `config_bases.complete`)."""
   c = cfg.input
   tuples = ("crop_scale", "crop_ratio", "eval_grid")
   return PipelineConfig(**{f.name: tuple(c[f.name]) if f.name in tuples else c[f.name]

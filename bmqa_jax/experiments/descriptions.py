@@ -24,7 +24,7 @@ from typing import Sequence
 
 import jax
 
-from bmqa_jax import defaults
+from bmqa_jax import config_bases
 from bmqa_jax.captioner import infer as captioner_infer
 from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.speech import infer as speech_infer
@@ -148,7 +148,7 @@ def for_evaluation(workdir: str, text_source: str | None = None,
   """(text_source, describe) to score a trained workdir: `text_source` default
   the run's config.data.text_source, or 'captioner' when `captioner` is given;
   `captioner`/`asr` default the run's config.data.captioner_workdir/asr_workdir."""
-  cfg = workdir_lib.load_config(workdir, complete=defaults.complete)
+  cfg = workdir_lib.load_config(workdir, complete=config_bases.complete)
   source = text_source or ("captioner" if captioner else cfg.data.text_source)
   check_source(source)
   model_dir = (asr or cfg.data.asr_workdir) if source == "audio" else (

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Sequence
 
-from bmqa_jax import defaults
+from bmqa_jax import config_bases
 from bmqa_jax import metrics_report
 from bmqa_jax.bmqa import evaluate
 from bmqa_jax.bmqa import train
@@ -41,7 +41,7 @@ def _config_changed(cfg, sdir: str) -> bool:
   scfg = _split_config(cfg, man, pre if os.path.exists(pre) else "",
                        os.path.join(os.path.dirname(sdir), "feature_cache"))
   changes = workdir_lib.config_changes(workdir_lib.load_config(sdir), scfg,
-                                       defaults.complete)
+                                       config_bases.complete)
   return any(not workdir_lib.safe_change(k) for k, _, _ in changes)
 
 

@@ -16,7 +16,7 @@ import os
 import jax
 import numpy as np
 
-from bmqa_jax import defaults
+from bmqa_jax import config_bases
 from bmqa_jax.speech import data as data_lib
 from bmqa_jax.speech import decode as decode_lib
 from bmqa_jax.speech import features as features_lib
@@ -33,8 +33,8 @@ _PATH_COLUMNS = ("image", "audio")
 
 
 def complete_config(stored):
-  """A recogniser's stored config read as today's (`defaults.complete`)."""
-  return defaults.complete(stored, "asr")
+  """A recogniser's stored config read as today's (`config_bases.complete`)."""
+  return config_bases.complete(stored, "asr")
 
 
 def load_recognizer(workdir: str):

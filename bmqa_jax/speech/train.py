@@ -142,11 +142,7 @@ def _train_and_evaluate(config, workdir: str, log, progress: bool) -> dict:
     v = model_lib.init_variables(model, config, rng)
     return state_lib.create(v["params"], v["batch_stats"], tx)
 
-  abstract, shardings = setup.state_sharding(init, config.seed, mesh, config)
-  start = setup.restore_or_initialise(
-      os.path.join(workdir, "checkpoints"), config.keep_checkpoints, abstract,
-      shardings, setup.new_state(init, config.seed, shardings), name="asr",
-      total_steps=config.num_steps, log=log)
+  start, shardings = setup.one_run(init, config, mesh, workdir, name="asr", log=log)
   state = start.state
   log(f"DeepSpeech2: {state_lib.count_params(state['params'])} parameters")
 

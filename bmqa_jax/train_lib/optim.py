@@ -3,7 +3,7 @@
 One vocabulary for every trainer (a BMQA stage config `config.<stage>`, or the
 recogniser's and captioner's `config.optimizer`; the defaults are
 bmqa_jax/defaults.py's `stage` and `step_optimizer`, and a config.json written
-before a field existed is completed there, `defaults.complete`):
+before a field existed is completed there, `config_bases.complete`):
 
   optimizer       'adamw' (adam_b1, adam_b2, weight_decay) or 'sgd' (momentum)
   learning_rate   peak rate, reached after a linear warm-up from 0

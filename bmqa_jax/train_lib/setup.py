@@ -11,6 +11,7 @@ the captioner once (`bmqa_jax.speech.train`, `bmqa_jax.captioner.train`).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 import jax
@@ -33,14 +34,6 @@ class Start:
     return self.step >= self.total_steps
 
 
-def state_sharding(init: Callable, seed: int, mesh, config):
-  """(abstract state, its sharding) of `init(rng) -> state` (nothing is computed):
-  every parameter of at least `config.mesh.shard_min_size` is split over 'model'."""
-  abstract = jax.eval_shape(init, jax.random.key(seed))
-  return abstract, sharding.state_sharding(abstract, mesh,
-                                           sharding.min_shard_size(config))
-
-
 def restore_or_initialise(ckpt_dir: str, keep: int, abstract_state, shardings,
                           initialise: Callable[[], Any], *, name: str,
                           total_steps: int, log=print) -> Start:
@@ -60,6 +53,18 @@ def restore_or_initialise(ckpt_dir: str, keep: int, abstract_state, shardings,
   return start
 
 
-def new_state(init: Callable, seed: int, shardings) -> Callable[[], Any]:
-  """`initialise` for `restore_or_initialise`: `init(rng)` jitted to `shardings`."""
-  return lambda: jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+def one_run(init: Callable, config, mesh, workdir: str, *, name: str,
+            log=print) -> tuple[Start, Any]:
+  """`restore_or_initialise` for a trainer of one run (the recogniser, the
+  captioner): checkpoints in `workdir/checkpoints`, `config.num_steps` steps,
+  `config.keep_checkpoints` kept; a new state is `init(rng)` of `config.seed`,
+  every parameter of at least `config.mesh.shard_min_size` split over 'model'.
+  Returns the start and the state's sharding."""
+  rng = jax.random.key(config.seed)
+  abstract = jax.eval_shape(init, rng)
+  shardings = sharding.state_sharding(abstract, mesh, sharding.min_shard_size(config))
+  start = restore_or_initialise(
+      os.path.join(workdir, "checkpoints"), config.keep_checkpoints, abstract,
+      shardings, lambda: jax.jit(init, out_shardings=shardings)(rng), name=name,
+      total_steps=config.num_steps, log=log)
+  return start, shardings

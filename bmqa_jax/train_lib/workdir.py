@@ -30,8 +30,8 @@ CONFIG_FILE = "config.json"
 # Config fields a resumed run may change without altering what is trained:
 # logging, evaluation and checkpoint cadence, decoding, input-pipeline
 # parallelism, and where features and prepared images are kept. Patterns
-# (fnmatch) over dotted paths of today's configs (bmqa_jax/defaults.py; a test
-# checks that each names a field of a base config); every other change to a
+# (fnmatch) over dotted paths of today's configs (bmqa_jax/config_bases.py; a
+# test checks that each names a field of a base config); every other change to a
 # workdir's config is refused unless config_change='allow'.
 SAFE_CONFIG_CHANGES = (
     "log_every_steps",
@@ -81,7 +81,7 @@ def as_json(cfg) -> dict:
 
 def config_changes(old, new, complete=None) -> list[tuple[str, Any, Any]]:
   """(field, old value, new value) for each field that differs. `complete`
-  (`bmqa_jax.defaults.complete` for the config's family) reads both sides as
+  (`bmqa_jax.config_bases.complete` for the config's family) reads both sides as
   today's config first, so a field one side lacks (a config written before
   the field existed) counts as its default, and a renamed one by its new name."""
   if complete:
@@ -255,7 +255,7 @@ def atomic_write_csv(path: str, rows) -> None:
 
 def load_config(workdir: str, filename: str = CONFIG_FILE,
                 complete=None) -> mlc.ConfigDict:
-  """The config a workdir was trained with; `complete` (`defaults.complete` for
+  """The config a workdir was trained with; `complete` (`config_bases.complete` for
   its family) reads it as today's config (renamed fields, new defaults)."""
   path = os.path.join(workdir, filename)
   if not os.path.exists(path):
