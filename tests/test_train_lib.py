@@ -116,13 +116,13 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
 
 
 def test_the_three_trainers_share_one_signature():
-  """`train_and_evaluate(config, workdir, *, log, progress, config_change)` for
+  """`train_and_evaluate(cfg, workdir, *, log, progress, config_change)` for
   BMQA, the recogniser and the captioner (BMQA adds `describe`)."""
   import inspect  # pylint: disable=g-import-not-at-top
   from bmqa_jax.bmqa import train as bmqa_train  # pylint: disable=g-import-not-at-top
   from bmqa_jax.captioner import train as captioner_train  # pylint: disable=g-import-not-at-top
   from bmqa_jax.speech import train as speech_train  # pylint: disable=g-import-not-at-top
-  want = ["config", "workdir", "log", "progress", "config_change"]
+  want = ["cfg", "workdir", "log", "progress", "config_change"]
   for module in (bmqa_train, speech_train, captioner_train):
     params = inspect.signature(module.train_and_evaluate).parameters
     assert list(params)[:5] == want, module.__name__

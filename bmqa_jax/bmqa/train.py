@@ -1,6 +1,6 @@
 """One trainer for every stage of BMQA (paper Sec. 4.4, 5.1.3).
 
-`train_and_evaluate(config, workdir)` runs the stages named in `config.stages`
+`train_and_evaluate(cfg, workdir)` runs the stages named in `config.stages`
 in order. Stages differ only in their sub-config: the loss (InfoNCE of Eq. 11–13
 for PT and SS, MSE of Eq. 14 for ST), the data (caption pairs or the manifest's
 training split), the optimiser schedule, and which parameters train; each is
@@ -46,7 +46,7 @@ from bmqa_jax.train_lib import state as state_lib
 from bmqa_jax.train_lib import workdir as workdir_lib
 
 
-def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, log=print,
+def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, *, log=print,
                        progress: bool = False, config_change: str = "refuse",
                        describe: Callable | None = None) -> dict:
   """Runs every stage of `config.stages` in `workdir` (resuming), returns val metrics.
@@ -54,8 +54,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, log=print,
   The three trainers share this signature (`bmqa_jax.speech.train`,
   `bmqa_jax.captioner.train`): `log` takes each line a run reports; `progress`
   shows a progress bar per stage; `config_change`: 'refuse' (default) raises
-  `ConfigChangedError` when `config`
-  differs from the workdir's `config.json` in a field outside
+  `ConfigChangedError` when `cfg` differs from the workdir's `config.json` in a
+  field outside
   `SAFE_CONFIG_CHANGES`; 'allow' trains on with `cfg`, records it as the
   workdir's config and appends the changes to `config_changes.jsonl`.
   `describe`: fills generated descriptions when `config.data.text_source` is
@@ -63,9 +63,9 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str, *, log=print,
   """
   # The data are read and checked first: a failed check leaves nothing in the
   # workdir (a config.json written before it would refuse the corrected config).
-  data = load_data(config, workdir, stage_lib.stage_names(config), log, describe)
-  with workdir_lib.owned(config, workdir, config_change, log, config_bases.complete):
-    return _train_and_evaluate(config, workdir, data, log, progress)
+  data = load_data(cfg, workdir, stage_lib.stage_names(cfg), log, describe)
+  with workdir_lib.owned(cfg, workdir, config_change, log, config_bases.complete):
+    return _train_and_evaluate(cfg, workdir, data, log, progress)
 
 
 def load_data(cfg, workdir: str, names: list[str], log, describe=None,

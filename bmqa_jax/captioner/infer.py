@@ -40,11 +40,11 @@ def load_captioner(workdir: str):
   if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
     raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)} not found: is "
                             f"{workdir} a captioner workdir (launch/train_captioner.py)?")
-  config = workdir_lib.load_config(workdir, CONFIG_FILE, complete_config)
+  cfg = workdir_lib.load_config(workdir, CONFIG_FILE, complete_config)
   vocab = vocab_lib.Vocab.load(os.path.join(workdir, VOCAB_FILE))
-  model = model_lib.from_config(config, len(vocab))
+  model = model_lib.from_config(cfg, len(vocab))
   variables, _ = checkpoint.load_weights(os.path.join(workdir, "checkpoints"))
-  return config, model, {k: v for k, v in variables.items() if v}, vocab
+  return cfg, model, {k: v for k, v in variables.items() if v}, vocab
 
 
 def caption_paths(workdir: str, paths: Sequence[str], beam_size: int | None = None,
@@ -57,16 +57,16 @@ def caption_paths(workdir: str, paths: Sequence[str], beam_size: int | None = No
   short side, centre crop). ``beam_size`` None: the config's. ``loaded``: the
   result of ``load_captioner(workdir)``, to avoid restoring it again.
   """
-  config, model, variables, vocab = loaded or load_captioner(workdir)
-  k = config.decode.beam_size if beam_size is None else beam_size
+  cfg, model, variables, vocab = loaded or load_captioner(workdir)
+  k = cfg.decode.beam_size if beam_size is None else beam_size
   recs = [dict(path=p, index=np.int32(i)) for i, p in enumerate(paths)]
   out = [None] * len(paths)
-  for b in pipeline.eval_batches(recs, pipeline.from_config(config),
-                                 config.eval_batch_size,
+  for b in pipeline.eval_batches(recs, pipeline.from_config(cfg),
+                                 cfg.eval_batch_size,
                                  local=True):
     ids, alphas, _ = decode_lib.beam_search(model, variables, jnp.asarray(b["image"]),
-                                            k, config.decode.max_len,
-                                            config.decode.length_penalty)
+                                            k, cfg.decode.max_len,
+                                            cfg.decode.length_penalty)
     for j in np.flatnonzero(b["valid"]):
       words, att = decode_lib.to_words(vocab, ids[j], alphas[j])
       out[int(b["index"][j])] = dict(path=paths[int(b["index"][j])], words=words,
@@ -80,15 +80,15 @@ def describe_paths(workdir: str, paths: Sequence[str]) -> list[str]:
   return [r["caption"] for r in caption_paths(workdir, paths)]
 
 
-def save_attention_maps(result: dict, out_dir: str, config) -> list[str]:
+def save_attention_maps(result: dict, out_dir: str, cfg) -> list[str]:
   """One PNG per generated word: the (centre-cropped) image with the word's
   attention map, bilinearly upsampled, overlaid; plus ``<stem>_all.png``, a grid
   of every word. Returns the files written."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  size = config.input.image_size
+  size = cfg.input.image_size
   img = pipeline.center_crop(image_io.read_image_uint8(result["path"]),
-                             config.input.resize_size, size)
+                             cfg.input.resize_size, size)
   att = np.asarray(result["attention"])
   side = int(round(np.sqrt(att.shape[1])))
   if side * side != att.shape[1]:

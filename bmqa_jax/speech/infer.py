@@ -42,10 +42,10 @@ def load_recognizer(workdir: str):
   if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
     raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)} not found: is "
                             f"{workdir} an ASR workdir (launch/train_asr.py)?")
-  config = workdir_lib.load_config(workdir, CONFIG_FILE, complete_config)
-  model = model_lib.from_config(config)
+  cfg = workdir_lib.load_config(workdir, CONFIG_FILE, complete_config)
+  model = model_lib.from_config(cfg)
   variables, _ = checkpoint.load_weights(os.path.join(workdir, "checkpoints"))
-  return config, model, variables
+  return cfg, model, variables
 
 
 def logits_fn(model):
@@ -57,17 +57,17 @@ def logits_fn(model):
   return fn
 
 
-def transcribe(model, variables, features, config) -> tuple[list[str], list[str]]:
+def transcribe(model, variables, features, cfg) -> tuple[list[str], list[str]]:
   """Greedy and beam-search transcripts of every utterance of a FeatureCache."""
   fn = logits_fn(model)
   greedy, beam = [""] * len(features), [""] * len(features)
   for idx, feats, lengths in data_lib.feature_batches(
-      features, batch_size=config.eval_batch_size, frame_buckets=config.frame_buckets):
+      features, batch_size=cfg.eval_batch_size, frame_buckets=cfg.frame_buckets):
     lp, out_len = fn(variables, feats, lengths)
     lp, out_len = np.asarray(lp)[:len(idx)], np.asarray(out_len)[:len(idx)]
     g = decode_lib.greedy_decode(lp, out_len)
-    b = decode_lib.beam_decode(lp, out_len, config.decode.beam_size,
-                               config.decode.prune_log_prob)
+    b = decode_lib.beam_decode(lp, out_len, cfg.decode.beam_size,
+                               cfg.decode.prune_log_prob)
     for k, i in enumerate(idx):
       greedy[i], beam[i] = g[k], b[k]
   return greedy, beam
@@ -87,9 +87,9 @@ def transcribe_paths(workdir: str, paths: list[str], decoder: str = "beam",
   """Transcripts of audio files (``decoder``: ``"beam"`` or ``"greedy"``)."""
   if decoder not in ("beam", "greedy"):
     raise ValueError(f"decoder must be 'beam' or 'greedy', got {decoder!r}")
-  config, model, variables = load_recognizer(workdir)
-  feats = features_lib.cached_features(paths, cache_dir, dict(config.features))
-  greedy, beam = transcribe(model, variables, feats, config)
+  cfg, model, variables = load_recognizer(workdir)
+  feats = features_lib.cached_features(paths, cache_dir, dict(cfg.features))
+  greedy, beam = transcribe(model, variables, feats, cfg)
   return beam if decoder == "beam" else greedy
 
 

@@ -1,6 +1,6 @@
 """Training and evaluation of the CTC recogniser (paper Eq. 2).
 
-``train_and_evaluate(config, workdir)`` reads one manifest, featurises its
+``train_and_evaluate(cfg, workdir)`` reads one manifest, featurises its
 train and eval splits once (cached in the workdir), trains DeepSpeech2 with
 ``optax.ctc_loss`` under ``jax.jit`` with the batch sharded over the mesh's
 ``data`` axis, on the shared training library (`bmqa_jax.train_lib`: one
@@ -107,65 +107,65 @@ def make_train_step(model, tx, schedule=None):
   return train_step
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, log=print,
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, log=print,
                        progress: bool = False, config_change: str = "refuse") -> dict:
   """Trains (or resumes) in ``workdir``; returns the eval metrics. The
   arguments are those of `bmqa_jax.bmqa.train.train_and_evaluate`."""
-  with workdir_lib.owned(config, workdir, config_change, log,
+  with workdir_lib.owned(cfg, workdir, config_change, log,
                          infer.complete_config, infer.CONFIG_FILE):
-    return _train_and_evaluate(config, workdir, log, progress)
+    return _train_and_evaluate(cfg, workdir, log, progress)
 
 
-def _train_and_evaluate(config, workdir: str, log, progress: bool) -> dict:
-  cache_dir = config.data.cache_dir or os.path.join(workdir, "feature_cache")
-  fkw = dict(config.features)
-  manifest = datasets.task_manifest(config, log, audio=True)
+def _train_and_evaluate(cfg, workdir: str, log, progress: bool) -> dict:
+  cache_dir = cfg.data.cache_dir or os.path.join(workdir, "feature_cache")
+  fkw = dict(cfg.features)
+  manifest = datasets.task_manifest(cfg, log, audio=True)
   t0 = time.time()
-  _, train_set = load_split(manifest, config.data.train_split, cache_dir, fkw, log=log)
-  eval_rows, eval_set = load_split(manifest, config.data.eval_split, cache_dir, fkw,
+  _, train_set = load_split(manifest, cfg.data.train_split, cache_dir, fkw, log=log)
+  eval_rows, eval_set = load_split(manifest, cfg.data.eval_split, cache_dir, fkw,
                                    log=log)
   log(f"features: {len(train_set)} train, {len(eval_set)} eval utterances in "
       f"{time.time() - t0:.1f}s")
 
-  mesh = sharding.make_mesh(config)
-  sharding.check_batch(config.batch_size, mesh, "config.batch_size")
-  model = model_lib.from_config(config)
-  schedule = optim.make_schedule(config.optimizer, config.num_steps,
-                                 config.optimizer.warmup_steps)
-  tx = optim.make_optimizer(config.optimizer, schedule)
+  mesh = sharding.make_mesh(cfg)
+  sharding.check_batch(cfg.batch_size, mesh, "config.batch_size")
+  model = model_lib.from_config(cfg)
+  schedule = optim.make_schedule(cfg.optimizer, cfg.num_steps,
+                                 cfg.optimizer.warmup_steps)
+  tx = optim.make_optimizer(cfg.optimizer, schedule)
   _warn_unalignable(train_set, model.time_strides, log)
   train_ds = data_lib.batch_dataset(
-      train_set, batch_size=config.batch_size, frame_buckets=config.frame_buckets,
-      label_multiple=config.label_multiple, seed=config.seed)
+      train_set, batch_size=cfg.batch_size, frame_buckets=cfg.frame_buckets,
+      label_multiple=cfg.label_multiple, seed=cfg.seed)
 
   def init(rng):
-    v = model_lib.init_variables(model, config, rng)
+    v = model_lib.init_variables(model, cfg, rng)
     return state_lib.create(v["params"], v["batch_stats"], tx)
 
-  start, shardings = setup.one_run(init, config, mesh, workdir, name="asr", log=log)
+  start, shardings = setup.one_run(init, cfg, mesh, workdir, name="asr", log=log)
   state = start.state
   log(f"DeepSpeech2: {state_lib.count_params(state['params'])} parameters")
 
   step_fn = sharding.jit_step(make_train_step(model, tx, schedule), shardings, mesh)
 
   def on_log(step, m):
-    log(f"step {step}/{config.num_steps} loss {m['loss']:.3f} grad_norm "
+    log(f"step {step}/{cfg.num_steps} loss {m['loss']:.3f} grad_norm "
         f"{m['grad_norm']:.2f} ({m['steps_per_second']:.2f} steps/s)")
 
   state, history = loop.run(
       step_fn, state,
       lambda step: sharding.put_batch(sharding.local_rows(train_ds[step]), mesh),
-      jax.random.key(config.seed + 1), name="asr", total_steps=config.num_steps,
-      mngr=start.mngr, log_every=config.log_every_steps,
-      checkpoint_every=config.checkpoint_every_steps,
+      jax.random.key(cfg.seed + 1), name="asr", total_steps=cfg.num_steps,
+      mngr=start.mngr, log_every=cfg.log_every_steps,
+      checkpoint_every=cfg.checkpoint_every_steps,
       tensorboard_dir=os.path.join(workdir, "tensorboard"), log=log,
       progress=progress, on_log=on_log)
 
   variables = sharding.to_host(state_lib.variables(state))  # every process decodes all
   t0 = time.time()
-  greedy, beam = infer.transcribe(model, variables, eval_set.features, config)
+  greedy, beam = infer.transcribe(model, variables, eval_set.features, cfg)
   refs = eval_set.texts
-  metrics = dict(split=config.data.eval_split, manifest=manifest,
+  metrics = dict(split=cfg.data.eval_split, manifest=manifest,
                  step=int(jax.device_get(state["step"])),
                  train_loss=[(h["step"], h["loss"]) for h in history],
                  greedy=infer.evaluate_transcripts(refs, greedy),
