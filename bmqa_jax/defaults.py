@@ -71,6 +71,33 @@ def step_optimizer(*, learning_rate: float, warmup_steps: int,
       grad_clip_norm=grad_clip_norm, momentum=momentum))
 
 
+def input_config(**overrides) -> mlc.ConfigDict:
+  """`config.input`: the image input pipeline (bmqa_jax/data/pipeline.py reads
+  every field from here; the captioner's config overrides the sizes).
+
+  mode 'resize': random resized crops of image_size for training; resize the
+  short side to resize_size and centre-crop image_size for evaluation.
+  mode 'native': the camera's pixels, never resampled: random native_crop
+  windows for training, the mean over an eval_grid (rows, cols) of windows
+  for evaluation and scoring (bmqa_jax/data/native.py)."""
+  c = mlc.ConfigDict(dict(
+      mode="resize", image_size=224, resize_size=256, crop_scale=(0.35, 1.0),
+      crop_ratio=(3 / 4, 4 / 3), native_crop=512, eval_grid=(1, 1), flip=True,
+      max_text_len=48, workers=0, prefetch=2,
+      # Bound on a decoded image's pixels, checked from its header before decoding
+      # (a 140 KB PNG can declare 12000×12000); 0: no bound.
+      max_pixels=100_000_000,
+      # Where the images come from (bmqa_jax/data/prepared.py): 'prepared' decodes
+      # each image of a split once into a uint8 store under prepared_dir
+      # ('' = workdir/prepared); 'jpeg' decodes each file in every epoch; 'auto'
+      # prepares a split whose decoded size is under prepared_max_gb.
+      # prepare_short_side > 0 (mode 'resize' only) stores images resized to that
+      # short side (never upscaled); 0 keeps the decoded pixels exactly.
+      store="auto", prepared_max_gb=4.0, prepare_short_side=0, prepared_dir=""))
+  c.update(overrides)
+  return c
+
+
 def stage(**kw) -> mlc.ConfigDict:
   """One training stage; the trainer runs every stage with the same code."""
   c = mlc.ConfigDict(dict(
@@ -91,6 +118,7 @@ def stage(**kw) -> mlc.ConfigDict:
       adam_b2=0.999,
       weight_decay=0.0,
       grad_clip_norm=0.0,  # 0: no clipping
+      final_lr_fraction=0.0,  # cosine: the last step's fraction of learning_rate
       trainable=".*",  # regex over parameter paths ('img_align/...'); rest frozen
       init="previous",  # 'previous': weights of the stage before; 'fresh'
       # Towers of this stage's model, e.g. ('image', 'text') for SS before an
@@ -147,25 +175,7 @@ def base_config() -> mlc.ConfigDict:
   ))
   c.data.builtin = builtin_data()
 
-  # mode 'resize': random resized crops of image_size for training; resize the
-  # short side to resize_size and centre-crop image_size for evaluation.
-  # mode 'native': the camera's pixels, never resampled: random native_crop
-  # windows for training, the mean over an eval_grid (rows, cols) of windows
-  # for evaluation and scoring (bmqa_jax/data/native.py).
-  c.input = mlc.ConfigDict(dict(
-      mode="resize", image_size=224, resize_size=256, crop_scale=(0.35, 1.0),
-      crop_ratio=(3 / 4, 4 / 3), native_crop=512, eval_grid=(1, 1), flip=True,
-      max_text_len=48, workers=0, prefetch=2,
-      # Bound on a decoded image's pixels, checked from its header before decoding
-      # (a 140 KB PNG can declare 12000×12000); 0: no bound.
-      max_pixels=100_000_000,
-      # Where the images come from (bmqa_jax/data/prepared.py): 'prepared' decodes
-      # each image of a split once into a uint8 store under prepared_dir
-      # ('' = workdir/prepared); 'jpeg' decodes each file in every epoch; 'auto'
-      # prepares a split whose decoded size is under prepared_max_gb.
-      # prepare_short_side > 0 (mode 'resize' only) stores images resized to that
-      # short side (never upscaled); 0 keeps the decoded pixels exactly.
-      store="auto", prepared_max_gb=4.0, prepare_short_side=0, prepared_dir=""))
+  c.input = input_config()
   c.tokenizer = mlc.ConfigDict(dict(vocab_size=1000))
 
   c.model = mlc.ConfigDict()
@@ -217,6 +227,7 @@ def base_config() -> mlc.ConfigDict:
       restore_weight_image=1.0, restore_weight_text=1.0,
   ))
   return c
+
 
 
 # Sec. 5.1.3: ST starts at lr 8e-5 for VGG/ResNet/EfficientNet and 6.4e-5 for

@@ -216,7 +216,8 @@ def fit_logistic(pred: Any, mos: Any, kind: str = "4", *,
                      message=str(message), monotonic=monotonic, nfev=nfev)
 
 
-def _mapped(p: np.ndarray, m: np.ndarray, mapping: str | None) -> tuple[np.ndarray, LogisticFit | None]:
+def _mapped(p: np.ndarray, m: np.ndarray,
+            mapping: str | None) -> tuple[np.ndarray, LogisticFit | None]:
   if mapping is None:
     return p, None
   if mapping not in _MAPPING_KIND:

@@ -81,7 +81,8 @@ def format_table(rows: Sequence[tuple[str, Mapping[str, Any]]],
     heads += [f"PLCC {short}", f"RMSE {short}"]
   name_w = max([len("model")] + [len(str(n)) for n, _ in rows])
   widths = [max(7, len(h)) for h in heads]
-  lines = ["| " + " | ".join([f"{'model':<{name_w}}"] + [f"{h:>{w}}" for h, w in zip(heads, widths)]) + " |",
+  head = [f"{'model':<{name_w}}"] + [f"{h:>{w}}" for h, w in zip(heads, widths)]
+  lines = ["| " + " | ".join(head) + " |",
            "|" + "|".join(["-" * (name_w + 2)] + ["-" * (w + 2) for w in widths]) + "|"]
   for name, r in rows:
     if "error" in r:

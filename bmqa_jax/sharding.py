@@ -29,8 +29,8 @@ def make_mesh(cfg: mlc.ConfigDict, devices=None) -> Mesh:
   """The ('data', 'model') mesh of `config.mesh` over `devices` (default: all)."""
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
-  mcfg = cfg.get("mesh") or mlc.ConfigDict(dict(data=-1, model=1))
-  model = int(mcfg.get("model", 1))
+  mcfg = cfg.mesh
+  model = int(mcfg.model)
   if model < 1 or n % model:
     raise ValueError(f"config.mesh.model={model} does not divide the {n} devices")
   data = mcfg.data if mcfg.data > 0 else n // model
@@ -97,7 +97,7 @@ def jit_step(step_fn, state_sharding, mesh: Mesh):
 
 def min_shard_size(cfg) -> int:
   """`config.mesh.shard_min_size`: the smallest parameter split over `model`."""
-  return int((cfg.get("mesh") or {}).get("shard_min_size", 2**18))
+  return int(cfg.mesh.shard_min_size)
 
 
 def put_batch(batch: dict, mesh: Mesh) -> dict:

@@ -361,7 +361,8 @@ def _load_basicsr_niqe(monkeypatch):
     grey = nss.matlab_rgb2gray(img01)
     # basicsr resizes in float32; give it the float64 MATLAB resize so that the
     # comparison checks the NIQE steps, not float32 rounding.
-    monkeypatch.setattr(ref, "imresize", lambda x, scale, antialiasing: nss.matlab_imresize(x, scale))
+    monkeypatch.setattr(ref, "imresize",
+                        lambda x, scale, antialiasing: nss.matlab_imresize(x, scale))
     return ref.niqe(grey, params["mu_pris_param"], params["cov_pris_param"],
                     params["gaussian_window"])
   return score

@@ -21,6 +21,7 @@ import doctest
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -168,11 +169,27 @@ def test_every_config_is_covered():
 @pytest.mark.parametrize("name,arg", [(n, a) for n, args in DOCUMENTED.items()
                                       for a in args])
 def test_config_accepts_its_documented_arguments(name, arg):
-  module = importlib.import_module(f"bmqa_jax.configs.{name}")
-  assert "Arguments" in module.__doc__
+  keys = _documented_keys(name)
   for item in filter(None, arg.split(",")):
-    assert item.split("=")[0] in module.__doc__, (name, item)  # documented
-  assert isinstance(module.get_config(arg), ml_collections.ConfigDict)
+    assert item.split("=")[0] in keys, (name, item)  # in its Arguments section
+  assert isinstance(_config(name, arg), ml_collections.ConfigDict)
+
+
+def _documented_keys(name: str) -> set[str]:
+  """The `key=` spellings of the Arguments section of a config's docstring
+  (not `--config.x=`, `--config=` or the generic `key=value`)."""
+  doc = importlib.import_module(f"bmqa_jax.configs.{name}").__doc__
+  assert "Arguments" in doc, name
+  section = doc[doc.index("Arguments"):]
+  return set(re.findall(r"(?<![\w.-])`*([a-z_]+)=", section)) - {"key"}
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_every_documented_argument_is_tried(name):
+  """Each key a config documents is among the spellings tried above."""
+  tried = {item.split("=")[0] for arg in DOCUMENTED[name]
+           for item in filter(None, arg.split(","))}
+  assert tried == _documented_keys(name)
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)

@@ -36,8 +36,9 @@ def calls(monkeypatch):
 
   def fake(source, model_dir, inputs):
     seen.append(sorted(os.path.basename(i) for i in inputs))
-    return [f"{os.path.basename(i)} by {open(os.path.join(model_dir, 'checkpoints', '5', 'weights')).read()}"
-            for i in inputs]
+    with open(os.path.join(model_dir, "checkpoints", "5", "weights")) as f:
+      weights = f.read()
+    return [f"{os.path.basename(i)} by {weights}" for i in inputs]
   monkeypatch.setattr(descriptions, "generate", fake)
   return seen
 

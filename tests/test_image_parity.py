@@ -65,7 +65,8 @@ def _nchw_to_nhwc(t):
 # {Flax block path: torch module name} for the intermediate comparison.
 CASES = {
     'resnet18': (lambda: torchvision.models.resnet18(num_classes=NUM_CLASSES), 64, {},
-                 'layer4', {f'layer{i}_{j}': f'layer{i}.{j}' for i in range(1, 5) for j in range(2)}),
+                 'layer4',
+                 {f'layer{i}_{j}': f'layer{i}.{j}' for i in range(1, 5) for j in range(2)}),
     'resnet50': (lambda: torchvision.models.resnet50(num_classes=NUM_CLASSES), 64, {},
                  'layer4', {'layer1_0': 'layer1.0', 'layer2_3': 'layer2.3', 'layer3_5': 'layer3.5',
                             'layer4_2': 'layer4.2'}),
@@ -136,7 +137,8 @@ def test_matches_reference(name):
     node = inter
     for part in flax_path.split('/'):
       node = node[part]
-    _close(node['__call__'][0], _nchw_to_nhwc(captured[flax_path]), f'{name} block {flax_path} ({torch_name})')
+    _close(node['__call__'][0], _nchw_to_nhwc(captured[flax_path]),
+           f'{name} block {flax_path} ({torch_name})')
 
   ref_tokens = _nchw_to_nhwc(captured['__tokens__'])
   ref_tokens = ref_tokens.reshape(ref_tokens.shape[0], -1, ref_tokens.shape[-1])

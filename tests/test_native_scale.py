@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bmqa_jax import config_bases
 from bmqa_jax import defaults
 from bmqa_jax.bmqa import feature_cache
 from bmqa_jax.bmqa import train
@@ -46,7 +47,8 @@ def test_small_and_mixed_sizes_are_padded_not_resampled():
   out = native.grid_crops(small, 32, (1, 1))[0]
   assert out.shape == (32, 32, 3)
   np.testing.assert_array_equal(out[6:26, :], small[:, 9:41])  # the pixels, unscaled
-  cfg = pipeline.PipelineConfig(mode="native", native_crop=32, eval_grid=(2, 2))
+  cfg = pipeline.from_config(config_bases.complete(
+      {"input": dict(mode="native", native_crop=32, eval_grid=(2, 2))}))
   views = [pipeline.eval_views(_photo(h, w), cfg) for h, w in ((20, 50), (64, 40))]
   assert {v.shape for v in views} == {(4, 32, 32, 3)}
 

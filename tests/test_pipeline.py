@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bmqa_jax import config_bases
 from bmqa_jax.data import manifest
 from bmqa_jax.data import pipeline
 from bmqa_jax.data import tokenizer as tokenizer_lib
 
-CFG = pipeline.PipelineConfig(image_size=24, resize_size=28, max_text_len=12)
+CFG = pipeline.from_config(config_bases.complete(
+    {"input": dict(image_size=24, resize_size=28, max_text_len=12)}))
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bmqa_jax import config_bases
 from bmqa_jax.data import image_io
 from bmqa_jax.data import manifest
 from bmqa_jax.data import pipeline
 from bmqa_jax.data import prepared
 
-CFG = pipeline.PipelineConfig(image_size=24, resize_size=28, store="prepared")
+CFG = pipeline.from_config(config_bases.complete(
+    {"input": dict(image_size=24, resize_size=28, store="prepared")}))
 
 
 def _photos(folder, n=8):

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from bmqa_jax import config_bases
 from bmqa_jax import defaults
 from bmqa_jax import losses
 from bmqa_jax import sharding
@@ -185,8 +186,8 @@ def test_coco_caption_pairs_from_mock_tfds(tmp_path):
       np.testing.assert_array_equal(np.flatnonzero(hot),
                                     np.unique(src[int(i)]["objects"]["label"]))
     recs = coco.CocoRecords(pipeline.to_records(pairs.samples, None, L), pairs)
-    loader = pipeline.train_loader(recs, pipeline.PipelineConfig(image_size=16), 2,
-                                   seed=0)
+    pcfg = pipeline.from_config(config_bases.complete({"input": dict(image_size=16)}))
+    loader = pipeline.train_loader(recs, pcfg, 2, seed=0)
     batch = next(iter(loader))
   assert batch["image"].shape == (2, 16, 16, 3) and batch["labels"].shape == (2, 80)
   assert "path" not in batch and "image_u8" not in batch

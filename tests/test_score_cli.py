@@ -12,7 +12,6 @@ manifest or a JSON object.
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 

@@ -87,7 +87,7 @@ def test_greedy_decode_collapses_repeats_and_blanks():
   logits = _one_hot_logits(frames)[None]
   assert decode.greedy_decode(logits) == ["hello a"]
   assert decode.greedy_decode(logits, [5]) == ["hel"]
-  assert decode.beam_decode(logits, beam_width=4) == ["hello a"]
+  assert decode.beam_decode(logits, beam_size=4) == ["hello a"]
 
 
 def test_beam_search_sums_paths_where_greedy_does_not():
@@ -99,15 +99,15 @@ def test_beam_search_sums_paths_where_greedy_does_not():
   probs[:, 0], probs[:, a] = 0.6, 0.4
   logits = np.log(probs / probs.sum(1, keepdims=True))[None]
   assert decode.greedy_decode(logits) == [""]
-  assert decode.beam_decode(logits, beam_width=4) == ["a"]
-  hyps = decode.prefix_beam_search(decode.log_softmax(logits[0]), beam_width=4)
+  assert decode.beam_decode(logits, beam_size=4) == ["a"]
+  hyps = decode.prefix_beam_search(decode.log_softmax(logits[0]), beam_size=4)
   np.testing.assert_allclose(np.exp(hyps[0][1]), 0.64, rtol=1e-6)
 
 
 def test_beam_search_scores_equal_brute_force_labelling_probabilities():
   rng = np.random.default_rng(3)
   lp = decode.log_softmax(rng.normal(size=(4, 3)) * 2)
-  hyps = decode.prefix_beam_search(lp, beam_width=1000, prune_log_prob=-np.inf)
+  hyps = decode.prefix_beam_search(lp, beam_size=1000, prune_log_prob=-np.inf)
   assert abs(np.logaddexp.reduce([s for _, s in hyps])) < 1e-9   # sums to 1
   for labels, score in hyps[:6]:
     np.testing.assert_allclose(-score, _brute_force_ctc(lp, labels), rtol=1e-9)
@@ -180,8 +180,10 @@ def test_train_resume_and_transcribe(tmp_path, monkeypatch):
   def no_step(*args):
     raise AssertionError("resumed run trained although step 30 was saved")
   monkeypatch.setattr(train, "make_train_step", lambda *a: no_step)
-  again = train.train_and_evaluate(config, workdir)
+  logs = []
+  again = train.train_and_evaluate(config, workdir, log=logs.append)
   assert again["step"] == 30 and again["beam"] == metrics["beam"]
+  assert "[asr] complete, skipping" in logs  # the shared set-up, one log channel
   out = str(tmp_path / "out" / "t.csv")
   rows = infer.transcribe_manifest(workdir, manifest, out)
   with open(out) as f:

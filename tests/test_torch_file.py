@@ -233,7 +233,8 @@ def test_missing_storage_names_the_file(tmp_path):
   with pytest.raises(torch_file.TorchFileError, match="nokey.pth: .*names '0', which no tensor"):
     torch_file.load(path)
   path = _write_legacy(tmp_path / 'nokey.pth', obj, {})  # key list omits the storage
-  with pytest.raises(torch_file.TorchFileError, match='nokey.pth: .*storage the file does not hold'):
+  with pytest.raises(torch_file.TorchFileError,
+                     match='nokey.pth: .*storage the file does not hold'):
     torch_file.load(path)
   with pytest.raises(torch_file.TorchFileError, match='absent.pth'):
     torch_file.load(tmp_path / 'absent.pth')

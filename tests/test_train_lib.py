@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from bmqa_jax import defaults
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import loop
 from bmqa_jax.train_lib import optim
@@ -94,7 +95,7 @@ def test_unknown_optimizer_and_schedule_are_refused():
   with pytest.raises(ValueError, match="unknown schedule"):
     optim.make_schedule(mlc.ConfigDict(dict(learning_rate=1.0, schedule="x")), 10, 0)
   with pytest.raises(ValueError, match="unknown optimizer"):
-    optim.make_optimizer(mlc.ConfigDict(dict(optimizer="lamb")), 1.0)
+    optim.make_optimizer(defaults.stage(optimizer="lamb"), 1.0)
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
@@ -112,3 +113,20 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
     workdir_lib.atomic_write(str(path), "new\n" * 1000)
   assert path.read_text() == "old,complete\n"
   assert os.listdir(tmp_path) == ["out.csv"]
+
+
+def test_the_three_trainers_share_one_signature():
+  """`train_and_evaluate(cfg, workdir, *, log, progress, config_change)` for
+  BMQA, the recogniser and the captioner (BMQA adds `describe`)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.bmqa import train as bmqa_train  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.captioner import train as captioner_train  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.speech import train as speech_train  # pylint: disable=g-import-not-at-top
+  want = ["cfg", "workdir", "log", "progress", "config_change"]
+  for module in (bmqa_train, speech_train, captioner_train):
+    params = inspect.signature(module.train_and_evaluate).parameters
+    assert list(params)[:5] == want, module.__name__
+    assert [p.kind for p in params.values()][2:] == [
+        inspect.Parameter.KEYWORD_ONLY] * (len(params) - 2), module.__name__
+    assert (params["log"].default, params["progress"].default,
+            params["config_change"].default) == (print, False, "refuse")

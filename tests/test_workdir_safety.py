@@ -13,6 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from bmqa_jax import config_bases
+from bmqa_jax import defaults
 from bmqa_jax.bmqa import train
 from bmqa_jax.train_lib import workdir as workdir_lib
 from bmqa_jax.train_lib import checkpoint
@@ -272,10 +274,10 @@ def test_old_config_file_with_a_non_default_new_field_is_refused(trained, data_d
   old = json.loads(_read(os.path.join(trained["work"], "config.json")))
   del old["input"]["mode"], old["model"]["ensemble"]
   c = _cfg(data_dir)
-  assert workdir_lib.config_changes(old, c, train.default_fields) == []
+  assert workdir_lib.config_changes(old, c, config_bases.complete) == []
   c.input.mode = "native"
   c.model.ensemble = 3
-  got = {k: (a, b) for k, a, b in workdir_lib.config_changes(old, c, train.default_fields)}
+  got = {k: (a, b) for k, a, b in workdir_lib.config_changes(old, c, config_bases.complete)}
   assert got == {"input.mode": ("resize", "native"), "model.ensemble": (1, 3)}
   assert not any(workdir_lib.safe_change(k) for k in got)
   assert workdir_lib.safe_change("ft.checkpoint_every_steps") and workdir_lib.safe_change("eval.x")
@@ -509,3 +511,64 @@ def test_evaluation_records_checkpoint_and_config_and_keeps_own_metrics(
   assert _read(path) == before  # the run's own metrics are kept
   (row,) = report.collect([work])  # launch/report.py still reads them
   assert row["metrics"]["n"] == own["overall"]["n"] == 10
+
+
+def _base_fields() -> set[str]:
+  """Every dotted field of today's base configs (BMQA with its stages, the
+  recogniser, the captioner)."""
+  out = set()
+  for base in config_bases.BASES.values():
+    out |= set(workdir_lib.flatten(workdir_lib.as_json(base())))
+  return out
+
+
+def test_each_safe_change_names_a_field_of_todays_configs():
+  fields = _base_fields()
+  for pattern in workdir_lib.SAFE_CONFIG_CHANGES:
+    assert any(workdir_lib.fnmatch.fnmatchcase(f, pattern) for f in fields), pattern
+  # The old spellings are read under today's names, and no config has them.
+  for old in (*config_bases.RENAMED_FIELDS, *config_bases.REMOVED_FIELDS):
+    assert old not in fields, old
+
+
+def test_old_spellings_are_read_under_todays_names(tmp_path):
+  """A recogniser workdir written with checkpoint_keep, decode.beam_width and
+  optimizer.b1/b2 resumes under today's config without a reported change."""
+  from bmqa_jax.configs import asr  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.speech import infer  # pylint: disable=g-import-not-at-top
+  c = asr.get_config("runlocal=True")
+  old = workdir_lib.as_json(c)
+  old["checkpoint_keep"] = old.pop("keep_checkpoints")
+  old["decode"]["beam_width"] = old["decode"].pop("beam_size")
+  o = old["optimizer"]
+  o["b1"], o["b2"] = o.pop("adam_b1"), o.pop("adam_b2")
+  del o["optimizer"], o["schedule"]
+  with open(tmp_path / infer.CONFIG_FILE, "w") as f:
+    json.dump(old, f)
+  logs = []
+  workdir_lib.own_config(c, str(tmp_path), "refuse", logs.append,
+                         infer.complete_config, infer.CONFIG_FILE)
+  assert logs == []
+  got = workdir_lib.load_config(str(tmp_path), infer.CONFIG_FILE, infer.complete_config)
+  assert workdir_lib.as_json(got) == workdir_lib.as_json(c)
+
+
+def test_complete_takes_free_form_kwargs_whole():
+  """A GRU text tower's kwargs are not mixed with the base config's Transformer
+  kwargs; a further stage (ft) gets the stage defaults."""
+  got = config_bases.complete({"model": {"text": {"name": "gru", "kwargs": {"width": 8}}},
+                           "ft": {"loss": "mse", "trainable": ".*"}})
+  assert got.model.text.kwargs.to_dict() == {"width": 8}
+  assert got.ft.keep_checkpoints == defaults.stage().keep_checkpoints
+  assert workdir_lib.as_json(got.input) == workdir_lib.as_json(defaults.input_config())
+
+
+def test_readme_lists_the_safe_changes():
+  """The README's list of what a resumed run may change is SAFE_CONFIG_CHANGES."""
+  import re  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "README.md")) as f:
+    text = f.read()
+  block = text.split("<!-- safe-config-changes -->")[1].split(
+      "<!-- /safe-config-changes -->")[0]
+  assert re.findall(r"`([^`]+)`", block) == list(workdir_lib.SAFE_CONFIG_CHANGES)

@@ -220,7 +220,8 @@ class NiqePristineModel:
     return dataclasses.replace(model, source=f"authors' (LIVE) pristine model from {path}")
 
   @classmethod
-  def resolve(cls, pristine: str = "auto", config: NiqeConfig = NiqeConfig()) -> "NiqePristineModel":
+  def resolve(cls, pristine: str = "auto",
+              config: NiqeConfig = NiqeConfig()) -> "NiqePristineModel":
     """'auto' | 'live' | 'skimage' | a .mat/.npz file | a folder of pristine photos."""
     if pristine == "auto":
       return (cls.from_installed_package() if find_packaged_model()

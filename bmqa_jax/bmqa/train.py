@@ -1,6 +1,6 @@
 """One trainer for every stage of BMQA (paper Sec. 4.4, 5.1.3).
 
-`train_and_evaluate(config, workdir)` runs the stages named in `config.stages`
+`train_and_evaluate(cfg, workdir)` runs the stages named in `config.stages`
 in order. Stages differ only in their sub-config: the loss (InfoNCE of Eq. 11–13
 for PT and SS, MSE of Eq. 14 for ST), the data (caption pairs or the manifest's
 training split), the optimiser schedule, and which parameters train; each is
@@ -21,14 +21,15 @@ finite weights, and no non-finite state is ever saved (`train_lib.loop`).
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import ml_collections as mlc
 import numpy as np
 
-from bmqa_jax import defaults
+from bmqa_jax import config_bases
 from bmqa_jax import metrics as metrics_lib
 from bmqa_jax import pytree
 from bmqa_jax import sharding
@@ -40,30 +41,21 @@ from bmqa_jax.data import pipeline
 from bmqa_jax.models.image import pretrained
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import loop
+from bmqa_jax.train_lib import setup
 from bmqa_jax.train_lib import state as state_lib
 from bmqa_jax.train_lib import workdir as workdir_lib
 
-def default_fields(*trees: dict) -> dict[str, Any]:
-  """The default of each config field (for `workdir.config_changes`):
-  base_config's, and `defaults.stage()`'s for a stage the base config lacks
-  (any sub-config with a `loss` and `trainable`)."""
-  out = workdir_lib.flatten(workdir_lib.as_json(defaults.base_config()))
-  stage = workdir_lib.flatten(workdir_lib.as_json(defaults.stage()))
-  for tree in trees:
-    for k, v in tree.items():
-      if isinstance(v, dict) and "loss" in v and "trainable" in v:
-        for f, d in stage.items():
-          out.setdefault(f"{k}.{f}", d)
-  return out
 
-
-def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
-                       progress: bool = True, config_change: str = "refuse",
+def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, *, log=print,
+                       progress: bool = False, config_change: str = "refuse",
                        describe: Callable | None = None) -> dict:
-  """Runs every stage of `cfg.stages` in `workdir` (resuming), returns val metrics.
+  """Runs every stage of `config.stages` in `workdir` (resuming), returns val metrics.
 
-  `config_change`: 'refuse' (default) raises `ConfigChangedError` when `cfg`
-  differs from the workdir's `config.json` in a field outside
+  The three trainers share this signature (`bmqa_jax.speech.train`,
+  `bmqa_jax.captioner.train`): `log` takes each line a run reports; `progress`
+  shows a progress bar per stage; `config_change`: 'refuse' (default) raises
+  `ConfigChangedError` when `cfg` differs from the workdir's `config.json` in a
+  field outside
   `SAFE_CONFIG_CHANGES`; 'allow' trains on with `cfg`, records it as the
   workdir's config and appends the changes to `config_changes.jsonl`.
   `describe`: fills generated descriptions when `config.data.text_source` is
@@ -72,7 +64,7 @@ def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, log=print,
   # The data are read and checked first: a failed check leaves nothing in the
   # workdir (a config.json written before it would refuse the corrected config).
   data = load_data(cfg, workdir, stage_lib.stage_names(cfg), log, describe)
-  with workdir_lib.owned(cfg, workdir, config_change, log, default_fields):
+  with workdir_lib.owned(cfg, workdir, config_change, log, config_bases.complete):
     return _train_and_evaluate(cfg, workdir, data, log, progress)
 
 
@@ -95,27 +87,22 @@ def _train_and_evaluate(cfg, workdir: str, data: datasets.Data, log, progress) -
   for i, name in enumerate(names):
     plan = stage_lib.for_data(cfg, name, data, mesh)
     records = data.records(plan.split, cfg)
-    ckpt_dir = os.path.join(workdir, "checkpoints", name)
-    # Before the manager opens: a damaged step is moved aside, not listed.
-    state, latest = checkpoint.restore_latest(ckpt_dir, checkpoint.abstract(
-        plan.abstract_state, plan.state_sharding), log)
-    mngr = checkpoint.manager(ckpt_dir, cfg[name].keep_checkpoints)
-    done = latest is not None and latest >= plan.total_steps
-    if latest is not None:
-      log(f"[{name}] complete, skipping" if done else
-          f"[{name}] resumed at step {latest}/{plan.total_steps}")
-    else:
-      state = _initial_state(plan, prev, workdir, log)
+    start = setup.restore_or_initialise(
+        os.path.join(workdir, "checkpoints", name), cfg[name].keep_checkpoints,
+        plan.abstract_state, plan.state_sharding,
+        functools.partial(_initial_state, plan, prev, workdir, log), name=name,
+        total_steps=plan.total_steps, log=log)
+    state, done = start.state, start.done
     weights = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    seed, start = cfg.seed + i, int(latest or 0)  # the loader starts at the step
+    seed = cfg.seed + i
     if plan.uses_cache and not done:
       cache = feature_cache.build(plan.model, weights, records, plan.cfg, pcfg, workdir,
                                   mesh, log)
       loader = feature_cache.train_loader(records, cache, pcfg, cfg[name].batch_size,
-                                          seed, start_step=start)
+                                          seed, start_step=start.step)
     else:
       loader = pipeline.train_loader(records, pcfg, cfg[name].batch_size, seed=seed,
-                                     start_step=start)
+                                     start_step=start.step)
     it = iter(loader)
     _log_params(plan, log)
     if not done:
@@ -123,7 +110,7 @@ def _train_and_evaluate(cfg, workdir: str, data: datasets.Data, log, progress) -
           plan.jit_train_step(), state,
           lambda _: sharding.put_batch(plan.model_inputs(next(it)), mesh),
           jax.random.key(cfg.seed + 1), name=name, total_steps=plan.total_steps,
-          mngr=mngr, log_every=cfg[name].log_every_steps,
+          mngr=start.mngr, log_every=cfg[name].log_every_steps,
           checkpoint_every=cfg[name].checkpoint_every_steps,
           tensorboard_dir=loop.tensorboard_dir(workdir, name), log=log,
           progress=progress)

@@ -24,7 +24,7 @@ def records(samples, vocab: vocab_lib.Vocab, max_len: int) -> list[dict]:
           for i, s in enumerate(samples)]
 
 
-def teacher_forced_metrics(model, variables, recs, config) -> dict:
+def teacher_forced_metrics(model, variables, recs, cfg) -> dict:
   """Token-mean cross entropy and top-5 word accuracy (paper: 89.74 %) of ``recs``."""
 
   @jax.jit
@@ -38,7 +38,7 @@ def teacher_forced_metrics(model, variables, recs, config) -> dict:
     return jnp.sum(ce * mask), jnp.sum(top5 * mask), jnp.sum(mask)
 
   ce = hits = n = 0.0
-  for b in pipeline.eval_batches(recs, pipeline.from_config(config), config.eval_batch_size,
+  for b in pipeline.eval_batches(recs, pipeline.from_config(cfg), cfg.eval_batch_size,
                                  local=True):
     c, h, m = fn({k: b[k] for k in ("image", "caption", "valid")})
     ce, hits, n = ce + float(c), hits + float(h), n + float(m)
@@ -46,14 +46,14 @@ def teacher_forced_metrics(model, variables, recs, config) -> dict:
               words=int(n))
 
 
-def caption_records(model, variables, vocab, recs, config, beam_size: int):
+def caption_records(model, variables, vocab, recs, cfg, beam_size: int):
   """Per record: (word list, attention maps [len + 1, L]) in order."""
   out = [None] * len(recs)
-  for b in pipeline.eval_batches(recs, pipeline.from_config(config), config.eval_batch_size,
+  for b in pipeline.eval_batches(recs, pipeline.from_config(cfg), cfg.eval_batch_size,
                                  local=True):
     ids, alphas, _ = decode_lib.beam_search(
-        model, variables, jnp.asarray(b["image"]), beam_size, config.decode.max_len,
-        config.decode.length_penalty)
+        model, variables, jnp.asarray(b["image"]), beam_size, cfg.decode.max_len,
+        cfg.decode.length_penalty)
     for j in np.flatnonzero(b["valid"]):
       out[int(b["index"][j])] = decode_lib.to_words(vocab, ids[j], alphas[j])
   return out
@@ -68,16 +68,16 @@ def bleu_scores(hyps: list[list[str]], refs: list[str]) -> dict:
               brevity_penalty=ours["brevity_penalty"])
 
 
-def evaluate(model, variables, vocab, samples, config) -> tuple[dict, list]:
-  recs = records(samples, vocab, config.vocab.max_len)
+def evaluate(model, variables, vocab, samples, cfg) -> tuple[dict, list]:
+  recs = records(samples, vocab, cfg.vocab.max_len)
   t0 = time.time()
-  metrics = dict(teacher_forced_metrics(model, variables, recs, config))
-  greedy = caption_records(model, variables, vocab, recs, config, 1)
-  beam = caption_records(model, variables, vocab, recs, config, config.decode.beam_size)
+  metrics = dict(teacher_forced_metrics(model, variables, recs, cfg))
+  greedy = caption_records(model, variables, vocab, recs, cfg, 1)
+  beam = caption_records(model, variables, vocab, recs, cfg, cfg.decode.beam_size)
   refs = [s.text for s in samples]
   metrics["greedy"] = bleu_scores([w for w, _ in greedy], refs)
   metrics["beam"] = bleu_scores([w for w, _ in beam], refs)
-  metrics["beam_size"] = config.decode.beam_size
+  metrics["beam_size"] = cfg.decode.beam_size
   metrics["n"] = len(samples)
   metrics["eval_seconds"] = round(time.time() - t0, 1)
   return metrics, [(s, vocab_lib.detokenize(g[0]), vocab_lib.detokenize(b[0]))

@@ -14,6 +14,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from bmqa_jax import config_bases
 from bmqa_jax.captioner import decode as decode_lib
 from bmqa_jax.captioner import model as model_lib
 from bmqa_jax.captioner import vocab as vocab_lib
@@ -29,36 +30,43 @@ CONFIG_FILE = "captioner_config.json"
 VOCAB_FILE = "captioner_vocab.json"
 
 
+def complete_config(stored):
+  """A captioner's stored config read as today's (`config_bases.complete`)."""
+  return config_bases.complete(stored, "captioner")
+
+
 def load_captioner(workdir: str):
   """``(config, model, variables, vocab)`` of the latest checkpoint in ``workdir``."""
   if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
     raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)} not found: is "
                             f"{workdir} a captioner workdir (launch/train_captioner.py)?")
-  config = workdir_lib.load_config(workdir, CONFIG_FILE)
+  cfg = workdir_lib.load_config(workdir, CONFIG_FILE, complete_config)
   vocab = vocab_lib.Vocab.load(os.path.join(workdir, VOCAB_FILE))
-  model = model_lib.from_config(config, len(vocab))
+  model = model_lib.from_config(cfg, len(vocab))
   variables, _ = checkpoint.load_weights(os.path.join(workdir, "checkpoints"))
-  return config, model, {k: v for k, v in variables.items() if v}, vocab
+  return cfg, model, {k: v for k, v in variables.items() if v}, vocab
 
 
 def caption_paths(workdir: str, paths: Sequence[str], beam_size: int | None = None,
                   loaded=None) -> list[dict]:
-  """Per path: ``caption`` (text), ``words`` and ``attention`` [len(words) + 1, L].
+  """Per path: ``caption`` (text), ``words`` and ``attention`` [len(words) + 1, L]
+  (one row per word and one for <eos>; [len(words), L] when the caption reached
+  ``config.decode.max_len`` without <eos>).
 
   Images get the evaluation transform of the captioner's config (resize the
   short side, centre crop). ``beam_size`` None: the config's. ``loaded``: the
   result of ``load_captioner(workdir)``, to avoid restoring it again.
   """
-  config, model, variables, vocab = loaded or load_captioner(workdir)
-  k = config.decode.beam_size if beam_size is None else beam_size
+  cfg, model, variables, vocab = loaded or load_captioner(workdir)
+  k = cfg.decode.beam_size if beam_size is None else beam_size
   recs = [dict(path=p, index=np.int32(i)) for i, p in enumerate(paths)]
   out = [None] * len(paths)
-  for b in pipeline.eval_batches(recs, pipeline.from_config(config),
-                                 config.eval_batch_size,
+  for b in pipeline.eval_batches(recs, pipeline.from_config(cfg),
+                                 cfg.eval_batch_size,
                                  local=True):
     ids, alphas, _ = decode_lib.beam_search(model, variables, jnp.asarray(b["image"]),
-                                            k, config.decode.max_len,
-                                            config.decode.length_penalty)
+                                            k, cfg.decode.max_len,
+                                            cfg.decode.length_penalty)
     for j in np.flatnonzero(b["valid"]):
       words, att = decode_lib.to_words(vocab, ids[j], alphas[j])
       out[int(b["index"][j])] = dict(path=paths[int(b["index"][j])], words=words,
@@ -72,15 +80,15 @@ def describe_paths(workdir: str, paths: Sequence[str]) -> list[str]:
   return [r["caption"] for r in caption_paths(workdir, paths)]
 
 
-def save_attention_maps(result: dict, out_dir: str, config) -> list[str]:
+def save_attention_maps(result: dict, out_dir: str, cfg) -> list[str]:
   """One PNG per generated word: the (centre-cropped) image with the word's
   attention map, bilinearly upsampled, overlaid; plus ``<stem>_all.png``, a grid
   of every word. Returns the files written."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  size = config.input.image_size
+  size = cfg.input.image_size
   img = pipeline.center_crop(image_io.read_image_uint8(result["path"]),
-                             config.input.resize_size, size)
+                             cfg.input.resize_size, size)
   att = np.asarray(result["attention"])
   side = int(round(np.sqrt(att.shape[1])))
   if side * side != att.shape[1]:

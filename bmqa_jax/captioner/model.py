@@ -116,9 +116,9 @@ def count_params(params) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
-def from_config(config, vocab_size: int) -> ShowAttendTell:
+def from_config(cfg, vocab_size: int) -> ShowAttendTell:
   """The captioner a config describes (configs/captioner.py: config.model)."""
-  m = config.model
+  m = cfg.model
   return ShowAttendTell(
       vocab_size=vocab_size, encoder=m.encoder,
       encoder_kwargs=tuple(sorted(  # hashable: JSON gives lists
@@ -128,8 +128,8 @@ def from_config(config, vocab_size: int) -> ShowAttendTell:
       dropout_rate=m.dropout_rate)
 
 
-def init_variables(model: ShowAttendTell, config, rng) -> dict:
-  size = config.input.image_size
+def init_variables(model: ShowAttendTell, cfg, rng) -> dict:
+  size = cfg.input.image_size
   images = jnp.zeros((1, size, size, 3), jnp.float32)
-  inputs = jnp.zeros((1, config.vocab.max_len + 1), jnp.int32)
+  inputs = jnp.zeros((1, cfg.vocab.max_len + 1), jnp.int32)
   return model.init({"params": rng, "dropout": rng}, images, inputs)

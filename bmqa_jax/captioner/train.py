@@ -1,6 +1,6 @@
 """Training of the QSD captioner F_img2qsd (paper Sec. 5.5.2).
 
-``train_and_evaluate(config, workdir)`` reads a manifest (or the built-in
+``train_and_evaluate(cfg, workdir)`` reads a manifest (or the built-in
 dataset), builds the word vocabulary from the training descriptions, trains
 Show-Attend-Tell with teacher forcing on (image, description) pairs of the
 training split (Eq. 15 plus the doubly-stochastic attention penalty) under
@@ -31,22 +31,9 @@ from bmqa_jax.data import pipeline
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import loop
 from bmqa_jax.train_lib import optim
+from bmqa_jax.train_lib import setup
 from bmqa_jax.train_lib import state as state_lib
 from bmqa_jax.train_lib import workdir as workdir_lib
-
-
-def resolve_manifest(config, log=print) -> str:
-  """``config.data.manifest``, or the built-in dataset's (built on first use)."""
-  if config.data.kind == "manifest":
-    if not config.data.manifest:
-      raise ValueError("config.data.kind='manifest' needs config.data.manifest")
-    return config.data.manifest
-  if config.data.kind != "builtin":
-    raise ValueError(f"unknown config.data.kind {config.data.kind!r}")
-  cfg = ml_collections.ConfigDict(dict(data=dict(
-      kind="builtin", builtin=config.data.builtin.to_dict(),
-      builtin_dir=config.data.builtin_dir)))
-  return datasets.manifest_paths(cfg, log=log)[0]
 
 
 def load_split(manifest: str, split: str) -> list[manifest_lib.Sample]:
@@ -78,66 +65,59 @@ def make_train_step(model, tx, penalty_weight: float, schedule=None):
   return train_step
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print,
-                       config_change: str = "refuse", progress: bool = False) -> dict:
-  """Trains (or resumes) in ``workdir``; returns the evaluation metrics."""
-  with workdir_lib.owned(config, workdir, config_change, log,
-                         filename=infer.CONFIG_FILE):
-    return _train_and_evaluate(config, workdir, log, progress)
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, log=print,
+                       progress: bool = False, config_change: str = "refuse") -> dict:
+  """Trains (or resumes) in ``workdir``; returns the evaluation metrics. The
+  arguments are those of `bmqa_jax.bmqa.train.train_and_evaluate`."""
+  with workdir_lib.owned(cfg, workdir, config_change, log,
+                         infer.complete_config, infer.CONFIG_FILE):
+    return _train_and_evaluate(cfg, workdir, log, progress)
 
 
-def _vocab(workdir: str, train_samples, config) -> vocab_lib.Vocab:
+def _vocab(workdir: str, train_samples, cfg) -> vocab_lib.Vocab:
   path = os.path.join(workdir, infer.VOCAB_FILE)
   if os.path.isfile(path):
     return vocab_lib.Vocab.load(path)
   vocab = vocab_lib.Vocab.build([s.text for s in train_samples],  # training texts only
-                                config.vocab.min_count)
+                                cfg.vocab.min_count)
   if jax.process_index() == 0:
     vocab.save(path)
   return vocab
 
 
-def _train_and_evaluate(config, workdir: str, log, progress: bool) -> dict:
-  manifest = resolve_manifest(config, log)
-  train_samples = load_split(manifest, config.data.train_split)
-  eval_samples = load_split(manifest, config.data.eval_split)
-  vocab = _vocab(workdir, train_samples, config)
+def _train_and_evaluate(cfg, workdir: str, log, progress: bool) -> dict:
+  manifest = datasets.task_manifest(cfg, log)
+  train_samples = load_split(manifest, cfg.data.train_split)
+  eval_samples = load_split(manifest, cfg.data.eval_split)
+  vocab = _vocab(workdir, train_samples, cfg)
   log(f"captioner: {len(train_samples)} training, {len(eval_samples)} "
-      f"{config.data.eval_split} descriptions, {len(vocab)} words")
+      f"{cfg.data.eval_split} descriptions, {len(vocab)} words")
 
-  mesh = sharding.make_mesh(config)
-  sharding.check_batch(config.batch_size, mesh, "config.batch_size")
-  model = model_lib.from_config(config, len(vocab))
-  schedule = optim.make_schedule(config.optimizer, config.num_steps,
-                                 config.optimizer.warmup_steps)
-  tx = optim.make_optimizer(config.optimizer, schedule)
-  train_records = evaluate_lib.records(train_samples, vocab, config.vocab.max_len)
+  mesh = sharding.make_mesh(cfg)
+  sharding.check_batch(cfg.batch_size, mesh, "config.batch_size")
+  model = model_lib.from_config(cfg, len(vocab))
+  schedule = optim.make_schedule(cfg.optimizer, cfg.num_steps,
+                                 cfg.optimizer.warmup_steps)
+  tx = optim.make_optimizer(cfg.optimizer, schedule)
+  train_records = evaluate_lib.records(train_samples, vocab, cfg.vocab.max_len)
 
   def init(rng):
-    v = model_lib.init_variables(model, config, rng)
+    v = model_lib.init_variables(model, cfg, rng)
     return state_lib.create(v["params"], v.get("batch_stats", {}), tx)
 
-  abstract = jax.eval_shape(init, jax.random.key(config.seed))
-  shardings = sharding.state_sharding(abstract, mesh, sharding.min_shard_size(config))
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  state, latest = checkpoint.restore_latest(
-      ckpt_dir, checkpoint.abstract(abstract, shardings), log)
-  mngr = checkpoint.manager(ckpt_dir, config.checkpoint_keep)
-  if latest is not None:
-    log(f"captioner: resumed at step {latest}")
-  else:
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
-  it = iter(pipeline.train_loader(train_records, pipeline.from_config(config),
-                                  config.batch_size, config.seed,
-                                  start_step=int(latest or 0)))
-  log(f"Show-Attend-Tell ({config.model.encoder}): "
+  start, shardings = setup.one_run(init, cfg, mesh, workdir, name="captioner", log=log)
+  state = start.state
+  it = iter(pipeline.train_loader(train_records, pipeline.from_config(cfg),
+                                  cfg.batch_size, cfg.seed,
+                                  start_step=start.step))
+  log(f"Show-Attend-Tell ({cfg.model.encoder}): "
       f"{state_lib.count_params(state['params'])} parameters")
 
   step_fn = sharding.jit_step(
-      make_train_step(model, tx, config.loss.attention_penalty, schedule), shardings, mesh)
+      make_train_step(model, tx, cfg.loss.attention_penalty, schedule), shardings, mesh)
 
   def on_log(step, m):
-    log(f"captioner step {step}/{config.num_steps} loss {m['loss']:.3f} "
+    log(f"captioner step {step}/{cfg.num_steps} loss {m['loss']:.3f} "
         f"ce {m['cross_entropy']:.3f} penalty {m['attention_penalty']:.3f} "
         f"top5 {100 * m['top5']:.1f}% ({m['steps_per_second']:.2f} steps/s)")
 
@@ -145,15 +125,15 @@ def _train_and_evaluate(config, workdir: str, log, progress: bool) -> dict:
       step_fn, state,
       lambda _: sharding.put_batch({k: v for k, v in next(it).items()
                                     if k in ("image", "caption")}, mesh),
-      jax.random.key(config.seed + 1), name="captioner", total_steps=config.num_steps,
-      mngr=mngr, log_every=config.log_every_steps,
-      checkpoint_every=config.checkpoint_every_steps,
+      jax.random.key(cfg.seed + 1), name="captioner", total_steps=cfg.num_steps,
+      mngr=start.mngr, log_every=cfg.log_every_steps,
+      checkpoint_every=cfg.checkpoint_every_steps,
       tensorboard_dir=os.path.join(workdir, "tensorboard"), log=log,
       progress=progress, on_log=on_log)
 
   variables = sharding.to_host(state_lib.variables(state))  # every process: all rows
-  metrics, captions = evaluate_lib.evaluate(model, variables, vocab, eval_samples, config)
-  metrics.update(split=config.data.eval_split, manifest=manifest,
+  metrics, captions = evaluate_lib.evaluate(model, variables, vocab, eval_samples, cfg)
+  metrics.update(split=cfg.data.eval_split, manifest=manifest,
                  step=int(jax.device_get(state["step"])), train_history=history)
   log("captioner eval: " + json.dumps({k: metrics[k] for k in (
       "top5_accuracy", "cross_entropy", "greedy", "beam")}))

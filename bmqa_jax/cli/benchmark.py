@@ -15,7 +15,6 @@ PyTorch runs as its users run it, without `bmqa_jax.huge_pages` (unless
 import json
 
 from absl import flags
-import jax
 
 from bmqa_jax import runtime
 from bmqa_jax.models.image import benchmark

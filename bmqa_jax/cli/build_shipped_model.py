@@ -43,7 +43,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   cfg = _CONFIG.value
-  train.train_and_evaluate(cfg, _WORKDIR.value)
+  train.train_and_evaluate(cfg, _WORKDIR.value, progress=True)
   variables = evaluate.load_final_variables(_WORKDIR.value, cfg)
   shipped.export(cfg, variables, _OUT.value, card="")
   samples = manifest.load(cfg.data.manifest, splits=[cfg.data.test_split],

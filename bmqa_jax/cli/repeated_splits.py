@@ -31,7 +31,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
-  repeated.run_repeated(_CONFIG.value, errors.check_workdir(_WORKDIR.value), num_splits=_NUM_SPLITS.value,
-                      first_seed=_FIRST_SEED.value,
+  repeated.run_repeated(_CONFIG.value, errors.check_workdir(_WORKDIR.value),
+                      num_splits=_NUM_SPLITS.value, first_seed=_FIRST_SEED.value,
                       fractions=tuple(float(x) for x in _FRACTIONS.value))
 

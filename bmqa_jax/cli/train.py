@@ -59,4 +59,4 @@ def main(argv):
     train.dry_run(cfg, workdir, describe=describe)
   else:
     train.train_and_evaluate(cfg, workdir, config_change=_CONFIG_CHANGE.value,
-                             describe=describe)
+                             describe=describe, progress=True)

@@ -94,6 +94,23 @@ class Data:
     return recs
 
 
+def task_manifest(cfg: mlc.ConfigDict, log=print, audio: bool = False) -> str:
+  """The manifest the recogniser or the captioner trains on (`config.data` of
+  `defaults.task_data`): `config.data.manifest`, or the built-in dataset's,
+  built on first use. `audio`: the run needs its spoken descriptions."""
+  if cfg.data.kind not in ("builtin", "manifest"):
+    raise ValueError(f"unknown config.data.kind {cfg.data.kind!r}: 'builtin' or "
+                     "'manifest'")
+  if cfg.data.kind == "builtin" and audio:
+    from bmqa_jax.data import tts  # pylint: disable=g-import-not-at-top
+    if not tts.available():
+      raise RuntimeError("the built-in dataset has spoken descriptions only with a "
+                         "speech synthesiser: pip install espeakng-loader")
+  data = dict(kind=cfg.data.kind, manifest=cfg.data.manifest, pretrain_manifest="",
+              builtin=cfg.data.builtin.to_dict(), builtin_dir=cfg.data.builtin_dir)
+  return manifest_paths(mlc.ConfigDict(dict(data=data)), log)[0]
+
+
 def uses_text(cfg: mlc.ConfigDict) -> bool:
   return "text" in cfg.model.modalities
 

@@ -44,38 +44,33 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  image_size: int = 224
-  resize_size: int = 256  # evaluation: short side before the centre crop
-  crop_scale: tuple[float, float] = (0.35, 1.0)  # random resized crop area range
-  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-  flip: bool = True
-  max_text_len: int = 48
-  mode: str = "resize"  # 'resize' | 'native' (see the module docstring)
-  native_crop: int = 512  # native: side of the windows
-  eval_grid: tuple[int, int] = (1, 1)  # native: windows per column and row
-  workers: int = 0  # grain worker processes (0: decode in the main process)
-  prefetch: int = 2  # per-worker buffered batches
-  max_pixels: int = image_io.MAX_PIXELS  # bound on a decoded image (0: none)
-  # The prepared store (bmqa_jax.data.prepared): 'auto' | 'prepared' | 'jpeg'.
-  store: str = "auto"
-  prepared_max_gb: float = 4.0  # 'auto': prepare a split decoding to less
-  prepare_short_side: int = 0  # > 0: store resized to this short side ('resize')
-  prepared_dir: str = ""  # '': <workdir>/prepared
+  """A run's `config.input` as typed, hashable settings: the fields, their
+  defaults and their meaning are bmqa_jax/defaults.py's `input_config`."""
+  image_size: int
+  resize_size: int
+  crop_scale: tuple[float, float]
+  crop_ratio: tuple[float, float]
+  flip: bool
+  max_text_len: int
+  mode: str
+  native_crop: int
+  eval_grid: tuple[int, int]
+  workers: int
+  prefetch: int
+  max_pixels: int
+  store: str
+  prepared_max_gb: float
+  prepare_short_side: int
+  prepared_dir: str
 
 
 def from_config(cfg) -> PipelineConfig:
-  """The pipeline settings of a run's `config.input` (fields it lacks keep
-  their defaults, so configs written before a field existed still load)."""
-  c, d = cfg.input, PipelineConfig()
-  get = lambda k: c.get(k, getattr(d, k))
-  return PipelineConfig(
-      image_size=c.image_size, resize_size=c.resize_size,
-      crop_scale=tuple(get("crop_scale")), crop_ratio=tuple(get("crop_ratio")),
-      flip=get("flip"), max_text_len=get("max_text_len"), mode=get("mode"),
-      native_crop=get("native_crop"), eval_grid=tuple(get("eval_grid")),
-      workers=get("workers"), prefetch=get("prefetch"), max_pixels=get("max_pixels"),
-      store=get("store"), prepared_max_gb=get("prepared_max_gb"),
-      prepare_short_side=get("prepare_short_side"), prepared_dir=get("prepared_dir"))
+  """The pipeline settings of a run's `config.input` (an old config.json is
+  completed with today's defaults when it is read, `config_bases.complete`)."""
+  c = cfg.input
+  tuples = ("crop_scale", "crop_ratio", "eval_grid")
+  return PipelineConfig(**{f.name: tuple(c[f.name]) if f.name in tuples else c[f.name]
+                           for f in dataclasses.fields(PipelineConfig)})
 
 
 def to_records(samples: Sequence[Sample], tokenizer: Tokenizer | None,
@@ -288,7 +283,8 @@ def eval_batches(records: list[dict], cfg: PipelineConfig, global_batch: int,
   batch = global_batch if local else _process_batch(global_batch)
   shard = (grain.sharding.NoSharding() if local else
            grain.sharding.ShardByJaxProcess(drop_remainder=False))
-  num_batches = -(-(-(-len(records) // n_proc)) // batch)
+  per_process = -(-len(records) // n_proc)  # ceiling divisions
+  num_batches = -(-per_process // batch)
   sampler = grain.samplers.IndexSampler(
       num_records=len(records), shard_options=shard, shuffle=False, num_epochs=1,
       seed=0)

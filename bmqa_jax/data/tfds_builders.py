@@ -60,7 +60,7 @@ import tensorflow_datasets as tfds
 
 from bmqa_jax.data import scenes as splits_lib
 from bmqa_jax.data import tfds_export
-from bmqa_jax.data.tfds_export import PreparedDataMismatchError  # pylint: disable=unused-import
+from bmqa_jax.data.tfds_export import PreparedDataMismatchError  # noqa: F401  (re-exported)
 from bmqa_jax.data.tfds_export import data_sources, grain_dataset
 
 SPLITS = splits_lib.SPLIT_NAMES

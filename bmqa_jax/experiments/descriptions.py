@@ -24,6 +24,7 @@ from typing import Sequence
 
 import jax
 
+from bmqa_jax import config_bases
 from bmqa_jax.captioner import infer as captioner_infer
 from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.speech import infer as speech_infer
@@ -147,12 +148,11 @@ def for_evaluation(workdir: str, text_source: str | None = None,
   """(text_source, describe) to score a trained workdir: `text_source` default
   the run's config.data.text_source, or 'captioner' when `captioner` is given;
   `captioner`/`asr` default the run's config.data.captioner_workdir/asr_workdir."""
-  cfg = workdir_lib.load_config(workdir)
-  source = text_source or ("captioner" if captioner else
-                           cfg.data.get("text_source", "text"))
+  cfg = workdir_lib.load_config(workdir, complete=config_bases.complete)
+  source = text_source or ("captioner" if captioner else cfg.data.text_source)
   check_source(source)
-  model_dir = (asr or cfg.data.get("asr_workdir", "")) if source == "audio" else (
-      captioner or cfg.data.get("captioner_workdir", ""))
+  model_dir = (asr or cfg.data.asr_workdir) if source == "audio" else (
+      captioner or cfg.data.captioner_workdir)
   if source in GENERATED and "text" not in cfg.model.modalities:
     log(f"note: {workdir} is an image-only model; no descriptions are generated")
     return source, None

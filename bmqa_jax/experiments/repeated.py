@@ -11,6 +11,7 @@ import json
 import os
 from typing import Sequence
 
+from bmqa_jax import config_bases
 from bmqa_jax import metrics_report
 from bmqa_jax.bmqa import evaluate
 from bmqa_jax.bmqa import train
@@ -40,7 +41,7 @@ def _config_changed(cfg, sdir: str) -> bool:
   scfg = _split_config(cfg, man, pre if os.path.exists(pre) else "",
                        os.path.join(os.path.dirname(sdir), "feature_cache"))
   changes = workdir_lib.config_changes(workdir_lib.load_config(sdir), scfg,
-                                       train.default_fields)
+                                       config_bases.complete)
   return any(not workdir_lib.safe_change(k) for k, _, _ in changes)
 
 
@@ -80,7 +81,7 @@ def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
       log(f"[split {seed}] scenes per split: {counts}")
       scfg = _split_config(cfg, man, pre, os.path.join(workdir, "feature_cache"))
       describe = descriptions.for_training(scfg, sdir, log)
-      train.train_and_evaluate(scfg, sdir, log=log, describe=describe)
+      train.train_and_evaluate(scfg, sdir, log=log, describe=describe, progress=True)
       evaluate.evaluate_workdir(sdir, split="test", log=log,
                                 text_source=scfg.data.get("text_source", "text"),
                                 describe=describe)

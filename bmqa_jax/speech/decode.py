@@ -50,7 +50,7 @@ def greedy_decode(logits, lengths=None, blank: int = text.BLANK) -> list[str]:
   return [_words(collapse(best[b, :lengths[b]], blank)) for b in range(logits.shape[0])]
 
 
-def prefix_beam_search(log_probs, beam_width: int = 16, prune_log_prob: float = -12.0,
+def prefix_beam_search(log_probs, beam_size: int = 16, prune_log_prob: float = -12.0,
                        blank: int = text.BLANK) -> list[tuple[tuple[int, ...], float]]:
   """CTC prefix beam search over one utterance.
 
@@ -62,12 +62,12 @@ def prefix_beam_search(log_probs, beam_width: int = 16, prune_log_prob: float = 
 
   Args:
     log_probs: ``[T, V]`` per-frame log-probabilities (log-softmax output).
-    beam_width: prefixes kept after each frame.
+    beam_size: prefixes kept after each frame.
     prune_log_prob: characters with a frame log-probability below this are
       not extended at that frame (speed only); use ``-inf`` to disable.
     blank: the blank index.
   Returns:
-    ``[(label ids, log-probability)]`` best first, at most ``beam_width``.
+    ``[(label ids, log-probability)]`` best first, at most ``beam_size``.
   """
   log_probs = np.asarray(log_probs, np.float64)
   if log_probs.ndim != 2:
@@ -93,12 +93,12 @@ def prefix_beam_search(log_probs, beam_width: int = 16, prune_log_prob: float = 
         else:
           extended[1] = lae(extended[1], total + p)
     ranked = sorted(nxt.items(), key=lambda kv: lae(*kv[1]), reverse=True)
-    beams = {k: tuple(v) for k, v in ranked[:beam_width]}
+    beams = {k: tuple(v) for k, v in ranked[:beam_size]}
   return sorted(((k, float(lae(*v))) for k, v in beams.items()),
                 key=lambda kv: kv[1], reverse=True)
 
 
-def beam_decode(logits, lengths=None, beam_width: int = 16,
+def beam_decode(logits, lengths=None, beam_size: int = 16,
                 prune_log_prob: float = -12.0, blank: int = text.BLANK) -> list[str]:
   """Best labelling by prefix beam search for each of ``[B, T, V]`` logits."""
   logits = np.asarray(logits)
@@ -107,7 +107,7 @@ def beam_decode(logits, lengths=None, beam_width: int = 16,
   lengths = np.full(logits.shape[0], logits.shape[1]) if lengths is None else np.asarray(lengths)
   out = []
   for b in range(logits.shape[0]):
-    hyps = prefix_beam_search(log_softmax(logits[b, :lengths[b]]), beam_width,
+    hyps = prefix_beam_search(log_softmax(logits[b, :lengths[b]]), beam_size,
                               prune_log_prob, blank)
     out.append(_words(hyps[0][0]) if hyps else "")
   return out

@@ -16,6 +16,7 @@ import os
 import jax
 import numpy as np
 
+from bmqa_jax import config_bases
 from bmqa_jax.speech import data as data_lib
 from bmqa_jax.speech import decode as decode_lib
 from bmqa_jax.speech import features as features_lib
@@ -31,15 +32,20 @@ CONFIG_FILE = "asr_config.json"
 _PATH_COLUMNS = ("image", "audio")
 
 
+def complete_config(stored):
+  """A recogniser's stored config read as today's (`config_bases.complete`)."""
+  return config_bases.complete(stored, "asr")
+
+
 def load_recognizer(workdir: str):
   """``(config, model, variables)`` of the latest checkpoint in ``workdir``."""
   if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
     raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)} not found: is "
                             f"{workdir} an ASR workdir (launch/train_asr.py)?")
-  config = workdir_lib.load_config(workdir, CONFIG_FILE)
-  model = model_lib.from_config(config)
+  cfg = workdir_lib.load_config(workdir, CONFIG_FILE, complete_config)
+  model = model_lib.from_config(cfg)
   variables, _ = checkpoint.load_weights(os.path.join(workdir, "checkpoints"))
-  return config, model, variables
+  return cfg, model, variables
 
 
 def logits_fn(model):
@@ -51,17 +57,17 @@ def logits_fn(model):
   return fn
 
 
-def transcribe(model, variables, features, config) -> tuple[list[str], list[str]]:
+def transcribe(model, variables, features, cfg) -> tuple[list[str], list[str]]:
   """Greedy and beam-search transcripts of every utterance of a FeatureCache."""
   fn = logits_fn(model)
   greedy, beam = [""] * len(features), [""] * len(features)
   for idx, feats, lengths in data_lib.feature_batches(
-      features, batch_size=config.eval_batch_size, frame_buckets=config.frame_buckets):
+      features, batch_size=cfg.eval_batch_size, frame_buckets=cfg.frame_buckets):
     lp, out_len = fn(variables, feats, lengths)
     lp, out_len = np.asarray(lp)[:len(idx)], np.asarray(out_len)[:len(idx)]
     g = decode_lib.greedy_decode(lp, out_len)
-    b = decode_lib.beam_decode(lp, out_len, config.decode.beam_width,
-                               config.decode.prune_log_prob)
+    b = decode_lib.beam_decode(lp, out_len, cfg.decode.beam_size,
+                               cfg.decode.prune_log_prob)
     for k, i in enumerate(idx):
       greedy[i], beam[i] = g[k], b[k]
   return greedy, beam
@@ -81,18 +87,19 @@ def transcribe_paths(workdir: str, paths: list[str], decoder: str = "beam",
   """Transcripts of audio files (``decoder``: ``"beam"`` or ``"greedy"``)."""
   if decoder not in ("beam", "greedy"):
     raise ValueError(f"decoder must be 'beam' or 'greedy', got {decoder!r}")
-  config, model, variables = load_recognizer(workdir)
-  feats = features_lib.cached_features(paths, cache_dir, dict(config.features))
-  greedy, beam = transcribe(model, variables, feats, config)
+  cfg, model, variables = load_recognizer(workdir)
+  feats = features_lib.cached_features(paths, cache_dir, dict(cfg.features))
+  greedy, beam = transcribe(model, variables, feats, cfg)
   return beam if decoder == "beam" else greedy
 
 
 def transcribe_manifest(workdir: str, manifest: str, out: str,
                         decoder: str = "beam") -> list[dict]:
-  """Writes ``out`` (CSV, or JSONL when it ends in .jsonl; atomically): ``manifest``'s rows with ``text`` set to
-  the transcript of ``audio``; a previous ``text`` is kept as ``text_reference``.
-  Rows without audio keep an empty ``text``. ``out`` must not be ``manifest``
-  (its human transcripts would be lost on the next run)."""
+  """Writes ``out`` (CSV, or JSONL when it ends in .jsonl; atomically):
+  ``manifest``'s rows with ``text`` set to the transcript of ``audio``; a
+  previous ``text`` is kept as ``text_reference``. Rows without audio keep an
+  empty ``text``. ``out`` must not be ``manifest`` (its human transcripts would
+  be lost on the next run)."""
   if os.path.exists(out) and os.path.samefile(out, manifest):
     raise ValueError(f"--out {out!r} is the input manifest: write the transcripts "
                      "to another file (the manifest's own text would be replaced)")

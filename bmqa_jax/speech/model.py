@@ -123,9 +123,9 @@ def count_params(params) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
 
 
-def from_config(config) -> DeepSpeech2:
+def from_config(cfg) -> DeepSpeech2:
   """The recogniser a config describes (configs/asr.py: config.model)."""
-  m = config.model
+  m = cfg.model
   return DeepSpeech2(
       conv_features=tuple(m.conv_features),
       conv_kernels=tuple(tuple(k) for k in m.conv_kernels),
@@ -135,8 +135,8 @@ def from_config(config) -> DeepSpeech2:
       rnn_unroll=m.rnn_unroll, dtype=jnp.dtype(m.dtype))
 
 
-def init_variables(model: DeepSpeech2, config, rng) -> dict:
+def init_variables(model: DeepSpeech2, cfg, rng) -> dict:
   """Variables of `model` for features of the config's shortest bucket."""
-  frames = min(config.frame_buckets)
-  return model.init(rng, jnp.zeros((1, frames, config.features.n_mels), jnp.float32),
+  frames = min(cfg.frame_buckets)
+  return model.init(rng, jnp.zeros((1, frames, cfg.features.n_mels), jnp.float32),
                     jnp.array([frames]), train=False)

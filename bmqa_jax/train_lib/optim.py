@@ -1,7 +1,9 @@
 """Learning-rate schedule and optimiser from a config block, and trainable labels.
 
 One vocabulary for every trainer (a BMQA stage config `config.<stage>`, or the
-recogniser's and captioner's `config.optimizer`):
+recogniser's and captioner's `config.optimizer`; the defaults are
+bmqa_jax/defaults.py's `stage` and `step_optimizer`, and a config.json written
+before a field existed is completed there, `config_bases.complete`):
 
   optimizer       'adamw' (adam_b1, adam_b2, weight_decay) or 'sgd' (momentum)
   learning_rate   peak rate, reached after a linear warm-up from 0
@@ -32,12 +34,12 @@ def make_schedule(ocfg, total_steps: int, warmup_steps: int,
                   steps_per_epoch: int = 1) -> optax.Schedule:
   """The schedule of `ocfg` over `total_steps` after `warmup_steps` of warm-up."""
   lr, warm = ocfg.learning_rate, int(warmup_steps)
-  kind = ocfg.get("schedule", "cosine")
+  kind = ocfg.schedule
   if kind == "constant":
     main = optax.constant_schedule(lr)
   elif kind == "cosine":
     main = optax.cosine_decay_schedule(lr, max(1, total_steps - warm),
-                                       alpha=float(ocfg.get("final_lr_fraction", 0.0)))
+                                       alpha=float(ocfg.final_lr_fraction))
   elif kind == "piecewise":
     main = optax.piecewise_constant_schedule(
         lr, {int(round(e * steps_per_epoch)) - warm: ocfg.decay_factor
@@ -53,14 +55,14 @@ def make_optimizer(ocfg, schedule, labels=None) -> optax.GradientTransformation:
   """Clipping then AdamW or SGD; with `labels` ('train'/'frozen' per parameter,
   `trainable_labels`) the frozen parameters get zero updates."""
   parts = []
-  if ocfg.get("grad_clip_norm", 0):
+  if ocfg.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(ocfg.grad_clip_norm))
-  name = ocfg.get("optimizer", "adamw")
+  name = ocfg.optimizer
   if name == "adamw":
     parts.append(optax.adamw(schedule, b1=ocfg.adam_b1, b2=ocfg.adam_b2,
                              weight_decay=ocfg.weight_decay))
   elif name == "sgd":
-    parts.append(optax.sgd(schedule, momentum=ocfg.get("momentum", 0.0) or None))
+    parts.append(optax.sgd(schedule, momentum=ocfg.momentum or None))
   else:
     raise ValueError(f"unknown optimizer {name!r}: 'adamw' or 'sgd'")
   tx = optax.chain(*parts)

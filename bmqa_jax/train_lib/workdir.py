@@ -6,9 +6,9 @@ config with it and refuses a change that would alter what was trained
 `SAFE_CONFIG_CHANGES` or an explicit `config_change='allow'` (recorded in
 `config_changes.jsonl`). A workdir with checkpoints but no `config.json` is
 refused the same way (`ConfigMissingError`): deleting the record must not turn
-the check off. `WorkdirLock` (an `fcntl.flock` on `workdir/.lock`,
-whose host and pid are information only) keeps a second run out. `owned(...)` does both, on process 0 only: in a
-multi-host run only process 0 writes shared files.
+the check off. `WorkdirLock` (an `fcntl.flock` on `workdir/.lock`, whose host
+and pid are information only) keeps a second run out. `owned(...)` does both,
+on process 0 only: in a multi-host run only process 0 writes shared files.
 """
 
 from __future__ import annotations
@@ -31,14 +31,15 @@ import ml_collections as mlc
 CONFIG_FILE = "config.json"
 
 # Config fields a resumed run may change without altering what is trained:
-# logging, evaluation and checkpoint cadence, input-pipeline parallelism and
-# where features and prepared images are kept. Patterns (fnmatch) over dotted
-# paths such as 'st.log_every_steps'; every other change to a workdir's config
-# is refused unless config_change='allow'.
+# logging, evaluation and checkpoint cadence, decoding, input-pipeline
+# parallelism, and where features and prepared images are kept. Patterns
+# (fnmatch) over dotted paths of today's configs (bmqa_jax/config_bases.py; a
+# test checks that each names a field of a base config); every other change to a
+# workdir's config is refused unless config_change='allow'.
 SAFE_CONFIG_CHANGES = (
     "log_every_steps",
     "checkpoint_every_steps",
-    "checkpoint_keep",
+    "keep_checkpoints",
     "eval_batch_size",
     "decode.*",
     "data.cache_dir",
@@ -52,7 +53,6 @@ SAFE_CONFIG_CHANGES = (
     "input.prepared_dir",
     "data.check_images",
     "input.max_pixels",
-    "model.conv_impl",  # removed: the image encoders' ops follow the backend
 )
 _ABSENT = "<absent>"
 
@@ -87,16 +87,17 @@ def as_json(cfg) -> dict:
   return json.loads(json.dumps(cfg))
 
 
-def config_changes(old, new, defaults=None) -> list[tuple[str, Any, Any]]:
-  """(field, old value, new value) for each field that differs. A field one
-  side lacks (a config written before the field existed) counts as its default:
-  `defaults(old, new)` gives {dotted field: default} (None: no defaults)."""
-  old, new = as_json(old), as_json(new)
-  a, b = flatten(old), flatten(new)
-  dflt = defaults(old, new) if defaults else {}
+def config_changes(old, new, complete=None) -> list[tuple[str, Any, Any]]:
+  """(field, old value, new value) for each field that differs. `complete`
+  (`bmqa_jax.config_bases.complete` for the config's family) reads both sides as
+  today's config first, so a field one side lacks (a config written before
+  the field existed) counts as its default, and a renamed one by its new name."""
+  if complete:
+    old, new = complete(old), complete(new)
+  a, b = flatten(as_json(old)), flatten(as_json(new))
   out = []
   for k in sorted(set(a) | set(b)):
-    va, vb = a.get(k, dflt.get(k, _ABSENT)), b.get(k, dflt.get(k, _ABSENT))
+    va, vb = a.get(k, _ABSENT), b.get(k, _ABSENT)
     if va != vb:
       out.append((k, va, vb))
   return out
@@ -111,12 +112,12 @@ def _fmt(v) -> str:
 
 
 def own_config(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse",
-               log=print, defaults=None, filename: str = CONFIG_FILE) -> None:
+               log=print, complete=None, filename: str = CONFIG_FILE) -> None:
   """Writes workdir/`filename` on the first run; refuses a changed config later.
 
   `config_change`: 'refuse' raises `ConfigChangedError` naming every field
   that differs outside `SAFE_CONFIG_CHANGES`; 'allow' records the new config
-  and appends the changes to `config_changes.jsonl`. `defaults`: see
+  and appends the changes to `config_changes.jsonl`. `complete`: see
   `config_changes`. Only process 0 writes.
   """
   if config_change not in ("refuse", "allow"):
@@ -141,7 +142,7 @@ def own_config(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse",
     return
   with open(path) as f:
     stored = json.load(f)
-  changes = config_changes(stored, cfg, defaults)
+  changes = config_changes(stored, cfg, complete)
   if not changes:
     return
   text = [f"{k}: {_fmt(a)} -> {_fmt(b)}" for k, a, b in changes]
@@ -296,26 +297,29 @@ def atomic_write_csv(path: str, rows) -> None:
   atomic_write(path, buf.getvalue())
 
 
-def load_config(workdir: str, filename: str = CONFIG_FILE) -> mlc.ConfigDict:
-  """The config a workdir was trained with."""
+def load_config(workdir: str, filename: str = CONFIG_FILE,
+                complete=None) -> mlc.ConfigDict:
+  """The config a workdir was trained with; `complete` (`config_bases.complete` for
+  its family) reads it as today's config (renamed fields, new defaults)."""
   path = os.path.join(workdir, filename)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir!r} holds no {filename}: is it a training "
                             "workdir?")
   with open(path) as f:
-    return mlc.ConfigDict(json.load(f))
+    stored = json.load(f)
+  return complete(stored) if complete else mlc.ConfigDict(stored)
 
 
 @contextlib.contextmanager
 def owned(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse", log=print,
-          defaults=None, filename: str = CONFIG_FILE):
+          complete=None, filename: str = CONFIG_FILE):
   """Holds `workdir`'s lock (process 0) and its config (`own_config`) meanwhile."""
   os.makedirs(workdir, exist_ok=True)
   lock = WorkdirLock(workdir, log) if jax.process_index() == 0 else None
   if lock:
     lock.acquire()
   try:
-    own_config(cfg, workdir, config_change, log, defaults, filename)
+    own_config(cfg, workdir, config_change, log, complete, filename)
     yield
   finally:
     if lock:

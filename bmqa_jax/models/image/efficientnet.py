@@ -87,7 +87,8 @@ def scaled_stages(stages: Sequence[StageConfig], width_mult: float, depth_mult: 
   out = []
   for i, s in enumerate(stages):
     fixed = fix_head_stem and i in (0, len(stages) - 1)
-    in_ch = s.in_channels if fix_head_stem and i == 0 else make_divisible(s.in_channels * width_mult)
+    in_ch = (s.in_channels if fix_head_stem and i == 0 else
+             make_divisible(s.in_channels * width_mult))
     out.append(dataclasses.replace(
         s, in_channels=in_ch, out_channels=make_divisible(s.out_channels * width_mult),
         repeats=s.repeats if fixed else int(math.ceil(s.repeats * depth_mult))))
@@ -264,9 +265,12 @@ VARIANTS = {
     'efficientnet_b3': functools.partial(_B, width_mult=1.2, depth_mult=1.4, dropout_rate=0.3),
     'efficientnet_b4': functools.partial(_B, width_mult=1.4, depth_mult=1.8, dropout_rate=0.4),
     # (width, depth, dropout) from TF's efficientnet_lite_builder.
-    'efficientnet_lite0': functools.partial(_LITE, width_mult=1.0, depth_mult=1.0, dropout_rate=0.2),
-    'efficientnet_lite1': functools.partial(_LITE, width_mult=1.0, depth_mult=1.1, dropout_rate=0.2),
-    'efficientnet_lite2': functools.partial(_LITE, width_mult=1.1, depth_mult=1.2, dropout_rate=0.3),
+    'efficientnet_lite0': functools.partial(_LITE, width_mult=1.0, depth_mult=1.0,
+                                              dropout_rate=0.2),
+    'efficientnet_lite1': functools.partial(_LITE, width_mult=1.0, depth_mult=1.1,
+                                              dropout_rate=0.2),
+    'efficientnet_lite2': functools.partial(_LITE, width_mult=1.1, depth_mult=1.2,
+                                              dropout_rate=0.3),
     # Small variant for tests: B0 stage table at quarter width, one block per stage.
     'efficientnet_tiny': functools.partial(
         _B, width_mult=0.25, depth_mult=1.0, dropout_rate=0.2,

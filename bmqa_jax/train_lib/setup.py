@@ -1,0 +1,71 @@
+"""What every trainer does before its first step: its state, restored or new.
+
+A run restores the latest checkpoint of its checkpoint directory when there is
+one (the whole state: step, weights, batch statistics, optimiser) and
+initialises otherwise; the step it starts from is also where its input pipeline
+starts (`bmqa_jax.data.pipeline.train_loader`: the batches are a function of the
+step). BMQA runs this once per stage (`bmqa_jax.bmqa.train`), the recogniser and
+the captioner once (`bmqa_jax.speech.train`, `bmqa_jax.captioner.train`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+
+from bmqa_jax import sharding
+from bmqa_jax.train_lib import checkpoint
+
+
+@dataclasses.dataclass
+class Start:
+  """A run's state at its first step and the manager it saves with."""
+  state: Any
+  step: int  # 0 for a new run
+  total_steps: int
+  mngr: Any  # orbax CheckpointManager
+
+  @property
+  def done(self) -> bool:
+    """Whether the last step is already saved (nothing is left to train)."""
+    return self.step >= self.total_steps
+
+
+def restore_or_initialise(ckpt_dir: str, keep: int, abstract_state, shardings,
+                          initialise: Callable[[], Any], *, name: str,
+                          total_steps: int, log=print) -> Start:
+  """The newest good checkpoint of `ckpt_dir` restored into `abstract_state`
+  placed as `shardings` (a damaged step is named and moved aside:
+  `checkpoint.restore_latest`), or `initialise()` when there is none. `keep`: checkpoints
+  the returned manager keeps. Logs `[name] resumed at step s/total` (or
+  `[name] complete, skipping` when the last step is saved)."""
+  # Before the manager opens: a damaged step is moved aside, not listed.
+  state, latest = checkpoint.restore_latest(
+      ckpt_dir, checkpoint.abstract(abstract_state, shardings), log)
+  mngr = checkpoint.manager(ckpt_dir, keep)
+  if latest is None:
+    return Start(initialise(), 0, total_steps, mngr)
+  start = Start(state, int(latest), total_steps, mngr)
+  log(f"[{name}] complete, skipping" if start.done else
+      f"[{name}] resumed at step {latest}/{total_steps}")
+  return start
+
+
+def one_run(init: Callable, config, mesh, workdir: str, *, name: str,
+            log=print) -> tuple[Start, Any]:
+  """`restore_or_initialise` for a trainer of one run (the recogniser, the
+  captioner): checkpoints in `workdir/checkpoints`, `config.num_steps` steps,
+  `config.keep_checkpoints` kept; a new state is `init(rng)` of `config.seed`,
+  every parameter of at least `config.mesh.shard_min_size` split over 'model'.
+  Returns the start and the state's sharding."""
+  rng = jax.random.key(config.seed)
+  abstract = jax.eval_shape(init, rng)
+  shardings = sharding.state_sharding(abstract, mesh, sharding.min_shard_size(config))
+  start = restore_or_initialise(
+      os.path.join(workdir, "checkpoints"), config.keep_checkpoints, abstract,
+      shardings, lambda: jax.jit(init, out_shardings=shardings)(rng), name=name,
+      total_steps=config.num_steps, log=log)
+  return start, shardings
