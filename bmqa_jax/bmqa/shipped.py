@@ -30,6 +30,7 @@ import ml_collections as mlc
 import numpy as np
 from safetensors import numpy as st_numpy
 
+from bmqa_jax import config_bases
 from bmqa_jax import pytree
 from bmqa_jax.bmqa import model as bmqa_lib
 from bmqa_jax.models.image import pretrained
@@ -170,8 +171,8 @@ def load(asset_dir: str = ASSET_DIR):
     raise FileNotFoundError(f"no shipped model in {asset_dir}: rebuild it with "
                             "launch/build_shipped_model.py, or pass --workdir")
   verify(asset_dir)
-  with open(config_path) as f:
-    cfg = mlc.ConfigDict(json.load(f))
+  with open(config_path) as f:  # completed with today's defaults, as a workdir's
+    cfg = config_bases.complete(json.load(f))
   model = bmqa_lib.from_config(cfg, None)
   variables = jax.tree.map(np.asarray, _tower_variables(cfg, model))
   heads = st_numpy.load_file(os.path.join(asset_dir, "heads.safetensors"))
