@@ -109,7 +109,8 @@ def cache_root(cfg: mlc.ConfigDict, workdir: str) -> str:
 
 
 def _views(record: dict, pcfg: pipeline.PipelineConfig) -> np.ndarray:
-  v = pipeline.eval_views(pipeline.record_image(record, pcfg.max_pixels)[0], pcfg)
+  v = pipeline.eval_views(pipeline.record_image(record, pcfg.max_pixels)[0], pcfg,
+                         record.get("path", "<image>"))
   v = v if v.ndim == 4 else v[None]
   return np.concatenate([v, v[:, :, ::-1]]) if pcfg.flip else v
 
