@@ -174,7 +174,8 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
     samples = manifest_lib.load(manifest, require_mos=True, require_text=given,
                                 check_images=cfg.data.check_images,
                                 splits=[manifest_split] if manifest_split else None,
-                                skip_bad=cfg.data.skip_bad_rows, log=log)
+                                skip_bad=cfg.data.skip_bad_rows, log=log,
+                                split_seed=cfg.seed)
     if describe is not None:
       samples = describe(samples)
     name = os.path.basename(manifest) + (f" ({manifest_split})" if manifest_split else "")
