@@ -212,11 +212,13 @@ def check_scene_splits(rows: Iterable[tuple[int, dict]], path: str) -> None:
         f"{len(leaks)} scene(s) are in several splits: {listed}{more}")
 
 
-def check_same_images(samples: Iterable[Sample], path: str) -> None:
+def check_same_images(samples: Iterable[Sample], path: str,
+                      duplicates: bool = True) -> None:
   """Refuses an image listed under two scenes or in two splits (a leak: the
-  model would be tested on a photo it trained on) and an image listed twice
-  under one scene and split (a duplicate), naming both rows. Images are
-  compared by their path (normalised; no file is opened)."""
+  model would be tested on a photo it trained on) and, with `duplicates`, an
+  image listed twice under one scene and split (its MOS counted twice), naming
+  both rows. Images are compared by their path (normalised; no file is
+  opened). Caption manifests (no MOS) may describe an image several times."""
   seen: dict[str, Sample] = {}
   for s in samples:
     key = os.path.normcase(os.path.normpath(s.image))
@@ -228,6 +230,8 @@ def check_same_images(samples: Iterable[Sample], path: str) -> None:
       why = f"under scene {s.scene!r} here and {first.scene!r} at row {first.row}"
     elif s.split != first.split:
       why = f"in split {s.split!r} here and {first.split!r} at row {first.row}"
+    elif not duplicates:
+      continue
     else:
       raise ManifestError(f"{path}, row {s.row}: {same} is listed twice (rows "
                           f"{first.row} and {s.row}); keep one row per image")
@@ -385,7 +389,7 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
     except ManifestError as e:
       if chosen:  # rows of other splits count only for the leak checks
         failed(e)
-  check_same_images([s for s, _ in parsed], path)  # every split's
+  check_same_images([s for s, _ in parsed], path, duplicates=require_mos)  # every split's
   samples = [s for s, chosen in parsed if chosen]
   if check_images or check_audio:  # then the files
     checked = []
