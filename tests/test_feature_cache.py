@@ -48,8 +48,7 @@ def _damage(path, how):
     else:  # a NaN
       levels["level1"] = levels["level1"].copy()
       levels["level1"].flat[3] = np.nan
-    np.savez(path, **levels)
-    os.replace(path + ".npz", path) if os.path.exists(path + ".npz") else None
+    np.savez(path, **levels)  # the name ends in .npz: written as it is
 
 
 def test_damaged_entries_are_named_rebuilt_and_leave_the_metrics_unchanged(
@@ -93,3 +92,16 @@ def test_read_entry_names_each_kind_of_damage(tmp_path):
   open(path, "wb").close()
   with pytest.raises(feature_cache.DamagedEntry, match="unreadable"):
     feature_cache.read_entry(path, shapes)
+
+
+def test_waiting_for_another_process_times_out_naming_it(tmp_path):
+  """A process that has computed its share waits for the others' entries; an
+  entry that never appears stops it with the process that owes it."""
+  shapes = [(2, 4, 8)]
+  files = [str(tmp_path / f"{i}.npz") for i in range(4)]
+  feature_cache._write_entry(files[1], [np.ones(shapes[0], np.float16)])  # pylint: disable=protected-access
+  entries = [None] * 4
+  with pytest.raises(TimeoutError, match=r"waited 0 s for process 1 of 2 with no new "
+                     r"entry; 1 entries are missing, e.g. .*3.npz"):
+    feature_cache._wait_for([1, 3], files, shapes, entries, 2, 0.3, print)  # pylint: disable=protected-access
+  assert entries[1] is not None  # the one that was there is read
