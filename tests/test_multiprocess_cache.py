@@ -1,7 +1,8 @@
 """The real-photo recipe (configs/biq2021.py: frozen EfficientNet-Lite0, native
 windows, cached tower features) as 2 processes × 1 CPU device gives the metrics
 of 1 process × 2 devices: each process computes its share of the feature cache,
-waits for the other's and reads them all.
+waits for the other's and reads them all; `launch/evaluate.py` on 2 processes
+reads the cache too and gives the same metrics.
 
 A tiny variant of the recipe: 24 training and 8 validation photos of
 ../shared/data/biq2021_lowlight, 128-px windows, a tiny frozen ResNet (two
@@ -11,6 +12,7 @@ minutes here), one head, 3 steps; the real launcher in subprocesses
 """
 
 import csv
+import json
 import os
 import re
 import sys
@@ -54,3 +56,12 @@ def test_biq2021_on_two_processes_gives_the_one_process_metrics(tmp_path):
   val = lambda log: re.findall(r"\[st\] validation: .*", log)[-1]
   assert val(two[0]) == val(one[0])
   assert val(two[1]) == val(one[0])
+  # Evaluating on 2 processes reads the same cache: the validation split again
+  # (biq2021 tests on it), the metrics of training's validation.
+  test_multiprocess._run(  # pylint: disable=protected-access
+      "launch/evaluate.py", [f"--workdir={tmp_path / 'one'}"], 2, 1, data, logs)
+  with open(tmp_path / "one" / "eval" / "metrics.json") as f:
+    overall = json.load(f)["overall"]
+  want = dict(kv.split("=") for kv in val(one[0]).split(": ", 1)[1].split(", "))
+  for k in ("plcc", "srcc", "krcc", "rmse"):
+    assert f"{overall[k]:.4f}" == want[k], k

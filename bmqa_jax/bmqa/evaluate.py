@@ -191,8 +191,8 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
   mesh = sharding.make_mesh(cfg)
   # The weights on every device of the mesh (on every process of a cluster).
   variables = jax.device_put(jax.device_get(variables), sharding.replicated(mesh))
-  if _tower_frozen(cfg, variables) and jax.process_count() == 1:
-    # The training run's cached features serve (the cache is one process's).
+  if _tower_frozen(cfg, variables):
+    # The training run's cached features serve (every process reads them all).
     pcfg = pipeline.from_config(cfg)
     cache = feature_cache.build(model, variables, records, cfg, pcfg, workdir, mesh, log)
     preds = feature_cache.predict(model, variables, cache, records, cfg, mesh, has_text)
