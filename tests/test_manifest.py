@@ -73,7 +73,7 @@ def test_unreadable_audio(folder):
 
 
 def test_skip_bad_rows_counts(folder):
-  path = _write(folder, ["a.jpg,0.5,s1", "missing.jpg,0.5,s2", "a.jpg,nan,s3"])
+  path = _write(folder, ["a.jpg,0.5,s1", "missing.jpg,0.5,s2", "b.jpg,nan,s3"])
   logs = []
   samples = manifest.load(path, skip_bad=True, log=logs.append)
   assert len(samples) == 1

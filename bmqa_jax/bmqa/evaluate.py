@@ -175,7 +175,8 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
     samples = manifest_lib.load(manifest, require_mos=True, require_text=given,
                                 check_images=cfg.data.check_images,
                                 splits=[manifest_split] if manifest_split else None,
-                                skip_bad=cfg.data.skip_bad_rows, log=log)
+                                skip_bad=cfg.data.skip_bad_rows, log=log,
+                                split_seed=cfg.seed)
     if describe is not None:
       samples = describe(samples)
     name = os.path.basename(manifest) + (f" ({manifest_split})" if manifest_split else "")
@@ -191,8 +192,8 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
   mesh = sharding.make_mesh(cfg)
   # The weights on every device of the mesh (on every process of a cluster).
   variables = jax.device_put(jax.device_get(variables), sharding.replicated(mesh))
-  if _tower_frozen(cfg, variables) and jax.process_count() == 1:
-    # The training run's cached features serve (the cache is one process's).
+  if _tower_frozen(cfg, variables):
+    # The training run's cached features serve (every process reads them all).
     pcfg = pipeline.from_config(cfg)
     cache = feature_cache.build(model, variables, records, cfg, pcfg, workdir, mesh, log)
     preds = feature_cache.predict(model, variables, cache, records, cfg, mesh, has_text)

@@ -22,9 +22,21 @@ sizes, and the tower's weights themselves (a digest of every parameter and
 batch statistic). In it, each image has one `.npz` (a float16 array per level,
 [views, tokens, channels]) named by a hash of the file's path, size and
 modification time, so an edited photo or a changed tower is never served
-stale features. Entries are written to a temporary name and renamed, so a
-killed build leaves only complete entries and resumes with the rest; runs
-over different splits of the same photos (repeated splits) share a folder.
+stale features. Entries are written to a unique temporary name, flushed and
+renamed, so a killed build leaves only complete entries and resumes with the
+rest; runs over different splits of the same photos (repeated splits) share a
+folder. Every entry is checked when read (a readable `.npz` with the expected
+levels, shapes and dtype, every value finite): a damaged one (a truncated or
+empty file, a wrong shape, a NaN) is named in the log and computed again, so
+it breaks neither this run nor a later one sharing the folder.
+
+Several processes (`--num_processes`): each computes the missing entries of
+its share of the images (record i belongs to process i mod P) on its own
+devices, then waits for the others' entries to appear in the folder (which
+every process must see: a shared workdir or `config.data.feature_cache_dir`)
+and reads them all; a wait with no new entry for `WAIT_TIMEOUT_S` stops with
+the process it waited for. Training and validation then run as in one
+process, and give its metrics.
 """
 
 from __future__ import annotations
@@ -32,6 +44,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import time
+import uuid
 from typing import Sequence
 
 import grain
@@ -39,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
+from jax.sharding import Mesh
 
 from bmqa_jax import sharding
 from bmqa_jax.data import pipeline
@@ -93,7 +109,8 @@ def cache_root(cfg: mlc.ConfigDict, workdir: str) -> str:
 
 
 def _views(record: dict, pcfg: pipeline.PipelineConfig) -> np.ndarray:
-  v = pipeline.eval_views(pipeline.record_image(record, pcfg.max_pixels)[0], pcfg)
+  v = pipeline.eval_views(pipeline.record_image(record, pcfg.max_pixels)[0], pcfg,
+                         record.get("path", "<image>"))
   v = v if v.ndim == 4 else v[None]
   return np.concatenate([v, v[:, :, ::-1]]) if pcfg.flip else v
 
@@ -104,42 +121,157 @@ class FeatureCache:
   `levels[l]` is [images, views, tokens, channels] (float16).
   """
 
-  def __init__(self, folder: str, files: Sequence[str], num_eval_views: int):
+  def __init__(self, folder: str, levels: Sequence[np.ndarray], num_eval_views: int):
     self.folder, self.num_eval_views = folder, num_eval_views
-    entries = [np.load(f, allow_pickle=False) for f in files]
-    n = len(entries[0].files)
-    self.levels = [np.stack([e[f"level{i}"] for e in entries]) for i in range(n)]
+    self.levels = list(levels)
     self.num_views = self.levels[0].shape[1]
 
   def features(self, index: int, view: int) -> tuple[np.ndarray, ...]:
     return tuple(a[index, view] for a in self.levels)
 
 
+class DamagedEntry(ValueError):
+  """A cache entry that cannot be used; the message says why."""
+
+
+def read_entry(path: str, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+  """The arrays of the entry at `path`, checked: a readable `.npz` holding
+  exactly `level0`.. of `shapes` (float16), every value finite. Raises
+  `DamagedEntry` (a truncated or empty file, a wrong key, shape or dtype, a
+  NaN) so that the caller rebuilds it; `FileNotFoundError` when it is absent."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      names = sorted(z.files)
+      want = [f"level{i}" for i in range(len(shapes))]
+      if names != sorted(want):
+        raise DamagedEntry(f"holds {names}, expected {want}")
+      out = [z[k] for k in want]
+  except FileNotFoundError:
+    raise
+  except DamagedEntry:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # zipfile.BadZipFile (truncated), EOFError (empty), ValueError/OSError
+    # (a corrupt member): all mean the same here.
+    raise DamagedEntry(f"unreadable ({type(e).__name__}: {e})") from e
+  for k, (a, shape) in enumerate(zip(out, shapes)):
+    if a.dtype != DTYPE or a.shape != tuple(shape):
+      raise DamagedEntry(f"level{k} is {a.dtype}{list(a.shape)}, expected "
+                         f"{np.dtype(DTYPE)}{list(shape)}")
+    if not np.isfinite(a).all():
+      raise DamagedEntry(f"level{k} holds {int((~np.isfinite(a)).sum())} "
+                         "non-finite values")
+  return out
+
+
 def _write_entry(path: str, outs: Sequence[np.ndarray]) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}.npz"
-  np.savez(tmp, **{f"level{i}": o.astype(DTYPE) for i, o in enumerate(outs)})
-  os.replace(tmp, path)
+  """Writes an entry atomically: a unique temporary file in the same folder
+  (any process, any host), flushed to disk, then renamed over `path`; readers
+  see the old entry or the new one, never a part."""
+  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  try:
+    with open(tmp, "wb") as f:  # created with the user's umask (a shared cache)
+      np.savez(f, **{f"level{i}": o.astype(DTYPE) for i, o in enumerate(outs)})
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _local_mesh() -> Mesh:
+  """This process's devices, all on `data`: the cache is built and read by
+  each process on its own devices (no collective), so processes can work on
+  different images at their own pace."""
+  return Mesh(np.asarray(jax.local_devices()).reshape(-1, 1), ("data", "model"))
+
+
+def _local_variables(variables: dict, mesh: Mesh) -> dict:
+  """`variables` replicated on this process's devices (gathered from the other
+  processes where a global array spans them)."""
+  host = sharding.to_host({k: v for k, v in variables.items() if v})
+  return jax.device_put(host, sharding.replicated(mesh))
+
+
+def entry_shapes(model, variables: dict, pcfg: pipeline.PipelineConfig) -> list[tuple]:
+  """[views, tokens, channels] of each level of an entry (abstract evaluation)."""
+  n_views, _ = num_views(pcfg)
+  size = pipeline.input_size(pcfg)
+  outs = jax.eval_shape(lambda v, x: model.apply(v, x, method=model.tower_features),
+                        variables, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  return [(n_views,) + tuple(o.shape[1:]) for o in outs]
+
+
+# How long a process waits for another's share of the cache with no new entry
+# appearing before it stops and names that process.
+WAIT_TIMEOUT_S = 900.0
 
 
 def build(model, variables: dict, records: Sequence[dict], cfg: mlc.ConfigDict,
-          pcfg: pipeline.PipelineConfig, workdir: str, mesh, log=print) -> FeatureCache:
+          pcfg: pipeline.PipelineConfig, workdir: str, mesh, log=print,
+          wait_timeout_s: float | None = None) -> FeatureCache:
   """The features of `records` for the tower in `variables`; the images not yet
-  in the cache are computed (a killed build resumes with the images done)."""
+  in the cache are computed (a killed build resumes with the images done).
+
+  Every entry is checked when read (`read_entry`); a damaged one is named in
+  the log and computed again. With several processes, process p computes the
+  missing entries of records p, p + P, p + 2P, ... (P processes) on its own
+  devices, then waits for the others' (a shared folder; `wait_timeout_s`
+  without a new entry, default `WAIT_TIMEOUT_S`, stops it with the name of the
+  process it waited for) and reads them all. `mesh` is the run's mesh; the
+  tower runs on this process's devices.
+  """
+  del mesh  # the tower runs on this process's devices (_local_mesh)
+  n_proc, me = jax.process_count(), jax.process_index()
+  local = _local_mesh()
+  variables = _local_variables(variables, local)
   tower = {k: v["image_encoder"] for k, v in variables.items()
            if isinstance(v, dict) and "image_encoder" in v}
   folder = os.path.join(cache_root(cfg, workdir), tower_key(cfg, tower, pcfg))
   files = [os.path.join(folder, image_key(r["path"]) + ".npz") for r in records]
-  todo = [i for i, f in enumerate(files) if not os.path.exists(f)]
+  shapes = entry_shapes(model, variables, pcfg)
   n_views, n_eval = num_views(pcfg)
-  if not todo:
+  entries: list[list[np.ndarray] | None] = [None] * len(records)
+  missing = []
+  for i, f in enumerate(files):
+    try:
+      entries[i] = read_entry(f, shapes)
+    except FileNotFoundError:
+      missing.append(i)
+    except DamagedEntry as e:
+      log(f"feature cache: damaged entry {f} ({e}) of {records[i]['path']}: "
+          "computing it again")
+      missing.append(i)
+  if not missing:
     log(f"reading the cached tower features of {len(records)} images from {folder}")
-    return FeatureCache(folder, files, n_eval)
-  log(f"caching the frozen tower's features: {len(todo)} of {len(records)} images "
-      f"× {n_views} views → {folder}")
+    return _assemble(folder, entries, n_eval)
+  mine = [i for i in missing if i % n_proc == me]
+  share = f" (this process's share: {len(mine)})" if n_proc > 1 else ""
+  log(f"caching the frozen tower's features: {len(missing)} of {len(records)} images "
+      f"× {n_views} views{share} → {folder}")
   os.makedirs(folder, exist_ok=True)
+  _compute(model, variables, records, files, mine, entries, cfg, pcfg, local)
+  others = [i for i in missing if entries[i] is None]
+  if others:
+    _wait_for(others, files, shapes, entries, n_proc,
+              WAIT_TIMEOUT_S if wait_timeout_s is None else wait_timeout_s, log)
+  return _assemble(folder, entries, n_eval)
+
+
+def _assemble(folder, entries, n_eval) -> FeatureCache:
+  return FeatureCache(folder, [np.stack([e[l] for e in entries])
+                               for l in range(len(entries[0]))], n_eval)
+
+
+def _compute(model, variables, records, files, todo, entries, cfg, pcfg, mesh) -> None:
+  """Computes and writes the entries of records `todo` on `mesh` (local)."""
+  if not todo:
+    return
+  n_views, _ = num_views(pcfg)
   bs = cfg.eval.batch_size
   sharding.check_batch(bs, mesh, "config.eval.batch_size")
-  variables = {k: v for k, v in variables.items() if v}
   fn = jax.jit(lambda v, x: model.apply(v, x, method=model.tower_features))
   pending, owners, parts = [], [], {}
 
@@ -153,8 +285,10 @@ def build(model, variables: dict, records: Sequence[dict], cfg: mlc.ConfigDict,
       parts.setdefault(i, {})[v] = [np.asarray(o[j]) for o in outs]
       if len(parts[i]) == n_views:  # every view of image i: write its entry
         views = parts.pop(i)
-        _write_entry(files[i], [np.stack([views[k][l] for k in range(n_views)])
-                                for l in range(len(outs))])
+        entry = [np.stack([views[k][l] for k in range(n_views)]).astype(DTYPE)
+                 for l in range(len(outs))]
+        _write_entry(files[i], entry)
+        entries[i] = entry
     pending.clear()
     owners.clear()
 
@@ -166,7 +300,43 @@ def build(model, variables: dict, records: Sequence[dict], cfg: mlc.ConfigDict,
         flush()
   if pending:
     flush()
-  return FeatureCache(folder, files, n_eval)
+
+
+def _wait_for(todo, files, shapes, entries, n_proc, timeout_s, log) -> None:
+  """Reads the entries `todo` as the other processes write them."""
+  seen: dict[int, tuple] = {}
+  last_progress = time.monotonic()
+  todo = list(todo)
+  log(f"feature cache: waiting for {len(todo)} entries of the other processes")
+  while todo:
+    left = []
+    for i in todo:
+      try:
+        st = os.stat(files[i])
+      except FileNotFoundError:
+        left.append(i)
+        continue
+      sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+      if seen.get(i) == sig:  # damaged when last read and unchanged since
+        left.append(i)
+        continue
+      try:
+        entries[i] = read_entry(files[i], shapes)
+      except (FileNotFoundError, DamagedEntry):
+        seen[i] = sig
+        left.append(i)
+    if len(left) < len(todo):
+      last_progress = time.monotonic()
+    todo = left
+    if todo and time.monotonic() - last_progress > timeout_s:
+      i = todo[0]
+      raise TimeoutError(
+          f"feature cache: waited {timeout_s:.0f} s for process {i % n_proc} of "
+          f"{n_proc} with no new entry; {len(todo)} entries are missing, e.g. "
+          f"{files[i]}: is that process running, and is the cache folder shared "
+          "by every process (config.data.feature_cache_dir)?")
+    if todo:
+      time.sleep(0.2)
 
 
 class _Source(grain.sources.RandomAccessDataSource):
@@ -214,8 +384,13 @@ def train_loader(records: Sequence[dict], cache: FeatureCache,
 
 def predict(model, variables: dict, cache: FeatureCache, records: Sequence[dict],
             cfg: mlc.ConfigDict, mesh, has_text: bool) -> np.ndarray:
-  """Scores of `records` from their cached evaluation views (mean over views)."""
-  variables = {k: v for k, v in variables.items() if v}
+  """Scores of `records` from their cached evaluation views (mean over views).
+
+  Every process computes every score on its own devices (the heads are small;
+  each process holds the whole cache), so all processes return the same."""
+  del mesh  # this process's devices (_local_mesh)
+  mesh = _local_mesh()
+  variables = _local_variables(variables, mesh)
   bs = cfg.eval.batch_size
 
   @jax.jit

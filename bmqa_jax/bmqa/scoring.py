@@ -243,7 +243,7 @@ class Metric:
     if self.needs_text and not text:
       return Result(label, None, "no description for this image (the model reads one)")
     try:
-      score = self.score_image(read(), text)
+      score = self.score_image(read(), text, name=label)
     except Exception as e:  # pylint: disable=broad-except
       # One image's failure (unreadable, too large for memory, ...) is reported
       # with it and never stops the others.
@@ -254,9 +254,10 @@ class Metric:
                     "weights or the image are damaged")
     return Result(label, score)
 
-  def score_image(self, image: np.ndarray, text: str | None = None) -> float:
-    """The score of one uint8 RGB image `[H, W, 3]`."""
-    crops = views(image, self._pcfg, self.view, self._tile_short_side)
+  def score_image(self, image: np.ndarray, text: str | None = None, *,
+                  name: str = "<image>") -> float:
+    """The score of one uint8 RGB image `[H, W, 3]` (`name` names it in errors)."""
+    crops = views(image, self._pcfg, self.view, self._tile_short_side, name)
     ids = mask = None
     if self.needs_text:
       ids, mask = self._tok.encode([text or self.text], self.cfg.input.max_text_len)
@@ -273,10 +274,12 @@ class Metric:
 
 
 def views(img: np.ndarray, pcfg: pipeline.PipelineConfig, view: str,
-          tile_short_side: int) -> np.ndarray:
-  """uint8 image → normalised float crops [K, size, size, 3]."""
+          tile_short_side: int, name: str = "<image>") -> np.ndarray:
+  """uint8 image → normalised float crops [K, size, size, 3]. An image whose
+  padded or resized form is over the pixel bound is refused before it is made
+  (`pipeline.check_size`: `image_io.ImageReadError` naming `name`)."""
   if view == "auto" or (view == "center" and pcfg.mode == "resize"):
-    v = pipeline.eval_views(img, pcfg)
+    v = pipeline.eval_views(img, pcfg, name)
     return v if v.ndim == 4 else v[None]
   if pcfg.mode != "resize":
     raise ValueError(f"view={view!r} is for models trained on resized images; this "
@@ -284,6 +287,7 @@ def views(img: np.ndarray, pcfg: pipeline.PipelineConfig, view: str,
   if view == "tiles":
     size = pcfg.image_size
     h, w = img.shape[:2]
+    pipeline.check_size(h, w, pcfg, name, short_side=tile_short_side)
     s = max(tile_short_side, size) / min(h, w)
     img = pipeline._resize(img, (max(size, round(h * s)), max(size, round(w * s))))  # pylint: disable=protected-access
     h, w = img.shape[:2]

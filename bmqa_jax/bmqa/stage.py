@@ -244,10 +244,6 @@ def make_stage(cfg: mlc.ConfigDict, name: str, mesh: Mesh, num_train: int,
   min_size = sharding.min_shard_size(cfg)
   train_image = tower_trains(labels)
   uses_cache = uses_feature_cache(scfg_all, name, train_image)
-  if uses_cache and jax.process_count() > 1:
-    raise ValueError(f"config.{name}.feature_cache: the frozen-tower feature cache is "
-                     f"built by one process; set config.{name}.feature_cache=False for a "
-                     f"run of {jax.process_count()} processes")
   return StagePlan(
       name=name, cfg=scfg_all, model=model, mesh=mesh, has_text=has_text,
       objective=objective, accum=accum, steps_per_epoch=spe, total_steps=total,

@@ -151,7 +151,7 @@ def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=print,
                                  splits=[cfg.data.train_split], **opts)
     else:
       out[s] = manifest_lib.load(path, require_mos=True, require_text=given_text,
-                                 splits=[names[s]], **opts)
+                                 splits=[names[s]], split_seed=cfg.seed, **opts)
       if need_text and source != "text":
         if describe is None:
           raise ValueError(
@@ -171,7 +171,8 @@ def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=print,
     elif not os.path.exists(tok_path) and given_text:
       train_rows = manifest_lib.load(path, require_mos=False, require_text=True,
                                      check_images=False, splits=[names["train"]],
-                                     skip_bad=cfg.data.skip_bad_rows, log=log)
+                                     skip_bad=cfg.data.skip_bad_rows, log=log,
+                                     split_seed=cfg.seed)
       texts = [s.text for s in train_rows]
     elif not os.path.exists(tok_path):
       raise ValueError(f"no tokenizer in {workdir} and no training split loaded")

@@ -25,6 +25,10 @@ one decoder (Pillow) and one set of rules:
   process (``image_io.MAX_PIXELS = ...``), or through ``config.input.max_pixels``
   where the pipeline passes it; ``max_pixels=0`` removes the bound (Pillow's own
   decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS``, still applies);
+  the same bound covers what the views make of an image (``pipeline.check_size``:
+  mirror-padded to the native window, resized to the short side), so an image
+  of extreme aspect (a 19 KB, 1 x 20,000,000 PNG padded to 512 rows is 10
+  gigapixels) is refused, naming the file, before anything is allocated;
 * a missing file, a wrong-cased name (with a "did you mean" hint), an empty or
   zero-sized image, an unknown format, a truncated or corrupt file, or an image
   over the pixel bound or Pillow's decompression-bomb limit raise
@@ -104,7 +108,8 @@ def _missing_file_reason(path: str) -> str:
   return "file not found"
 
 
-def _pixel_bound(max_pixels: int | None) -> int:
+def pixel_bound(max_pixels: int | None) -> int:
+  """The bound in pixels: `max_pixels`, `MAX_PIXELS` for None; 0: none."""
   bound = MAX_PIXELS if max_pixels is None else max_pixels
   if not (not isinstance(bound, bool) and isinstance(bound, (int, float, np.number))
           and np.isfinite(bound) and bound >= 0 and bound == int(bound)):
@@ -127,7 +132,7 @@ def _check_pixels(img: Image.Image, path: str, bound: int) -> None:
 
 def _open_decoded(path: str, max_pixels: int | None = None) -> Image.Image:
   """Opens, fully decodes and orients ``path``; every failure is an ImageReadError."""
-  bound = _pixel_bound(max_pixels)
+  bound = pixel_bound(max_pixels)
   if not os.path.exists(path):
     raise ImageReadError(path, _missing_file_reason(path))
   if os.path.isdir(path):

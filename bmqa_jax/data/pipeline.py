@@ -90,6 +90,38 @@ def to_records(samples: Sequence[Sample], tokenizer: Tokenizer | None,
   return records
 
 
+def working_size(height: int, width: int, cfg: PipelineConfig,
+                 short_side: int = 0) -> tuple[int, int]:
+  """(height, width) of the largest array the views of an image allocate: the
+  image mirror-padded to the window ('native'), or resized so that its short
+  side is `resize_size` ('resize'; `short_side` > 0: that side instead, the
+  scorer's tiles). Padding and resizing grow an image of extreme aspect (a
+  1 × 20,000,000 PNG padded to 512 rows is 10 gigapixels)."""
+  if cfg.mode == "native":
+    return max(height, cfg.native_crop), max(width, cfg.native_crop)
+  size = cfg.image_size
+  target = max(short_side, size) if short_side else cfg.resize_size
+  s = target / max(1, min(height, width))
+  return max(size, round(height * s)), max(size, round(width * s))
+
+
+def check_size(height: int, width: int, cfg: PipelineConfig, name: str,
+               short_side: int = 0) -> None:
+  """Refuses, before anything is allocated, an image whose padded or resized
+  form (`working_size`) is over the pixel bound `cfg.max_pixels` (0: none):
+  `image_io.ImageReadError` naming `name` and the bound."""
+  bound = image_io.pixel_bound(cfg.max_pixels)
+  h, w = working_size(height, width, cfg, short_side)
+  if bound and h * w > bound:
+    how = (f"mirror-padded to the {cfg.native_crop}-pixel window" if cfg.mode == "native"
+           else f"resized to a short side of {short_side or cfg.resize_size}")
+    raise image_io.ImageReadError(
+        name, f"{width}x{height} {how} is {w}x{h}, {h * w / 1e6:.1f} megapixels, "
+        f"over the bound of {bound / 1e6:g} megapixels ({bound} pixels; "
+        "config.input.max_pixels) that keeps one image from taking the memory of "
+        "all (its aspect ratio is too extreme for this model's views)")
+
+
 def _normalise(img_u8: np.ndarray) -> np.ndarray:
   return ((img_u8.astype(np.float32) / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
 
@@ -151,6 +183,7 @@ class _TrainImage(grain.transforms.RandomMap):
   def random_map(self, record: dict, rng: np.random.Generator) -> dict:
     img, out = record_image(record, self.cfg.max_pixels)
     if self.cfg.mode == "native":
+      check_size(*img.shape[:2], self.cfg, record.get("path", "<image>"))
       img = native.random_crop(img, self.cfg.native_crop, rng)
     else:
       img = random_resized_crop(img, self.cfg.image_size, self.cfg.crop_scale,
@@ -168,13 +201,17 @@ class _EvalImage(grain.transforms.Map):
 
   def map(self, record: dict) -> dict:
     img, out = record_image(record, self.cfg.max_pixels)
-    out["image"] = eval_views(img, self.cfg)
+    out["image"] = eval_views(img, self.cfg, record.get("path", "<image>"))
     return out
 
 
-def eval_views(img: np.ndarray, cfg: PipelineConfig) -> np.ndarray:
+def eval_views(img: np.ndarray, cfg: PipelineConfig, name: str = "<image>") -> np.ndarray:
   """The evaluation view of a uint8 image, normalised: [size, size, 3] for
-  'resize' (centre crop), [K, crop, crop, 3] for 'native' (the grid)."""
+  'resize' (centre crop), [K, crop, crop, 3] for 'native' (the grid). An image
+  whose padded or resized form is over `cfg.max_pixels` is refused first
+  (`check_size`; `name` names it)."""
+  if cfg.mode in ("native", "resize"):
+    check_size(*img.shape[:2], cfg, name)
   if cfg.mode == "native":
     return _normalise(native.grid_crops(img, cfg.native_crop, tuple(cfg.eval_grid)))
   if cfg.mode != "resize":
