@@ -6,11 +6,13 @@ the bound named, before anything is allocated, and the other file of the same
 call is scored."""
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 import bmqa_jax
+from bmqa_jax import defaults
 from bmqa_jax.bmqa import model as bmqa_lib
 from bmqa_jax.bmqa import scoring
 from bmqa_jax.bmqa import shipped
@@ -61,11 +63,16 @@ def test_resize_model_refuses_a_thin_png_and_scores_the_other(photos, tmp_path):
   assert good.score == metric(photos[0])[0]
 
 
+def _pcfg(**overrides) -> pipeline.PipelineConfig:
+  return pipeline.from_config(ml_collections.ConfigDict(
+      {"input": defaults.input_config(**overrides)}))
+
+
 def test_working_size_of_each_view():
-  native = pipeline.PipelineConfig(mode="native", native_crop=512)
+  native = _pcfg(mode="native", native_crop=512)
   assert pipeline.working_size(1, 20_000_000, native) == (512, 20_000_000)
   assert pipeline.working_size(3000, 4000, native) == (3000, 4000)  # no padding
-  resize = pipeline.PipelineConfig(image_size=224, resize_size=256)
+  resize = _pcfg(mode="resize", image_size=224, resize_size=256)
   assert pipeline.working_size(3000, 4000, resize) == (256, 341)
   with pytest.raises(ValueError, match="'a.png'.*over the bound of 1 megapixels"):
-    pipeline.check_size(2, 5000, pipeline.PipelineConfig(max_pixels=10**6), "a.png")
+    pipeline.check_size(2, 5000, _pcfg(max_pixels=10**6), "a.png")
