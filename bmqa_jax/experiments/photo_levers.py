@@ -1,0 +1,225 @@
+r"""Issue 29's lever study: frozen-tower features of the real dark photos, once,
+and fast probes over the repeated splits' scene-wise splits.
+
+The real recipe (`configs/biq2021.py`: five attentive-pooling heads, 20 epochs)
+costs about a minute per split on 2 idle cores after the cache; comparing many
+feature variants with it over 10 splits costs hours. This script instead
+extracts, once per tower and scale, the per-cell moments of every level
+(`extract`), and fits a ridge probe per split (`evaluate`) on the same splits
+`launch/repeated_splits.py` draws (`bmqa_jax.data.scenes.scene_split`, seed k
+for split k, fractions 0.8/0.1/0.1, the test split scored). Levers that win
+here are then measured with the real recipe and `launch/repeated_splits.py`.
+
+  python -m bmqa_jax.experiments.photo_levers extract --tower=efficientnet_lite0 \
+      --levels=1,2,4,6 --scale=2 --out=/tmp/photos/feats
+  python -m bmqa_jax.experiments.photo_levers evaluate --feats=/tmp/photos/feats \
+      --variant=lite0:s1 --variant=lite0:s1+s2+s4
+
+Scale s: the photo downsampled by s (mean of s×s pixel blocks, as
+`config.model.image.scales` does) before the tower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MANIFEST = "../shared/data/biq2021_lowlight/manifest.csv"
+GRID = 4
+
+
+def _rows(manifest: str):
+  with open(manifest) as f:
+    rows = list(csv.DictReader(f))
+  base = os.path.dirname(os.path.abspath(manifest))
+  return [dict(r, path=os.path.join(base, r["image"])) for r in rows]
+
+
+def cell_moments(tokens, image_hw, grid: int = GRID):
+  """[B, N, C] token map → [B, g², 3, C]: per-cell mean, std and skewness."""
+  from bmqa_jax.models import align  # pylint: disable=g-import-not-at-top
+  b, n, c = tokens.shape
+  hh, ww = align.map_shape(n, image_hw)
+  x = tokens.reshape(b, hh, ww, c)
+  ys = np.linspace(0, hh, grid + 1).round().astype(int)
+  xs = np.linspace(0, ww, grid + 1).round().astype(int)
+  out = []
+  for i in range(grid):
+    for j in range(grid):
+      cell = x[:, ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
+      m = cell.mean((1, 2))
+      d = cell - m[:, None, None]
+      var = (d * d).mean((1, 2))
+      sd = jnp.sqrt(var + 1e-6)
+      skew = (d ** 3).mean((1, 2)) / (sd ** 3)
+      out.append(jnp.stack([m, sd, skew], 1))
+  return jnp.stack(out, 1)
+
+
+def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int = 8):
+  from bmqa_jax.data import image_io, native, pipeline  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.models import image  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.models.image import pretrained  # pylint: disable=g-import-not-at-top
+  rows = _rows(manifest)
+  name = f"{tower}_s{scale}.npz"
+  os.makedirs(out, exist_ok=True)
+  dest = os.path.join(out, name)
+  if os.path.exists(dest):
+    print(f"{dest} exists")
+    return
+  model = image.create(tower, levels=tuple(levels))
+  variables = pretrained.imagenet_variables(tower)
+  variables = jax.tree.map(jnp.asarray, variables)
+
+  @jax.jit
+  def fn(x):
+    if scale > 1:
+      b, h, w, c = x.shape
+      x = x.reshape(b, h // scale, scale, w // scale, scale, c).mean((2, 4))
+    o = model.apply(variables, x, train=False)
+    return [cell_moments(m, x.shape[1:3]) for m in o["levels"]]
+
+  parts_dir = dest + ".parts"
+  os.makedirs(parts_dir, exist_ok=True)
+  t0, done = time.time(), 0
+  chunks = [list(range(s, min(s + batch, len(rows)))) for s in range(0, len(rows), batch)]
+  for k, idx in enumerate(chunks):
+    part = os.path.join(parts_dir, f"{k:05d}.npz")
+    if os.path.exists(part):
+      continue
+    imgs = []
+    for i in idx:
+      img = image_io.read_image_uint8(rows[i]["path"])
+      imgs.append(pipeline._normalise(native.grid_crops(img, 512, (1, 1)))[0])  # pylint: disable=protected-access
+    n = len(imgs)
+    imgs += [imgs[-1]] * (batch - n)
+    outs = jax.device_get(fn(np.stack(imgs)))
+    tmp = part + ".tmp.npz"
+    np.savez(tmp, **{f"l{j}": np.asarray(o[:n], np.float32) for j, o in enumerate(outs)})
+    os.replace(tmp, part)
+    done += n
+    if k % 20 == 0:
+      print(f"{name}: {(k + 1) * batch}/{len(rows)} photos, "
+            f"{(time.time() - t0) / max(done, 1):.3f} s/photo", flush=True)
+  parts = [np.load(os.path.join(parts_dir, f"{k:05d}.npz")) for k in range(len(chunks))]
+  nl = len(parts[0].files)
+  arrays = {f"l{j}": np.concatenate([p[f"l{j}"] for p in parts]) for j in range(nl)}
+  np.savez(dest, images=np.array([r["image"] for r in rows]), **arrays)
+  print(f"wrote {dest}: {[a.shape for a in arrays.values()]}, "
+        f"{(time.time() - t0) / max(done, 1):.3f} s/photo this run")
+
+
+# --- evaluation ---------------------------------------------------------------
+
+
+def _load(feats: str, tower: str, scale: int):
+  z = np.load(os.path.join(feats, f"{tower}_s{scale}.npz"))
+  return [z[k] for k in sorted((k for k in z.files if k.startswith("l")),
+                               key=lambda k: int(k[1:]))]
+
+
+def features(feats: str, spec: str) -> np.ndarray:
+  """A variant → [photos, D]. spec: 'TOWER:s1+s2[:stats][:cells]' where stats
+  is a subset of 'msk' (mean, std, skewness; default 'ms') and cells is 'grid'
+  (the 16 cells flattened) or 'pool' (averaged over cells, default) or 'both'."""
+  parts = spec.split(":")
+  tower, scales = parts[0], [int(s[1:]) for s in parts[1].split("+")]
+  stats = parts[2] if len(parts) > 2 else "ms"
+  cells = parts[3] if len(parts) > 3 else "pool"
+  tower = {"lite0": "efficientnet_lite0", "lite1": "efficientnet_lite1",
+           "lite2": "efficientnet_lite2", "mnv2": "mobilenet_v2"}.get(tower, tower)
+  pick = ["msk".index(s) for s in stats]
+  cols = []
+  for s in scales:
+    for a in _load(feats, tower, s):  # [P, cells, 3, C]
+      a = a[:, :, pick]
+      if cells in ("pool", "both"):
+        cols.append(a.mean(1).reshape(len(a), -1))
+      if cells in ("grid", "both"):
+        cols.append(a.reshape(len(a), -1))
+  return np.concatenate(cols, 1).astype(np.float64)
+
+
+def split_masks(manifest: str, seeds):
+  from bmqa_jax.data import scenes  # pylint: disable=g-import-not-at-top
+  rows = _rows(manifest)
+  sc = [r["scene"] for r in rows]
+  for seed in seeds:
+    assign = scenes.scene_split(sc, seed, (0.8, 0.1, 0.1))
+    lab = np.array([assign[s] for s in sc])
+    yield seed, lab
+
+
+def ridge_scores(x: np.ndarray, y: np.ndarray, lab: np.ndarray,
+                 alphas=(1, 3, 10, 30, 100, 300, 1000, 3000)) -> np.ndarray:
+  """Ridge (dual form) on standardised features, fitted on the split's train
+  part as the heads are; the penalty is chosen by SRCC on its val part."""
+  tr, va, te = lab == "train", lab == "val", lab == "test"
+  mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-8
+  z = (x - mu) / sd
+  z /= np.sqrt(z.shape[1])
+  k = z[tr] @ z[tr].T
+  ym = y[tr].mean()
+  w, v = np.linalg.eigh(k)
+  vy = v.T @ (y[tr] - ym)
+  best = None
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  for a in alphas:
+    a = a / 1000.0
+    coef = v @ (vy / (w + a))
+    pred = z @ (z[tr].T @ coef) + ym
+    r = stats.spearmanr(pred[va], y[va])[0]
+    if best is None or r > best[0]:
+      best = (r, pred)
+  return best[1]
+
+
+def evaluate(feats: str, variants, manifest: str, seeds=range(10)):
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  rows = _rows(manifest)
+  y = np.array([float(r["mos"]) for r in rows])
+  splits = list(split_masks(manifest, seeds))
+  res = {}
+  for spec in variants:
+    x = features(feats, spec)
+    sr, pl = [], []
+    for _, lab in splits:
+      p = ridge_scores(x, y, lab)
+      te = lab == "test"
+      sr.append(stats.spearmanr(p[te], y[te])[0])
+      pl.append(stats.pearsonr(p[te], y[te])[0])
+    res[spec] = (np.array(sr), np.array(pl))
+    print(f"{spec:40s} D={x.shape[1]:6d}  SRCC {np.mean(sr):.4f} ± {np.std(sr, ddof=1):.4f}"
+          f"  PLCC {np.mean(pl):.4f} ± {np.std(pl, ddof=1):.4f}", flush=True)
+  base = variants[0]
+  for spec in variants[1:]:
+    d = res[spec][0] - res[base][0]
+    print(f"  {spec} − {base}: SRCC {d.mean():+.4f} ± {d.std(ddof=1):.4f} "
+          f"(paired, {int((d > 0).sum())}/{len(d)} splits better)")
+  return res
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("cmd", choices=("extract", "evaluate"))
+  p.add_argument("--tower", default="efficientnet_lite0")
+  p.add_argument("--levels", default="1,2,4,6")
+  p.add_argument("--scale", type=int, default=1)
+  p.add_argument("--out", "--feats", dest="out", default="/tmp/photos/feats")
+  p.add_argument("--manifest", default=MANIFEST)
+  p.add_argument("--variant", action="append", default=[])
+  a = p.parse_args()
+  if a.cmd == "extract":
+    extract(a.tower, [int(x) for x in a.levels.split(",")], a.scale, a.out, a.manifest)
+  else:
+    evaluate(a.out, a.variant, a.manifest)
+
+
+if __name__ == "__main__":
+  main()
