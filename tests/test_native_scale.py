@@ -107,6 +107,32 @@ def test_cached_features_are_the_towers():
   np.testing.assert_allclose(full, cached, rtol=1e-6)
 
 
+def test_scales_concatenate_the_downsampled_photos_statistics():
+  """`scales=(1, 2)`: each level's cell statistics of the photo, then of the
+  photo's 2×2 block means, through the same tower (no new weights)."""
+  one = bmqa_lib.from_config(_tiny_config(), None)
+  c = _tiny_config()
+  c.model.image = dict(c.model.image.to_dict(), scales=(1, 2))
+  two = bmqa_lib.from_config(c, None)
+  x = jax.random.normal(jax.random.key(0), (2, 128, 128, 3))
+  v = two.init(jax.random.key(1), x)
+  feats = two.apply(v, x, method=two.tower_features)
+  assert [f.shape for f in feats] == [(2, 4, 128), (2, 4, 512)]
+  v1 = {"params": {k: p for k, p in v["params"].items() if k == "image_encoder"},
+        "batch_stats": v["batch_stats"]}
+  full = one.apply(v1, x, method=one.tower_features)
+  small = x.reshape(2, 64, 2, 64, 2, 3).mean((2, 4))
+  half = one.apply(v1, small, method=one.tower_features)
+  for f, a, b in zip(feats, full, half):
+    np.testing.assert_allclose(f, jnp.concatenate([a, b], -1), rtol=1e-5, atol=1e-5)
+  mesh_cfg = pipeline.from_config(c)
+  tower = {k: w["image_encoder"] for k, w in v.items()}
+  assert (feature_cache.tower_key(c, tower, mesh_cfg)
+          != feature_cache.tower_key(_tiny_config(), tower, mesh_cfg))
+  cached = two.apply(v, None, image_features=feats)["score"]
+  np.testing.assert_allclose(two.apply(v, x)["score"], cached, rtol=1e-5, atol=1e-6)
+
+
 # --- feature cache and LP-FT through the trainer -----------------------------
 
 @pytest.fixture(scope="module")
