@@ -160,20 +160,20 @@ def ridge_scores(x: np.ndarray, y: np.ndarray, lab: np.ndarray,
                  alphas=(1, 3, 10, 30, 100, 300, 1000, 3000)) -> np.ndarray:
   """Ridge (dual form) on standardised features, fitted on the split's train
   part as the heads are; the penalty is chosen by SRCC on its val part."""
-  tr, va, te = lab == "train", lab == "val", lab == "test"
+  tr, va = lab == "train", lab == "val"
   mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-8
   z = (x - mu) / sd
   z /= np.sqrt(z.shape[1])
-  k = z[tr] @ z[tr].T
   ym = y[tr].mean()
+  primal = z.shape[1] <= tr.sum()
+  k = z[tr].T @ z[tr] if primal else z[tr] @ z[tr].T
   w, v = np.linalg.eigh(k)
-  vy = v.T @ (y[tr] - ym)
+  vy = v.T @ (z[tr].T @ (y[tr] - ym) if primal else y[tr] - ym)
   best = None
   from scipy import stats  # pylint: disable=g-import-not-at-top
   for a in alphas:
-    a = a / 1000.0
-    coef = v @ (vy / (w + a))
-    pred = z @ (z[tr].T @ coef) + ym
+    coef = v @ (vy / (w + a / 1000.0))
+    pred = (z @ coef if primal else z @ (z[tr].T @ coef)) + ym
     r = stats.spearmanr(pred[va], y[va])[0]
     if best is None or r > best[0]:
       best = (r, pred)
@@ -205,9 +205,99 @@ def evaluate(feats: str, variants, manifest: str, seeds=range(10)):
   return res
 
 
+def head_maps(feats: str, spec: str) -> list[np.ndarray]:
+  """A variant → the maps the real heads read: per level [photos, 16, 2C·S]
+  (cell mean and std, as `align.grid_statistics`, scales along channels).
+  spec: 'TOWER:s1+s2[:stats]' (stats as in `features`)."""
+  parts = spec.split(":")
+  tower, scales = parts[0], [int(s[1:]) for s in parts[1].split("+")]
+  stats = parts[2] if len(parts) > 2 else "ms"
+  tower = {"lite0": "efficientnet_lite0", "lite1": "efficientnet_lite1",
+           "lite2": "efficientnet_lite2", "mnv2": "mobilenet_v2"}.get(tower, tower)
+  pick = ["msk".index(s) for s in stats]
+  per_scale = [_load(feats, tower, s) for s in scales]
+  out = []
+  for lev in zip(*per_scale):
+    out.append(np.concatenate([np.concatenate([a[:, :, j] for j in pick], -1)
+                               for a in lev], -1).astype(np.float32))
+  return out
+
+
+def head_scores(maps, y, lab, seed: int, ensemble: int = 5, epochs: int = 20,
+                batch: int = 32, lr: float = 3e-4) -> np.ndarray:
+  """The default recipe's heads (`configs/biq2021.py`: `ensemble` attentive
+  pooling + probe heads, AdamW, cosine after a 1-epoch warm-up, weight decay
+  0.05, each member's MSE) trained on the split's train part from these maps
+  (the unflipped view only); scores of every photo from the final weights."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.bmqa import model as bmqa_model  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.configs import biq2021  # pylint: disable=g-import-not-at-top
+  cfg = biq2021.get_config(f"ensemble={ensemble}")
+  a = cfg.model.align
+  model = bmqa_model.BMQA(None, None, modalities=("image",), align_width=a.width,
+                          align_heads=a.heads, align_qkv_dim=a.qkv_dim,
+                          align_mlp_dim=a.mlp_dim, multi_level=True, token_grid=4,
+                          ensemble=ensemble)
+  tr = np.flatnonzero(lab == "train")
+  spe = len(tr) // batch
+  total, warm = epochs * spe, spe
+  sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warm),
+                                optax.cosine_decay_schedule(lr, total - warm)], [warm])
+  tx = optax.adamw(sched, b1=0.9, b2=0.999, weight_decay=0.05)
+  params = model.init(jax.random.key(seed), None,
+                      image_features=[jnp.asarray(m[:2]) for m in maps])["params"]
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt, xs, yb):
+    def loss(p):
+      out = model.apply({"params": p}, None, image_features=xs)
+      return jnp.mean((out["member_scores"] - yb[:, None]) ** 2)
+    g = jax.grad(loss)(params)
+    upd, opt = tx.update(g, opt, params)
+    return optax.apply_updates(params, upd), opt
+
+  rng = np.random.default_rng(seed)
+  for _ in range(epochs):
+    perm = rng.permutation(tr)
+    for k in range(spe):
+      idx = perm[k * batch:(k + 1) * batch]
+      params, opt = step(params, opt, [m[idx] for m in maps], y[idx].astype(np.float32))
+  score = jax.jit(lambda p, xs: model.apply({"params": p}, None, image_features=xs)["score"])
+  return np.concatenate([np.asarray(score(params, [m[s:s + 256] for m in maps]))
+                         for s in range(0, len(y), 256)])
+
+
+def evaluate_heads(feats: str, variants, manifest: str, seeds=range(10)):
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  rows = _rows(manifest)
+  y = np.array([float(r["mos"]) for r in rows])
+  splits = list(split_masks(manifest, seeds))
+  res = {}
+  for spec in variants:
+    maps = head_maps(feats, spec)
+    sr, pl, t0 = [], [], time.time()
+    for seed, lab in splits:
+      p = head_scores(maps, y, lab, seed)
+      te = lab == "test"
+      sr.append(stats.spearmanr(p[te], y[te])[0])
+      pl.append(stats.pearsonr(p[te], y[te])[0])
+      print(f"  {spec} split {seed}: SRCC {sr[-1]:.4f}", flush=True)
+    res[spec] = (np.array(sr), np.array(pl))
+    print(f"heads {spec:34s} SRCC {np.mean(sr):.4f} ± {np.std(sr, ddof=1):.4f}"
+          f"  PLCC {np.mean(pl):.4f} ± {np.std(pl, ddof=1):.4f}"
+          f"  ({(time.time() - t0) / len(splits):.0f} s/split)", flush=True)
+  base = variants[0]
+  for spec in variants[1:]:
+    d = res[spec][0] - res[base][0]
+    print(f"  {spec} − {base}: SRCC {d.mean():+.4f} ± {d.std(ddof=1):.4f} "
+          f"(paired, {int((d > 0).sum())}/{len(d)} splits better)")
+  return res
+
+
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("cmd", choices=("extract", "evaluate"))
+  p.add_argument("cmd", choices=("extract", "evaluate", "heads"))
   p.add_argument("--tower", default="efficientnet_lite0")
   p.add_argument("--levels", default="1,2,4,6")
   p.add_argument("--scale", type=int, default=1)
@@ -217,6 +307,8 @@ def main():
   a = p.parse_args()
   if a.cmd == "extract":
     extract(a.tower, [int(x) for x in a.levels.split(",")], a.scale, a.out, a.manifest)
+  elif a.cmd == "heads":
+    evaluate_heads(a.out, a.variant, a.manifest)
   else:
     evaluate(a.out, a.variant, a.manifest)
 
