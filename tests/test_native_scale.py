@@ -209,3 +209,42 @@ def test_cache_is_reused_and_invalidated_by_a_changed_image(lpft, tmp_path):
   assert "1 of 3 images" in logs[-1]
   assert not np.array_equal(c2.levels[0][1], a.levels[0][1])
   np.testing.assert_array_equal(c2.levels[0][0], a.levels[0][0])
+
+
+# --- the default real-photo recipe (configs/biq2021.py) ------------------------
+
+SHARED_PHOTOS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                             "biq2021_lowlight", "manifest.csv")
+
+
+def test_biq2021_default_recipe_trains_a_step(tmp_path):
+  """The default config as users run it (ImageNet Lite0, native 512-px windows
+  read at scales 1, ½ and ¼, five heads) on seven real photos (4 to train, 3 to validate): it caches the
+  three scales' statistics and trains and evaluates from them."""
+  if not os.path.exists(SHARED_PHOTOS):
+    pytest.skip("../shared/data/biq2021_lowlight is not here")
+  import csv  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.configs import biq2021  # pylint: disable=g-import-not-at-top
+  with open(SHARED_PHOTOS) as f:
+    rows = list(csv.DictReader(f))[:7]
+  base = os.path.dirname(os.path.abspath(SHARED_PHOTOS))
+  man = os.path.join(tmp_path, "manifest.csv")
+  with open(man, "w", newline="") as f:
+    w = csv.DictWriter(f, ["image", "mos", "scene", "split"])
+    w.writeheader()
+    for i, r in enumerate(rows):
+      w.writerow(dict(image=os.path.join(base, r["image"]), mos=r["mos"],
+                      scene=r["scene"], split="val" if i >= 4 else "train"))
+  c = biq2021.get_config(f"manifest={man},epochs=1,batch=4")
+  assert tuple(c.model.image.scales) == (1, 2, 4)
+  assert tuple(biq2021.get_config("scales=1").model.image.scales) == (1,)
+  logs = []
+  res = train.train_and_evaluate(c, str(tmp_path / "w"), log=logs.append, progress=False)
+  assert "caching the frozen tower's features: 4 of 4 images × 2 views" in "\n".join(logs)
+  assert set(res) == {"st"}
+  (folder,) = os.listdir(tmp_path / "w" / "feature_cache")
+  entry = np.load(os.path.join(tmp_path, "w", "feature_cache", folder,
+                               os.listdir(tmp_path / "w" / "feature_cache" / folder)[0]))
+  # Lite0's stages 1, 2, 4, 6 (24, 40, 112, 320 channels): mean and std × 3 scales.
+  assert [entry[f"level{i}"].shape for i in range(4)] == [
+      (2, 16, 6 * ch) for ch in (24, 40, 112, 320)]
