@@ -125,9 +125,12 @@ def _load(feats: str, tower: str, scale: int):
 
 
 def features(feats: str, spec: str) -> np.ndarray:
-  """A variant → [photos, D]. spec: 'TOWER:s1+s2[:stats][:cells]' where stats
+  """A variant → [photos, D]; several towers' variants joined by ',' are
+  concatenated (e.g. 'lite0:s1+s2+s4,mnv2:s1'). One spec: 'TOWER:s1+s2[:stats][:cells]' where stats
   is a subset of 'msk' (mean, std, skewness; default 'ms') and cells is 'grid'
   (the 16 cells flattened) or 'pool' (averaged over cells, default) or 'both'."""
+  if "," in spec:
+    return np.concatenate([features(feats, s) for s in spec.split(",")], 1)
   parts = spec.split(":")
   tower, scales = parts[0], [int(s[1:]) for s in parts[1].split("+")]
   stats = parts[2] if len(parts) > 2 else "ms"
@@ -268,7 +271,8 @@ def head_scores(maps, y, lab, seed: int, ensemble: int = 5, epochs: int = 20,
                          for s in range(0, len(y), 256)])
 
 
-def evaluate_heads(feats: str, variants, manifest: str, seeds=range(10)):
+def evaluate_heads(feats: str, variants, manifest: str, seeds=range(10),
+                   ensemble: int = 5):
   from scipy import stats  # pylint: disable=g-import-not-at-top
   rows = _rows(manifest)
   y = np.array([float(r["mos"]) for r in rows])
@@ -278,7 +282,7 @@ def evaluate_heads(feats: str, variants, manifest: str, seeds=range(10)):
     maps = head_maps(feats, spec)
     sr, pl, t0 = [], [], time.time()
     for seed, lab in splits:
-      p = head_scores(maps, y, lab, seed)
+      p = head_scores(maps, y, lab, seed, ensemble=ensemble)
       te = lab == "test"
       sr.append(stats.spearmanr(p[te], y[te])[0])
       pl.append(stats.pearsonr(p[te], y[te])[0])
@@ -304,11 +308,12 @@ def main():
   p.add_argument("--out", "--feats", dest="out", default="/tmp/photos/feats")
   p.add_argument("--manifest", default=MANIFEST)
   p.add_argument("--variant", action="append", default=[])
+  p.add_argument("--ensemble", type=int, default=5, help="heads: heads averaged")
   a = p.parse_args()
   if a.cmd == "extract":
     extract(a.tower, [int(x) for x in a.levels.split(",")], a.scale, a.out, a.manifest)
   elif a.cmd == "heads":
-    evaluate_heads(a.out, a.variant, a.manifest)
+    evaluate_heads(a.out, a.variant, a.manifest, ensemble=a.ensemble)
   else:
     evaluate(a.out, a.variant, a.manifest)
 
