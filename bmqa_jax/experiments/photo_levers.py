@@ -210,19 +210,28 @@ def evaluate(feats: str, variants, manifest: str, seeds=range(10)):
 
 def head_maps(feats: str, spec: str) -> list[np.ndarray]:
   """A variant → the maps the real heads read: per level [photos, 16, 2C·S]
-  (cell mean and std, as `align.grid_statistics`, scales along channels).
-  spec: 'TOWER:s1+s2[:stats]' (stats as in `features`)."""
+  (cell mean and std, as `align.grid_statistics`, scales along channels, as
+  `model.scales` does). spec: 'TOWER:s1+s2[:stats[:fusion]]', stats as in
+  `features`; fusion 'chan' (default), 'tok' (the scales' cells as more tokens
+  of one map, [photos, 16·S, 2C]) or 'sep' (one map per level and scale)."""
   parts = spec.split(":")
   tower, scales = parts[0], [int(s[1:]) for s in parts[1].split("+")]
   stats = parts[2] if len(parts) > 2 else "ms"
+  fusion = parts[3] if len(parts) > 3 else "chan"
   tower = {"lite0": "efficientnet_lite0", "lite1": "efficientnet_lite1",
            "lite2": "efficientnet_lite2", "mnv2": "mobilenet_v2"}.get(tower, tower)
   pick = ["msk".index(s) for s in stats]
   per_scale = [_load(feats, tower, s) for s in scales]
   out = []
   for lev in zip(*per_scale):
-    out.append(np.concatenate([np.concatenate([a[:, :, j] for j in pick], -1)
-                               for a in lev], -1).astype(np.float32))
+    maps = [np.concatenate([a[:, :, j] for j in pick], -1).astype(np.float32)
+            for a in lev]
+    if fusion == "chan":
+      out.append(np.concatenate(maps, -1))
+    elif fusion == "tok":
+      out.append(np.concatenate(maps, 1))
+    else:
+      out.extend(maps)
   return out
 
 
@@ -255,7 +264,8 @@ def head_scores(maps, y, lab, seed: int, ensemble: int = 5, epochs: int = 20,
   def step(params, opt, xs, yb):
     def loss(p):
       out = model.apply({"params": p}, None, image_features=xs)
-      return jnp.mean((out["member_scores"] - yb[:, None]) ** 2)
+      member = out["member_scores"] if ensemble > 1 else out["score"][:, None]
+      return jnp.mean((member - yb[:, None]) ** 2)
     g = jax.grad(loss)(params)
     upd, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, upd), opt
