@@ -283,29 +283,32 @@ def head_scores(maps, y, lab, seed: int, ensemble: int = 5, epochs: int = 20,
 
 def evaluate_heads(feats: str, variants, manifest: str, seeds=range(10),
                    ensemble: int = 5):
+  """The heads of every variant on split 0, then on split 1, ...: a killed run
+  still leaves paired results (printed after every split)."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
   rows = _rows(manifest)
   y = np.array([float(r["mos"]) for r in rows])
-  splits = list(split_masks(manifest, seeds))
-  res = {}
-  for spec in variants:
-    maps = head_maps(feats, spec)
-    sr, pl, t0 = [], [], time.time()
-    for seed, lab in splits:
-      p = head_scores(maps, y, lab, seed, ensemble=ensemble)
-      te = lab == "test"
-      sr.append(stats.spearmanr(p[te], y[te])[0])
-      pl.append(stats.pearsonr(p[te], y[te])[0])
-      print(f"  {spec} split {seed}: SRCC {sr[-1]:.4f}", flush=True)
-    res[spec] = (np.array(sr), np.array(pl))
-    print(f"heads {spec:34s} SRCC {np.mean(sr):.4f} ± {np.std(sr, ddof=1):.4f}"
-          f"  PLCC {np.mean(pl):.4f} ± {np.std(pl, ddof=1):.4f}"
-          f"  ({(time.time() - t0) / len(splits):.0f} s/split)", flush=True)
-  base = variants[0]
-  for spec in variants[1:]:
-    d = res[spec][0] - res[base][0]
-    print(f"  {spec} − {base}: SRCC {d.mean():+.4f} ± {d.std(ddof=1):.4f} "
-          f"(paired, {int((d > 0).sum())}/{len(d)} splits better)")
+  maps = {spec: head_maps(feats, spec) for spec in variants}
+  res = {spec: ([], []) for spec in variants}
+  for seed, lab in split_masks(manifest, seeds):
+    te = lab == "test"
+    for spec in variants:
+      t0 = time.time()
+      p = head_scores(maps[spec], y, lab, seed, ensemble=ensemble)
+      res[spec][0].append(stats.spearmanr(p[te], y[te])[0])
+      res[spec][1].append(stats.pearsonr(p[te], y[te])[0])
+      print(f"  split {seed} {spec}: SRCC {res[spec][0][-1]:.4f} PLCC "
+            f"{res[spec][1][-1]:.4f} ({time.time() - t0:.0f} s)", flush=True)
+    for spec in variants:
+      sr, pl = np.array(res[spec][0]), np.array(res[spec][1])
+      line = (f"heads×{ensemble} {spec:30s} {len(sr)} splits: SRCC {sr.mean():.4f} ± "
+              f"{sr.std(ddof=1) if len(sr) > 1 else 0:.4f}  PLCC {pl.mean():.4f} ± "
+              f"{pl.std(ddof=1) if len(pl) > 1 else 0:.4f}")
+      if spec != variants[0]:
+        d = sr - np.array(res[variants[0]][0])
+        line += (f"  paired ΔSRCC {d.mean():+.4f} ± {d.std(ddof=1) if len(d) > 1 else 0:.4f}"
+                 f" ({int((d > 0).sum())}/{len(d)} better)")
+      print(line, flush=True)
   return res
 
 
