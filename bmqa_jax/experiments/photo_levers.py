@@ -295,6 +295,8 @@ def evaluate_heads(feats: str, variants, manifest: str, seeds=range(10),
     for spec in variants:
       t0 = time.time()
       p = head_scores(maps[spec], y, lab, seed, ensemble=ensemble)
+      os.makedirs(os.path.join(feats, "preds"), exist_ok=True)
+      np.save(os.path.join(feats, "preds", f"heads{ensemble}_{spec}_{seed}.npy"), p)
       res[spec][0].append(stats.spearmanr(p[te], y[te])[0])
       res[spec][1].append(stats.pearsonr(p[te], y[te])[0])
       print(f"  split {seed} {spec}: SRCC {res[spec][0][-1]:.4f} PLCC "
