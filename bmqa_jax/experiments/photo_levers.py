@@ -314,9 +314,38 @@ def evaluate_heads(feats: str, variants, manifest: str, seeds=range(10),
   return res
 
 
+def combine(feats: str, heads: str, variants, manifest: str, seeds=range(10)):
+  """The mean of saved heads predictions (`heads`, e.g. 'heads5_lite0:s1') and
+  a ridge probe's on each variant's features, on the splits whose heads
+  predictions exist; paired against the heads alone."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  rows = _rows(manifest)
+  y = np.array([float(r["mos"]) for r in rows])
+  xs = {v: features(feats, v) for v in variants}
+  base, res = [], {v: [] for v in variants}
+  for seed, lab in split_masks(manifest, seeds):
+    f = os.path.join(feats, "preds", f"{heads}_{seed}.npy")
+    if not os.path.exists(f):
+      continue
+    te = lab == "test"
+    h = np.load(f)
+    base.append(stats.spearmanr(h[te], y[te])[0])
+    for v in variants:
+      p = 0.5 * (h + ridge_scores(xs[v], y, lab))
+      res[v].append(stats.spearmanr(p[te], y[te])[0])
+  base = np.array(base)
+  print(f"{heads}: {len(base)} splits, SRCC {base.mean():.4f} ± {base.std(ddof=1):.4f}")
+  for v in variants:
+    r = np.array(res[v])
+    d = r - base
+    print(f"  + ridge {v}: SRCC {r.mean():.4f} ± {r.std(ddof=1):.4f}, paired "
+          f"{d.mean():+.4f} ± {d.std(ddof=1):.4f} ({int((d > 0).sum())}/{len(d)} better)")
+
+
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("cmd", choices=("extract", "evaluate", "heads"))
+  p.add_argument("cmd", choices=("extract", "evaluate", "heads", "combine"))
+  p.add_argument("--heads", default="heads5_lite0:s1", help="combine: saved predictions")
   p.add_argument("--tower", default="efficientnet_lite0")
   p.add_argument("--levels", default="1,2,4,6")
   p.add_argument("--scale", type=int, default=1)
@@ -327,6 +356,8 @@ def main():
   a = p.parse_args()
   if a.cmd == "extract":
     extract(a.tower, [int(x) for x in a.levels.split(",")], a.scale, a.out, a.manifest)
+  elif a.cmd == "combine":
+    combine(a.out, a.heads, a.variant, a.manifest)
   elif a.cmd == "heads":
     evaluate_heads(a.out, a.variant, a.manifest, ensemble=a.ensemble)
   else:
