@@ -353,13 +353,16 @@ def main():
   p.add_argument("--manifest", default=MANIFEST)
   p.add_argument("--variant", action="append", default=[])
   p.add_argument("--ensemble", type=int, default=5, help="heads: heads averaged")
+  p.add_argument("--seeds", default="0-9", help="splits, FIRST-LAST")
   a = p.parse_args()
   if a.cmd == "extract":
     extract(a.tower, [int(x) for x in a.levels.split(",")], a.scale, a.out, a.manifest)
   elif a.cmd == "combine":
     combine(a.out, a.heads, a.variant, a.manifest)
   elif a.cmd == "heads":
-    evaluate_heads(a.out, a.variant, a.manifest, ensemble=a.ensemble)
+    lo, hi = (int(x) for x in a.seeds.split("-"))
+    evaluate_heads(a.out, a.variant, a.manifest, seeds=range(lo, hi + 1),
+                   ensemble=a.ensemble)
   else:
     evaluate(a.out, a.variant, a.manifest)
 
