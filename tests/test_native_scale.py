@@ -109,6 +109,32 @@ def test_cached_features_are_the_towers():
   np.testing.assert_allclose(full, cached, rtol=1e-6)
 
 
+def test_scales_concatenate_the_downsampled_photos_statistics():
+  """`scales=(1, 2)`: each level's cell statistics of the photo, then of the
+  photo's 2×2 block means, through the same tower (no new weights)."""
+  one = bmqa_lib.from_config(_tiny_config(), None)
+  c = _tiny_config()
+  c.model.image = dict(c.model.image.to_dict(), scales=(1, 2))
+  two = bmqa_lib.from_config(c, None)
+  x = jax.random.normal(jax.random.key(0), (2, 128, 128, 3))
+  v = two.init(jax.random.key(1), x)
+  feats = two.apply(v, x, method=two.tower_features)
+  assert [f.shape for f in feats] == [(2, 4, 128), (2, 4, 512)]
+  v1 = {"params": {k: p for k, p in v["params"].items() if k == "image_encoder"},
+        "batch_stats": v["batch_stats"]}
+  full = one.apply(v1, x, method=one.tower_features)
+  small = x.reshape(2, 64, 2, 64, 2, 3).mean((2, 4))
+  half = one.apply(v1, small, method=one.tower_features)
+  for f, a, b in zip(feats, full, half):
+    np.testing.assert_allclose(f, jnp.concatenate([a, b], -1), rtol=1e-5, atol=1e-5)
+  mesh_cfg = pipeline.from_config(c)
+  tower = {k: w["image_encoder"] for k, w in v.items()}
+  assert (feature_cache.tower_key(c, tower, mesh_cfg)
+          != feature_cache.tower_key(_tiny_config(), tower, mesh_cfg))
+  cached = two.apply(v, None, image_features=feats)["score"]
+  np.testing.assert_allclose(two.apply(v, x)["score"], cached, rtol=1e-5, atol=1e-6)
+
+
 # --- feature cache and LP-FT through the trainer -----------------------------
 
 @pytest.fixture(scope="module")
@@ -185,3 +211,43 @@ def test_cache_is_reused_and_invalidated_by_a_changed_image(lpft, tmp_path):
   assert "1 of 3 images" in logs[-1]
   assert not np.array_equal(c2.levels[0][1], a.levels[0][1])
   np.testing.assert_array_equal(c2.levels[0][0], a.levels[0][0])
+
+
+# --- the default real-photo recipe (configs/biq2021.py) ------------------------
+
+SHARED_PHOTOS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                             "biq2021_lowlight", "manifest.csv")
+
+
+def test_biq2021_multiscale_recipe_trains_a_step(tmp_path):
+  """`configs/biq2021.py:scales=1.2.4` as users run it (ImageNet Lite0, native
+  512-px windows read at scales 1, ½ and ¼, five heads) on seven real photos
+  (4 to train, 3 to validate): it caches the three scales' statistics and
+  trains and evaluates from them."""
+  if not os.path.exists(SHARED_PHOTOS):
+    pytest.skip("../shared/data/biq2021_lowlight is not here")
+  import csv  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.configs import biq2021  # pylint: disable=g-import-not-at-top
+  with open(SHARED_PHOTOS) as f:
+    rows = list(csv.DictReader(f))[:7]
+  base = os.path.dirname(os.path.abspath(SHARED_PHOTOS))
+  man = os.path.join(tmp_path, "manifest.csv")
+  with open(man, "w", newline="") as f:
+    w = csv.DictWriter(f, ["image", "mos", "scene", "split"])
+    w.writeheader()
+    for i, r in enumerate(rows):
+      w.writerow(dict(image=os.path.join(base, r["image"]), mos=r["mos"],
+                      scene=r["scene"], split="val" if i >= 4 else "train"))
+  c = biq2021.get_config(f"manifest={man},epochs=1,batch=4,scales=1.2.4")
+  assert tuple(c.model.image.scales) == (1, 2, 4)
+  assert tuple(biq2021.get_config().model.image.scales) == (1,)
+  logs = []
+  res = train.train_and_evaluate(c, str(tmp_path / "w"), log=logs.append, progress=False)
+  assert "caching the frozen tower's features: 4 of 4 images × 2 views" in "\n".join(logs)
+  assert set(res) == {"st"}
+  (folder,) = os.listdir(tmp_path / "w" / "feature_cache")
+  entry = np.load(os.path.join(tmp_path, "w", "feature_cache", folder,
+                               os.listdir(tmp_path / "w" / "feature_cache" / folder)[0]))
+  # Lite0's stages 1, 2, 4, 6 (24, 40, 112, 320 channels): mean and std × 3 scales.
+  assert [entry[f"level{i}"].shape for i in range(4)] == [
+      (2, 16, 6 * ch) for ch in (24, 40, 112, 320)]

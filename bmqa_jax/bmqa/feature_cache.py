@@ -97,6 +97,9 @@ def tower_key(cfg: mlc.ConfigDict, tower_variables: dict,
       resize_size=pcfg.resize_size, native_crop=pcfg.native_crop,
       eval_grid=list(pcfg.eval_grid), flip=pcfg.flip,
       weights=_digest_tree(tower_variables))
+  scales = [int(x) for x in ic.get("scales", (1,))]
+  if scales != [1]:  # the tower also reads the image downsampled (model.scales)
+    spec["scales"] = scales
   if pcfg.prepare_short_side:  # resized before the views (data/prepared.py)
     spec["prepare_short_side"] = pcfg.prepare_short_side
   return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]

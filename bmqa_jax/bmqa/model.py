@@ -51,6 +51,13 @@ class BMQA(nn.Module):
   # 0: the token maps as they are (Eq. 7); g > 0: per-cell mean and standard
   # deviation on a g×g grid (`align.grid_statistics`), parameter-free.
   token_grid: int = 0
+  # Downsampling factors at which the tower also reads the image (1: as given;
+  # s: the mean of s×s pixel blocks). With `token_grid`, each level's cell
+  # statistics at every scale are concatenated along channels, so the cells
+  # (the same regions of the photo at every scale) and the number of pooled
+  # maps stay the same. A photo judged at screen size is a downscaled photo:
+  # the coarse scales show the tower the blur and noise a viewer sees there.
+  scales: Sequence[int] = (1,)
   # Image-only models: K > 1 independently initialised alignment + probe
   # heads on the same tower features, each trained on its own MSE; the score
   # is their mean (a deep ensemble of the probe, Lakshminarayanan et al. 2017).
@@ -72,6 +79,17 @@ class BMQA(nn.Module):
     if self.token_grid:
       maps = [align.grid_statistics(m, images.shape[1:3], self.token_grid)
               for m in maps]
+    extra = [s for s in self.scales if s != 1]
+    if extra and not self.token_grid:
+      raise ValueError(f"scales {tuple(self.scales)} need token_grid > 0 (the "
+                       "scales' statistics share its cells)")
+    for s in extra:
+      small = downsample(images, s)
+      o = self.image_encoder(small, train=train)
+      more = list(o["levels"]) if self.multi_level else [o["tokens"]]
+      maps = [jnp.concatenate(
+          [m, align.grid_statistics(x, small.shape[1:3], self.token_grid)], -1)
+              for m, x in zip(maps, more)]
     return maps
 
   def _align_image(self, maps):
@@ -158,6 +176,18 @@ class BMQA(nn.Module):
             "log_temperature": log_t}
 
 
+def downsample(images, factor: int):
+  """[B, H, W, C] → [B, H//f, W//f, C]: the mean of f×f pixel blocks (a box
+  filter, exact for the normalised pixels since normalisation is affine); rows
+  and columns past a multiple of f are dropped."""
+  b, h, w, c = images.shape
+  hh, ww = h // factor, w // factor
+  if not hh or not ww:
+    raise ValueError(f"a {h}×{w} image is smaller than the scale factor {factor}")
+  x = images[:, :hh * factor, :ww * factor].astype(jnp.float32)
+  return x.reshape(b, hh, factor, ww, factor, c).mean((2, 4)).astype(images.dtype)
+
+
 def align_levels(maps, pool, width: int, dtype):
   """Eq. 7 on each feature level (`pool(name)` makes an AttentivePool); several
   levels are fused by a linear layer and a LayerNorm into one aligned vector of
@@ -217,4 +247,5 @@ def from_config(cfg, vocab_size: int | None) -> BMQA:
               decoder_dim=pt.get("decoder_dim", 256),
               multi_level=bool(tuple(ic.get("levels", ()))),
               token_grid=int(ic.get("token_grid", 0)),
+              scales=tuple(int(x) for x in ic.get("scales", (1,))),
               ensemble=int(cfg.model.get("ensemble", 1)), dtype=dtype)
