@@ -231,7 +231,8 @@ read by the tower at downsampling factors {tuple(ic.get("scales", (1,)))};
 feature levels {tuple(ic.levels)} summarised on a {ic.token_grid}×{ic.token_grid}
 grid (mean and standard deviation, the scales' concatenated), one attentive
 pooling (Eq. 7) per level, fused, linear probe (Eq. 10);
-{cfg.model.get("ensemble", 1)} such heads from independent initialisations, each trained with MSE (Eq. 14), averaged; {cfg.st.epochs:g} epochs,
+{cfg.model.get("ensemble", 1)} such heads from independent initialisations,
+each trained with MSE (Eq. 14), averaged; {cfg.st.epochs:g} epochs,
 batch {cfg.st.batch_size}, AdamW lr {cfg.st.learning_rate:g} cosine. Shipped:
 the weights after the tower (`heads.safetensors`, float16) and `config.json`.
 
