@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bmqa_jax import defaults
+from bmqa_jax.bmqa import cache_entry
 from bmqa_jax.bmqa import feature_cache
 from bmqa_jax.bmqa import train
 from bmqa_jax.configs import quickstart
@@ -81,7 +82,7 @@ def test_damaged_entries_are_named_rebuilt_and_leave_the_metrics_unchanged(
 def test_read_entry_names_each_kind_of_damage(tmp_path):
   path = str(tmp_path / "e.npz")
   good = [np.ones((2, 4, 8), np.float16), np.ones((2, 4, 16), np.float16)]
-  feature_cache._write_entry(path, good)  # pylint: disable=protected-access
+  cache_entry.write(path, good)
   shapes = [a.shape for a in good]
   assert [a.shape for a in feature_cache.read_entry(path, shapes)] == shapes
   assert os.listdir(tmp_path) == ["e.npz"]
@@ -99,7 +100,7 @@ def test_waiting_for_another_process_times_out_naming_it(tmp_path):
   entry that never appears stops it with the process that owes it."""
   shapes = [(2, 4, 8)]
   files = [str(tmp_path / f"{i}.npz") for i in range(4)]
-  feature_cache._write_entry(files[1], [np.ones(shapes[0], np.float16)])  # pylint: disable=protected-access
+  cache_entry.write(files[1], [np.ones(shapes[0], np.float16)])
   entries = [None] * 4
   with pytest.raises(TimeoutError, match=r"waited 0 s for process 1 of 2 with no new "
                      r"entry; 1 entries are missing, e.g. .*3.npz"):

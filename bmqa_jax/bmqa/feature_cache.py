@@ -44,9 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import time
-import uuid
 from typing import Sequence
 
 import grain
@@ -57,10 +55,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from bmqa_jax import sharding
+from bmqa_jax.bmqa import cache_entry
+from bmqa_jax.bmqa.cache_entry import DamagedEntry, read_entry  # noqa: F401
 from bmqa_jax.data import pipeline
 
 VERSION = 1
-DTYPE = np.float16
 
 
 def _digest_tree(tree) -> str:
@@ -131,57 +130,6 @@ class FeatureCache:
 
   def features(self, index: int, view: int) -> tuple[np.ndarray, ...]:
     return tuple(a[index, view] for a in self.levels)
-
-
-class DamagedEntry(ValueError):
-  """A cache entry that cannot be used; the message says why."""
-
-
-def read_entry(path: str, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
-  """The arrays of the entry at `path`, checked: a readable `.npz` holding
-  exactly `level0`.. of `shapes` (float16), every value finite. Raises
-  `DamagedEntry` (a truncated or empty file, a wrong key, shape or dtype, a
-  NaN) so that the caller rebuilds it; `FileNotFoundError` when it is absent."""
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      names = sorted(z.files)
-      want = [f"level{i}" for i in range(len(shapes))]
-      if names != sorted(want):
-        raise DamagedEntry(f"holds {names}, expected {want}")
-      out = [z[k] for k in want]
-  except FileNotFoundError:
-    raise
-  except DamagedEntry:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    # zipfile.BadZipFile (truncated), EOFError (empty), ValueError/OSError
-    # (a corrupt member): all mean the same here.
-    raise DamagedEntry(f"unreadable ({type(e).__name__}: {e})") from e
-  for k, (a, shape) in enumerate(zip(out, shapes)):
-    if a.dtype != DTYPE or a.shape != tuple(shape):
-      raise DamagedEntry(f"level{k} is {a.dtype}{list(a.shape)}, expected "
-                         f"{np.dtype(DTYPE)}{list(shape)}")
-    if not np.isfinite(a).all():
-      raise DamagedEntry(f"level{k} holds {int((~np.isfinite(a)).sum())} "
-                         "non-finite values")
-  return out
-
-
-def _write_entry(path: str, outs: Sequence[np.ndarray]) -> None:
-  """Writes an entry atomically: a unique temporary file in the same folder
-  (any process, any host), flushed to disk, then renamed over `path`; readers
-  see the old entry or the new one, never a part."""
-  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-  try:
-    with open(tmp, "wb") as f:  # created with the user's umask (a shared cache)
-      np.savez(f, **{f"level{i}": o.astype(DTYPE) for i, o in enumerate(outs)})
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def _local_mesh() -> Mesh:
@@ -288,9 +236,9 @@ def _compute(model, variables, records, files, todo, entries, cfg, pcfg, mesh) -
       parts.setdefault(i, {})[v] = [np.asarray(o[j]) for o in outs]
       if len(parts[i]) == n_views:  # every view of image i: write its entry
         views = parts.pop(i)
-        entry = [np.stack([views[k][l] for k in range(n_views)]).astype(DTYPE)
+        entry = [np.stack([views[k][l] for k in range(n_views)]).astype(cache_entry.DTYPE)
                  for l in range(len(outs))]
-        _write_entry(files[i], entry)
+        cache_entry.write(files[i], entry)
         entries[i] = entry
     pending.clear()
     owners.clear()

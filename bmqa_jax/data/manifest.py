@@ -15,20 +15,17 @@ checks run on every row before any image is decoded.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import math
 import os
 import unicodedata
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from bmqa_jax.data import image_io
-
-
-class ManifestError(ValueError):
-  """A manifest row or column that cannot be used, with where it is."""
+from bmqa_jax.data import manifest_files
+from bmqa_jax.data.manifest_files import MAX_FIELD, ManifestError, read_rows  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,132 +38,6 @@ class Sample:
   text: str = ""
   audio: str = ""  # absolute path or ""
   row: int = 0  # the row number in the manifest, for messages
-
-
-MAX_FIELD = 131_072  # characters in one field (the csv module's default limit)
-
-
-def _decode(path: str) -> str:
-  """The file as text: UTF-8, with or without the BOM spreadsheets write."""
-  with open(path, "rb") as f:
-    raw = f.read()
-  try:
-    return raw.decode("utf-8-sig")
-  except UnicodeDecodeError as e:
-    line = raw[:e.start].count(b"\n") + 1
-    raise ManifestError(
-        f"{path}, line {line}: byte {raw[e.start]:#04x} is not UTF-8; save the "
-        "manifest as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)") from None
-
-
-def _read_csv(path: str, text: str) -> tuple[list[tuple[int, dict | str]], list[str]]:
-  reader = csv.reader(io.StringIO(text, newline=""))
-  try:
-    header = next(reader, [])
-  except csv.Error as e:
-    raise ManifestError(f"{path}, row 1: unreadable CSV header ({e})") from None
-  names = [c.strip() for c in header]
-  for i, c in enumerate(names):
-    if c and c in names[:i]:  # csv.DictReader would silently keep the last
-      raise ManifestError(f"{path}, row 1: column {c!r} appears twice (columns "
-                          f"{names.index(c) + 1} and {i + 1}); keep one")
-  entries, number = [], 1
-  while True:
-    number += 1  # the header is row 1, as a spreadsheet shows it
-    where = f"{path}, row {number}"
-    try:
-      values = next(reader)
-    except StopIteration:
-      break
-    except csv.Error as e:
-      entries.append((number, f"{where}: unreadable CSV ({e})"))
-      continue
-    if not values:  # a blank line
-      continue
-    long = [c for c, v in zip(header + ["?"] * len(values), values) if len(v) > MAX_FIELD]
-    if long:
-      entries.append((number, f"{where}: field {long[0]!r} is longer than "
-                              f"{MAX_FIELD} characters"))
-    elif len(values) > len(header) and any(v.strip() for v in values[len(header):]):
-      entries.append((number, f"{where}: {len(values)} fields, but the header has "
-                              f"{len(header)}"))
-    else:
-      entries.append((number, dict(zip(header, values + [""] * len(header)))))
-  return entries, header
-
-
-class _DuplicateKey(Exception):
-  pass
-
-
-def _no_duplicate_keys(pairs):
-  out = {}
-  for k, v in pairs:
-    if k in out:  # json.loads would silently keep the last
-      raise _DuplicateKey(k)
-    out[k] = v
-  return out
-
-
-def _read_jsonl(path: str, text: str) -> tuple[list[tuple[int, dict | str]], list[str]]:
-  if text.lstrip().startswith("["):
-    try:
-      whole = json.loads(text)
-    except (ValueError, RecursionError):
-      whole = None
-    if isinstance(whole, list):
-      raise ManifestError(f"{path}, row 1: the file is one JSON array; a manifest is "
-                          "JSON Lines, one object per line")
-  entries = []
-  for number, line in enumerate(text.split("\n"), 1):  # JSONL: row = line
-    if not line.strip():
-      continue
-    where = f"{path}, row {number}"
-    try:
-      row = json.loads(line, object_pairs_hook=_no_duplicate_keys)
-    except _DuplicateKey as e:
-      entries.append((number, f"{where}: key {e.args[0]!r} appears twice; keep one"))
-      continue
-    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
-      entries.append((number, f"{where}: not valid JSON ({e})"))
-      continue
-    if not isinstance(row, dict):
-      entries.append((number, f"{where}: a JSON {type(row).__name__}, not an object "
-                              "with the columns as keys"))
-      continue
-    bad = [k for k, v in row.items() if not isinstance(v, (str, int, float, type(None)))]
-    long = [k for k, v in row.items() if isinstance(v, str) and len(v) > MAX_FIELD]
-    if bad:
-      entries.append((number, f"{where}: field {bad[0]!r} is a "
-                              f"{type(row[bad[0]]).__name__}, not a string or number"))
-    elif long:
-      entries.append((number, f"{where}: field {long[0]!r} is longer than "
-                              f"{MAX_FIELD} characters"))
-    else:
-      entries.append((number, row))
-  first = next((r for _, r in entries if isinstance(r, dict)), {})
-  return entries, list(first)
-
-
-def _read(path: str) -> tuple[list[tuple[int, dict | str]], list[str]]:
-  """(row number, row or why it is unusable) for each row, and the column names
-  (the CSV header; the keys of the first good JSONL row)."""
-  if not os.path.isfile(path):
-    raise ManifestError(f"manifest {path!r} does not exist")
-  text = _decode(path)
-  if path.endswith((".jsonl", ".json")):
-    return _read_jsonl(path, text)
-  return _read_csv(path, text)
-
-
-def read_rows(path: str) -> tuple[list[dict], int]:
-  """Raw rows of a CSV/JSONL manifest (strings as written) and the number of
-  the first data row, for messages. The first unreadable row raises."""
-  entries, _ = _read(path)
-  for _, row in entries:
-    if isinstance(row, str):
-      raise ManifestError(row)
-  return [row for _, row in entries], 2 if not path.endswith((".jsonl", ".json")) else 1
 
 
 def _field(row: dict, column: str) -> str:
@@ -257,12 +128,12 @@ def check_disjoint_scenes(main_path: str, pretrain_path: str,
   loads report them).
   """
   held: dict[str, tuple[str, str, int]] = {}
-  for number, row in _read(main_path)[0]:
+  for number, row in manifest_files.read(main_path)[0]:
     if isinstance(row, dict) and _field(row, "split") in held_out_splits:
       held.setdefault(scene_key(_field(row, "scene")), (
           _field(row, "scene"), _field(row, "split"), number))
   held.pop("", None)
-  entries, columns = _read(pretrain_path)
+  entries, columns = manifest_files.read(pretrain_path)
   every = pretrain_splits is None or "split" not in columns
   leaks = {}
   for number, row in entries:
@@ -345,7 +216,7 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
       (`scenes.scene_split` of the scenes compared by `scene_key`) with this
       seed (the config's `seed`); None: such a manifest has no splits.
   """
-  entries, columns = _read(path)
+  entries, columns = manifest_files.read(path)
   if not entries:
     raise ManifestError(f"manifest {path!r} has no rows")
   base = os.path.dirname(os.path.abspath(path))
@@ -359,10 +230,9 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
   rows = [(n, r) for n, r in entries if isinstance(r, dict)]
   assigned = None
   if "split" not in columns and split_seed is not None:
-    from bmqa_jax.data import scenes  # pylint: disable=g-import-not-at-top
     keys = {scene_key(_field(r, "scene")) for _, r in rows} - {""}
     if keys:
-      assigned = scenes.scene_split(keys, split_seed)
+      assigned = scene_split(keys, split_seed)
   split_of = ((lambda row: assigned.get(scene_key(_field(row, "scene")), ""))
               if assigned is not None else (lambda row: _field(row, "split")))
   if splits is not None and "split" not in columns and assigned is None:
@@ -471,3 +341,40 @@ def safe_join(root: str, name: str, where: str = "") -> str:
 
 def split_names(samples: Iterable[Sample]) -> list[str]:
   return sorted({s.split for s in samples})
+
+
+def _scene_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+  """Numbers of train/val/test scenes; each non-zero fraction gets ≥ 1 scene."""
+  if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+    raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
+  f = np.asarray(fractions, np.float64) / np.sum(fractions)
+  n_val = int(round(f[1] * n))
+  n_test = int(round(f[2] * n))
+  if f[1] > 0:
+    n_val = max(n_val, 1)
+  if f[2] > 0:
+    n_test = max(n_test, 1)
+  n_train = n - n_val - n_test
+  if n_train < (1 if f[0] > 0 else 0):
+    raise ValueError(f"{n} scene(s) cannot be split {tuple(fractions)} with at least "
+                     "one scene in every non-empty split")
+  return n_train, n_val, n_test
+
+
+def scene_split(scenes: Iterable[str], seed: int,
+                fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, str]:
+  """{scene: 'train' | 'val' | 'test'}, a random scene-wise split.
+
+  Deterministic in (set of scenes, seed): scenes are sorted before the
+  permutation, so the order rows come in does not matter.
+  """
+  unique = sorted(set(scenes))
+  if not unique:
+    raise ValueError("no scenes to split")
+  n_train, n_val, _ = _scene_counts(len(unique), fractions)
+  perm = np.random.default_rng([seed, 0x5C3E]).permutation(len(unique))
+  out = {}
+  for rank, i in enumerate(perm):
+    out[unique[i]] = ("train" if rank < n_train else
+                      "val" if rank < n_train + n_val else "test")
+  return out

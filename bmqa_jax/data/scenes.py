@@ -11,50 +11,12 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Iterable, Sequence
-
-import numpy as np
+from typing import Sequence
 
 from bmqa_jax.data import manifest as manifest_lib
+from bmqa_jax.data.manifest import scene_split  # noqa: F401  (public here)
 
 SPLIT_NAMES = ("train", "val", "test")
-
-
-def _scene_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
-  """Numbers of train/val/test scenes; each non-zero fraction gets ≥ 1 scene."""
-  if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
-    raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
-  f = np.asarray(fractions, np.float64) / np.sum(fractions)
-  n_val = int(round(f[1] * n))
-  n_test = int(round(f[2] * n))
-  if f[1] > 0:
-    n_val = max(n_val, 1)
-  if f[2] > 0:
-    n_test = max(n_test, 1)
-  n_train = n - n_val - n_test
-  if n_train < (1 if f[0] > 0 else 0):
-    raise ValueError(f"{n} scene(s) cannot be split {tuple(fractions)} with at least "
-                     "one scene in every non-empty split")
-  return n_train, n_val, n_test
-
-
-def scene_split(scenes: Iterable[str], seed: int,
-                fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, str]:
-  """{scene: 'train' | 'val' | 'test'}, a random scene-wise split.
-
-  Deterministic in (set of scenes, seed): scenes are sorted before the
-  permutation, so the order rows come in does not matter.
-  """
-  unique = sorted(set(scenes))
-  if not unique:
-    raise ValueError("no scenes to split")
-  n_train, n_val, _ = _scene_counts(len(unique), fractions)
-  perm = np.random.default_rng([seed, 0x5C3E]).permutation(len(unique))
-  out = {}
-  for rank, i in enumerate(perm):
-    out[unique[i]] = ("train" if rank < n_train else
-                      "val" if rank < n_train + n_val else "test")
-  return out
 
 
 def write_split_manifest(src: str, dst: str, seed: int,
