@@ -6,7 +6,8 @@ saved) and calls `step_fn(state, batch_fn(step), rng)` until `total_steps`.
 Every step's metrics carry `finite` (`train_lib.state.apply_gradients`): the
 host reads that one scalar each step and stops with `NonFiniteError` before a
 non-finite state can be saved, naming the last finite checkpoint (a re-run
-resumes from it). Metrics are averaged over each logging window and written
+resumes from it). A stop signal (`bmqa_jax.stop`) saves the state of the step
+under way on every process and raises `stop.Stopped`. Metrics are averaged over each logging window and written
 to TensorBoard (process 0) and to the returned history.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
+from bmqa_jax import stop
 from bmqa_jax.train_lib import checkpoint
 
 
@@ -45,33 +47,40 @@ def run(step_fn: Callable, state: dict, batch_fn: Callable[[int], dict], rng, *,
   bar = tqdm.tqdm(total=total_steps, initial=start, desc=f"[{name}]",
                   disable=not progress or not lead, dynamic_ncols=True, mininterval=2.0)
   history, window, t0 = [], [], time.time()
-  try:
-    for step in range(start, total_steps):
-      state, metrics = step_fn(state, batch_fn(step), rng)
-      done = step + 1
-      if not bool(jax.device_get(metrics["finite"])):  # one scalar per step
-        _non_finite(name, done, float(jax.device_get(metrics["loss"])), mngr, log)
-      window.append(metrics)
-      if done % log_every == 0 or done == total_steps:
-        host = jax.device_get(window)
-        m = {k: float(np.mean([w[k] for w in host])) for k in host[0] if k != "finite"}
-        m["steps_per_second"] = len(window) / max(time.time() - t0, 1e-9)
-        history.append(dict(step=done, **m))
-        if writer:
-          for k, v in m.items():
-            writer.add_scalar(f"{name}/{k}", v, done)
-        bar.set_postfix(loss=f"{m['loss']:.4f}")
-        if on_log:
-          on_log(done, m)
-        window, t0 = [], time.time()
-      if done % checkpoint_every == 0 or done == total_steps:
-        checkpoint.save(mngr, done, state)
-      bar.update(1)
-  finally:
-    bar.close()
-    if writer:
-      writer.close()
-  mngr.wait_until_finished()
+  with stop.inside_steps():
+    try:
+      for step in range(start, total_steps):
+        state, metrics = step_fn(state, batch_fn(step), rng)
+        done = step + 1
+        if not bool(jax.device_get(metrics["finite"])):  # one scalar per step
+          _non_finite(name, done, float(jax.device_get(metrics["loss"])), mngr, log)
+        window.append(metrics)
+        if done % log_every == 0 or done == total_steps:
+          host = jax.device_get(window)
+          m = {k: float(np.mean([w[k] for w in host])) for k in host[0] if k != "finite"}
+          m["steps_per_second"] = len(window) / max(time.time() - t0, 1e-9)
+          history.append(dict(step=done, **m))
+          if writer:
+            for k, v in m.items():
+              writer.add_scalar(f"{name}/{k}", v, done)
+          bar.set_postfix(loss=f"{m['loss']:.4f}")
+          if on_log:
+            on_log(done, m)
+          window, t0 = [], time.time()
+        saved = done % checkpoint_every == 0 or done == total_steps
+        if saved:
+          checkpoint.save(mngr, done, state)
+        bar.update(1)
+        if stop.reached():  # a stop signal (bmqa_jax.stop): every process agrees
+          if not saved:
+            checkpoint.save(mngr, done, state)
+          mngr.wait_until_finished()
+          raise stop.stopped(f"[{name}] step {done}: checkpoint saved")
+    finally:
+      bar.close()
+      if writer:
+        writer.close()
+    mngr.wait_until_finished()
   return state, history
 
 
