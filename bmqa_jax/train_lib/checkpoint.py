@@ -5,7 +5,7 @@ A checkpoint directory holds one folder per saved step with the item `state`
 pipelines are functions of the step (`bmqa_jax.data.pipeline.train_loader`), so
 a resumed run reads the batches an uninterrupted one would. (Checkpoints of
 release 0.1 also hold `data_iter`, the grain iterator's position; it is not
-read.) Saves are synchronous and
+read.) Saves are asynchronous (`manager`) and
 atomic (orbax writes a temporary folder and renames it when complete; a folder
 left by a killed save is removed the next time the manager opens).
 
@@ -32,10 +32,15 @@ class CheckpointMismatchError(ValueError):
 
 
 def manager(directory: str, keep: int | None = None) -> ocp.CheckpointManager:
-  """A manager of `directory` (created on first save) keeping the `keep` latest."""
+  """A manager of `directory` (created on first save) keeping the `keep` latest.
+
+  Its saves are asynchronous: `save` returns once the state is copied to the
+  host (so the next step may reuse the devices' buffers), and the files are
+  written meanwhile; `wait_until_finished()` waits for them (the step loop
+  does at its end, at a stop and before naming the last checkpoint)."""
   return ocp.CheckpointManager(
       os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
-          max_to_keep=keep, create=True, enable_async_checkpointing=False,
+          max_to_keep=keep, create=True, enable_async_checkpointing=True,
           cleanup_tmp_directories=True),
       item_names=ITEMS)
 
@@ -63,7 +68,8 @@ def abstract(tree, shard):
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
-  """Saves `state` as step `step`."""
+  """Saves `state` as step `step`, in the background (`manager`): the caller
+  checks that it is finite first (`train_lib.loop`)."""
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
 
 
