@@ -54,7 +54,14 @@ def _run(script, args, nproc, devices, data_dir, log_dir, kill_when=None,
                             cwd=ROOT, stdout=open(l, "w"), stderr=subprocess.STDOUT)
            for c, l in zip(cluster, logs)]
   deadline, sent = time.time() + 900, None
-  while any(p.poll() is None for p in procs) and time.time() < deadline:
+  while any(p.poll() is None for p in procs):
+    if time.time() > deadline:  # a hang: name who is still running, and where
+      for p in procs:
+        p.kill()
+      waiting = [i for i, p in enumerate(procs) if p.wait() < 0]
+      pytest.fail(f"{script}: process(es) {waiting} of {nproc} still running after "
+                  "900 s:\n" + "\n".join(f"--- process {i}\n" + open(logs[i]).read()[-2000:]
+                                         for i in waiting))
     if kill_when is not None and kill_when():
       sent = time.monotonic()
       for i in (range(nproc) if kill_procs is None else kill_procs):
@@ -241,3 +248,33 @@ def test_recogniser_and_captioner_two_processes_train_like_one(family, tmp_path)
     b = json.load(f)
   for k in ("greedy", "beam"):  # the same transcripts / captions: the same scores
     assert b[k] == a[k], k
+
+
+_BARRIER = """
+import sys, time
+import jax
+from bmqa_jax import sharding
+sharding.initialize_distributed(sys.argv[1], 2, int(sys.argv[2]), log=lambda *_: None)
+sharding.sync("first", timeout_s=60)
+if jax.process_index() == 0:
+  try:
+    sharding.sync("second", timeout_s=2)
+  except sharding.ProcessWaitError as e:
+    print(e)
+else:
+  time.sleep(6)  # never comes to 'second'
+"""
+
+
+def test_a_barrier_that_times_out_names_the_missing_process(tmp_path):
+  """Every wait of the processes (sharding.sync: process 0 writes a shared
+  file, the others wait for it) ends after a timeout with one line naming
+  the process it waited for, instead of waiting forever."""
+  address = f"127.0.0.1:{_port()}"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([PY, "-c", _BARRIER, address, str(i)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  out = [p.communicate(timeout=120)[0] for p in procs]
+  assert "process 0 waited 2 s at 'second' for the other processes of 2" in out[0], out
+  assert "timed out task names: 1" in out[0], out[0][-2000:]
