@@ -1,15 +1,19 @@
-"""Several hosts, proven on one machine: 2 JAX processes × 4 CPU devices, with
+"""Several hosts, proven on one machine: JAX processes of CPU devices, with
 CPU collectives (gloo) and the cluster given by --coordinator/--num_processes/
---process_id, train, resume and evaluate like 1 process × 8 devices; a
-SIGTERM stops a run of 1 or 2 processes at a checkpoint it resumes from.
+--process_id, train, resume and evaluate like one process of as many devices;
+a SIGTERM stops a run of 1 or 2 processes at a checkpoint it resumes from.
 
 Every run is the real launcher (launch/train.py, train_asr.py,
-train_captioner.py, evaluate.py) in subprocesses. Plain SGD (an SGD update is
-linear in the gradient, so parameters compare at 1e-5 after several steps; see
-tests/test_sharding.py). The 2-process BMQA run is killed (both processes,
-SIGKILL) once a checkpoint of its second stage exists, restarted, and must end
-where the uninterrupted 1-process run ends; before that, its process 1 got
-SIGTERM in the first stage (so did a 1-process run, which must end there too).
+train_captioner.py, evaluate.py) in subprocesses, with the compilation cache
+on as users have it (the session's, warm after the first run). BMQA runs what
+users run: the quickstart's AdamW, 2 processes × 2 devices against 1 × 4 (the
+shape that hung with a warm cache before 22792db: a resumed run is the warm
+one); its 2-process run gets SIGTERM on process 1 in SS, is killed (both
+processes, SIGKILL) once a checkpoint of ST exists, restarted, and must end
+where the uninterrupted 1-process run ends; a 1-process run stopped by SIGTERM
+in SS must end there too. Evaluation, the recogniser and the captioner run
+2 × 4 against 1 × 8 with plain SGD (an SGD update is linear in the gradient,
+so parameters compare at 1e-5; see tests/test_sharding.py).
 """
 
 import json
@@ -104,9 +108,13 @@ def _assert_same_weights(run_a, run_b, where, rel=1e-5):
 BMQA = ["launch/train.py", "--config=configs/quickstart.py:tiny=True",
         "--config.stages=ss,st", "--config.st.feature_cache=False"]
 for _s, _epochs, _every in (("ss", 1.0, 2), ("st", 0.2, 1)):  # 10 and 2 steps of batch 8
-  BMQA += [f"--config.{_s}.{k}={v}" for k, v in dict(
-      optimizer="sgd", learning_rate=0.002, warmup_epochs=0, epochs=_epochs,
-      checkpoint_every_steps=_every, keep_checkpoints=10, log_every_steps=1).items()]
+  BMQA += [f"--config.{_s}.{k}={v}" for k, v in dict(  # the quickstart's AdamW
+      epochs=_epochs, checkpoint_every_steps=_every, keep_checkpoints=10,
+      log_every_steps=1).items()]
+# AdamW divides each gradient by its own running scale, so the last bits in
+# which a cross-process all-reduce differs from one process's can move a weight
+# by up to the learning rate where a gradient is near 0 (SGD agreed to 1e-5).
+ADAMW = 1e-4
 STOPPED = re.compile(r"^stopped by SIGTERM( on process 1)? at \[ss\] step (\d+): "
                      r"checkpoint saved[^;\n]*; run the same command to resume$", re.M)
 
@@ -124,18 +132,18 @@ def bmqa(tmp_path_factory):
   data, logs = str(root / "data"), str(root)
   one, term, two = str(root / "one"), str(root / "term"), str(root / "two")
   out = dict(one=one, term=term, two=two, data=data, logs=logs)
-  out["log_one"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={one}"], 1, 8, data, logs)
-  out["stopped_one"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={term}"], 1, 8, data, logs,
+  out["log_one"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={one}"], 1, 4, data, logs)
+  out["stopped_one"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={term}"], 1, 4, data, logs,
                             kill_when=_has(term, "ss", 2), kill=signal.SIGTERM)
-  out["log_term"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={term}"], 1, 8, data, logs)
-  out["stopped_two"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 4, data, logs,
+  out["log_term"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={term}"], 1, 4, data, logs)
+  out["stopped_two"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 2, data, logs,
                             kill_when=_has(two, "ss", 2), kill=signal.SIGTERM,
                             kill_procs=[1])
-  killed, _, _ = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 4, data, logs,
+  killed, _, _ = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 2, data, logs,
                       kill_when=_has(two, "st", 1))
   out["killed_at"] = checkpoint.latest_step(os.path.join(two, "checkpoints", "st"))
   out["killed_log"] = killed
-  out["log_two"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 4, data, logs)
+  out["log_two"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 2, data, logs)
   return out
 
 
@@ -157,7 +165,6 @@ def test_sigterm_saves_the_step_on_every_process_and_exits(bmqa, run):
   assert 2 <= step < 10  # mid-stage (SS has 10 steps)
   workdir = bmqa["term" if run == "one" else "two"]
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "ss", str(step)))
-  assert not os.path.isdir(os.path.join(workdir, "checkpoints", "st"))
   resumed = bmqa["log_term"][0] if run == "one" else bmqa["killed_log"][0]
   assert f"[ss] resumed at step {step}/10" in resumed
 
@@ -171,10 +178,10 @@ def test_bmqa_two_processes_killed_and_resumed_train_like_one(bmqa):
   """SS (InfoNCE with global negatives, 10 steps) then ST (MSE, BatchNorm over the
   global batch, 2 steps): equal parameters and validation metrics."""
   assert bmqa["killed_at"] == 1  # killed mid-stage
-  assert "process 1/2: 4 local of 8 devices" in bmqa["log_two"][1]
+  assert "process 1/2: 2 local of 4 devices" in bmqa["log_two"][1]
   assert "[st] resumed at step 1/2" in bmqa["log_two"][0]
-  _assert_same_weights(bmqa["two"], bmqa["one"], os.path.join("checkpoints", "ss"))
-  _assert_same_weights(bmqa["two"], bmqa["one"], os.path.join("checkpoints", "st"))
+  _assert_same_weights(bmqa["two"], bmqa["one"], os.path.join("checkpoints", "ss"), ADAMW)
+  _assert_same_weights(bmqa["two"], bmqa["one"], os.path.join("checkpoints", "st"), ADAMW)
   val = lambda log: [l for l in log.splitlines() if "[st] validation:" in l][-1]
   assert val(bmqa["log_two"][0]) == val(bmqa["log_one"][0])
   assert val(bmqa["log_two"][1]) == val(bmqa["log_one"][0])  # every process
