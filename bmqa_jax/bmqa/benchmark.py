@@ -59,13 +59,16 @@ def timed(fn, steps: int) -> float:
 
 def stage_figures(plan: stage_lib.StagePlan, records, pcfg, workdir: str,
                   steps: int = 10, seed: int = 0, log=print, input_delay_ms: float = 0,
-                  prefetch: int = loop.PREFETCH) -> dict:
+                  prefetch: int = loop.PREFETCH, wait_each_step: bool = False) -> dict:
   """The figures of one stage (see the module docstring); numbers in s, /s, MB.
 
   End to end is `train_lib.loop.run` itself, as training runs it: the real
   input pipeline (plus `input_delay_ms` of host sleep per batch: a slow disk
   or remote store), `prefetch` batches ahead, the stage's logging and
-  checkpoint cadence, the finite checks, TensorBoard and the final save."""
+  checkpoint cadence, the finite checks, TensorBoard and the final save.
+  `wait_each_step` (a baseline) reads each step's `finite` flag back before
+  the next batch is asked for, as the loop did before it kept the flags on
+  the devices."""
   bs, mesh, scfg = plan.scfg.batch_size, plan.mesh, plan.scfg
   loader, cache_s = _loader(plan, records, pcfg, workdir, seed, log)
   it = iter(loader)
@@ -86,12 +89,17 @@ def stage_figures(plan: stage_lib.StagePlan, records, pcfg, workdir: str,
       time.sleep(input_delay_ms / 1000)
     return sharding.put_batch(plan.model_inputs(next(it)), mesh)
 
+  def waiting_step(state, batch, rng):
+    state, metrics = step(state, batch, rng)
+    jax.device_get(metrics["finite"])
+    return state, metrics
+
   mngr = checkpoint.manager(os.path.join(workdir, "benchmark", plan.name),
                             scfg.keep_checkpoints)
   jax.block_until_ready(holder["state"])
   t = time.perf_counter()
   holder["state"], _ = loop.run(
-      step, holder["state"], batch_fn, rng, name=plan.name, total_steps=1 + 2 * steps,
+      waiting_step if wait_each_step else step, holder["state"], batch_fn, rng, name=plan.name, total_steps=1 + 2 * steps,
       mngr=mngr, log_every=scfg.log_every_steps,
       checkpoint_every=scfg.checkpoint_every_steps,
       tensorboard_dir=loop.tensorboard_dir(os.path.join(workdir, "benchmark"), plan.name),
@@ -104,7 +112,7 @@ def stage_figures(plan: stage_lib.StagePlan, records, pcfg, workdir: str,
       stage=plan.name, batch=bs, feature_cache=plan.uses_cache,
       store="prepared" if "image_store" in records[0] else "jpeg",
       cache_build_s=round(cache_s, 2), first_step_s=round(first, 2),
-      input_delay_ms=input_delay_ms, prefetch=prefetch,
+      input_delay_ms=input_delay_ms, prefetch=prefetch, wait_each_step=wait_each_step,
       synthetic_steps_per_s=1 / ceiling, synthetic_images_per_s=bs / ceiling,
       e2e_steps_per_s=1 / e2e, e2e_images_per_s=bs / e2e,
       e2e_of_ceiling=ceiling / e2e, pipeline_images_per_s=bs / alone,

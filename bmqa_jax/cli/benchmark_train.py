@@ -38,6 +38,10 @@ _WORKERS = flags.DEFINE_multi_integer("workers", [], "Grain worker counts to tim
 _JSON = flags.DEFINE_string("json", None, "Write the figures here as JSON.")
 _DELAY = flags.DEFINE_float("input_delay_ms", 0.0, "Host sleep added to every batch "
                             "of the end-to-end run (a slow disk or remote store).")
+_WAIT = flags.DEFINE_bool("wait_each_step", False, "A baseline: end to end reads "
+                          "each step's finite flag back before asking for the next "
+                          "batch (the loop before issue 26; with --config.prefetch=0 "
+                          "batches are also fetched when the step needs them).")
 runtime.define_flags(cluster=False)
 flags.mark_flags_as_required(["config"])
 
@@ -57,7 +61,8 @@ def main(argv):
     records = data.records(plan.split, cfg)
     rows.append(dict(benchmark.stage_figures(
         plan, records, pcfg, workdir, _STEPS.value, log=lambda *_: None,
-        input_delay_ms=_DELAY.value, prefetch=cfg.get("prefetch", loop.PREFETCH)),
+        input_delay_ms=_DELAY.value, prefetch=cfg.get("prefetch", loop.PREFETCH),
+        wait_each_step=_WAIT.value),
                      **inputs))
     r = rows[-1]
     print(f"stage {name:>3} (batch {r['batch']}): first step {r['first_step_s']:.1f} s | "
