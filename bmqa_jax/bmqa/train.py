@@ -126,7 +126,7 @@ def _train_and_evaluate(cfg, workdir: str, data: datasets.Data, log, progress) -
           mngr=mngr, log_every=cfg[name].log_every_steps,
           checkpoint_every=cfg[name].checkpoint_every_steps,
           tensorboard_dir=loop.tensorboard_dir(workdir, name), log=log,
-          progress=progress, prefetch=cfg.get("prefetch", loop.PREFETCH))
+          progress=progress, prefetch=cfg.get("device_prefetch", loop.PREFETCH))
     stage_lib.mark_finished(workdir, name, plan.total_steps)
     if cfg[name].eval_split and cfg[name].loss == "mse":
       results[name] = _validate(plan, state, data, cfg, workdir, log)

@@ -149,7 +149,7 @@ def _train_and_evaluate(config, workdir: str, log, progress: bool) -> dict:
       mngr=mngr, log_every=config.log_every_steps,
       checkpoint_every=config.checkpoint_every_steps,
       tensorboard_dir=os.path.join(workdir, "tensorboard"), log=log,
-      progress=progress, on_log=on_log, prefetch=config.get("prefetch", loop.PREFETCH))
+      progress=progress, on_log=on_log, prefetch=config.get("device_prefetch", loop.PREFETCH))
 
   variables = sharding.to_host(state_lib.variables(state))  # every process: all rows
   metrics, captions = evaluate_lib.evaluate(model, variables, vocab, eval_samples, config)

@@ -40,7 +40,7 @@ _DELAY = flags.DEFINE_float("input_delay_ms", 0.0, "Host sleep added to every ba
                             "of the end-to-end run (a slow disk or remote store).")
 _WAIT = flags.DEFINE_bool("wait_each_step", False, "A baseline: end to end reads "
                           "each step's finite flag back before asking for the next "
-                          "batch (the loop before issue 26; with --config.prefetch=0 "
+                          "batch (the loop before issue 26; with --config.device_prefetch=0 "
                           "batches are also fetched when the step needs them).")
 runtime.define_flags(cluster=False)
 flags.mark_flags_as_required(["config"])
@@ -61,7 +61,7 @@ def main(argv):
     records = data.records(plan.split, cfg)
     rows.append(dict(benchmark.stage_figures(
         plan, records, pcfg, workdir, _STEPS.value, log=lambda *_: None,
-        input_delay_ms=_DELAY.value, prefetch=cfg.get("prefetch", loop.PREFETCH),
+        input_delay_ms=_DELAY.value, prefetch=cfg.get("device_prefetch", loop.PREFETCH),
         wait_each_step=_WAIT.value),
                      **inputs))
     r = rows[-1]

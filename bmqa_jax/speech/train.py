@@ -187,7 +187,7 @@ def _train_and_evaluate(config, workdir: str, progress: bool) -> dict:
       mngr=mngr, log_every=config.log_every_steps,
       checkpoint_every=config.checkpoint_every_steps,
       tensorboard_dir=os.path.join(workdir, "tensorboard"), log=logging.info,
-      progress=progress, on_log=on_log, prefetch=config.get("prefetch", loop.PREFETCH))
+      progress=progress, on_log=on_log, prefetch=config.get("device_prefetch", loop.PREFETCH))
 
   variables = sharding.to_host(state_lib.variables(state))  # every process decodes all
   t0 = time.time()

@@ -17,6 +17,13 @@ dispatched while step t runs:
 * checkpoints are written in the background (`checkpoint.manager`: orbax
   copies the state to the host, then writes while the steps go on).
 
+One exception: several CPU devices in one process (XLA:CPU's fake devices,
+`--xla_force_host_platform_device_count`) run one step at a time, as the
+loop did before. With steps queued behind each other there, an in-process
+all-gather of a resumed 1 × 4 run missed XLA:CPU's 40 s rendezvous deadline
+on a loaded 2-core machine and the process aborted; the cause was not found.
+The batches are still prefetched, and nothing is read back per step.
+
 A stop signal (`bmqa_jax.stop`) saves the state of the step under way on
 every process and raises `stop.Stopped`. `profile(first, last, logdir)` has
 steps `first`..`last` of the next stage that runs them traced with
@@ -41,7 +48,7 @@ from tensorboardX import SummaryWriter
 from bmqa_jax import stop
 from bmqa_jax.train_lib import checkpoint
 
-PREFETCH = 2  # default depth of the batch queue (config.prefetch of the trainers)
+PREFETCH = 2  # default depth of the batch queue (config.device_prefetch of the trainers)
 
 
 class NonFiniteError(FloatingPointError):
@@ -85,12 +92,15 @@ def run(step_fn: Callable, state: dict, batch_fn: Callable[[int], dict], rng, *,
   unchecked = []  # (step, finite, loss) of the steps since the last check
   batches = _Batches(batch_fn, start, total_steps, prefetch)
   tracing = False
+  one_at_a_time = jax.default_backend() == "cpu" and jax.local_device_count() > 1
   with stop.inside_steps():
     try:
       for step in range(start, total_steps):
         done = step + 1
         tracing = _trace(done, tracing)
         state, metrics = step_fn(state, batches.get(step), rng)
+        if one_at_a_time:  # see the module's docstring: a wait, not a read
+          jax.block_until_ready(metrics["finite"])
         unchecked.append((done, metrics["finite"], metrics["loss"]))
         window.append(metrics)
         if done % log_every == 0 or done == total_steps:
