@@ -17,12 +17,12 @@ dispatched while step t runs:
 * checkpoints are written in the background (`checkpoint.manager`: orbax
   copies the state to the host, then writes while the steps go on).
 
-One exception: several CPU devices in one process (XLA:CPU's fake devices,
-`--xla_force_host_platform_device_count`) run one step at a time, as the
-loop did before. With steps queued behind each other there, an in-process
-all-gather of a resumed 1 × 4 run missed XLA:CPU's 40 s rendezvous deadline
-on a loaded 2-core machine and the process aborted; the cause was not found.
-The batches are still prefetched, and nothing is read back per step.
+One exception: several CPU devices in one process (XLA:CPU's stand-in
+devices, `--xla_force_host_platform_device_count`, what the multi-process
+tests run) run one step at a time (a wait, not a read; batches are still
+prefetched). It was added for in-process collectives that aborted, which
+turned out to come from programs loaded from the compilation cache
+(`runtime.cache_safe`); whether queued steps are safe there is not tested yet.
 
 A stop signal (`bmqa_jax.stop`) saves the state of the step under way on
 every process and raises `stop.Stopped`. `profile(first, last, logdir)` has
