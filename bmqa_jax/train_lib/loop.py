@@ -19,10 +19,11 @@ dispatched while step t runs:
 
 One exception: several CPU devices in one process (XLA:CPU's stand-in
 devices, `--xla_force_host_platform_device_count`, what the multi-process
-tests run) run one step at a time (a wait, not a read; batches are still
-prefetched). It was added for in-process collectives that aborted, which
-turned out to come from programs loaded from the compilation cache
-(`runtime.cache_safe`); whether queued steps are safe there is not tested yet.
+tests run) run one step at a time and fetch each batch when its step needs it
+(a wait, not a read), as the loop did before: there a resumed 2 × 2 run with
+prefetching and this wait hung at its first step (tests/test_multiprocess.py,
+once, cause not found), and in-process collectives of cache-loaded programs
+aborted (`runtime.cache_safe`).
 
 A stop signal (`bmqa_jax.stop`) saves the state of the step under way on
 every process and raises `stop.Stopped`. `profile(first, last, logdir)` has
@@ -90,9 +91,9 @@ def run(step_fn: Callable, state: dict, batch_fn: Callable[[int], dict], rng, *,
                   disable=not progress or not lead, dynamic_ncols=True, mininterval=2.0)
   history, window, t0 = [], [], time.time()
   unchecked = []  # (step, finite, loss) of the steps since the last check
-  batches = _Batches(batch_fn, start, total_steps, prefetch)
-  tracing = False
   one_at_a_time = jax.default_backend() == "cpu" and jax.local_device_count() > 1
+  batches = _Batches(batch_fn, start, total_steps, 0 if one_at_a_time else prefetch)
+  tracing = False
   with stop.inside_steps():
     try:
       for step in range(start, total_steps):
