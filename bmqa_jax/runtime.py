@@ -53,22 +53,11 @@ def cache_safe() -> str | None:
   process 0 writes, so in a warm run process 0 loads the train step while the
   others compile it, and the first all-reduce waits forever
   (tests/test_multiprocess.py: `test_warm_compilation_cache_2x2`).
-
-  Several CPU devices in one process (`--xla_force_host_platform_device_count`):
-  the devices of a step loaded from the cache were seen waiting at different
-  collectives (an all-reduce, an all-gather) until XLA:CPU's 40 s rendezvous
-  deadline aborted the process: a warm 1 × 4 run of tests/test_multiprocess.py
-  did in each of four runs of it (SGD and AdamW, with and without the loop's
-  prefetching), cold ones never; with the cache off there it passed. The
-  cause is not understood.
   """
   if jax.process_count() > 1 and jax.default_backend() == "cpu":
     return ("several processes on CPUs: a program loaded from the cache gets "
             "another launch id than the same program compiled by the other "
             "processes, and their collectives would never meet")
-  if jax.local_device_count() > 1 and jax.default_backend() == "cpu":
-    return ("several CPU devices in this process: a program loaded from the cache "
-            "had its devices wait at different collectives until XLA:CPU aborted")
   return None
 
 
