@@ -56,6 +56,7 @@ def asr_config(manifest: str = "") -> mlc.ConfigDict:
   c.log_every_steps = 50
   c.checkpoint_every_steps = 100
   c.keep_checkpoints = 2
+  c.device_prefetch = 2  # batches placed on the devices ahead of the step (train_lib.loop)
 
   c.decode = mlc.ConfigDict(dict(beam_size=8, prune_log_prob=-8.0))
   return c
@@ -97,6 +98,7 @@ def captioner_config(manifest: str = "",
   c.log_every_steps = 50
   c.checkpoint_every_steps = 250
   c.keep_checkpoints = 2
+  c.device_prefetch = 2  # batches placed on the devices ahead of the step (train_lib.loop)
 
   c.decode = mlc.ConfigDict()
   c.decode.beam_size = 3

@@ -145,6 +145,7 @@ def base_config() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
   c.seed = 0
   c.stages = "pt,ss,st"  # comma-separated names of sub-configs, run in order
+  c.device_prefetch = 2  # batches placed on the devices ahead of the step (train_lib.loop)
 
   c.data = mlc.ConfigDict(dict(
       kind="builtin",  # 'builtin' (generated), 'manifest' or 'tfds'

@@ -13,7 +13,9 @@
   `default_cache_dir()`; '' turns it off): a second
   `launch/score.py`, or a resumed training run, loads its compiled programs
   instead of compiling them again. Not for several processes on CPUs
-  (`cache_safe`): there it made every warm-cache run wait forever.
+  (`cache_safe`): there it made every warm-cache run wait forever;
+* with `cluster=True` flags, takes SIGTERM and SIGINT (`bmqa_jax.stop`): a
+  checkpoint at the next step, then exit (`--stop_grace_s` at the latest).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import jax
 
 from bmqa_jax import sharding
+from bmqa_jax import stop
 
 
 def cache_root() -> str:
@@ -124,11 +127,16 @@ def define_flags(cluster: bool = True) -> None:
                       "--num_processes and --process_id): a cluster of any scheduler.")
   flags.DEFINE_integer("num_processes", None, "Processes of the job (--coordinator).")
   flags.DEFINE_integer("process_id", None, "This process's index (--coordinator).")
+  flags.DEFINE_float("stop_grace_s", 60.0, "SIGTERM/SIGINT save a checkpoint at the "
+                     "next step and stop (bmqa_jax.stop); a process exits at the latest "
+                     "this many seconds after the signal, with or without one.")
 
 
 def start(log=print) -> None:
-  """The CPU kernels, the cluster when the flags ask for one, then the
-  compilation cache (whose use depends on the cluster)."""
+  """The CPU kernels, the cluster when the flags ask for one, the
+  compilation cache (whose use depends on the cluster), then, for commands
+  with cluster flags, the stop signals (`bmqa_jax.stop`: after the cluster,
+  whose start takes SIGTERM for JAX's preemption notifier)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   if f.cpu_kernels:
@@ -136,3 +144,5 @@ def start(log=print) -> None:
   if "coordinator" in f and (f.coordinator or f.multihost):
     sharding.initialize_distributed(f.coordinator, f.num_processes, f.process_id, log)
   enable_compilation_cache(f.compilation_cache, log)
+  if "stop_grace_s" in f:
+    stop.install(f.stop_grace_s, log)

@@ -176,11 +176,35 @@ def gather_local(x: np.ndarray) -> np.ndarray:
   return out.reshape((-1,) + out.shape[2:])
 
 
-def sync(name: str) -> None:
-  """A barrier of all processes (nothing with one process)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
+SYNC_TIMEOUT_S = 3600.0  # process 0 may build a dataset's store meanwhile
+
+
+class ProcessWaitError(RuntimeError):
+  """A barrier of the processes timed out; the message names who was missing."""
+
+
+def sync(name: str, timeout_s: float | None = None) -> None:
+  """A barrier of all processes (nothing with one process), on the
+  coordination service: after `timeout_s` (default `SYNC_TIMEOUT_S`) it raises
+  `ProcessWaitError` naming the processes that did not come, instead of
+  waiting forever as a device collective would."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  timeout_s = SYNC_TIMEOUT_S if timeout_s is None else timeout_s
+  _sync_count[name] = _sync_count.get(name, 0) + 1
+  barrier = f"bmqa_jax/{name}/{_sync_count[name]}"
+  try:
+    distributed.global_state.client.wait_at_barrier(barrier, int(timeout_s * 1000))
+  except Exception as e:  # pylint: disable=broad-except
+    detail = " ".join(str(e).split())
+    raise ProcessWaitError(
+        f"process {jax.process_index()} waited {timeout_s:g} s at '{name}' for the "
+        f"other processes of {jax.process_count()}; the coordination service says: "
+        f"{detail[:600]}") from e
+
+
+_sync_count: dict[str, int] = {}
 
 
 def on_process_zero(fn, name: str):

@@ -1,17 +1,23 @@
-"""Several hosts, proven on one machine: 2 JAX processes × 4 CPU devices, with
+"""Several hosts, proven on one machine: JAX processes of CPU devices, with
 CPU collectives (gloo) and the cluster given by --coordinator/--num_processes/
---process_id, train, resume and evaluate like 1 process × 8 devices.
+--process_id, train, resume and evaluate like one process of as many devices;
+a SIGTERM stops a run of 1 or 2 processes at a checkpoint it resumes from.
 
 Every run is the real launcher (launch/train.py, train_asr.py,
-train_captioner.py, evaluate.py) in subprocesses. Plain SGD (an SGD update is
-linear in the gradient, so parameters compare at 1e-5 after several steps; see
-tests/test_sharding.py). The 2-process BMQA run is killed (both processes,
-SIGKILL) once a checkpoint of its second stage exists, restarted, and must end
-where the uninterrupted 1-process run ends.
+train_captioner.py, evaluate.py) in subprocesses, with the compilation cache
+on as users have it (the session's, warm after the first run). BMQA runs
+2 processes × 2 devices against 1 × 4 (the shape that hung with a warm cache
+before 22792db: a resumed run is the warm one), with plain SGD (parameters compare at 1e-5); its 2-process run gets SIGTERM on process 1 in SS, is killed (both
+processes, SIGKILL) once a checkpoint of ST exists, restarted, and must end
+where the uninterrupted 1-process run ends; a 1-process run stopped by SIGTERM
+in SS must end there too. Evaluation, the recogniser and the captioner run
+2 × 4 against 1 × 8 with plain SGD (an SGD update is linear in the gradient,
+so parameters compare at 1e-5; see tests/test_sharding.py).
 """
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,9 +40,12 @@ def _port() -> int:
     return s.getsockname()[1]
 
 
-def _run(script, args, nproc, devices, data_dir, log_dir, kill_when=None):
+def _run(script, args, nproc, devices, data_dir, log_dir, kill_when=None,
+         kill=signal.SIGKILL, kill_procs=None):
   """Runs `script` as `nproc` processes of `devices` CPU devices; returns their
-  logs. `kill_when()`: SIGKILL every process once it returns True."""
+  logs. `kill_when()`: send `kill` to the processes `kill_procs` (default all)
+  once it returns True; then the logs come with the exit statuses and the
+  seconds from the signal to the last exit."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", BMQA_DATA_DIR=data_dir,
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   cluster = [[]] if nproc == 1 else [
@@ -47,18 +56,33 @@ def _run(script, args, nproc, devices, data_dir, log_dir, kill_when=None):
   procs = [subprocess.Popen([PY, os.path.join(ROOT, script)] + args + c, env=env,
                             cwd=ROOT, stdout=open(l, "w"), stderr=subprocess.STDOUT)
            for c, l in zip(cluster, logs)]
-  deadline = time.time() + 900
-  while any(p.poll() is None for p in procs) and time.time() < deadline:
-    if kill_when is not None and kill_when():
+  deadline, sent = time.time() + 900, None
+  while any(p.poll() is None for p in procs):
+    if time.time() > deadline:  # a hang: name who is still running, and where
       for p in procs:
-        p.send_signal(signal.SIGKILL)
+        p.kill()
+      waiting = [i for i, p in enumerate(procs) if p.wait() < 0]
+      pytest.fail(f"{script}: process(es) {waiting} of {nproc} still running after "
+                  "900 s:\n" + "\n".join(f"--- process {i}\n" + open(logs[i]).read()[-2000:]
+                                         for i in waiting))
+    if kill_when is not None and kill_when():
+      sent = time.monotonic()
+      for i in (range(nproc) if kill_procs is None else kill_procs):
+        procs[i].send_signal(kill)
       break
-    time.sleep(0.2)
-  rcs = [p.wait(timeout=60) for p in procs]
+    time.sleep(0.05)
+  try:
+    rcs = [p.wait(timeout=180) for p in procs]  # the stop's bound: --stop_grace_s 60
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  took = time.monotonic() - sent if sent is not None else None
   texts = [open(l).read() for l in logs]
   if kill_when is None:
     assert rcs == [0] * nproc, "\n".join(t[-3000:] for t in texts)
-  return texts
+    return texts
+  return texts, rcs, took
 
 
 def _rel(a, b):
@@ -82,33 +106,74 @@ def _assert_same_weights(run_a, run_b, where, rel=1e-5):
 
 BMQA = ["launch/train.py", "--config=configs/quickstart.py:tiny=True",
         "--config.stages=ss,st", "--config.st.feature_cache=False"]
-for _s, _epochs in (("ss", 0.3), ("st", 0.2)):  # 3 and 2 steps of batch 8
+for _s, _epochs, _every in (("ss", 1.0, 2), ("st", 0.2, 1)):  # 10 and 2 steps of batch 8
   BMQA += [f"--config.{_s}.{k}={v}" for k, v in dict(
       optimizer="sgd", learning_rate=0.002, warmup_epochs=0, epochs=_epochs,
-      checkpoint_every_steps=1, keep_checkpoints=10, log_every_steps=1).items()]
+      checkpoint_every_steps=_every, keep_checkpoints=10, log_every_steps=1).items()]
+STOPPED = re.compile(r"^stopped by SIGTERM( on process 1)? at \[ss\] step (\d+): "
+                     r"checkpoint saved[^;\n]*; run the same command to resume$", re.M)
+
+
+def _has(workdir, stage, step):
+  return lambda: os.path.isdir(os.path.join(workdir, "checkpoints", stage, str(step)))
 
 
 @pytest.fixture(scope="module")
 def bmqa(tmp_path_factory):
+  """One uninterrupted 1-process run; a 1-process run stopped by SIGTERM in
+  SS and resumed; a 2-process run whose process 1 gets SIGTERM in SS, then
+  killed (both, SIGKILL) in ST, then resumed."""
   root = tmp_path_factory.mktemp("multiprocess")
   data, logs = str(root / "data"), str(root)
-  one, two = str(root / "one"), str(root / "two")
-  out = dict(one=one, two=two, data=data, logs=logs)
-  out["log_one"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={one}"], 1, 8, data, logs)
-  st1 = os.path.join(two, "checkpoints", "st", "1")
-  killed = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 4, data, logs,
-                kill_when=lambda: os.path.isdir(st1))
+  one, term, two = str(root / "one"), str(root / "term"), str(root / "two")
+  out = dict(one=one, term=term, two=two, data=data, logs=logs)
+  out["log_one"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={one}"], 1, 4, data, logs)
+  out["stopped_one"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={term}"], 1, 4, data, logs,
+                            kill_when=_has(term, "ss", 2), kill=signal.SIGTERM)
+  out["log_term"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={term}"], 1, 4, data, logs)
+  out["stopped_two"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 2, data, logs,
+                            kill_when=_has(two, "ss", 2), kill=signal.SIGTERM,
+                            kill_procs=[1])
+  killed, _, _ = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 2, data, logs,
+                      kill_when=_has(two, "st", 1))
   out["killed_at"] = checkpoint.latest_step(os.path.join(two, "checkpoints", "st"))
   out["killed_log"] = killed
-  out["log_two"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 4, data, logs)
+  out["log_two"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 2, data, logs)
   return out
 
 
+@pytest.mark.parametrize("run", ["one", "two"])
+def test_sigterm_saves_the_step_on_every_process_and_exits(bmqa, run):
+  """SIGTERM (to process 1 of 2) mid-stage: every process saves the same step,
+  exits 143 with one line; the same command resumes there (the weights at the
+  end: the next test)."""
+  texts, rcs, took = bmqa[f"stopped_{run}"]
+  print(f"SIGTERM to exit, {run} process(es): {took:.1f} s")  # for the notes
+  assert rcs == [143] * len(texts), "\n".join(t[-3000:] for t in texts)
+  steps = set()
+  for text in texts:
+    lines = STOPPED.findall(text)
+    assert len(lines) == 1, text[-3000:]
+    steps.add(int(lines[0][1]))
+  assert len(steps) == 1
+  step = steps.pop()
+  assert 2 <= step < 10  # mid-stage (SS has 10 steps)
+  workdir = bmqa["term" if run == "one" else "two"]
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "ss", str(step)))
+  resumed = bmqa["log_term"][0] if run == "one" else bmqa["killed_log"][0]
+  assert f"[ss] resumed at step {step}/10" in resumed
+
+
+def test_stopped_runs_end_like_an_uninterrupted_one(bmqa):
+  _assert_same_weights(bmqa["term"], bmqa["one"], os.path.join("checkpoints", "ss"))
+  _assert_same_weights(bmqa["term"], bmqa["one"], os.path.join("checkpoints", "st"))
+
+
 def test_bmqa_two_processes_killed_and_resumed_train_like_one(bmqa):
-  """SS (InfoNCE with global negatives, 3 steps) then ST (MSE, BatchNorm over the
+  """SS (InfoNCE with global negatives, 10 steps) then ST (MSE, BatchNorm over the
   global batch, 2 steps): equal parameters and validation metrics."""
   assert bmqa["killed_at"] == 1  # killed mid-stage
-  assert "process 1/2: 4 local of 8 devices" in bmqa["log_two"][1]
+  assert "process 1/2: 2 local of 4 devices" in bmqa["log_two"][1]
   assert "[st] resumed at step 1/2" in bmqa["log_two"][0]
   _assert_same_weights(bmqa["two"], bmqa["one"], os.path.join("checkpoints", "ss"))
   _assert_same_weights(bmqa["two"], bmqa["one"], os.path.join("checkpoints", "st"))
@@ -185,3 +250,33 @@ def test_recogniser_and_captioner_two_processes_train_like_one(family, tmp_path)
     b = json.load(f)
   for k in ("greedy", "beam"):  # the same transcripts / captions: the same scores
     assert b[k] == a[k], k
+
+
+_BARRIER = """
+import sys, time
+import jax
+from bmqa_jax import sharding
+sharding.initialize_distributed(sys.argv[1], 2, int(sys.argv[2]), log=lambda *_: None)
+sharding.sync("first", timeout_s=60)
+if jax.process_index() == 0:
+  try:
+    sharding.sync("second", timeout_s=2)
+  except sharding.ProcessWaitError as e:
+    print(e)
+else:
+  time.sleep(6)  # never comes to 'second'
+"""
+
+
+def test_a_barrier_that_times_out_names_the_missing_process(tmp_path):
+  """Every wait of the processes (sharding.sync: process 0 writes a shared
+  file, the others wait for it) ends after a timeout with one line naming
+  the process it waited for, instead of waiting forever."""
+  address = f"127.0.0.1:{_port()}"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([PY, "-c", _BARRIER, address, str(i)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  out = [p.communicate(timeout=120)[0] for p in procs]
+  assert "process 0 waited 2 s at 'second' for the other processes of 2" in out[0], out
+  assert "timed out task names: 1" in out[0], out[0][-2000:]

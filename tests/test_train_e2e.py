@@ -1,7 +1,7 @@
 """End to end on tiny built-in data: PT → SS → ST, a killed run resumes, evaluation.
 
-The training runs as a real `launch/train.py` process, killed (SIGKILL) once stage
-ST has saved a checkpoint; the same command then finishes the run without
+The training runs as a real `launch/train.py` process (tracing two steps,
+--profile_steps), killed (SIGKILL) once stage ST has saved a checkpoint; the same command then finishes the run without
 repeating PT or SS.
 """
 
@@ -18,8 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/quickstart.py:tiny=True"
 
 
-def _cmd(workdir):
-  return [sys.executable, "launch/train.py", f"--config={CONFIG}", f"--workdir={workdir}"]
+def _cmd(workdir, *flags):
+  return [sys.executable, "launch/train.py", f"--config={CONFIG}", f"--workdir={workdir}",
+          *flags]
 
 
 def _steps(workdir, stage):
@@ -35,7 +36,7 @@ def run(tmp_path_factory):
   env = dict(os.environ, BMQA_DATA_DIR=str(tmp_path_factory.mktemp("data")),
              JAX_PLATFORMS="cpu")
   log1 = open(os.path.join(workdir, "first.log"), "w")
-  proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=env, stdout=log1,
+  proc = subprocess.Popen(_cmd(workdir, "--profile_steps=2:3"), cwd=ROOT, env=env, stdout=log1,
                           stderr=subprocess.STDOUT)
   deadline = time.time() + 600
   while not _steps(workdir, "st") and proc.poll() is None and time.time() < deadline:
@@ -79,6 +80,9 @@ def test_workdir_contents(run):
   assert os.path.isfile(os.path.join(w, "config.json"))
   events = [f for _, _, fs in os.walk(os.path.join(w, "tensorboard")) for f in fs]
   assert any(f.startswith("events.out.tfevents") for f in events)
+  # --profile_steps=2:3 of the first run: a trace of PT's steps 2 and 3
+  traces = [f for _, _, fs in os.walk(os.path.join(w, "profile")) for f in fs]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces
 
 
 def test_evaluate_writes_reports(run):

@@ -3,6 +3,7 @@ non-finite stop, checkpoints (weights-only loads, clear mismatch errors) and the
 schedule against optax's own warm-up cosine."""
 
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import optax
 import pytest
 
 from bmqa_jax import defaults
+from bmqa_jax import stop
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import loop
 from bmqa_jax.train_lib import optim
@@ -73,6 +75,7 @@ def test_weights_only_load_and_mismatch_error(tmp_path):
   mngr = checkpoint.manager(d, keep=1)
   st = _state()
   checkpoint.save(mngr, 7, st)
+  mngr.wait_until_finished()  # saves are asynchronous
   w, step = checkpoint.load_weights(d)
   assert step == 7 and set(w) == {"params", "batch_stats"}
   jax.tree.map(np.testing.assert_array_equal, w["params"], st["params"])
@@ -130,3 +133,62 @@ def test_the_three_trainers_share_one_signature():
         inspect.Parameter.KEYWORD_ONLY] * (len(params) - 2), module.__name__
     assert (params["log"].default, params["progress"].default,
             params["config_change"].default) == (print, False, "refuse")
+def test_a_stop_signal_saves_the_step_under_way_and_stops(tmp_path):
+  """The loop's side of bmqa_jax.stop (real signals: tests/test_multiprocess.py):
+  a signal during step 3 saves step 3, off the checkpoint cadence, and raises
+  `Stopped` with one line and status 143."""
+  mngr = checkpoint.manager(str(tmp_path / "c"), keep=10)
+
+  step_fn = _step(nan_at=-1)
+
+  def step(state, batch, rng):
+    if len(mngr.all_steps()) == 0 and int(state["step"]) == 2:  # during step 3
+      stop._handler(signal.SIGTERM, None)  # pylint: disable=protected-access
+    return step_fn(state, batch, rng)
+
+  try:
+    with pytest.raises(stop.Stopped) as e:
+      loop.run(step, _state(), lambda i: {"x": jnp.ones((3,))}, jax.random.key(0), name="t",
+               total_steps=10, mngr=mngr, log_every=100, checkpoint_every=100,
+               progress=False)
+  finally:
+    stop._S.signum = stop._S.at = None  # pylint: disable=protected-access
+  assert e.value.code == 143
+  assert str(e.value).startswith("stopped by SIGTERM at [t] step 3: checkpoint saved")
+  assert mngr.all_steps() == [3]
+
+
+def test_the_loop_reads_nothing_per_step_and_prefetches_batches(tmp_path, monkeypatch):
+  """Ten steps, a log and a save every five: the host reads the devices at
+  those steps only (not once a step), and the batches come from the prefetch
+  thread, in step order."""
+  reads, calls = [], []
+  device_get = jax.device_get
+  monkeypatch.setattr(jax, "device_get", lambda x: reads.append(1) or device_get(x))
+  import threading  # pylint: disable=import-outside-toplevel
+
+  def batch(i):
+    calls.append((i, threading.current_thread().name))
+    return {"x": jnp.ones((3,))}
+
+  mngr = checkpoint.manager(str(tmp_path / "c"), keep=2)
+  state, hist = loop.run(_step(nan_at=-1), _state(), batch, jax.random.key(0),
+                         name="t", total_steps=10, mngr=mngr, log_every=5,
+                         checkpoint_every=5, progress=False)
+  assert int(state["step"]) == 10 and [h["step"] for h in hist] == [5, 10]
+  assert mngr.all_steps() == [5, 10]
+  assert len(reads) == 5  # the start step, then per log: the flags and the window
+  assert [c[0] for c in calls] == list(range(10))
+  assert {c[1] for c in calls} == {"bmqa_jax.prefetch"}
+
+
+def test_finite_covers_the_optimiser_state():
+  """AdamW after a gradient of 1e20: the weights stay finite, the second
+  moment does not; `finite` says so, and nothing of it would be saved."""
+  tx = optax.adamw(1e-3)
+  params = {"w": jnp.ones((3,))}
+  st = state_lib.create(params, {}, tx)
+  grads = {"w": jnp.full((3,), 1e20)}
+  new, m = state_lib.apply_gradients(st, grads, tx, {}, {"loss": jnp.float32(1.0)})
+  assert bool(state_lib.all_finite(new["params"]))
+  assert not bool(m["finite"])

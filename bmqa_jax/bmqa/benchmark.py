@@ -1,9 +1,11 @@
 """What one training stage costs, measured on the plan training runs
-(`bmqa_jax.bmqa.stage.make_stage`): `launch/benchmark_train.py` prints it.
+(`bmqa_jax.bmqa.stage.make_stage`): `bmqa-benchmark-train` prints it.
 
 For a stage: the first step's time (compilation included); steps/s on one
 batch already on the devices (the step's ceiling: no input pipeline); steps/s
-end to end with the real input pipeline feeding every step; the input
+end to end through `train_lib.loop.run` (what training runs: the real input
+pipeline, prefetching, the finite checks, logging and checkpoint cadence),
+optionally with a host delay per batch (`input_delay_ms`); the input
 pipeline alone (images/s); and the peak memory (the host's resident set, and
 the first device's peak when the backend reports it).
 
@@ -30,6 +32,8 @@ from bmqa_jax.bmqa import stage as stage_lib
 from bmqa_jax.data import datasets
 from bmqa_jax.data import pipeline
 from bmqa_jax.data import prepared
+from bmqa_jax.train_lib import checkpoint
+from bmqa_jax.train_lib import loop
 
 
 def _loader(plan: stage_lib.StagePlan, records, pcfg, workdir: str, seed: int, log):
@@ -54,9 +58,18 @@ def timed(fn, steps: int) -> float:
 
 
 def stage_figures(plan: stage_lib.StagePlan, records, pcfg, workdir: str,
-                  steps: int = 10, seed: int = 0, log=print) -> dict:
-  """The figures of one stage (see the module docstring); numbers in s, /s, MB."""
-  bs, mesh = plan.scfg.batch_size, plan.mesh
+                  steps: int = 10, seed: int = 0, log=print, input_delay_ms: float = 0,
+                  prefetch: int = loop.PREFETCH, wait_each_step: bool = False) -> dict:
+  """The figures of one stage (see the module docstring); numbers in s, /s, MB.
+
+  End to end is `train_lib.loop.run` itself, as training runs it: the real
+  input pipeline (plus `input_delay_ms` of host sleep per batch: a slow disk
+  or remote store), `prefetch` batches ahead, the stage's logging and
+  checkpoint cadence, the finite checks, TensorBoard and the final save.
+  `wait_each_step` (a baseline) reads each step's `finite` flag back before
+  the next batch is asked for, as the loop did before it kept the flags on
+  the devices."""
+  bs, mesh, scfg = plan.scfg.batch_size, plan.mesh, plan.scfg
   loader, cache_s = _loader(plan, records, pcfg, workdir, seed, log)
   it = iter(loader)
   variables = jax.jit(plan.init_variables)(jax.random.key(0))
@@ -70,13 +83,36 @@ def stage_figures(plan: stage_lib.StagePlan, records, pcfg, workdir: str,
 
   first = timed(lambda: run(fixed), 1)
   ceiling = timed(lambda: run(fixed), steps)
-  e2e = timed(lambda: run(sharding.put_batch(plan.model_inputs(next(it)), mesh)), steps)
+
+  def batch_fn(_):
+    if input_delay_ms:
+      time.sleep(input_delay_ms / 1000)
+    return sharding.put_batch(plan.model_inputs(next(it)), mesh)
+
+  def waiting_step(state, batch, rng):
+    state, metrics = step(state, batch, rng)
+    jax.device_get(metrics["finite"])
+    return state, metrics
+
+  mngr = checkpoint.manager(os.path.join(workdir, "benchmark", plan.name),
+                            scfg.keep_checkpoints)
+  jax.block_until_ready(holder["state"])
+  t = time.perf_counter()
+  holder["state"], _ = loop.run(
+      waiting_step if wait_each_step else step, holder["state"], batch_fn, rng, name=plan.name, total_steps=1 + 2 * steps,
+      mngr=mngr, log_every=scfg.log_every_steps,
+      checkpoint_every=scfg.checkpoint_every_steps,
+      tensorboard_dir=loop.tensorboard_dir(os.path.join(workdir, "benchmark"), plan.name),
+      log=lambda *_: None, progress=False, prefetch=prefetch)
+  jax.block_until_ready(holder["state"])
+  e2e = (time.perf_counter() - t) / steps
   alone = timed(lambda: next(it), steps)
   stats = jax.local_devices()[0].memory_stats() or {}
   return dict(
       stage=plan.name, batch=bs, feature_cache=plan.uses_cache,
       store="prepared" if "image_store" in records[0] else "jpeg",
       cache_build_s=round(cache_s, 2), first_step_s=round(first, 2),
+      input_delay_ms=input_delay_ms, prefetch=prefetch, wait_each_step=wait_each_step,
       synthetic_steps_per_s=1 / ceiling, synthetic_images_per_s=bs / ceiling,
       e2e_steps_per_s=1 / e2e, e2e_images_per_s=bs / e2e,
       e2e_of_ceiling=ceiling / e2e, pipeline_images_per_s=bs / alone,

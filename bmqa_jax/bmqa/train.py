@@ -113,7 +113,7 @@ def _train_and_evaluate(cfg, workdir: str, data: datasets.Data, log, progress) -
           mngr=start.mngr, log_every=cfg[name].log_every_steps,
           checkpoint_every=cfg[name].checkpoint_every_steps,
           tensorboard_dir=loop.tensorboard_dir(workdir, name), log=log,
-          progress=progress)
+          progress=progress, prefetch=cfg.device_prefetch)
     stage_lib.mark_finished(workdir, name, plan.total_steps)
     if cfg[name].eval_split and cfg[name].loss == "mse":
       results[name] = _validate(plan, state, data, cfg, workdir, log)

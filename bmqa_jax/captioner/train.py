@@ -129,7 +129,7 @@ def _train_and_evaluate(cfg, workdir: str, log, progress: bool) -> dict:
       mngr=start.mngr, log_every=cfg.log_every_steps,
       checkpoint_every=cfg.checkpoint_every_steps,
       tensorboard_dir=os.path.join(workdir, "tensorboard"), log=log,
-      progress=progress, on_log=on_log)
+      progress=progress, on_log=on_log, prefetch=cfg.device_prefetch)
 
   variables = sharding.to_host(state_lib.variables(state))  # every process: all rows
   metrics, captions = evaluate_lib.evaluate(model, variables, vocab, eval_samples, cfg)

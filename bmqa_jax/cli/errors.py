@@ -6,7 +6,9 @@ parsed first, its docstring as `--help`). A mistake is an error of the
 project's own (a class defined in bmqa_jax: a bad manifest row, a changed
 config, a locked workdir, an unreadable image, ...) or one of the usual kinds
 (a bad flag or config, a missing file, a value out of range, a missing extra
-package); anything else is a bug, and its traceback is shown as it is.
+package); anything else is a bug, and its traceback is shown as it is. A
+stop signal (`bmqa_jax.stop.Stopped`) ends with its one line and status
+128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import traceback
 
 from absl import app
 from absl import flags
+
+from bmqa_jax import stop
 
 EXIT_MISTAKE = 2
 _VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, show its traceback too.")
@@ -92,6 +96,9 @@ def run(module) -> None:
   def main(argv):
     try:
       return module.main(argv)
+    except stop.Stopped as e:  # a stop signal: one line, status 128 + signal
+      print(e, file=sys.stderr, flush=True)
+      sys.exit(e.code)
     except Exception as e:  # pylint: disable=broad-except
       if not is_mistake(e):
         raise

@@ -5,7 +5,7 @@ A checkpoint directory holds one folder per saved step with the item `state`
 pipelines are functions of the step (`bmqa_jax.data.pipeline.train_loader`), so
 a resumed run reads the batches an uninterrupted one would. (Checkpoints of
 release 0.1 also hold `data_iter`, the grain iterator's position; it is not
-read.) Saves are synchronous and
+read.) Saves are asynchronous (`manager`) and
 atomic (orbax writes a temporary folder and renames it when complete; a folder
 left by a killed save is removed the next time the manager opens).
 
@@ -56,12 +56,30 @@ class DamagedCheckpointError(RuntimeError):
 
 
 def manager(directory: str, keep: int | None = None) -> ocp.CheckpointManager:
-  """A manager of `directory` (created on first save) keeping the `keep` latest."""
+  """A manager of `directory` (created on first save) keeping the `keep` latest.
+
+  In a run of one process on one device its saves are asynchronous: `save`
+  returns once the state is copied to the host (so the next step may reuse the
+  devices' buffers), and the files are written meanwhile; `finish(mngr)` waits
+  for them (the step loop does at its end, at a stop and before naming the last
+  checkpoint). Elsewhere they are synchronous: orbax's background thread meets
+  the other devices and processes through collectives
+  (`multihost_utils.sync_global_devices`) that would run beside the step's own
+  and wait for each other forever (seen with 4 CPU devices: one device in the
+  step's all-reduce, another in the save's all-gather)."""
+  background = jax.process_count() == 1 and jax.local_device_count() == 1
   return ocp.CheckpointManager(
       os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
-          max_to_keep=keep, create=True, enable_async_checkpointing=False,
+          max_to_keep=keep, create=True, enable_async_checkpointing=background,
           cleanup_tmp_directories=True),
       item_names=ITEMS)
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the saves under way, then records the digests of the steps they
+  completed (`record_digests`)."""
+  mngr.wait_until_finished()
+  record_digests(str(mngr.directory))
 
 
 def _reader(directory: str, item_names=None) -> ocp.CheckpointManager:
@@ -261,7 +279,8 @@ def abstract(tree, shard):
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
-  """Saves `state` as step `step`."""
+  """Saves `state` as step `step`, in the background (`manager`): the caller
+  checks that it is finite first (`train_lib.loop`)."""
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
   record_digests(str(mngr.directory))  # the steps complete so far
 

@@ -43,14 +43,17 @@ def apply_gradients(state: State, grads, tx: optax.GradientTransformation,
                     batch_stats, metrics: dict, schedule=None) -> tuple[State, dict]:
   """The state after one optimiser step, and `metrics` with `grad_norm`,
   `learning_rate` (when `schedule` is given) and `finite`: one on-device
-  reduction the step loop reads every step, so that no non-finite state is
-  ever saved (`bmqa_jax.train_lib.loop`)."""
+  reduction over the loss, the weights and the optimiser state (a gradient
+  of 1e20 leaves AdamW's weights finite but its second moment infinite, and
+  that weight would never move again), which the step loop reads before
+  every save, so that no non-finite state is ever saved
+  (`bmqa_jax.train_lib.loop`)."""
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
   if schedule is not None:
     metrics["learning_rate"] = schedule(state["step"])
-  metrics["finite"] = all_finite((metrics["loss"], params, batch_stats))
+  metrics["finite"] = all_finite((metrics["loss"], params, batch_stats, opt_state))
   return dict(step=state["step"] + 1, params=params, batch_stats=batch_stats,
               opt_state=opt_state), metrics
 

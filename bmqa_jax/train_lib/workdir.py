@@ -49,6 +49,7 @@ SAFE_CONFIG_CHANGES = (
     "eval.*",
     "input.workers",
     "input.prefetch",
+    "device_prefetch",
     "data.feature_cache_dir",
     "input.prepared_dir",
     "data.check_images",
