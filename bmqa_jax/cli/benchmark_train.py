@@ -28,7 +28,6 @@ from bmqa_jax.bmqa import stage as stage_lib
 from bmqa_jax.bmqa import train
 from bmqa_jax.cli import config_flag
 from bmqa_jax.data import pipeline
-from bmqa_jax.train_lib import loop
 
 _CONFIG = config_flag.DEFINE_config("config", None, "Experiment config: a name "
                                     "(quickstart) or a file, with :key=value args.")
