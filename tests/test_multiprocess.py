@@ -7,7 +7,8 @@ Every run is the real launcher (launch/train.py, train_asr.py,
 train_captioner.py, evaluate.py) in subprocesses, with the compilation cache
 on as users have it (the session's, warm after the first run). BMQA runs
 2 processes × 2 devices against 1 × 4 (the shape that hung with a warm cache
-before 22792db: a resumed run is the warm one), with plain SGD (parameters compare at 1e-5); its 2-process run gets SIGTERM on process 1 in SS, is killed (both
+before 22792db: a resumed run is the warm one), with plain SGD (parameters
+compare at 1e-5); its 2-process run gets SIGTERM on process 1 in SS, is killed (both
 processes, SIGKILL) once a checkpoint of ST exists, restarted, and must end
 where the uninterrupted 1-process run ends; a 1-process run stopped by SIGTERM
 in SS must end there too. Evaluation, the recogniser and the captioner run

@@ -1,7 +1,8 @@
 """End to end on tiny built-in data: PT → SS → ST, a killed run resumes, evaluation.
 
 The training runs as a real `launch/train.py` process (tracing two steps,
---profile_steps), killed (SIGKILL) once stage ST has saved a checkpoint; the same command then finishes the run without
+--profile_steps), killed (SIGKILL) once stage ST has saved a checkpoint; the
+same command then finishes the run without
 repeating PT or SS.
 """
 

@@ -99,7 +99,8 @@ def stage_figures(plan: stage_lib.StagePlan, records, pcfg, workdir: str,
   jax.block_until_ready(holder["state"])
   t = time.perf_counter()
   holder["state"], _ = loop.run(
-      waiting_step if wait_each_step else step, holder["state"], batch_fn, rng, name=plan.name, total_steps=1 + 2 * steps,
+      waiting_step if wait_each_step else step, holder["state"], batch_fn, rng,
+      name=plan.name, total_steps=1 + 2 * steps,
       mngr=mngr, log_every=scfg.log_every_steps,
       checkpoint_every=scfg.checkpoint_every_steps,
       tensorboard_dir=loop.tensorboard_dir(os.path.join(workdir, "benchmark"), plan.name),

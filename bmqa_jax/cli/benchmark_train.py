@@ -9,7 +9,8 @@ steps/s and images/s on one batch already on the devices (the step's ceiling),
 the same end to end through the training loop itself (train_lib.loop.run: the
 real input pipeline, prefetching, logging and checkpoint cadence, finite
 checks), with --input_delay_ms of host sleep added to every batch (a slow disk
-or remote store), the pipeline alone, and peak memory; then the image pipeline alone on the JPEG path and on the prepared store
+or remote store), the pipeline alone, and peak memory; then the image pipeline
+alone on the JPEG path and on the prepared store
 for each --workers count (images/s and per core), next to what the step
 consumes, and the time to build the store. Numbers on a shared machine are
 noisy: compare ratios measured in the same run.
