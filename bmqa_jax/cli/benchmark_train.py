@@ -8,8 +8,8 @@ Per stage (`bmqa_jax.bmqa.benchmark`): the first step (compilation included),
 steps/s and images/s on one batch already on the devices (the step's ceiling),
 the same end to end through the training loop itself (train_lib.loop.run: the
 real input pipeline, prefetching, logging and checkpoint cadence, finite
-checks), with --input_delay_ms of host sleep added to every batch (a slow disk
-or remote store), the pipeline alone, and peak memory; then the image pipeline
+checks), with --input_delay_ms of latency per batch, spread over its records'
+reads (a slow disk or remote store), the pipeline alone, and peak memory; then the image pipeline
 alone on the JPEG path and on the prepared store
 for each --workers count (images/s and per core), next to what the step
 consumes, and the time to build the store. Numbers on a shared machine are
@@ -36,8 +36,9 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
 _WORKERS = flags.DEFINE_multi_integer("workers", [], "Grain worker counts to time the "
                                       "pipeline alone with (default: the config's).")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here as JSON.")
-_DELAY = flags.DEFINE_float("input_delay_ms", 0.0, "Host sleep added to every batch "
-                            "of the end-to-end run (a slow disk or remote store).")
+_DELAY = flags.DEFINE_float("input_delay_ms", 0.0, "Latency of a slow disk or remote "
+                            "store per batch of the end-to-end run: each record's read "
+                            "sleeps this / batch ms.")
 _WAIT = flags.DEFINE_bool("wait_each_step", False, "A baseline: end to end reads "
                           "each step's finite flag back before asking for the next "
                           "batch (the loop before issue 26; with --config.device_prefetch=0 "
