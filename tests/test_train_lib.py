@@ -118,6 +118,24 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
   assert os.listdir(tmp_path) == ["out.csv"]
 
 
+def test_atomic_write_takes_bytes_or_a_writer_and_gives_the_umask_mode(tmp_path):
+  """One helper for every atomic file (the feature caches write through a
+  callback): a writer that raises leaves the old file and no temporary one."""
+  from bmqa_jax.train_lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "a.npz")
+  workdir_lib.atomic_write(path, b"old")
+  assert os.stat(path).st_mode & 0o777 == 0o666 & ~workdir_lib.umask()
+
+  def bad(f):
+    f.write(b"half")
+    raise RuntimeError("writer failed")
+  with pytest.raises(RuntimeError, match="writer failed"):
+    workdir_lib.atomic_write(path, bad)
+  assert open(path, "rb").read() == b"old" and os.listdir(tmp_path) == ["a.npz"]
+  workdir_lib.atomic_write(path, lambda f: np.savez(f, x=np.arange(3)))
+  np.testing.assert_array_equal(np.load(path)["x"], np.arange(3))
+
+
 def test_the_three_trainers_share_one_signature():
   """`train_and_evaluate(cfg, workdir, *, log, progress, config_change)` for
   BMQA, the recogniser and the captioner (BMQA adds `describe`)."""

@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import time
 from typing import Sequence
 
@@ -158,25 +157,18 @@ def build(path: str, paths: Sequence[str], pcfg: pipeline.PipelineConfig,
   name in the same folder, renamed when complete)."""
   folder = os.path.dirname(path)
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                             dir=folder)
-  workdir_lib.as_user_file(fd)
-  os.close(fd)
   t, size = time.perf_counter(), 0
-  writer = array_record_module.ArrayRecordWriter(tmp, _WRITER_OPTIONS)
-  try:
-    with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
-      for start in range(0, len(paths), _CHUNK):
-        for img in pool.map(lambda p: _stored_image(p, pcfg),
-                            paths[start:start + _CHUNK]):
-          writer.write(_encode(img))
-          size += img.nbytes
-  except BaseException:
-    writer.close()
-    os.remove(tmp)
-    raise
-  writer.close()
-  os.replace(tmp, path)
+  with workdir_lib.replacing(path) as tmp:
+    writer = array_record_module.ArrayRecordWriter(tmp, _WRITER_OPTIONS)
+    try:
+      with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
+        for start in range(0, len(paths), _CHUNK):
+          for img in pool.map(lambda p: _stored_image(p, pcfg),
+                              paths[start:start + _CHUNK]):
+            writer.write(_encode(img))
+            size += img.nbytes
+    finally:
+      writer.close()
   log(f"prepared {len(paths)} images ({size / 1e9:.2f} GB) in "
       f"{time.perf_counter() - t:.1f} s: {path}")
 
