@@ -261,8 +261,7 @@ def scatter(path: str, samples, preds, overall: dict) -> None:
   if len(devices) > 1:
     ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path + ".tmp.png")
-  os.replace(path + ".tmp.png", path)
+  workdir_lib.atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
 def write_descriptions(path: str, samples: Sequence, source: str) -> None:

@@ -15,7 +15,6 @@ registers the builders, which `tfds.builder(name)` needs).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -26,6 +25,7 @@ import tensorflow_datasets as tfds
 
 from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.data import scenes as splits_lib
+from bmqa_jax.train_lib import workdir as workdir_lib
 
 SPLITS = splits_lib.SPLIT_NAMES
 FIELDS_MARK = "bmqa_config="
@@ -192,13 +192,6 @@ def export_manifest(name: str, data_dir: str, out_dir: str | None = None,
                        scene=_text(ex["scene"]), split=split,
                        device=_text(ex["device"]), text=_text(ex["text"]),
                        audio=audio))
-  tmp = f".tmp-{os.getpid()}"
-  with open(path + tmp, "w", newline="", encoding="utf-8") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-  os.replace(path + tmp, path)
-  with open(stamp + tmp, "w") as f:
-    json.dump(want, f)
-  os.replace(stamp + tmp, stamp)  # last: marks a complete export
+  workdir_lib.atomic_write_csv(path, [list(rows[0])] + [list(r.values()) for r in rows])
+  workdir_lib.atomic_write(stamp, json.dumps(want))  # last: marks a complete export
   return path

@@ -100,10 +100,8 @@ def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
   result = {"num_splits": num_splits, "seeds": list(per_split),
             "fractions": list(fractions), "per_split": per_split,
             "statistics": stats}
-  with open(os.path.join(workdir, "repeated_splits.json.tmp"), "w") as f:
-    json.dump(result, f, indent=1)
-  os.replace(os.path.join(workdir, "repeated_splits.json.tmp"),
-             os.path.join(workdir, "repeated_splits.json"))
+  workdir_lib.atomic_write(os.path.join(workdir, "repeated_splits.json"),
+                           json.dumps(result, indent=1))
   table = format_statistics(stats)
   with open(os.path.join(workdir, "repeated_splits.md"), "w") as f:
     f.write(f"# {num_splits} scene-wise random splits "
