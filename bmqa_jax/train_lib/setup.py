@@ -5,7 +5,8 @@ one (the whole state: step, weights, batch statistics, optimiser) and
 initialises otherwise; the step it starts from is also where its input pipeline
 starts (`bmqa_jax.data.pipeline.train_loader`: the batches are a function of the
 step). BMQA runs this once per stage (`bmqa_jax.bmqa.train`), the recogniser and
-the captioner once (`bmqa_jax.speech.train`, `bmqa_jax.captioner.train`).
+the captioner once (`bmqa_jax.speech.train`, `bmqa_jax.captioner.train`), whose
+`train_and_evaluate` is `one_run_trainer` of their body.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import jax
 
 from bmqa_jax import sharding
 from bmqa_jax.train_lib import checkpoint
+from bmqa_jax.train_lib import loop
+from bmqa_jax.train_lib import workdir as workdir_lib
 
 
 @dataclasses.dataclass
@@ -69,3 +72,34 @@ def one_run(init: Callable, config, mesh, workdir: str, *, name: str,
       shardings, lambda: jax.jit(init, out_shardings=shardings)(rng), name=name,
       total_steps=config.num_steps, log=log)
   return start, shardings
+
+
+def run_steps(step_fn: Callable, start: Start, batch_fn: Callable[[int], dict], config,
+              workdir: str, *, name: str, log=print, progress: bool = False,
+              on_log: Callable | None = None) -> tuple[Any, list[dict]]:
+  """`loop.run` for a trainer of one run from `start` (`one_run`): the steps,
+  cadences, seed and prefetch depth of `config`, TensorBoard in
+  `workdir/tensorboard`. Returns the final state and the logged history."""
+  return loop.run(
+      step_fn, start.state, batch_fn, jax.random.key(config.seed + 1), name=name,
+      total_steps=config.num_steps, mngr=start.mngr, log_every=config.log_every_steps,
+      checkpoint_every=config.checkpoint_every_steps,
+      tensorboard_dir=os.path.join(workdir, "tensorboard"), log=log, progress=progress,
+      on_log=on_log, prefetch=config.device_prefetch)
+
+
+def one_run_trainer(run: Callable, complete: Callable, config_file: str) -> Callable:
+  """The `train_and_evaluate` of a family of one run (the recogniser, the
+  captioner): `run(cfg, workdir, log, progress)` while the workdir is owned
+  (`workdir.owned`: its lock held, `cfg` checked against its `config_file`,
+  which `complete` reads as today's config)."""
+
+  def train_and_evaluate(cfg, workdir: str, *, log=print, progress: bool = False,
+                         config_change: str = "refuse") -> dict:
+    """Trains (or resumes) in `workdir`; returns the evaluation metrics. The
+    arguments are those of `bmqa_jax.bmqa.train.train_and_evaluate`."""
+    with workdir_lib.owned(cfg, workdir, config_change, log, complete, config_file):
+      return run(cfg, workdir, log, progress)
+
+  train_and_evaluate.__module__ = run.__module__
+  return train_and_evaluate
