@@ -30,7 +30,7 @@ def _one_run(c: mlc.ConfigDict, *, adam_b2: float, num_steps: int,
   c.log_every_steps = 50
   c.checkpoint_every_steps = checkpoint_every_steps
   c.keep_checkpoints = 2
-  c.device_prefetch = 2  # batches placed on the devices ahead of the step (train_lib.loop)
+  c.device_prefetch = defaults.DEVICE_PREFETCH
 
 
 def asr_config(manifest: str = "") -> mlc.ConfigDict:

@@ -20,6 +20,7 @@ from bmqa_jax.train_lib import optim
 from bmqa_jax.train_lib import state as state_lib
 
 SINGLE = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+PREFETCH = defaults.base_config().device_prefetch  # the trainers' default
 
 
 def _state():
@@ -51,7 +52,7 @@ def test_non_finite_step_stops_before_anything_is_saved(tmp_path):
   with pytest.raises(loop.NonFiniteError, match="step 4 .*last finite checkpoint is step 3"):
     loop.run(_step(nan_at=4), _state(), lambda s: {"x": jnp.ones((3,))},
              jax.random.key(0), name="t", total_steps=10, mngr=mngr, log_every=100,
-             checkpoint_every=1, log=logs.append, progress=False)
+             checkpoint_every=1, log=logs.append, progress=False, prefetch=PREFETCH)
   assert mngr.all_steps() == [1, 2, 3]
   for step in mngr.all_steps():
     w, _ = checkpoint.load_weights(d, step=step)
@@ -65,7 +66,7 @@ def test_loop_resumes_at_the_state_step_and_averages_logged_metrics(tmp_path):
   calls = []
   state, hist = loop.run(_step(nan_at=-1), s, lambda i: calls.append(i) or {"x": jnp.ones((3,))},
                          jax.random.key(0), name="t", total_steps=10, mngr=mngr,
-                         log_every=2, checkpoint_every=5, progress=False)
+                         log_every=2, checkpoint_every=5, progress=False, prefetch=PREFETCH)
   assert calls == [6, 7, 8, 9] and int(state["step"]) == 10
   assert [h["step"] for h in hist] == [8, 10] and mngr.all_steps() == [10]
 
@@ -168,7 +169,7 @@ def test_a_stop_signal_saves_the_step_under_way_and_stops(tmp_path):
     with pytest.raises(stop.Stopped) as e:
       loop.run(step, _state(), lambda i: {"x": jnp.ones((3,))}, jax.random.key(0), name="t",
                total_steps=10, mngr=mngr, log_every=100, checkpoint_every=100,
-               progress=False)
+               progress=False, prefetch=PREFETCH)
   finally:
     stop._S.signum = stop._S.at = None  # pylint: disable=protected-access
   assert e.value.code == 143
@@ -192,7 +193,7 @@ def test_the_loop_reads_nothing_per_step_and_prefetches_batches(tmp_path, monkey
   mngr = checkpoint.manager(str(tmp_path / "c"), keep=2)
   state, hist = loop.run(_step(nan_at=-1), _state(), batch, jax.random.key(0),
                          name="t", total_steps=10, mngr=mngr, log_every=5,
-                         checkpoint_every=5, progress=False)
+                         checkpoint_every=5, progress=False, prefetch=PREFETCH)
   assert int(state["step"]) == 10 and [h["step"] for h in hist] == [5, 10]
   assert mngr.all_steps() == [5, 10]
   assert len(reads) == 5  # the start step, then per log: the flags and the window
