@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from bmqa_jax import defaults
+from bmqa_jax import log as log_lib
 from bmqa_jax import stop
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import loop
@@ -137,6 +138,20 @@ def test_atomic_write_takes_bytes_or_a_writer_and_gives_the_umask_mode(tmp_path)
   np.testing.assert_array_equal(np.load(path)["x"], np.arange(3))
 
 
+def test_the_project_logger_writes_plain_lines_to_the_current_stdout(capsys):
+  """`bmqa_jax.log.info`, every `log` default: the message as printed, once
+  (not again through absl's root handler), on the stdout of the moment."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.use_absl_handler()
+  try:
+    log_lib.info("[ss] resumed at step 4/10 (100% of 5)")
+  finally:
+    logging.root.removeHandler(absl_logging.get_absl_handler())
+  out, err = capsys.readouterr()
+  assert (out, err) == ("[ss] resumed at step 4/10 (100% of 5)\n", "")
+
+
 def test_the_three_trainers_share_one_signature():
   """`train_and_evaluate(cfg, workdir, *, log, progress, config_change)` for
   BMQA, the recogniser and the captioner (BMQA adds `describe`)."""
@@ -151,7 +166,7 @@ def test_the_three_trainers_share_one_signature():
     assert [p.kind for p in params.values()][2:] == [
         inspect.Parameter.KEYWORD_ONLY] * (len(params) - 2), module.__name__
     assert (params["log"].default, params["progress"].default,
-            params["config_change"].default) == (print, False, "refuse")
+            params["config_change"].default) == (log_lib.info, False, "refuse")
 def test_a_stop_signal_saves_the_step_under_way_and_stops(tmp_path):
   """The loop's side of bmqa_jax.stop (real signals: tests/test_multiprocess.py):
   a signal during step 3 saves step 3, off the checkpoint cadence, and raises

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import jax
 
+from bmqa_jax import log as log_lib
 from bmqa_jax import sharding
 from bmqa_jax.bmqa import feature_cache
 from bmqa_jax.bmqa import stage as stage_lib
@@ -58,7 +59,7 @@ def timed(fn, steps: int) -> float:
 
 
 def stage_figures(plan: stage_lib.StagePlan, records, pcfg, workdir: str,
-                  steps: int = 10, seed: int = 0, log=print, input_delay_ms: float = 0,
+                  steps: int = 10, seed: int = 0, log=log_lib.info, input_delay_ms: float = 0,
                   wait_each_step: bool = False) -> dict:
   """The figures of one stage (see the module docstring); numbers in s, /s, MB.
 

@@ -22,6 +22,7 @@ import ml_collections as mlc
 import numpy as np
 
 from bmqa_jax import config_bases
+from bmqa_jax import log as log_lib
 from bmqa_jax import metrics
 from bmqa_jax import metrics_report
 from bmqa_jax import sharding
@@ -145,7 +146,7 @@ def _load_model(workdir: str, allow_unfinished: bool = False):
 
 
 def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "test",
-                     out_dir: str | None = None, log=print, text_source: str = "text",
+                     out_dir: str | None = None, log=log_lib.info, text_source: str = "text",
                      describe: Callable | None = None,
                      manifest_split: str | None = None,
                      allow_unfinished: bool = False) -> dict:

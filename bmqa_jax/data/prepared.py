@@ -44,6 +44,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from bmqa_jax import log as log_lib
 from bmqa_jax import sharding
 from bmqa_jax.data import image_io
 from bmqa_jax.data import pipeline
@@ -152,7 +153,7 @@ def store_path(paths: Sequence[str], pcfg: pipeline.PipelineConfig,
 
 
 def build(path: str, paths: Sequence[str], pcfg: pipeline.PipelineConfig,
-          log=print) -> None:
+          log=log_lib.info) -> None:
   """Decodes `paths` in order into the store `path` (written under a temporary
   name in the same folder, renamed when complete)."""
   folder = os.path.dirname(path)
@@ -205,7 +206,7 @@ def _use_store(paths: Sequence[str], pcfg: pipeline.PipelineConfig, log) -> bool
 
 
 def open_store(paths: Sequence[str], pcfg: pipeline.PipelineConfig, workdir: str,
-               log=print) -> Store:
+               log=log_lib.info) -> Store:
   """The store of `paths`, built first if there is none (by process 0; the
   others wait for it)."""
   path = store_path(paths, pcfg, workdir)
@@ -225,7 +226,7 @@ def open_store(paths: Sequence[str], pcfg: pipeline.PipelineConfig, workdir: str
 
 
 def attach(records: Sequence[dict], pcfg: pipeline.PipelineConfig, workdir: str,
-           log=print, build: bool = True) -> Sequence[dict]:
+           log=log_lib.info, build: bool = True) -> Sequence[dict]:
   """`records` reading their images from the prepared store when
   `config.input.store` prepares them (`image_store`, `image_row`; `path`
   stays), else `records` as they are. `build=False` (a pass that reads each

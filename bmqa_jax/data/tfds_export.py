@@ -23,6 +23,7 @@ import shutil
 
 import tensorflow_datasets as tfds
 
+from bmqa_jax import log as log_lib
 from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.data import scenes as splits_lib
 from bmqa_jax.train_lib import workdir as workdir_lib
@@ -133,7 +134,7 @@ _EXPORT_ENTRIES = ("files", "manifest.csv", "export_info.json")
 
 
 def export_manifest(name: str, data_dir: str, out_dir: str | None = None,
-                    log=print, sources_fn=None, read_fn=None) -> str:
+                    log=log_lib.info, sources_fn=None, read_fn=None) -> str:
   """Writes the prepared dataset's files and a manifest; returns the manifest path.
 
   Every split is read with Grain from `tfds.data_source`; the images (and

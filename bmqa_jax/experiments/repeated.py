@@ -12,6 +12,7 @@ import os
 from typing import Sequence
 
 from bmqa_jax import config_bases
+from bmqa_jax import log as log_lib
 from bmqa_jax import metrics_report
 from bmqa_jax.bmqa import evaluate
 from bmqa_jax.bmqa import train
@@ -46,7 +47,7 @@ def _config_changed(cfg, sdir: str) -> bool:
 
 
 def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
-                 fractions: Sequence[float] = (0.8, 0.1, 0.1), log=print) -> dict:
+                 fractions: Sequence[float] = (0.8, 0.1, 0.1), log=log_lib.info) -> dict:
   """Trains and tests `cfg` on `num_splits` scene-wise random splits.
 
   Split k (seed `first_seed + k`) lives in `workdir/split_<seed>/`: its

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bmqa_jax import log as log_lib
 from bmqa_jax import sharding
 from bmqa_jax.data import datasets
 from bmqa_jax.speech import data as data_lib
@@ -46,7 +47,7 @@ def ctc_loss(logits, out_lengths, labels, label_lengths):
 
 
 def load_split(manifest: str, split: str | None, cache_dir: str | None,
-               feature_kwargs: dict, need_text: bool = True, log=print):
+               feature_kwargs: dict, need_text: bool = True, log=log_lib.info):
   """(rows, SpeechSet or FeatureCache) of one split (None: every row)."""
   rows = data_lib.read_manifest(manifest)
   if split is not None:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import jax
 
+from bmqa_jax import log as log_lib
 from bmqa_jax import sharding
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import loop
@@ -39,7 +40,7 @@ class Start:
 
 def restore_or_initialise(ckpt_dir: str, keep: int, abstract_state, shardings,
                           initialise: Callable[[], Any], *, name: str,
-                          total_steps: int, log=print) -> Start:
+                          total_steps: int, log=log_lib.info) -> Start:
   """The newest good checkpoint of `ckpt_dir` restored into `abstract_state`
   placed as `shardings` (a damaged step is named and moved aside:
   `checkpoint.restore_latest`), or `initialise()` when there is none. `keep`: checkpoints
@@ -58,7 +59,7 @@ def restore_or_initialise(ckpt_dir: str, keep: int, abstract_state, shardings,
 
 
 def one_run(init: Callable, config, mesh, workdir: str, *, name: str,
-            log=print) -> tuple[Start, Any]:
+            log=log_lib.info) -> tuple[Start, Any]:
   """`restore_or_initialise` for a trainer of one run (the recogniser, the
   captioner): checkpoints in `workdir/checkpoints`, `config.num_steps` steps,
   `config.keep_checkpoints` kept; a new state is `init(rng)` of `config.seed`,
@@ -75,7 +76,7 @@ def one_run(init: Callable, config, mesh, workdir: str, *, name: str,
 
 
 def run_steps(step_fn: Callable, start: Start, batch_fn: Callable[[int], dict], config,
-              workdir: str, *, name: str, log=print, progress: bool = False,
+              workdir: str, *, name: str, log=log_lib.info, progress: bool = False,
               on_log: Callable | None = None) -> tuple[Any, list[dict]]:
   """`loop.run` for a trainer of one run from `start` (`one_run`): the steps,
   cadences, seed and prefetch depth of `config`, TensorBoard in
@@ -94,7 +95,7 @@ def one_run_trainer(run: Callable, complete: Callable, config_file: str) -> Call
   (`workdir.owned`: its lock held, `cfg` checked against its `config_file`,
   which `complete` reads as today's config)."""
 
-  def train_and_evaluate(cfg, workdir: str, *, log=print, progress: bool = False,
+  def train_and_evaluate(cfg, workdir: str, *, log=log_lib.info, progress: bool = False,
                          config_change: str = "refuse") -> dict:
     """Trains (or resumes) in `workdir`; returns the evaluation metrics. The
     arguments are those of `bmqa_jax.bmqa.train.train_and_evaluate`."""

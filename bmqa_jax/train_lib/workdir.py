@@ -28,6 +28,8 @@ from typing import Any, BinaryIO, Callable
 import jax
 import ml_collections as mlc
 
+from bmqa_jax import log as log_lib
+
 CONFIG_FILE = "config.json"
 
 # Config fields a resumed run may change without altering what is trained:
@@ -113,7 +115,7 @@ def _fmt(v) -> str:
 
 
 def own_config(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse",
-               log=print, complete=None, filename: str = CONFIG_FILE) -> None:
+               log=log_lib.info, complete=None, filename: str = CONFIG_FILE) -> None:
   """Writes workdir/`filename` on the first run; refuses a changed config later.
 
   `config_change`: 'refuse' raises `ConfigChangedError` naming every field
@@ -186,7 +188,7 @@ class WorkdirLock:
   as good as its `flock` (NFS: byte-range locks across hosts).
   """
 
-  def __init__(self, workdir: str, log=print):
+  def __init__(self, workdir: str, log=log_lib.info):
     self.path = os.path.join(workdir, ".lock")
     self.log = log
     self.me = dict(host=socket.gethostname(), pid=os.getpid())
@@ -319,7 +321,7 @@ def load_config(workdir: str, filename: str = CONFIG_FILE,
 
 
 @contextlib.contextmanager
-def owned(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse", log=print,
+def owned(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse", log=log_lib.info,
           complete=None, filename: str = CONFIG_FILE):
   """Holds `workdir`'s lock (process 0) and its config (`own_config`) meanwhile."""
   os.makedirs(workdir, exist_ok=True)
