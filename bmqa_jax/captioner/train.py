@@ -31,7 +31,6 @@ from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import optim
 from bmqa_jax.train_lib import setup
 from bmqa_jax.train_lib import state as state_lib
-from bmqa_jax.train_lib import workdir as workdir_lib
 
 
 def load_split(manifest: str, split: str) -> list[manifest_lib.Sample]:
@@ -121,14 +120,9 @@ def _train_and_evaluate(cfg, workdir: str, log, progress: bool) -> dict:
                  step=int(jax.device_get(state["step"])), train_history=history)
   log("captioner eval: " + json.dumps({k: metrics[k] for k in (
       "top5_accuracy", "cross_entropy", "greedy", "beam")}))
-  if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    workdir_lib.atomic_write(os.path.join(out_dir, "captioner_metrics.json"),
-                             json.dumps(metrics, indent=1))
-    workdir_lib.atomic_write_csv(
-        os.path.join(out_dir, "captions.csv"), [["image", "reference", "greedy", "beam"]]
-        + [[s.image, s.text, g, b] for s, g, b in captions])
+  setup.write_eval(workdir, "captioner_metrics.json", metrics, "captions.csv",
+                   [["image", "reference", "greedy", "beam"]]
+                   + [[s.image, s.text, g, b] for s, g, b in captions])
   return metrics
 
 

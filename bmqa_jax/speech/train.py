@@ -32,7 +32,6 @@ from bmqa_jax.speech import text as text_lib
 from bmqa_jax.train_lib import optim
 from bmqa_jax.train_lib import setup
 from bmqa_jax.train_lib import state as state_lib
-from bmqa_jax.train_lib import workdir as workdir_lib
 
 __all__ = ["ctc_loss", "make_train_step", "load_split",
            "train_and_evaluate", "min_ctc_frames"]
@@ -157,15 +156,10 @@ def _train_and_evaluate(cfg, workdir: str, log, progress: bool) -> dict:
                  beam=infer.evaluate_transcripts(refs, beam),
                  decode_seconds=round(time.time() - t0, 2))
   log(f"eval {json.dumps(metrics)}")
-  if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    workdir_lib.atomic_write(os.path.join(out_dir, "asr_metrics.json"),
-                             json.dumps(metrics, indent=2))
-    workdir_lib.atomic_write_csv(
-        os.path.join(out_dir, "asr_transcripts.csv"),
-        [["audio", "reference", "greedy", "beam"]] + [
-            [row["audio"], r, g, b] for row, r, g, b in zip(eval_rows, refs, greedy, beam)])
+  setup.write_eval(workdir, "asr_metrics.json", metrics, "asr_transcripts.csv",
+                   [["audio", "reference", "greedy", "beam"]] + [
+                       [row["audio"], r, g, b]
+                       for row, r, g, b in zip(eval_rows, refs, greedy, beam)])
   return metrics
 
 

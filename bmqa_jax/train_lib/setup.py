@@ -12,6 +12,7 @@ the captioner once (`bmqa_jax.speech.train`, `bmqa_jax.captioner.train`), whose
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Callable
 
@@ -87,6 +88,19 @@ def run_steps(step_fn: Callable, start: Start, batch_fn: Callable[[int], dict], 
       checkpoint_every=config.checkpoint_every_steps,
       tensorboard_dir=os.path.join(workdir, "tensorboard"), log=log, progress=progress,
       on_log=on_log, prefetch=config.device_prefetch)
+
+
+def write_eval(workdir: str, metrics_file: str, metrics: dict, table_file: str,
+               rows: list[list]) -> None:
+  """Process 0 writes a one-run trainer's final evaluation to `workdir/eval`:
+  `metrics` as JSON in `metrics_file`, `rows` (the header first) as CSV in
+  `table_file`."""
+  if jax.process_index() != 0:
+    return
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  workdir_lib.atomic_write(os.path.join(out_dir, metrics_file), json.dumps(metrics, indent=1))
+  workdir_lib.atomic_write_csv(os.path.join(out_dir, table_file), rows)
 
 
 def one_run_trainer(run: Callable, complete: Callable, config_file: str) -> Callable:
