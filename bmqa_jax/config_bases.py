@@ -17,6 +17,22 @@ import ml_collections as mlc
 from bmqa_jax import defaults
 
 
+def _one_run(c: mlc.ConfigDict, *, adam_b2: float, num_steps: int,
+             checkpoint_every_steps: int) -> None:
+  """The fields the families of one run (the recogniser, the captioner) share:
+  AdamW with linear warmup then cosine decay to final_lr_fraction ×
+  learning_rate, the mesh, and the step loop's length and cadences."""
+  c.optimizer = defaults.step_optimizer(
+      learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.05,
+      adam_b1=0.9, adam_b2=adam_b2, weight_decay=1e-4, grad_clip_norm=5.0)
+  c.mesh = defaults.mesh()
+  c.num_steps = num_steps
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = checkpoint_every_steps
+  c.keep_checkpoints = 2
+  c.device_prefetch = defaults.DEVICE_PREFETCH
+
+
 def asr_config(manifest: str = "") -> mlc.ConfigDict:
   """The speech recogniser's config (configs/asr.py; `manifest`: as `task_data`)."""
   c = mlc.ConfigDict()
@@ -41,22 +57,12 @@ def asr_config(manifest: str = "") -> mlc.ConfigDict:
       rnn_hidden=128, rnn_layers=2, relu_clip=20.0, bn_momentum=0.99,
       dropout_rate=0.1, rnn_unroll=1, dtype="float32"))
 
-  # AdamW, linear warmup then cosine decay to final_lr_fraction × learning_rate.
-  c.optimizer = defaults.step_optimizer(
-      learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.05,
-      adam_b1=0.9, adam_b2=0.98, weight_decay=1e-4, grad_clip_norm=5.0)
-  c.mesh = defaults.mesh()
-
+  _one_run(c, adam_b2=0.98, num_steps=300, checkpoint_every_steps=100)
   c.batch_size = 16
   c.eval_batch_size = 16
   # Padded lengths in frames (10 ms): one compiled train step per bucket.
   c.frame_buckets = (512, 1024, 1536, 2048, 3072)
   c.label_multiple = 16
-  c.num_steps = 300
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 100
-  c.keep_checkpoints = 2
-  c.device_prefetch = 2  # batches placed on the devices ahead of the step (train_lib.loop)
 
   c.decode = mlc.ConfigDict(dict(beam_size=8, prune_log_prob=-8.0))
   return c
@@ -86,19 +92,9 @@ def captioner_config(manifest: str = "",
   # words, so λ = 1 / (mean description length ≈ 30 words) is the same balance.
   c.loss = mlc.ConfigDict(dict(attention_penalty=0.03))
 
-  # AdamW, linear warmup then cosine decay to final_lr_fraction × learning_rate.
-  c.optimizer = defaults.step_optimizer(
-      learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.05,
-      adam_b1=0.9, adam_b2=0.999, weight_decay=1e-4, grad_clip_norm=5.0)
-  c.mesh = defaults.mesh()
-
+  _one_run(c, adam_b2=0.999, num_steps=1500, checkpoint_every_steps=250)
   c.batch_size = 32
   c.eval_batch_size = 50
-  c.num_steps = 1500
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 250
-  c.keep_checkpoints = 2
-  c.device_prefetch = 2  # batches placed on the devices ahead of the step (train_lib.loop)
 
   c.decode = mlc.ConfigDict()
   c.decode.beam_size = 3

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
+# Batches placed on the devices ahead of the step (train_lib.loop): the default
+# of every family's `config.device_prefetch`.
+DEVICE_PREFETCH = 2
+
 
 def builtin_data(tiny: bool = False, **overrides) -> mlc.ConfigDict:
   """`config.data.builtin`: the built-in dataset's arguments (bmqa_jax/data).
@@ -145,7 +149,7 @@ def base_config() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
   c.seed = 0
   c.stages = "pt,ss,st"  # comma-separated names of sub-configs, run in order
-  c.device_prefetch = 2  # batches placed on the devices ahead of the step (train_lib.loop)
+  c.device_prefetch = DEVICE_PREFETCH
 
   c.data = mlc.ConfigDict(dict(
       kind="builtin",  # 'builtin' (generated), 'manifest' or 'tfds'

@@ -110,3 +110,20 @@ def test_real_recordings():
     # Speech: loud frames well above the quietest ones (> 5 nats of energy).
     energy = m.mean(1)
     assert energy.max() - energy.min() > 5, n
+
+
+def test_cached_features_are_written_once_and_read_back(tmp_path, monkeypatch):
+  """The recogniser's feature cache goes through `workdir.atomic_write`: the
+  second call reads the file (featurising again would fail) and no temporary
+  file is left in the cache folder."""
+  paths = []
+  for i, freq in enumerate((300, 900)):
+    paths.append(str(tmp_path / f"{i}.wav"))
+    soundfile.write(paths[-1], _tone(freq, 16000, 0.5 + 0.25 * i), 16000)
+  cache_dir = tmp_path / "cache"
+  first = features.cached_features(paths, str(cache_dir), {})
+  monkeypatch.setattr(features, "featurize", None)
+  again = features.cached_features(paths, str(cache_dir), {})
+  np.testing.assert_array_equal(again.features, first.features)
+  np.testing.assert_array_equal(again.offsets, first.offsets)
+  assert [f.endswith(".npz") and not f.startswith(".") for f in os.listdir(cache_dir)] == [True]

@@ -120,3 +120,15 @@ def test_rows_without_a_split_are_split_8_1_1_by_scene_with_the_config_seed(
   cfg.seed = 4
   other = datasets.load(cfg, str(tmp_path / "w"), ("val",), log=print)
   assert {s.scene for s in other.splits["val"]} != by_split["val"]
+
+
+def test_the_config_pixel_bound_reaches_the_image_check(folder, tmp_path):
+  """`config.input.max_pixels` is what `datasets.load` checks images against."""
+  cfg = quickstart.get_config("modalities=image")
+  cfg.data.kind = "manifest"
+  cfg.data.manifest = _write(folder, ["a.jpg,0.5,s1,test", "b.jpg,0.6,s2,test"])
+  cfg.data.check_images = True
+  assert len(datasets.load(cfg, str(tmp_path / "w"), ("test",)).splits["test"]) == 2
+  cfg.input.max_pixels = 100
+  with pytest.raises(manifest.ManifestError, match="24x20"):
+    datasets.load(cfg, str(tmp_path / "w"), ("test",))

@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from bmqa_jax import defaults
+from bmqa_jax import log as log_lib
 from bmqa_jax import stop
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import loop
@@ -20,6 +21,7 @@ from bmqa_jax.train_lib import optim
 from bmqa_jax.train_lib import state as state_lib
 
 SINGLE = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+PREFETCH = defaults.base_config().device_prefetch  # the trainers' default
 
 
 def _state():
@@ -51,7 +53,7 @@ def test_non_finite_step_stops_before_anything_is_saved(tmp_path):
   with pytest.raises(loop.NonFiniteError, match="step 4 .*last finite checkpoint is step 3"):
     loop.run(_step(nan_at=4), _state(), lambda s: {"x": jnp.ones((3,))},
              jax.random.key(0), name="t", total_steps=10, mngr=mngr, log_every=100,
-             checkpoint_every=1, log=logs.append, progress=False)
+             checkpoint_every=1, log=logs.append, progress=False, prefetch=PREFETCH)
   assert mngr.all_steps() == [1, 2, 3]
   for step in mngr.all_steps():
     w, _ = checkpoint.load_weights(d, step=step)
@@ -65,7 +67,7 @@ def test_loop_resumes_at_the_state_step_and_averages_logged_metrics(tmp_path):
   calls = []
   state, hist = loop.run(_step(nan_at=-1), s, lambda i: calls.append(i) or {"x": jnp.ones((3,))},
                          jax.random.key(0), name="t", total_steps=10, mngr=mngr,
-                         log_every=2, checkpoint_every=5, progress=False)
+                         log_every=2, checkpoint_every=5, progress=False, prefetch=PREFETCH)
   assert calls == [6, 7, 8, 9] and int(state["step"]) == 10
   assert [h["step"] for h in hist] == [8, 10] and mngr.all_steps() == [10]
 
@@ -118,6 +120,38 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
   assert os.listdir(tmp_path) == ["out.csv"]
 
 
+def test_atomic_write_takes_bytes_or_a_writer_and_gives_the_umask_mode(tmp_path):
+  """One helper for every atomic file (the feature caches write through a
+  callback): a writer that raises leaves the old file and no temporary one."""
+  from bmqa_jax.train_lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "a.npz")
+  workdir_lib.atomic_write(path, b"old")
+  assert os.stat(path).st_mode & 0o777 == 0o666 & ~workdir_lib.umask()
+
+  def bad(f):
+    f.write(b"half")
+    raise RuntimeError("writer failed")
+  with pytest.raises(RuntimeError, match="writer failed"):
+    workdir_lib.atomic_write(path, bad)
+  assert open(path, "rb").read() == b"old" and os.listdir(tmp_path) == ["a.npz"]
+  workdir_lib.atomic_write(path, lambda f: np.savez(f, x=np.arange(3)))
+  np.testing.assert_array_equal(np.load(path)["x"], np.arange(3))
+
+
+def test_the_project_logger_writes_plain_lines_to_the_current_stdout(capsys):
+  """`bmqa_jax.log.info`, every `log` default: the message as printed, once
+  (not again through absl's root handler), on the stdout of the moment."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.use_absl_handler()
+  try:
+    log_lib.info("[ss] resumed at step 4/10 (100% of 5)")
+  finally:
+    logging.root.removeHandler(absl_logging.get_absl_handler())
+  out, err = capsys.readouterr()
+  assert (out, err) == ("[ss] resumed at step 4/10 (100% of 5)\n", "")
+
+
 def test_the_three_trainers_share_one_signature():
   """`train_and_evaluate(cfg, workdir, *, log, progress, config_change)` for
   BMQA, the recogniser and the captioner (BMQA adds `describe`)."""
@@ -132,7 +166,7 @@ def test_the_three_trainers_share_one_signature():
     assert [p.kind for p in params.values()][2:] == [
         inspect.Parameter.KEYWORD_ONLY] * (len(params) - 2), module.__name__
     assert (params["log"].default, params["progress"].default,
-            params["config_change"].default) == (print, False, "refuse")
+            params["config_change"].default) == (log_lib.info, False, "refuse")
 def test_a_stop_signal_saves_the_step_under_way_and_stops(tmp_path):
   """The loop's side of bmqa_jax.stop (real signals: tests/test_multiprocess.py):
   a signal during step 3 saves step 3, off the checkpoint cadence, and raises
@@ -150,7 +184,7 @@ def test_a_stop_signal_saves_the_step_under_way_and_stops(tmp_path):
     with pytest.raises(stop.Stopped) as e:
       loop.run(step, _state(), lambda i: {"x": jnp.ones((3,))}, jax.random.key(0), name="t",
                total_steps=10, mngr=mngr, log_every=100, checkpoint_every=100,
-               progress=False)
+               progress=False, prefetch=PREFETCH)
   finally:
     stop._S.signum = stop._S.at = None  # pylint: disable=protected-access
   assert e.value.code == 143
@@ -174,7 +208,7 @@ def test_the_loop_reads_nothing_per_step_and_prefetches_batches(tmp_path, monkey
   mngr = checkpoint.manager(str(tmp_path / "c"), keep=2)
   state, hist = loop.run(_step(nan_at=-1), _state(), batch, jax.random.key(0),
                          name="t", total_steps=10, mngr=mngr, log_every=5,
-                         checkpoint_every=5, progress=False)
+                         checkpoint_every=5, progress=False, prefetch=PREFETCH)
   assert int(state["step"]) == 10 and [h["step"] for h in hist] == [5, 10]
   assert mngr.all_steps() == [5, 10]
   assert len(reads) == 5  # the start step, then per log: the flags and the window

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import tqdm
 
+from bmqa_jax import log as log_lib
 from bmqa_jax import metrics
 from bmqa_jax import metrics_report
 from bmqa_jax.baselines import brisque as brisque_lib
@@ -90,7 +91,7 @@ def _metrics_block(scores: list[float | None], samples: Sequence) -> dict[str, A
 
 
 def evaluate_manifest(manifest: str, config: HarnessConfig = HarnessConfig(),
-                      log: Callable[[str], None] = print) -> dict[str, Any]:
+                      log: Callable[[str], None] = log_lib.info) -> dict[str, Any]:
   unknown = [k for k in config.baselines if k not in KEYS]
   if unknown:
     raise ValueError(f"unknown baseline(s) {unknown}; known: {list(KEYS)}")
@@ -168,7 +169,7 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 def evaluate_repeated(workdir: str, config: HarnessConfig = HarnessConfig(),
-                      log: Callable[[str], None] = print) -> dict[str, Any]:
+                      log: Callable[[str], None] = log_lib.info) -> dict[str, Any]:
   """The baselines on every split of a `launch/repeated_splits.py` workdir.
 
   Each `split_<seed>/manifest.csv` is scored on its test split (BRISQUE's SVR

@@ -35,6 +35,7 @@ from typing import Sequence
 
 import jax
 
+from bmqa_jax import log as log_lib
 from bmqa_jax import sharding
 from bmqa_jax.bmqa import feature_cache
 from bmqa_jax.bmqa import stage as stage_lib
@@ -81,13 +82,13 @@ def timed(fn, steps: int) -> float:
 
 
 def stage_figures(plan: stage_lib.StagePlan, records, pcfg, workdir: str,
-                  steps: int = 10, seed: int = 0, log=print, input_delay_ms: float = 0,
-                  prefetch: int = loop.PREFETCH, wait_each_step: bool = False) -> dict:
+                  steps: int = 10, seed: int = 0, log=log_lib.info, input_delay_ms: float = 0,
+                  wait_each_step: bool = False) -> dict:
   """The figures of one stage (see the module docstring); numbers in s, /s, MB.
 
   End to end is `train_lib.loop.run` itself, as training runs it: the real
   input pipeline (with `input_delay_ms` of store latency per batch: the module
-  docstring), `prefetch` batches ahead, the stage's logging and
+  docstring), `config.device_prefetch` batches ahead, the stage's logging and
   checkpoint cadence, the finite checks, TensorBoard and the final save.
   `wait_each_step` (a baseline) reads each step's `finite` flag back before
   the next batch is asked for, as the loop did before it kept the flags on
@@ -127,7 +128,7 @@ def stage_figures(plan: stage_lib.StagePlan, records, pcfg, workdir: str,
       mngr=mngr, log_every=scfg.log_every_steps,
       checkpoint_every=scfg.checkpoint_every_steps,
       tensorboard_dir=loop.tensorboard_dir(os.path.join(workdir, "benchmark"), plan.name),
-      log=lambda *_: None, progress=False, prefetch=prefetch)
+      log=lambda *_: None, progress=False, prefetch=plan.cfg.device_prefetch)
   jax.block_until_ready(holder["state"])
   e2e = (time.perf_counter() - t) / steps
   alone = timed(lambda: next(it), steps)
@@ -136,7 +137,8 @@ def stage_figures(plan: stage_lib.StagePlan, records, pcfg, workdir: str,
       stage=plan.name, batch=bs, feature_cache=plan.uses_cache,
       store="prepared" if "image_store" in records[0] else "jpeg",
       cache_build_s=round(cache_s, 2), first_step_s=round(first, 2),
-      input_delay_ms=input_delay_ms, prefetch=prefetch, wait_each_step=wait_each_step,
+      input_delay_ms=input_delay_ms, prefetch=plan.cfg.device_prefetch,
+      wait_each_step=wait_each_step,
       synthetic_steps_per_s=1 / ceiling, synthetic_images_per_s=bs / ceiling,
       e2e_steps_per_s=1 / e2e, e2e_images_per_s=bs / e2e,
       e2e_of_ceiling=ceiling / e2e, pipeline_images_per_s=bs / alone,

@@ -5,12 +5,11 @@ written atomically by any process on any host and checked whenever it is read.
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from typing import Sequence
 
 import numpy as np
+
+from bmqa_jax.train_lib import workdir as workdir_lib
 
 DTYPE = np.float16
 
@@ -50,17 +49,7 @@ def read_entry(path: str, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]
 
 
 def write(path: str, outs: Sequence[np.ndarray]) -> None:
-  """Writes an entry atomically: a unique temporary file in the same folder
-  (any process, any host), flushed to disk, then renamed over `path`; readers
-  see the old entry or the new one, never a part."""
-  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-  try:
-    with open(tmp, "wb") as f:  # created with the user's umask (a shared cache)
-      np.savez(f, **{f"level{i}": o.astype(DTYPE) for i, o in enumerate(outs)})
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Writes an entry atomically (`workdir.atomic_write`): any process on any
+  host; readers see the old entry or the new one, never a part."""
+  workdir_lib.atomic_write(path, lambda f: np.savez(
+      f, **{f"level{i}": o.astype(DTYPE) for i, o in enumerate(outs)}))

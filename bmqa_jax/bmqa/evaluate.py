@@ -22,6 +22,7 @@ import ml_collections as mlc
 import numpy as np
 
 from bmqa_jax import config_bases
+from bmqa_jax import log as log_lib
 from bmqa_jax import metrics
 from bmqa_jax import metrics_report
 from bmqa_jax import sharding
@@ -145,7 +146,7 @@ def _load_model(workdir: str, allow_unfinished: bool = False):
 
 
 def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "test",
-                     out_dir: str | None = None, log=print, text_source: str = "text",
+                     out_dir: str | None = None, log=log_lib.info, text_source: str = "text",
                      describe: Callable | None = None,
                      manifest_split: str | None = None,
                      allow_unfinished: bool = False) -> dict:
@@ -261,8 +262,7 @@ def scatter(path: str, samples, preds, overall: dict) -> None:
   if len(devices) > 1:
     ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path + ".tmp.png")
-  os.replace(path + ".tmp.png", path)
+  workdir_lib.atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
 def write_descriptions(path: str, samples: Sequence, source: str) -> None:

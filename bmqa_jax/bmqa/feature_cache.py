@@ -54,6 +54,7 @@ import ml_collections as mlc
 import numpy as np
 from jax.sharding import Mesh
 
+from bmqa_jax import log as log_lib
 from bmqa_jax import sharding
 from bmqa_jax.bmqa import cache_entry
 from bmqa_jax.bmqa.cache_entry import DamagedEntry, read_entry  # noqa: F401
@@ -161,7 +162,7 @@ WAIT_TIMEOUT_S = 900.0
 
 
 def build(model, variables: dict, records: Sequence[dict], cfg: mlc.ConfigDict,
-          pcfg: pipeline.PipelineConfig, workdir: str, mesh, log=print,
+          pcfg: pipeline.PipelineConfig, workdir: str, mesh, log=log_lib.info,
           wait_timeout_s: float | None = None) -> FeatureCache:
   """The features of `records` for the tower in `variables`; the images not yet
   in the cache are computed (a killed build resumes with the images done).

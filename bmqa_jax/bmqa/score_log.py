@@ -24,6 +24,7 @@ import math
 import os
 
 from bmqa_jax.bmqa import scoring
+from bmqa_jax.train_lib import workdir as workdir_lib
 
 META_SUFFIX = ".meta.json"
 FORMATS = (".csv", ".json")
@@ -66,8 +67,8 @@ class ResultLog:
     self.results = [r for r in old if r.score is not None and math.isfinite(r.score)]
     self.done = {r.path for r in self.results}
     self._rewrite()  # the results first: a stale .meta.json never vouches for them
-    _atomic_write(self.meta, json.dumps(dict(identity, written_by="bmqa-score"),
-                                        indent=1, sort_keys=True) + "\n")
+    workdir_lib.atomic_write(self.meta, json.dumps(dict(identity, written_by="bmqa-score"),
+                                                  indent=1, sort_keys=True) + "\n")
     self._file = None if self.json else open(path, "a", newline="", encoding="utf-8")
     self._csv = None if self.json else csv.writer(self._file)
 
@@ -76,7 +77,7 @@ class ResultLog:
       text = json.dumps([dataclasses.asdict(r) for r in self.results], indent=1)
     else:
       text = ",".join(COLUMNS) + "\r\n" + "".join(_csv_line(r) for r in self.results)
-    _atomic_write(self.path, text)
+    workdir_lib.atomic_write(self.path, text)
 
   def add(self, r: scoring.Result) -> None:
     self.results.append(r)
@@ -151,10 +152,3 @@ def _csv_line(r: scoring.Result) -> str:
   buf = io.StringIO()
   csv.writer(buf).writerow(_row(r))
   return buf.getvalue()
-
-
-def _atomic_write(path: str, text: str) -> None:
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w", newline="", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)

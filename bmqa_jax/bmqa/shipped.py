@@ -34,6 +34,7 @@ from bmqa_jax import config_bases
 from bmqa_jax import pytree
 from bmqa_jax.bmqa import model as bmqa_lib
 from bmqa_jax.models.image import pretrained
+from bmqa_jax.train_lib import workdir as workdir_lib
 
 NAME = "biq2021_lite0"
 ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", NAME)
@@ -60,10 +61,7 @@ def write_digests(out_dir: str) -> None:
   names = sorted(n for n in os.listdir(out_dir) if n != DIGESTS and
                  os.path.isfile(os.path.join(out_dir, n)) and not n.endswith(".tmp"))
   text = "".join(f"{_sha256(os.path.join(out_dir, n))}  {n}\n" for n in names)
-  tmp = os.path.join(out_dir, DIGESTS + ".tmp")
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, os.path.join(out_dir, DIGESTS))
+  workdir_lib.atomic_write(os.path.join(out_dir, DIGESTS), text)
 
 
 def read_digests(asset_dir: str) -> dict[str, str]:
@@ -133,9 +131,7 @@ def export(cfg: mlc.ConfigDict, variables: dict, out_dir: str, card: str) -> Non
   cfg = cfg.copy_and_resolve_references()
   cfg.data.feature_cache_dir = ""  # where one machine kept its cache: not the model's
   os.makedirs(out_dir, exist_ok=True)
-  tmp = os.path.join(out_dir, "heads.safetensors.tmp")
-  st_numpy.save_file(heads, tmp)
-  os.replace(tmp, os.path.join(out_dir, "heads.safetensors"))
+  workdir_lib.atomic_write(os.path.join(out_dir, "heads.safetensors"), st_numpy.save(heads))
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     f.write(cfg.to_json_best_effort(indent=1, sort_keys=True) + "\n")
   with open(os.path.join(out_dir, "MODEL_CARD.md"), "w") as f:

@@ -30,6 +30,7 @@ import ml_collections as mlc
 import numpy as np
 
 from bmqa_jax import config_bases
+from bmqa_jax import log as log_lib
 from bmqa_jax import metrics as metrics_lib
 from bmqa_jax import pytree
 from bmqa_jax import sharding
@@ -46,7 +47,7 @@ from bmqa_jax.train_lib import state as state_lib
 from bmqa_jax.train_lib import workdir as workdir_lib
 
 
-def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, *, log=print,
+def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, *, log=log_lib.info,
                        progress: bool = False, config_change: str = "refuse",
                        describe: Callable | None = None) -> dict:
   """Runs every stage of `config.stages` in `workdir` (resuming), returns val metrics.
@@ -194,7 +195,7 @@ def _log_params(plan, log) -> None:
       f"({plan.steps_per_epoch} steps/epoch)")
 
 
-def dry_run(cfg: mlc.ConfigDict, workdir: str, log=print,
+def dry_run(cfg: mlc.ConfigDict, workdir: str, log=log_lib.info,
             describe: Callable | None = None) -> dict[str, dict[str, int]]:
   """Plans every stage and reads one batch of its data; prints counts and shapes.
 

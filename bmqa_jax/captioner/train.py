@@ -18,7 +18,6 @@ import json
 import os
 
 import jax
-import ml_collections
 
 from bmqa_jax import sharding
 from bmqa_jax.captioner import evaluate as evaluate_lib
@@ -29,11 +28,9 @@ from bmqa_jax.data import datasets
 from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.data import pipeline
 from bmqa_jax.train_lib import checkpoint
-from bmqa_jax.train_lib import loop
 from bmqa_jax.train_lib import optim
 from bmqa_jax.train_lib import setup
 from bmqa_jax.train_lib import state as state_lib
-from bmqa_jax.train_lib import workdir as workdir_lib
 
 
 def load_split(manifest: str, split: str) -> list[manifest_lib.Sample]:
@@ -63,15 +60,6 @@ def make_train_step(model, tx, penalty_weight: float, schedule=None):
                                      schedule)
 
   return train_step
-
-
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, log=print,
-                       progress: bool = False, config_change: str = "refuse") -> dict:
-  """Trains (or resumes) in ``workdir``; returns the evaluation metrics. The
-  arguments are those of `bmqa_jax.bmqa.train.train_and_evaluate`."""
-  with workdir_lib.owned(cfg, workdir, config_change, log,
-                         infer.complete_config, infer.CONFIG_FILE):
-    return _train_and_evaluate(cfg, workdir, log, progress)
 
 
 def _vocab(workdir: str, train_samples, cfg) -> vocab_lib.Vocab:
@@ -121,15 +109,10 @@ def _train_and_evaluate(cfg, workdir: str, log, progress: bool) -> dict:
         f"ce {m['cross_entropy']:.3f} penalty {m['attention_penalty']:.3f} "
         f"top5 {100 * m['top5']:.1f}% ({m['steps_per_second']:.2f} steps/s)")
 
-  state, history = loop.run(
-      step_fn, state,
-      lambda _: sharding.put_batch({k: v for k, v in next(it).items()
-                                    if k in ("image", "caption")}, mesh),
-      jax.random.key(cfg.seed + 1), name="captioner", total_steps=cfg.num_steps,
-      mngr=start.mngr, log_every=cfg.log_every_steps,
-      checkpoint_every=cfg.checkpoint_every_steps,
-      tensorboard_dir=os.path.join(workdir, "tensorboard"), log=log,
-      progress=progress, on_log=on_log, prefetch=cfg.device_prefetch)
+  state, history = setup.run_steps(
+      step_fn, start, lambda _: sharding.put_batch(
+          {k: v for k, v in next(it).items() if k in ("image", "caption")}, mesh),
+      cfg, workdir, name="captioner", log=log, progress=progress, on_log=on_log)
 
   variables = sharding.to_host(state_lib.variables(state))  # every process: all rows
   metrics, captions = evaluate_lib.evaluate(model, variables, vocab, eval_samples, cfg)
@@ -137,15 +120,14 @@ def _train_and_evaluate(cfg, workdir: str, log, progress: bool) -> dict:
                  step=int(jax.device_get(state["step"])), train_history=history)
   log("captioner eval: " + json.dumps({k: metrics[k] for k in (
       "top5_accuracy", "cross_entropy", "greedy", "beam")}))
-  if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    workdir_lib.atomic_write(os.path.join(out_dir, "captioner_metrics.json"),
-                             json.dumps(metrics, indent=1))
-    workdir_lib.atomic_write_csv(
-        os.path.join(out_dir, "captions.csv"), [["image", "reference", "greedy", "beam"]]
-        + [[s.image, s.text, g, b] for s, g, b in captions])
+  setup.write_eval(workdir, "captioner_metrics.json", metrics, "captions.csv",
+                   [["image", "reference", "greedy", "beam"]]
+                   + [[s.image, s.text, g, b] for s, g, b in captions])
   return metrics
+
+
+train_and_evaluate = setup.one_run_trainer(_train_and_evaluate, infer.complete_config,
+                                            infer.CONFIG_FILE)
 
 
 def checkpoint_step(workdir: str) -> int | None:

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from bmqa_jax.train_lib import workdir as workdir_lib
+
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 _TOKEN = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
@@ -50,9 +52,7 @@ class Vocab:
                       key=lambda w: (-counts[w], w)))
 
   def save(self, path: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      json.dump(self.words[len(SPECIALS):], f)
-    os.replace(path + ".tmp", path)
+    workdir_lib.atomic_write(path, json.dumps(self.words[len(SPECIALS):]))
 
   @classmethod
   def load(cls, path: str) -> "Vocab":

@@ -62,8 +62,7 @@ def main(argv):
     records = data.records(plan.split, cfg)
     rows.append(dict(benchmark.stage_figures(
         plan, records, pcfg, workdir, _STEPS.value, log=lambda *_: None,
-        input_delay_ms=_DELAY.value, prefetch=cfg.device_prefetch,
-        wait_each_step=_WAIT.value),
+        input_delay_ms=_DELAY.value, wait_each_step=_WAIT.value),
                      **inputs))
     r = rows[-1]
     print(f"stage {name:>3} (batch {r['batch']}): first step {r['first_step_s']:.1f} s | "

@@ -11,7 +11,6 @@ upsampled attention map overlaid) and a grid of all words. Files that cannot
 be read are reported by name; the others are still captioned.
 """
 
-import csv
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from absl import logging
 from bmqa_jax.captioner import infer
 from bmqa_jax.data import image_io
 from bmqa_jax.data import photo_inputs
+from bmqa_jax.train_lib import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A captioner workdir "
                                "(launch/train_captioner.py).")
@@ -59,14 +59,11 @@ def main(argv):
     rows = [dict(image=os.path.abspath(r["path"]), text=r["caption"], error="")
             for r in results] + [dict(image=os.path.abspath(p), text="", error=e)
                                  for p, e in failed]
-    with open(_OUT.value + ".tmp", "w", newline="", encoding="utf-8") as f:
-      if _OUT.value.endswith(".json"):
-        json.dump(rows, f, indent=1)
-      else:
-        w = csv.DictWriter(f, ["image", "text", "error"])
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(_OUT.value + ".tmp", _OUT.value)
+    if _OUT.value.endswith(".json"):
+      workdir_lib.atomic_write(_OUT.value, json.dumps(rows, indent=1))
+    else:
+      workdir_lib.atomic_write_csv(_OUT.value, [["image", "text", "error"]] + [
+          [r["image"], r["text"], r["error"]] for r in rows])
   if failed:
     print(f"{len(failed)} of {len(failed) + len(results)} file(s) could not be "
           "captioned", file=sys.stderr)

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from bmqa_jax import log as log_lib
 from bmqa_jax.data import categories
 from bmqa_jax.data.manifest import Sample
 
@@ -49,7 +50,7 @@ def _builder(coco_dir: str):
   return tfds.builder(BUILDER, data_dir=coco_dir)
 
 
-def load(coco_dir: str, split: str = "train", log=print) -> CocoPairs:
+def load(coco_dir: str, split: str = "train", log=log_lib.info) -> CocoPairs:
   """Caption pairs of `split` of the prepared `coco_captions` under `coco_dir`."""
   builder = _builder(coco_dir)
   num_classes = builder.info.features["objects"]["label"].num_classes

@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 
 import ml_collections as mlc
 
+from bmqa_jax import log as log_lib
 from bmqa_jax import sharding
 from bmqa_jax.data import builtin
 from bmqa_jax.data import categories
@@ -28,7 +29,7 @@ def builtin_dir(cfg: mlc.ConfigDict) -> str:
   return os.path.join(root, f"builtin-{key}")
 
 
-def manifest_paths(cfg: mlc.ConfigDict, log=print) -> tuple[str, str]:
+def manifest_paths(cfg: mlc.ConfigDict, log=log_lib.info) -> tuple[str, str]:
   """(manifest, pretrain manifest or ''), building the built-in data if needed."""
   if cfg.data.kind == "builtin":
     out = builtin_dir(cfg)
@@ -70,7 +71,7 @@ class Data:
   manifest: str
   workdir: str  # the run's: its prepared stores live in workdir/prepared
   coco: Any = None  # coco.CocoPairs when the 'pretrain' pairs come from MS-COCO
-  log: Callable = print
+  log: Callable = log_lib.info
 
   def records(self, split: str, cfg: mlc.ConfigDict,
               store: str | None = None) -> Sequence[dict]:
@@ -94,7 +95,7 @@ class Data:
     return recs
 
 
-def task_manifest(cfg: mlc.ConfigDict, log=print, audio: bool = False) -> str:
+def task_manifest(cfg: mlc.ConfigDict, log=log_lib.info, audio: bool = False) -> str:
   """The manifest the recogniser or the captioner trains on (`config.data` of
   `defaults.task_data`): `config.data.manifest`, or the built-in dataset's,
   built on first use. `audio`: the run needs its spoken descriptions."""
@@ -115,7 +116,7 @@ def uses_text(cfg: mlc.ConfigDict) -> bool:
   return "text" in cfg.model.modalities
 
 
-def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=print,
+def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=log_lib.info,
          describe: Callable | None = None) -> Data:
   """Reads and checks the manifests (all rows, before any training step).
 

@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from bmqa_jax import log as log_lib
 from bmqa_jax.data import image_io
 from bmqa_jax.data import manifest_files
 from bmqa_jax.data.manifest_files import MAX_FIELD, ManifestError, read_rows  # noqa: F401
@@ -191,7 +192,7 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
          check_images: bool = True, check_audio: bool = False,
          splits: Sequence[str] | None = None, skip_bad: bool = False,
          mos_range: tuple[float, float] = (0.0, 1.0),
-         log=print, max_pixels: int | None = None,
+         log=log_lib.info, max_pixels: int | None = None,
          split_seed: int | None = None) -> list[Sample]:
   """Reads a manifest and checks every row.
 

@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import time
 from typing import Sequence
 
@@ -45,6 +44,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from bmqa_jax import log as log_lib
 from bmqa_jax import sharding
 from bmqa_jax.data import image_io
 from bmqa_jax.data import pipeline
@@ -153,30 +153,23 @@ def store_path(paths: Sequence[str], pcfg: pipeline.PipelineConfig,
 
 
 def build(path: str, paths: Sequence[str], pcfg: pipeline.PipelineConfig,
-          log=print) -> None:
+          log=log_lib.info) -> None:
   """Decodes `paths` in order into the store `path` (written under a temporary
   name in the same folder, renamed when complete)."""
   folder = os.path.dirname(path)
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                             dir=folder)
-  workdir_lib.as_user_file(fd)
-  os.close(fd)
   t, size = time.perf_counter(), 0
-  writer = array_record_module.ArrayRecordWriter(tmp, _WRITER_OPTIONS)
-  try:
-    with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
-      for start in range(0, len(paths), _CHUNK):
-        for img in pool.map(lambda p: _stored_image(p, pcfg),
-                            paths[start:start + _CHUNK]):
-          writer.write(_encode(img))
-          size += img.nbytes
-  except BaseException:
-    writer.close()
-    os.remove(tmp)
-    raise
-  writer.close()
-  os.replace(tmp, path)
+  with workdir_lib.replacing(path) as tmp:
+    writer = array_record_module.ArrayRecordWriter(tmp, _WRITER_OPTIONS)
+    try:
+      with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
+        for start in range(0, len(paths), _CHUNK):
+          for img in pool.map(lambda p: _stored_image(p, pcfg),
+                              paths[start:start + _CHUNK]):
+            writer.write(_encode(img))
+            size += img.nbytes
+    finally:
+      writer.close()
   log(f"prepared {len(paths)} images ({size / 1e9:.2f} GB) in "
       f"{time.perf_counter() - t:.1f} s: {path}")
 
@@ -213,7 +206,7 @@ def _use_store(paths: Sequence[str], pcfg: pipeline.PipelineConfig, log) -> bool
 
 
 def open_store(paths: Sequence[str], pcfg: pipeline.PipelineConfig, workdir: str,
-               log=print) -> Store:
+               log=log_lib.info) -> Store:
   """The store of `paths`, built first if there is none (by process 0; the
   others wait for it)."""
   path = store_path(paths, pcfg, workdir)
@@ -233,7 +226,7 @@ def open_store(paths: Sequence[str], pcfg: pipeline.PipelineConfig, workdir: str
 
 
 def attach(records: Sequence[dict], pcfg: pipeline.PipelineConfig, workdir: str,
-           log=print, build: bool = True) -> Sequence[dict]:
+           log=log_lib.info, build: bool = True) -> Sequence[dict]:
   """`records` reading their images from the prepared store when
   `config.input.store` prepares them (`image_store`, `image_row`; `path`
   stays), else `records` as they are. `build=False` (a pass that reads each

@@ -10,11 +10,13 @@ column (`bmqa_jax.experiments.repeated` trains once per seed).
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Sequence
 
 from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.data.manifest import scene_split  # noqa: F401  (public here)
+from bmqa_jax.train_lib import workdir as workdir_lib
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -56,12 +58,11 @@ def write_split_manifest(src: str, dst: str, seed: int,
         r[col] = os.path.relpath(os.path.join(src_dir, v), dst_dir)
     r["split"] = assign[str(r["scene"])]
     out.append(r)
-  tmp = dst + ".tmp"
-  with open(tmp, "w", newline="", encoding="utf-8") as f:
-    w = csv.DictWriter(f, fieldnames=fields)
-    w.writeheader()
-    w.writerows(out)
-  os.replace(tmp, dst)
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=fields)
+  w.writeheader()
+  w.writerows(out)
+  workdir_lib.atomic_write(dst, buf.getvalue())
   return assign
 
 

@@ -58,6 +58,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from bmqa_jax import log as log_lib
 from bmqa_jax.data import scenes as splits_lib
 from bmqa_jax.data import tfds_export
 from bmqa_jax.data.tfds_export import PreparedDataMismatchError  # noqa: F401  (re-exported)
@@ -387,7 +388,7 @@ def build(name: str, manual_dir: str, data_dir: str,
 
 
 def export_manifest(name: str, data_dir: str, out_dir: str | None = None,
-                    log=print) -> str:
+                    log=log_lib.info) -> str:
   """`tfds_export.export_manifest` reading through this module's `data_sources`
   and `grain_dataset` (the builders are registered once this module is imported)."""
   return tfds_export.export_manifest(name, data_dir, out_dir, log,

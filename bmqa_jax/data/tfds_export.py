@@ -15,7 +15,6 @@ registers the builders, which `tfds.builder(name)` needs).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -24,8 +23,10 @@ import shutil
 
 import tensorflow_datasets as tfds
 
+from bmqa_jax import log as log_lib
 from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.data import scenes as splits_lib
+from bmqa_jax.train_lib import workdir as workdir_lib
 
 SPLITS = splits_lib.SPLIT_NAMES
 FIELDS_MARK = "bmqa_config="
@@ -133,7 +134,7 @@ _EXPORT_ENTRIES = ("files", "manifest.csv", "export_info.json")
 
 
 def export_manifest(name: str, data_dir: str, out_dir: str | None = None,
-                    log=print, sources_fn=None, read_fn=None) -> str:
+                    log=log_lib.info, sources_fn=None, read_fn=None) -> str:
   """Writes the prepared dataset's files and a manifest; returns the manifest path.
 
   Every split is read with Grain from `tfds.data_source`; the images (and
@@ -192,13 +193,6 @@ def export_manifest(name: str, data_dir: str, out_dir: str | None = None,
                        scene=_text(ex["scene"]), split=split,
                        device=_text(ex["device"]), text=_text(ex["text"]),
                        audio=audio))
-  tmp = f".tmp-{os.getpid()}"
-  with open(path + tmp, "w", newline="", encoding="utf-8") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-  os.replace(path + tmp, path)
-  with open(stamp + tmp, "w") as f:
-    json.dump(want, f)
-  os.replace(stamp + tmp, stamp)  # last: marks a complete export
+  workdir_lib.atomic_write_csv(path, [list(rows[0])] + [list(r.values()) for r in rows])
+  workdir_lib.atomic_write(stamp, json.dumps(want))  # last: marks a complete export
   return path

@@ -16,6 +16,8 @@ from typing import Sequence
 import numpy as np
 import sentencepiece as spm
 
+from bmqa_jax.train_lib import workdir as workdir_lib
+
 PAD_ID = 0
 
 
@@ -89,15 +91,10 @@ def train(texts: Sequence[str], model_path: str, vocab_size: int,
   model = buf.getvalue()
   key = dict(_key(texts, vocab_size, model_type),
              model_sha256=hashlib.sha256(model).hexdigest())
-  tmp = f"{model_path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(model)
-  with open(tmp + ".json", "w") as f:
-    json.dump(key, f, indent=1)
   # The model first: a sidecar always describes the model next to it (a crash
   # in between leaves a model without sidecar or with one of another model).
-  os.replace(tmp, model_path)
-  os.replace(tmp + ".json", model_path + ".json")
+  workdir_lib.atomic_write(model_path, model)
+  workdir_lib.atomic_write(model_path + ".json", json.dumps(key, indent=1))
   return Tokenizer(model_path)
 
 

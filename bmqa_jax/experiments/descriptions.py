@@ -25,6 +25,7 @@ from typing import Sequence
 import jax
 
 from bmqa_jax import config_bases
+from bmqa_jax import log as log_lib
 from bmqa_jax.captioner import infer as captioner_infer
 from bmqa_jax.data import manifest as manifest_lib
 from bmqa_jax.speech import infer as speech_infer
@@ -97,7 +98,7 @@ def generate(source: str, model_dir: str, inputs: Sequence[str]) -> list[str]:
 
 
 def fill(samples: Sequence[manifest_lib.Sample], source: str, model_dir: str,
-         workdir: str, log=print) -> list[manifest_lib.Sample]:
+         workdir: str, log=log_lib.info) -> list[manifest_lib.Sample]:
   """``samples`` with ``text`` replaced by generated descriptions (cached)."""
   check_source(source)
   if source not in GENERATED:
@@ -126,7 +127,7 @@ def fill(samples: Sequence[manifest_lib.Sample], source: str, model_dir: str,
   return [dataclasses.replace(s, text=cache[(model, k)]) for s, k in zip(samples, keys)]
 
 
-def describer(source: str, model_dir: str, workdir: str, log=print):
+def describer(source: str, model_dir: str, workdir: str, log=log_lib.info):
   """``samples -> samples`` filling generated descriptions (None for 'text' and
   'none'): what `datasets.load` and `evaluate_workdir` take as ``describe``."""
   check_source(source)
@@ -135,7 +136,7 @@ def describer(source: str, model_dir: str, workdir: str, log=print):
   return lambda samples: fill(samples, source, model_dir, workdir, log)
 
 
-def for_training(cfg, workdir: str, log=print):
+def for_training(cfg, workdir: str, log=log_lib.info):
   """The ``describe`` of a training config (config.data.text_source and the
   generating model's workdir)."""
   source = cfg.data.get("text_source", "text")
@@ -144,7 +145,7 @@ def for_training(cfg, workdir: str, log=print):
 
 
 def for_evaluation(workdir: str, text_source: str | None = None,
-                   captioner: str | None = None, asr: str | None = None, log=print):
+                   captioner: str | None = None, asr: str | None = None, log=log_lib.info):
   """(text_source, describe) to score a trained workdir: `text_source` default
   the run's config.data.text_source, or 'captioner' when `captioner` is given;
   `captioner`/`asr` default the run's config.data.captioner_workdir/asr_workdir."""

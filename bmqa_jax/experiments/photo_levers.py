@@ -124,6 +124,18 @@ def _load(feats: str, tower: str, scale: int):
                                key=lambda k: int(k[1:]))]
 
 
+def _parse_spec(spec: str, last: str):
+  """'TOWER:s1+s2[:stats[:LAST]]' → (tower, scales, indices of the stats in
+  'msk', the fourth field or `last`): the one reading of a variant that
+  `features` and `head_maps` share."""
+  parts = spec.split(":")
+  tower = {"lite0": "efficientnet_lite0", "lite1": "efficientnet_lite1",
+           "lite2": "efficientnet_lite2", "mnv2": "mobilenet_v2"}.get(parts[0], parts[0])
+  scales = [int(s[1:]) for s in parts[1].split("+")]
+  stats = parts[2] if len(parts) > 2 else "ms"
+  return tower, scales, ["msk".index(s) for s in stats], parts[3] if len(parts) > 3 else last
+
+
 def features(feats: str, spec: str) -> np.ndarray:
   """A variant → [photos, D]; several towers' variants joined by ',' are
   concatenated (e.g. 'lite0:s1+s2+s4,mnv2:s1'). One spec: 'TOWER:s1+s2[:stats][:cells]' where stats
@@ -131,13 +143,7 @@ def features(feats: str, spec: str) -> np.ndarray:
   (the 16 cells flattened) or 'pool' (averaged over cells, default) or 'both'."""
   if "," in spec:
     return np.concatenate([features(feats, s) for s in spec.split(",")], 1)
-  parts = spec.split(":")
-  tower, scales = parts[0], [int(s[1:]) for s in parts[1].split("+")]
-  stats = parts[2] if len(parts) > 2 else "ms"
-  cells = parts[3] if len(parts) > 3 else "pool"
-  tower = {"lite0": "efficientnet_lite0", "lite1": "efficientnet_lite1",
-           "lite2": "efficientnet_lite2", "mnv2": "mobilenet_v2"}.get(tower, tower)
-  pick = ["msk".index(s) for s in stats]
+  tower, scales, pick, cells = _parse_spec(spec, "pool")
   cols = []
   for s in scales:
     for a in _load(feats, tower, s):  # [P, cells, 3, C]
@@ -214,13 +220,7 @@ def head_maps(feats: str, spec: str) -> list[np.ndarray]:
   `model.scales` does). spec: 'TOWER:s1+s2[:stats[:fusion]]', stats as in
   `features`; fusion 'chan' (default), 'tok' (the scales' cells as more tokens
   of one map, [photos, 16·S, 2C]) or 'sep' (one map per level and scale)."""
-  parts = spec.split(":")
-  tower, scales = parts[0], [int(s[1:]) for s in parts[1].split("+")]
-  stats = parts[2] if len(parts) > 2 else "ms"
-  fusion = parts[3] if len(parts) > 3 else "chan"
-  tower = {"lite0": "efficientnet_lite0", "lite1": "efficientnet_lite1",
-           "lite2": "efficientnet_lite2", "mnv2": "mobilenet_v2"}.get(tower, tower)
-  pick = ["msk".index(s) for s in stats]
+  tower, scales, pick, fusion = _parse_spec(spec, "chan")
   per_scale = [_load(feats, tower, s) for s in scales]
   out = []
   for lev in zip(*per_scale):

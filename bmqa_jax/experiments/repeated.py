@@ -12,6 +12,7 @@ import os
 from typing import Sequence
 
 from bmqa_jax import config_bases
+from bmqa_jax import log as log_lib
 from bmqa_jax import metrics_report
 from bmqa_jax.bmqa import evaluate
 from bmqa_jax.bmqa import train
@@ -46,7 +47,7 @@ def _config_changed(cfg, sdir: str) -> bool:
 
 
 def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
-                 fractions: Sequence[float] = (0.8, 0.1, 0.1), log=print) -> dict:
+                 fractions: Sequence[float] = (0.8, 0.1, 0.1), log=log_lib.info) -> dict:
   """Trains and tests `cfg` on `num_splits` scene-wise random splits.
 
   Split k (seed `first_seed + k`) lives in `workdir/split_<seed>/`: its
@@ -100,10 +101,8 @@ def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
   result = {"num_splits": num_splits, "seeds": list(per_split),
             "fractions": list(fractions), "per_split": per_split,
             "statistics": stats}
-  with open(os.path.join(workdir, "repeated_splits.json.tmp"), "w") as f:
-    json.dump(result, f, indent=1)
-  os.replace(os.path.join(workdir, "repeated_splits.json.tmp"),
-             os.path.join(workdir, "repeated_splits.json"))
+  workdir_lib.atomic_write(os.path.join(workdir, "repeated_splits.json"),
+                           json.dumps(result, indent=1))
   table = format_statistics(stats)
   with open(os.path.join(workdir, "repeated_splits.md"), "w") as f:
     f.write(f"# {num_splits} scene-wise random splits "

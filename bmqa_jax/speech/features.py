@@ -14,7 +14,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 
 import jax
 import numpy as np
@@ -117,16 +116,8 @@ def cached_features(paths: list[str], cache_dir: str | None, feature_kwargs: dic
     if progress and (i + 1) % 100 == 0:
       progress(f"features {i + 1}/{len(paths)}")
   cache = FeatureCache.build(arrays)
-  if cache_file:  # a unique temporary name: concurrent writers never collide
+  if cache_file:  # concurrent writers never collide
     os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp.npz")
-    try:
-      workdir_lib.as_user_file(fd)
-      with os.fdopen(fd, "wb") as f:
-        np.savez(f, features=cache.features, offsets=cache.offsets)
-      os.replace(tmp, cache_file)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
+    workdir_lib.atomic_write(cache_file, lambda f: np.savez(
+        f, features=cache.features, offsets=cache.offsets))
   return cache

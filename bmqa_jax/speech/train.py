@@ -18,10 +18,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
+from bmqa_jax import log as log_lib
 from bmqa_jax import sharding
 from bmqa_jax.data import datasets
 from bmqa_jax.speech import data as data_lib
@@ -29,11 +29,9 @@ from bmqa_jax.speech import features as features_lib
 from bmqa_jax.speech import infer
 from bmqa_jax.speech import model as model_lib
 from bmqa_jax.speech import text as text_lib
-from bmqa_jax.train_lib import loop
 from bmqa_jax.train_lib import optim
 from bmqa_jax.train_lib import setup
 from bmqa_jax.train_lib import state as state_lib
-from bmqa_jax.train_lib import workdir as workdir_lib
 
 __all__ = ["ctc_loss", "make_train_step", "load_split",
            "train_and_evaluate", "min_ctc_frames"]
@@ -48,7 +46,7 @@ def ctc_loss(logits, out_lengths, labels, label_lengths):
 
 
 def load_split(manifest: str, split: str | None, cache_dir: str | None,
-               feature_kwargs: dict, need_text: bool = True, log=print):
+               feature_kwargs: dict, need_text: bool = True, log=log_lib.info):
   """(rows, SpeechSet or FeatureCache) of one split (None: every row)."""
   rows = data_lib.read_manifest(manifest)
   if split is not None:
@@ -107,15 +105,6 @@ def make_train_step(model, tx, schedule=None):
   return train_step
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str, *, log=print,
-                       progress: bool = False, config_change: str = "refuse") -> dict:
-  """Trains (or resumes) in ``workdir``; returns the eval metrics. The
-  arguments are those of `bmqa_jax.bmqa.train.train_and_evaluate`."""
-  with workdir_lib.owned(cfg, workdir, config_change, log,
-                         infer.complete_config, infer.CONFIG_FILE):
-    return _train_and_evaluate(cfg, workdir, log, progress)
-
-
 def _train_and_evaluate(cfg, workdir: str, log, progress: bool) -> dict:
   cache_dir = cfg.data.cache_dir or os.path.join(workdir, "feature_cache")
   fkw = dict(cfg.features)
@@ -152,14 +141,9 @@ def _train_and_evaluate(cfg, workdir: str, log, progress: bool) -> dict:
     log(f"step {step}/{cfg.num_steps} loss {m['loss']:.3f} grad_norm "
         f"{m['grad_norm']:.2f} ({m['steps_per_second']:.2f} steps/s)")
 
-  state, history = loop.run(
-      step_fn, state,
-      lambda step: sharding.put_batch(sharding.local_rows(train_ds[step]), mesh),
-      jax.random.key(cfg.seed + 1), name="asr", total_steps=cfg.num_steps,
-      mngr=start.mngr, log_every=cfg.log_every_steps,
-      checkpoint_every=cfg.checkpoint_every_steps,
-      tensorboard_dir=os.path.join(workdir, "tensorboard"), log=log,
-      progress=progress, on_log=on_log, prefetch=cfg.device_prefetch)
+  state, history = setup.run_steps(
+      step_fn, start, lambda step: sharding.put_batch(sharding.local_rows(train_ds[step]), mesh),
+      cfg, workdir, name="asr", log=log, progress=progress, on_log=on_log)
 
   variables = sharding.to_host(state_lib.variables(state))  # every process decodes all
   t0 = time.time()
@@ -172,13 +156,12 @@ def _train_and_evaluate(cfg, workdir: str, log, progress: bool) -> dict:
                  beam=infer.evaluate_transcripts(refs, beam),
                  decode_seconds=round(time.time() - t0, 2))
   log(f"eval {json.dumps(metrics)}")
-  if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    workdir_lib.atomic_write(os.path.join(out_dir, "asr_metrics.json"),
-                             json.dumps(metrics, indent=2))
-    workdir_lib.atomic_write_csv(
-        os.path.join(out_dir, "asr_transcripts.csv"),
-        [["audio", "reference", "greedy", "beam"]] + [
-            [row["audio"], r, g, b] for row, r, g, b in zip(eval_rows, refs, greedy, beam)])
+  setup.write_eval(workdir, "asr_metrics.json", metrics, "asr_transcripts.csv",
+                   [["audio", "reference", "greedy", "beam"]] + [
+                       [row["audio"], r, g, b]
+                       for row, r, g, b in zip(eval_rows, refs, greedy, beam)])
   return metrics
+
+
+train_and_evaluate = setup.one_run_trainer(_train_and_evaluate, infer.complete_config,
+                                            infer.CONFIG_FILE)

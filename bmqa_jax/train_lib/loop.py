@@ -50,8 +50,6 @@ from tensorboardX import SummaryWriter
 from bmqa_jax import stop
 from bmqa_jax.train_lib import checkpoint
 
-PREFETCH = 2  # default depth of the batch queue (config.device_prefetch of the trainers)
-
 
 class NonFiniteError(FloatingPointError):
   """A step produced a non-finite loss, weights or optimiser state; nothing of
@@ -76,7 +74,7 @@ def run(step_fn: Callable, state: dict, batch_fn: Callable[[int], dict], rng, *,
         name: str, total_steps: int, mngr, log_every: int, checkpoint_every: int,
         tensorboard_dir: str | None = None, log=print,
         progress: bool = True, on_log: Callable[[int, dict], None] | None = None,
-        prefetch: int = PREFETCH) -> tuple[dict, list[dict]]:
+        prefetch: int) -> tuple[dict, list[dict]]:
   """Trains from `state['step']` to `total_steps`; returns (state, history).
 
   `batch_fn(step)` gives the global batch of a step (placed on the mesh),

@@ -23,10 +23,12 @@ import os
 import socket
 import tempfile
 import time
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import jax
 import ml_collections as mlc
+
+from bmqa_jax import log as log_lib
 
 CONFIG_FILE = "config.json"
 
@@ -113,7 +115,7 @@ def _fmt(v) -> str:
 
 
 def own_config(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse",
-               log=print, complete=None, filename: str = CONFIG_FILE) -> None:
+               log=log_lib.info, complete=None, filename: str = CONFIG_FILE) -> None:
   """Writes workdir/`filename` on the first run; refuses a changed config later.
 
   `config_change`: 'refuse' raises `ConfigChangedError` naming every field
@@ -186,7 +188,7 @@ class WorkdirLock:
   as good as its `flock` (NFS: byte-range locks across hosts).
   """
 
-  def __init__(self, workdir: str, log=print):
+  def __init__(self, workdir: str, log=log_lib.info):
     self.path = os.path.join(workdir, ".lock")
     self.log = log
     self.me = dict(host=socket.gethostname(), pid=os.getpid())
@@ -266,29 +268,36 @@ def umask() -> int:
   return mask
 
 
-def as_user_file(fd: int) -> None:
-  """Gives a file made by `tempfile.mkstemp` (mode 0600) the mode a plain
-  `open` would (0666 less the umask), so that a shared workdir or cache stays
-  readable to the team."""
-  os.fchmod(fd, 0o666 & ~umask())
-
-
-def atomic_write(path: str, text: str) -> None:
-  """Writes `text` to `path` through a unique temporary file and a rename; the
-  file gets the user's umask, as a plain `open` would give it."""
+@contextlib.contextmanager
+def replacing(path: str):
+  """Yields a unique temporary name beside `path` (an empty file with the
+  user's umask, as a plain `open` would make it, so that a shared workdir or
+  cache stays readable to the team) for the block to fill; renamed over `path`
+  when the block ends, removed when it raises. Readers see the old file or the
+  new one, never a part, and writers in any process on any host never collide."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
                              prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
-    as_user_file(fd)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
+    os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes it 0600
+    os.close(fd)
+    yield tmp
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def atomic_write(path: str, data: str | bytes | Callable[[BinaryIO], None]) -> None:
+  """Writes `data` to `path` through `replacing`, on disk before the rename:
+  text (as UTF-8), bytes, or a callback that writes into the open binary file."""
+  with replacing(path) as tmp, open(tmp, "wb") as f:
+    if callable(data):
+      data(f)
+    else:
+      f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def atomic_write_csv(path: str, rows) -> None:
@@ -312,7 +321,7 @@ def load_config(workdir: str, filename: str = CONFIG_FILE,
 
 
 @contextlib.contextmanager
-def owned(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse", log=print,
+def owned(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse", log=log_lib.info,
           complete=None, filename: str = CONFIG_FILE):
   """Holds `workdir`'s lock (process 0) and its config (`own_config`) meanwhile."""
   os.makedirs(workdir, exist_ok=True)

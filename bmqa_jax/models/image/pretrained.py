@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bmqa_jax import log as log_lib
 from bmqa_jax import pytree
 
 
@@ -137,7 +138,7 @@ def _check_digest(path: str, want: str) -> None:
                      'reinstall the package')
 
 
-def imagenet_variables(name: str, log=print):
+def imagenet_variables(name: str, log=log_lib.info):
   """The ImageNet variables of ``image.create(name)`` (without a classifier
   head) from the installed package's file, as numpy arrays."""
   from bmqa_jax import convert  # pylint: disable=g-import-not-at-top
@@ -170,7 +171,7 @@ def _hidden_layer_init(name: str, leaf: str, shape, rng: np.random.Generator) ->
   return (rng.random(shape, dtype=np.float32) * 2 - 1) * bound
 
 
-def resolve(name: str, init: str, log=print) -> str:
+def resolve(name: str, init: str, log=log_lib.info) -> str:
   """``config.model.image.init`` → an orbax checkpoint directory, or '' for none."""
   if init in ('', 'none'):
     return ''
