@@ -58,16 +58,17 @@ class DamagedCheckpointError(RuntimeError):
 def manager(directory: str, keep: int | None = None) -> ocp.CheckpointManager:
   """A manager of `directory` (created on first save) keeping the `keep` latest.
 
-  In a run of one process on one device its saves are asynchronous: `save`
-  returns once the state is copied to the host (so the next step may reuse the
-  devices' buffers), and the files are written meanwhile; `finish(mngr)` waits
-  for them (the step loop does at its end, at a stop and before naming the last
-  checkpoint). Elsewhere they are synchronous: orbax's background thread meets
-  the other devices and processes through collectives
-  (`multihost_utils.sync_global_devices`) that would run beside the step's own
-  and wait for each other forever (seen with 4 CPU devices: one device in the
-  step's all-reduce, another in the save's all-gather)."""
-  background = jax.process_count() == 1 and jax.local_device_count() == 1
+  In a run of one process its saves are asynchronous: `save` returns once the
+  state is copied to the host (so the next step may reuse the devices'
+  buffers), and the files are written meanwhile; `finish(mngr)` waits for them
+  (the step loop does at its end, at a stop and before naming the last
+  checkpoint); orbax's barriers are skipped in one process. With several
+  processes they are synchronous: orbax meets the other processes at barriers
+  that are device collectives (`multihost_utils.sync_global_devices`, unless
+  its experimental_orbax_use_distributed_barrier flag), and one of those on
+  its background thread beside the step's own collectives could wait forever
+  (async saves of several processes are untested: issue 26)."""
+  background = jax.process_count() == 1
   return ocp.CheckpointManager(
       os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
           max_to_keep=keep, create=True, enable_async_checkpointing=background,
