@@ -6,7 +6,8 @@ a SIGTERM stops a run of 1 or 2 processes at a checkpoint it resumes from.
 Every run is the real launcher (launch/train.py, train_asr.py,
 train_captioner.py, evaluate.py) in subprocesses, with the compilation cache
 on as users have it (the session's; 2-process CPU runs turn it off, logged).
-Everything runs 2 processes x 2 devices against 1 x 4 (2 GPUs per host).
+Everything runs 2 processes x 2 devices against 1 x 4 (2 GPUs per host),
+and every run saves its checkpoints in the background (`checkpoint.manager`).
 
 BMQA (SS: InfoNCE with global negatives, 10 steps; ST: MSE with BatchNorm over
 the global batch, 4 steps), three launches of 2 processes: SIGTERM to process 1

@@ -14,9 +14,8 @@ dispatched while step t runs:
   non-finite step stops the run with `NonFiniteError` (naming that step and
   the last finite checkpoint, which a re-run resumes from) before anything of
   it is saved;
-* checkpoints are written in the background where that is safe
-  (`checkpoint.manager`: one process; orbax copies the state to the host,
-  then writes while the steps go on).
+* checkpoints are written in the background (`checkpoint.manager`: orbax
+  copies the state to the host, then writes while the steps go on).
 
 Several CPU devices in one process (XLA:CPU's stand-in devices,
 `--xla_force_host_platform_device_count`, what the multi-process tests run)
