@@ -38,7 +38,12 @@ def symmetric_info_nce(img: jax.Array, txt: jax.Array, temperature: jax.Array,
   neg_inf = jnp.finfo(logits.dtype).min
   logits_i2t = jnp.where(valid[None, :], logits, neg_inf)
   logits_t2i = jnp.where(valid[:, None], logits, neg_inf)
-  diag = jnp.diagonal(logits)
+  # The matching pairs' logits, as a masked sum rather than jnp.diagonal, which
+  # lowers to a conditional around a gather: XLA:CPU runs a conditional's
+  # collectives out of order with the step's other collectives, so that the
+  # devices of one process waited at different ones (an all-gather against an
+  # all-reduce) until its 40 s rendezvous deadline aborted the run.
+  diag = jnp.sum(logits * jnp.eye(logits.shape[0], dtype=logits.dtype), axis=1)
   log_p_img = diag - jax.nn.logsumexp(logits_i2t, axis=1)
   log_p_aud = diag - jax.nn.logsumexp(logits_t2i, axis=0)
   per_pair = -(log_p_img + log_p_aud) / 2.0

@@ -1,5 +1,6 @@
 """InfoNCE (Eq. 11–13), cosine similarity (Eq. 9) and MSE (Eq. 14) against NumPy."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -47,6 +48,17 @@ def test_info_nce_weights_drop_padded_rows():
   w = jnp.asarray([1, 1, 1, 1, 1, 0, 0], jnp.float32)
   padded = float(losses.symmetric_info_nce(jnp.asarray(img), jnp.asarray(txt), 0.2, w))
   np.testing.assert_allclose(padded, full, rtol=1e-5)
+
+
+def test_info_nce_gradient_has_no_conditional():
+  """No `cond` in the loss or its gradient: XLA:CPU ran a conditional's
+  collectives (jnp.diagonal's gather, split over the batch) out of order with
+  the step's others, and the devices of one process waited at different ones
+  until the run aborted (tests/test_multiprocess.py, 1 x 4)."""
+  x = jnp.ones((4, 8))
+  jaxpr = jax.make_jaxpr(jax.grad(lambda a, b: losses.symmetric_info_nce(a, b, 0.1),
+                                  argnums=(0, 1)))(x, x)
+  assert "cond" not in str(jaxpr)
 
 
 def test_perfect_alignment_approaches_zero_loss():

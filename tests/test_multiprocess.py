@@ -5,19 +5,28 @@ a SIGTERM stops a run of 1 or 2 processes at a checkpoint it resumes from.
 
 Every run is the real launcher (launch/train.py, train_asr.py,
 train_captioner.py, evaluate.py) in subprocesses, with the compilation cache
-on as users have it (the session's, warm after the first run). BMQA runs
-2 processes × 4 devices against 1 × 8 (2 × 2 against 1 × 4 is the shape that
-hung with a warm cache before 22792db; with today's loop a resumed 1 × 4 run
-aborts in XLA:CPU's in-process collectives, cache on or off: open in issue 26),
-with plain SGD (parameters
-compare at 1e-5); its 2-process run gets SIGTERM on process 1 in SS, is killed (both
-processes, SIGKILL) once a checkpoint of ST exists, restarted, and must end
-where the uninterrupted 1-process run ends; a 1-process run stopped by SIGTERM
-in SS must end there too. Evaluation, the recogniser and the captioner run
-2 × 4 against 1 × 8 with plain SGD (an SGD update is linear in the gradient,
-so parameters compare at 1e-5; see tests/test_sharding.py).
+on as users have it (the session's; 2-process CPU runs turn it off, logged).
+Everything runs 2 processes x 2 devices against 1 x 4 (2 GPUs per host),
+and every run saves its checkpoints in the background (`checkpoint.manager`).
+
+BMQA (SS: InfoNCE with global negatives, 10 steps; ST: MSE with BatchNorm over
+the global batch, 4 steps), three launches of 2 processes: SIGTERM to process 1
+in SS, then killed (both, SIGKILL) once a checkpoint of ST exists, then
+resumed to the end; two launches of 1 process: SIGTERM in ST, then resumed.
+SS of the 1-process run is uninterrupted, so the 2-process SS proves a stop
+and resume on 2 processes exact; ST compares a SIGKILL resume on 2 processes
+with a SIGTERM resume on 1 (the same resume code as SS's).
+
+Plain SGD at a learning rate of 2e-4: there runs of any two device layouts
+(1 x 2 and 1 x 4 in one process too) agree to 3e-7 at every step, while two
+steps move a weight by 1e-4 (median) to 0.5, so a lost or repeated step or
+batch shows. At 2e-3 they part after 8 steps, to 2e-2 in ST, whatever the
+processes: the last bits of an all-reduce grow through the tiny ResNet's
+BatchNorm over batches of 8 (issue 26: the 3e-2 gap was this, not the stop;
+an interrupted 2-process run equals the uninterrupted one bit for bit).
 """
 
+import csv
 import json
 import os
 import re
@@ -49,8 +58,9 @@ def _run(script, args, nproc, devices, data_dir, log_dir, kill_when=None,
   logs. `kill_when()`: send `kill` to the processes `kill_procs` (default all)
   once it returns True; then the logs come with the exit statuses and the
   seconds from the signal to the last exit."""
+  flags = os.environ.get("XLA_FLAGS", "")  # conftest's fast compiles
   env = dict(os.environ, JAX_PLATFORMS="cpu", BMQA_DATA_DIR=data_dir,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}")
   cluster = [[]] if nproc == 1 else [
       [f"--coordinator=127.0.0.1:{_port_once}", f"--num_processes={nproc}",
        f"--process_id={i}"] for _port_once in [_port()] for i in range(nproc)]
@@ -59,7 +69,7 @@ def _run(script, args, nproc, devices, data_dir, log_dir, kill_when=None,
   procs = [subprocess.Popen([PY, os.path.join(ROOT, script)] + args + c, env=env,
                             cwd=ROOT, stdout=open(l, "w"), stderr=subprocess.STDOUT)
            for c, l in zip(cluster, logs)]
-  deadline, sent = time.time() + 900, None
+  began, deadline, sent = time.monotonic(), time.time() + 900, None
   while any(p.poll() is None for p in procs):
     if time.time() > deadline:  # a hang: name who is still running, and where
       for p in procs:
@@ -81,6 +91,8 @@ def _run(script, args, nproc, devices, data_dir, log_dir, kill_when=None,
       if p.poll() is None:
         p.kill()
   took = time.monotonic() - sent if sent is not None else None
+  print(f"{script} {' '.join(args[-1:])}: {nproc} x {devices}, "  # pytest -s: the notes
+        f"{time.monotonic() - began:.0f} s")
   texts = [open(l).read() for l in logs]
   if kill_when is None:
     assert rcs == [0] * nproc, "\n".join(t[-3000:] for t in texts)
@@ -109,11 +121,12 @@ def _assert_same_weights(run_a, run_b, where, rel=1e-5):
 
 BMQA = ["launch/train.py", "--config=configs/quickstart.py:tiny=True",
         "--config.stages=ss,st", "--config.st.feature_cache=False"]
-for _s, _epochs, _every in (("ss", 1.0, 2), ("st", 0.2, 1)):  # 10 and 2 steps of batch 8
+STEPS = dict(ss=10, st=4)  # of batch 8, 10 steps an epoch
+for _s, _every in (("ss", 2), ("st", 1)):
   BMQA += [f"--config.{_s}.{k}={v}" for k, v in dict(
-      optimizer="sgd", learning_rate=0.002, warmup_epochs=0, epochs=_epochs,
+      optimizer="sgd", learning_rate=2e-4, warmup_epochs=0, epochs=STEPS[_s] / 10,
       checkpoint_every_steps=_every, keep_checkpoints=10, log_every_steps=1).items()]
-STOPPED = re.compile(r"^stopped by SIGTERM( on process 1)? at \[ss\] step (\d+): "
+STOPPED = re.compile(r"^stopped by SIGTERM( on process 1)? at \[(ss|st)\] step (\d+): "
                      r"checkpoint saved[^;\n]*; run the same command to resume$", re.M)
 
 
@@ -123,25 +136,24 @@ def _has(workdir, stage, step):
 
 @pytest.fixture(scope="module")
 def bmqa(tmp_path_factory):
-  """One uninterrupted 1-process run; a 1-process run stopped by SIGTERM in
-  SS and resumed; a 2-process run whose process 1 gets SIGTERM in SS, then
-  killed (both, SIGKILL) in ST, then resumed."""
+  """A 1-process run stopped by SIGTERM in ST and resumed; a 2-process run
+  whose process 1 gets SIGTERM in SS, then killed (both, SIGKILL) in ST, then
+  resumed (the module's docstring)."""
   root = tmp_path_factory.mktemp("multiprocess")
   data, logs = str(root / "data"), str(root)
-  one, term, two = str(root / "one"), str(root / "term"), str(root / "two")
-  out = dict(one=one, term=term, two=two, data=data, logs=logs)
-  out["log_one"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={one}"], 1, 8, data, logs)
-  out["stopped_one"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={term}"], 1, 8, data, logs,
-                            kill_when=_has(term, "ss", 2), kill=signal.SIGTERM)
-  out["log_term"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={term}"], 1, 8, data, logs)
-  out["stopped_two"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 4, data, logs,
+  one, two = str(root / "one"), str(root / "two")
+  out = dict(one=one, two=two, data=data, logs=logs)
+  out["stopped_one"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={one}"], 1, 4, data, logs,
+                            kill_when=_has(one, "st", 1), kill=signal.SIGTERM)
+  out["log_one"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={one}"], 1, 4, data, logs)
+  out["stopped_two"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 2, data, logs,
                             kill_when=_has(two, "ss", 2), kill=signal.SIGTERM,
                             kill_procs=[1])
-  killed, _, _ = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 4, data, logs,
+  killed, _, _ = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 2, data, logs,
                       kill_when=_has(two, "st", 1))
   out["killed_at"] = checkpoint.latest_step(os.path.join(two, "checkpoints", "st"))
   out["killed_log"] = killed
-  out["log_two"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 4, data, logs)
+  out["log_two"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 2, data, logs)
   return out
 
 
@@ -153,35 +165,27 @@ def test_sigterm_saves_the_step_on_every_process_and_exits(bmqa, run):
   texts, rcs, took = bmqa[f"stopped_{run}"]
   print(f"SIGTERM to exit, {run} process(es): {took:.1f} s")  # for the notes
   assert rcs == [143] * len(texts), "\n".join(t[-3000:] for t in texts)
-  steps = set()
+  stops = set()
   for text in texts:
     lines = STOPPED.findall(text)
     assert len(lines) == 1, text[-3000:]
-    steps.add(int(lines[0][1]))
-  assert len(steps) == 1
-  step = steps.pop()
-  assert 2 <= step < 10  # mid-stage (SS has 10 steps)
-  workdir = bmqa["term" if run == "one" else "two"]
-  assert os.path.isdir(os.path.join(workdir, "checkpoints", "ss", str(step)))
-  resumed = bmqa["log_term"][0] if run == "one" else bmqa["killed_log"][0]
-  assert f"[ss] resumed at step {step}/10" in resumed
+    stops.add(lines[0][1:])
+  assert len(stops) == 1
+  stage, step = stops.pop()
+  step = int(step)
+  assert stage == ("st" if run == "one" else "ss")
+  assert 1 <= step < STEPS[stage], "not mid-stage"
+  assert os.path.isdir(os.path.join(bmqa[run], "checkpoints", stage, str(step)))
+  resumed = bmqa["log_one"][0] if run == "one" else bmqa["killed_log"][0]
+  assert f"[{stage}] resumed at step {step}/{STEPS[stage]}" in resumed
 
 
-def test_stopped_runs_end_like_an_uninterrupted_one(bmqa):
-  _assert_same_weights(bmqa["term"], bmqa["one"], os.path.join("checkpoints", "ss"))
-  _assert_same_weights(bmqa["term"], bmqa["one"], os.path.join("checkpoints", "st"))
-
-
-@pytest.mark.xfail(strict=False, reason=(
-    "open (issue 26): after a SIGTERM stop at an off-cadence SS step (3) and "
-    "the resume, the 2 x 4 run's SS weights differ from the 1 x 8 run's by "
-    "about 3e-2 (the 1-process stop and resume matches); cause not found yet"))
-def test_bmqa_two_processes_killed_and_resumed_train_like_one(bmqa):
-  """SS (InfoNCE with global negatives, 10 steps) then ST (MSE, BatchNorm over the
-  global batch, 2 steps): equal parameters and validation metrics."""
-  assert bmqa["killed_at"] == 1  # killed mid-stage
-  assert "process 1/2: 4 local of 8 devices" in bmqa["log_two"][1]
-  assert "[st] resumed at step 1/2" in bmqa["log_two"][0]
+def test_bmqa_two_processes_stopped_killed_and_resumed_train_like_one(bmqa):
+  """Equal parameters (SS: against an uninterrupted run; ST: a SIGKILL resume
+  against a SIGTERM resume) and validation metrics, on every process."""
+  assert 1 <= bmqa["killed_at"] < STEPS["st"], "killed mid-stage"
+  assert "process 1/2: 2 local of 4 devices" in bmqa["log_two"][1]
+  assert f"[st] resumed at step {bmqa['killed_at']}/{STEPS['st']}" in bmqa["log_two"][0]
   _assert_same_weights(bmqa["two"], bmqa["one"], os.path.join("checkpoints", "ss"))
   _assert_same_weights(bmqa["two"], bmqa["one"], os.path.join("checkpoints", "st"))
   val = lambda log: [l for l in log.splitlines() if "[st] validation:" in l][-1]
@@ -194,9 +198,9 @@ def test_bmqa_two_processes_killed_and_resumed_train_like_one(bmqa):
 
 def test_bmqa_evaluation_on_two_processes_equals_one(bmqa):
   one = os.path.join(bmqa["logs"], "eval_one")
-  _run("launch/evaluate.py", [f"--workdir={bmqa['one']}", f"--out_dir={one}"], 1, 8,
+  _run("launch/evaluate.py", [f"--workdir={bmqa['one']}", f"--out_dir={one}"], 1, 4,
        bmqa["data"], bmqa["logs"])
-  _run("launch/evaluate.py", [f"--workdir={bmqa['one']}"], 2, 4, bmqa["data"],
+  _run("launch/evaluate.py", [f"--workdir={bmqa['one']}"], 2, 2, bmqa["data"],
        bmqa["logs"])
   with open(os.path.join(one, "metrics.json")) as f:
     a = json.load(f)
@@ -205,8 +209,18 @@ def test_bmqa_evaluation_on_two_processes_equals_one(bmqa):
   for k, v in a["overall"].items():
     if isinstance(v, float):
       assert b["overall"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    elif isinstance(v, dict):  # a logistic fit: its optimum is flat, its path not
+      assert {f: b["overall"][k][f] for f in ("kind", "converged", "monotonic")} == \
+          {f: v[f] for f in ("kind", "converged", "monotonic")}, k
     else:
       assert b["overall"][k] == v, k
+  with open(os.path.join(one, "predictions.csv")) as f:
+    a = list(csv.reader(f))
+  with open(os.path.join(bmqa["one"], "eval", "predictions.csv")) as f:
+    b = list(csv.reader(f))
+  assert [r[:-1] for r in a] == [r[:-1] for r in b]  # the same images, in order
+  np.testing.assert_allclose([float(r[-1]) for r in b[1:]],
+                             [float(r[-1]) for r in a[1:]], atol=2e-5)  # 5 decimals
 
 
 def _asr_manifest(root):
@@ -233,7 +247,7 @@ def test_recogniser_and_captioner_two_processes_train_like_one(family, tmp_path)
   os.makedirs(data)
   if family == "asr":
     m = _asr_manifest(data)
-    args = ["launch/train_asr.py", f"--config=configs/asr.py:manifest={m},runlocal=True,steps=3",
+    args = ["launch/train_asr.py", f"--config=configs/asr.py:manifest={m},runlocal=True,steps=2",
             "--config.model.conv_features=(4, 4)", "--config.model.rnn_hidden=16",
             "--config.features.n_mels=16", "--config.frame_buckets=(512,)",
             "--config.eval_batch_size=2"]
@@ -241,15 +255,15 @@ def test_recogniser_and_captioner_two_processes_train_like_one(family, tmp_path)
   else:
     m = _caption_manifest(data)
     args = ["launch/train_captioner.py",
-            f"--config=configs/captioner.py:manifest={m},runlocal=True,steps=3",
+            f"--config=configs/captioner.py:manifest={m},runlocal=True,steps=2",
             "--config.data.eval_split=train", "--config.model.embed_dim=8",
             "--config.model.hidden_dim=16", "--config.model.attention_dim=8",
             "--config.input.image_size=32", "--config.eval_batch_size=4",
             "--config.decode.beam_size=1"]
     metrics = "captioner_metrics.json"
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  _run(args[0], args[1:] + SGD + [f"--workdir={one}"], 1, 8, data, str(tmp_path))
-  _run(args[0], args[1:] + SGD + [f"--workdir={two}"], 2, 4, data, str(tmp_path))
+  _run(args[0], args[1:] + SGD + [f"--workdir={one}"], 1, 4, data, str(tmp_path))
+  _run(args[0], args[1:] + SGD + [f"--workdir={two}"], 2, 2, data, str(tmp_path))
   _assert_same_weights(two, one, "checkpoints")
   with open(os.path.join(one, "eval", metrics)) as f:
     a = json.load(f)

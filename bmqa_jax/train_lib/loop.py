@@ -14,17 +14,15 @@ dispatched while step t runs:
   non-finite step stops the run with `NonFiniteError` (naming that step and
   the last finite checkpoint, which a re-run resumes from) before anything of
   it is saved;
-* checkpoints are written in the background where that is safe
-  (`checkpoint.manager`: one process on one device; orbax copies the state to
-  the host, then writes while the steps go on).
+* checkpoints are written in the background (`checkpoint.manager`: orbax
+  copies the state to the host, then writes while the steps go on).
 
-One exception: several CPU devices in one process (XLA:CPU's stand-in
-devices, `--xla_force_host_platform_device_count`, what the multi-process
-tests run) run one step at a time and fetch each batch when its step needs it
-(a wait, not a read), as the loop did before: there a resumed 2 × 2 run with
-prefetching and this wait hung at its first step (tests/test_multiprocess.py,
-once, cause not found), and in-process collectives of cache-loaded programs
-aborted (`runtime.cache_safe`).
+Several CPU devices in one process (XLA:CPU's stand-in devices,
+`--xla_force_host_platform_device_count`, what the multi-process tests run)
+queue steps like GPUs do. (They once ran one step at a time: their devices
+waited at different collectives of one step, which was the InfoNCE's
+`jnp.diagonal`, a conditional that XLA:CPU ran out of order, not the queue;
+`bmqa_jax.losses`.)
 
 A stop signal (`bmqa_jax.stop`) saves the state of the step under way on
 every process and raises `stop.Stopped`. `profile(first, last, logdir)` has
@@ -90,8 +88,7 @@ def run(step_fn: Callable, state: dict, batch_fn: Callable[[int], dict], rng, *,
                   disable=not progress or not lead, dynamic_ncols=True, mininterval=2.0)
   history, window, t0 = [], [], time.time()
   unchecked = []  # (step, finite, loss) of the steps since the last check
-  one_at_a_time = jax.default_backend() == "cpu" and jax.local_device_count() > 1
-  batches = _Batches(batch_fn, start, total_steps, 0 if one_at_a_time else prefetch)
+  batches = _Batches(batch_fn, start, total_steps, prefetch)
   tracing = False
   with stop.inside_steps():
     try:
@@ -99,8 +96,6 @@ def run(step_fn: Callable, state: dict, batch_fn: Callable[[int], dict], rng, *,
         done = step + 1
         tracing = _trace(done, tracing)
         state, metrics = step_fn(state, batches.get(step), rng)
-        if one_at_a_time:  # see the module's docstring: a wait, not a read
-          jax.block_until_ready(metrics["finite"])
         unchecked.append((done, metrics["finite"], metrics["loss"]))
         window.append(metrics)
         if done % log_every == 0 or done == total_steps:
