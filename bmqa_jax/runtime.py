@@ -52,7 +52,8 @@ def cache_safe() -> str | None:
   number. On CPUs each process's cache key holds its own devices and only
   process 0 writes, so in a warm run process 0 loads the train step while the
   others compile it, and the first all-reduce waits forever
-  (tests/test_multiprocess.py: `test_warm_compilation_cache_2x2`).
+  (tests/test_multiprocess.py: its second and third 2 x 2 launches of a
+  workdir start with the cache the first one warmed, and hung before).
   """
   if jax.process_count() > 1 and jax.default_backend() == "cpu":
     return ("several processes on CPUs: a program loaded from the cache gets "
