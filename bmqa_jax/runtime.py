@@ -24,6 +24,7 @@ import os
 
 import jax
 
+from bmqa_jax import log as log_lib
 from bmqa_jax import sharding
 from bmqa_jax import stop
 
@@ -62,7 +63,7 @@ def cache_safe() -> str | None:
   return None
 
 
-def enable_compilation_cache(path: str | None = None, log=print) -> str:
+def enable_compilation_cache(path: str | None = None, log=log_lib.info) -> str:
   """XLA's persistent cache in `path` (None: `default_cache_dir()`); returns it
   ('' when off, or when `cache_safe()` says it must be). Programs that compile
   in under 0.5 s are not worth a file and are left out. Call it after the
@@ -133,7 +134,7 @@ def define_flags(cluster: bool = True) -> None:
                      "this many seconds after the signal, with or without one.")
 
 
-def start(log=print) -> None:
+def start(log=log_lib.info) -> None:
   """The CPU kernels, the cluster when the flags ask for one, the
   compilation cache (whose use depends on the cluster), then, for commands
   with cluster flags, the stop signals (`bmqa_jax.stop`: after the cluster,

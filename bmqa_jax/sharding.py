@@ -24,6 +24,8 @@ import ml_collections as mlc
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from bmqa_jax import log as log_lib
+
 
 def make_mesh(cfg: mlc.ConfigDict, devices=None) -> Mesh:
   """The ('data', 'model') mesh of `config.mesh` over `devices` (default: all)."""
@@ -138,7 +140,7 @@ def slurm_local_device_ids(environ=None) -> list[int] | None:
 
 def initialize_distributed(coordinator: str | None = None,
                            num_processes: int | None = None,
-                           process_id: int | None = None, log=print) -> None:
+                           process_id: int | None = None, log=log_lib.info) -> None:
   """`jax.distributed.initialize()`: the cluster from explicit arguments (any
   scheduler: `coordinator` 'HOST:PORT', `num_processes`, `process_id`), else
   from the environment (SLURM with one task per host, Cloud TPU). CPU

@@ -43,6 +43,8 @@ import sys
 import threading
 import time
 
+from bmqa_jax import log as log_lib
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # jaxlib's preemption_sync_manager.cc: the key whose insertion starts the sync
 # protocol on every process (its value: the time of death, RFC 3339).
@@ -68,13 +70,13 @@ class _State:
   at: float | None = None  # its time.monotonic()
   steps = 0  # depth of inside_steps()
   count = 0  # calls of reached(): this process's steps, all stages
-  log = print
+  log = log_lib.info
 
 
 _S = _State()
 
 
-def install(grace_s: float = 60.0, log=print) -> None:
+def install(grace_s: float = 60.0, log=log_lib.info) -> None:
   """Takes SIGTERM and SIGINT (see the module's docstring); from the main
   thread, after the cluster has started. `grace_s`: the longest a process
   lives after its first signal."""

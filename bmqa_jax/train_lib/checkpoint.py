@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bmqa_jax import log as log_lib
+
 ITEMS = ("state", "data_iter")
 _LEGACY_ITEM = "default"
 
@@ -258,7 +260,7 @@ def latest_good_step(directory: str) -> int | None:
   return None
 
 
-def restore_latest(directory: str, abstract_state, log=print):
+def restore_latest(directory: str, abstract_state, log=log_lib.info):
   """(state, step) of the newest good step of `directory`, (None, None) when
   none is saved. A damaged step is named in one log line and moved aside
   (`quarantine`), and the step before it is tried: a killed or damaged save

@@ -45,6 +45,7 @@ import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
+from bmqa_jax import log as log_lib
 from bmqa_jax import stop
 from bmqa_jax.train_lib import checkpoint
 
@@ -70,7 +71,7 @@ def profile(first: int, last: int, logdir: str) -> None:
 
 def run(step_fn: Callable, state: dict, batch_fn: Callable[[int], dict], rng, *,
         name: str, total_steps: int, mngr, log_every: int, checkpoint_every: int,
-        tensorboard_dir: str | None = None, log=print,
+        tensorboard_dir: str | None = None, log=log_lib.info,
         progress: bool = True, on_log: Callable[[int, dict], None] | None = None,
         prefetch: int) -> tuple[dict, list[dict]]:
   """Trains from `state['step']` to `total_steps`; returns (state, history).
