@@ -40,6 +40,18 @@ def test_fit_recovers_a_linear_rule_and_its_leave_one_out_is_exact():
                              rtol=0.05)
 
 
+def test_a_constant_feature_is_ignored():
+  rng = np.random.default_rng(1)
+  x = np.concatenate([rng.normal(size=(30, 3)), np.zeros((30, 1))], 1)
+  y = x[:, 0] + 0.1 * rng.normal(size=30)
+  p, _ = ridge.fit(x, y)
+  assert p["inv_scale"][3] == 0 and np.isfinite(p["inv_scale"].astype(np.float16)).all()
+  unseen = np.array([[0.0, 0.0, 0.0, 1e3]])
+  np.testing.assert_allclose(((unseen - p["mean"]) * p["inv_scale"]) @ p["coef"] + p["bias"],
+                             ((unseen[:, :3] - p["mean"][:3]) * p["inv_scale"][:3])
+                             @ p["coef"][:3] + p["bias"])
+
+
 def test_fit_names_bad_input():
   with pytest.raises(ValueError, match="non-finite"):
     ridge.fit(np.array([[0.0], [np.nan], [1.0]]), np.zeros(3))

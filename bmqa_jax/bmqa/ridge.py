@@ -66,8 +66,12 @@ def fit(x: np.ndarray, y: np.ndarray, alphas: Sequence[float] = ALPHAS) -> tuple
                      f"{x.shape} and {y.shape}")
   if not (np.isfinite(x).all() and np.isfinite(y).all()):
     raise ValueError("ridge fit: non-finite features or targets")
-  mean = x.mean(0)
-  inv_scale = 1.0 / ((x.std(0) + 1e-8) * np.sqrt(x.shape[1]))
+  mean, sd = x.mean(0), x.std(0)
+  # A feature constant over the training photos (a channel that never fires)
+  # carries nothing: scale 0, so an unseen value cannot move the score and no
+  # huge scale overflows when the heads are stored in float16.
+  live = sd > 1e-6 * max(float(sd.max()), 1e-30)
+  inv_scale = np.where(live, 1.0 / (np.where(live, sd, 1.0) * np.sqrt(x.shape[1])), 0.0)
   z = (x - mean) * inv_scale
   ym = y.mean()
   w, v = np.linalg.eigh(z @ z.T)
