@@ -157,8 +157,12 @@ def _fit_ridge(state: dict, cache: feature_cache.FeatureCache, samples, name: st
   log(f"[{name}] ridge probe on {x.shape[1]} pooled features of {len(x)} images: "
       f"penalty {info['alpha']:g}, leave-one-out RMSE {info['loo_rmse']:.4f}")
   old = state["params"]["ridge"]
-  new = {k: jax.device_put(np.asarray(v, old[k].dtype).reshape(old[k].shape),
-                           old[k].sharding) for k, v in params.items()}
+  # Every process fitted the same numbers (each holds the whole cache); each
+  # places its own shards of them (a global array on several processes).
+  new = {}
+  for k, v in params.items():
+    a = np.asarray(v, old[k].dtype).reshape(old[k].shape)
+    new[k] = jax.make_array_from_callback(a.shape, old[k].sharding, lambda i, a=a: a[i])
   return dict(state, params=dict(state["params"], ridge=new))
 
 
