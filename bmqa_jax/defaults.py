@@ -200,6 +200,9 @@ def base_config() -> mlc.ConfigDict:
   # Image-only models: K independently initialised alignment + probe heads
   # averaged (bmqa/model.py); 1 = the paper's single head.
   c.model.ensemble = 1
+  # Image-only models: w > 0 mixes a closed-form ridge probe on the pooled tower
+  # features into the score, (1 − w) · heads + w · ridge (bmqa/ridge.py).
+  c.model.ridge_weight = 0.0
   c.model.temperature_init = 0.07
   c.model.learn_temperature = True
   c.model.temperature_range = (0.01, 1.0)

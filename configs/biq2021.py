@@ -19,6 +19,12 @@ behind each choice):
 * five independently initialised alignment + probe heads (`ensemble=5`),
   each trained on its own MSE, averaged: one head's validation SRCC varies by
   ±0.015 with its initialisation, their mean does not;
+* the tower also reads each window at ½ and ¼ scale (`scales=1.2.4`); the
+  heads read the native scale only (`head_scales=1`: given the coarse scales
+  they score lower), a closed-form ridge probe reads the cell-averaged
+  statistics of all three (`bmqa_jax/bmqa/ridge.py`, fitted on the training
+  split's cached features before the heads train), and the score is the mean
+  of the heads' and the ridge probe's (`ridge=0.5`);
 * stage ST trains the alignment and the probe (Eq. 10, MSE of Eq. 14) from
   the frozen tower's cached features (`bmqa_jax/bmqa/feature_cache.py`): the tower
   runs once per photo and view (the photo and its mirror image).
@@ -43,8 +49,12 @@ bmqa_jax/config_args.py):
       token map), token_grid=G (4), ensemble=K (probe heads averaged, 5; 1: one
       head), scales=1.2.4 (dot-separated downsampling factors at which the
       tower also reads each window, each level's cell statistics per scale
-      concatenated; 1, the default: the window as it is. A ridge probe gains
-      0.011 SRCC from 1.2.4, the heads do not: docs/real_photos.md).
+      concatenated; default 1.2.4, lpft 1; 1: the window as it is),
+      head_scales=1 (the scales the heads read, dot-separated; default 1),
+      ridge=W (the weight of the ridge probe on all the scales in the score,
+      0.5; lpft 0; 0: the heads alone). The previous default (heads on the native
+      scale alone): `scales=1,ridge=0`; docs/real_photos.md has the lever
+      table behind these choices.
   finetune:  size=PIXELS (input size, 128), trainable=REGEX (parameters
       trained, '.*').
 """
@@ -62,7 +72,8 @@ def get_config(arg: str | None = None):
       arg, recipe="probe", manifest=MANIFEST, img="efficientnet_lite0",
       init=None, crop=512, grid=1, epochs=(None, float), batch=32,
       lr=(None, float), ft_epochs=1.0, ft_lr=2e-5, levels="1.2.4.6",
-      token_grid=4, scales="1", size=128, trainable=".*", ensemble=5)
+      token_grid=4, scales=None, head_scales="1", ridge=(None, float), size=128,
+      trainable=".*", ensemble=5)
   recipe = args.recipe
   if recipe not in RECIPES:
     raise ValueError(f"recipe={recipe!r}: 'probe', 'lpft' or 'finetune'")
@@ -89,13 +100,22 @@ def get_config(arg: str | None = None):
                 trainable=args.trainable, checkpoint_every_steps=100)
     return c
   levels = args.levels
+  # The ridge probe is fitted on the frozen tower's features: a recipe that
+  # then fine-tunes the tower (lpft) keeps the heads alone at one scale.
+  scales = args.scales or ("1.2.4" if recipe == "probe" else "1")
+  ridge = args.ridge if args.ridge is not None else (0.5 if recipe == "probe" else 0.0)
+  if ridge and recipe != "probe":
+    raise ValueError(f"ridge={ridge}: the ridge probe reads the frozen tower's "
+                     "features (recipe=probe); lpft fine-tunes the tower")
   c.model.image = dict(
       name=img, init=init, kwargs={},
       levels=() if levels == "none" else tuple(int(x) for x in levels.split(".")),
       token_grid=args.token_grid,
-      scales=tuple(int(x) for x in str(args.scales).split(".")))
+      scales=tuple(int(x) for x in str(scales).split(".")),
+      head_scales=tuple(int(x) for x in str(args.head_scales).split(".")))
   c.model.align = dict(width=128, heads=8, qkv_dim=128, mlp_dim=256)
   c.model.ensemble = args.ensemble
+  c.model.ridge_weight = ridge
   grid = args.grid
   c.input.update(mode="native", native_crop=args.crop,
                  eval_grid=(grid, grid), flip=True)

@@ -148,7 +148,8 @@ DOCUMENTED = {
                 "recipe=lpft,ft_epochs=2,ft_lr=1e-5",
                 "manifest=m.csv,img=efficientnet_lite0,init=none,crop=256,grid=2,"
                 "epochs=3,batch=8,lr=1e-3,levels=none,token_grid=2,ensemble=1",
-                "levels=2.4", "scales=1", "scales=1.2", "recipe=finetune,size=96,epochs=2,lr=1e-3,"
+                "levels=2.4", "scales=1", "scales=1.2", "scales=1,ridge=0", "head_scales=1.2",
+                "ridge=0.3", "recipe=finetune,size=96,epochs=2,lr=1e-3,"
                 "trainable=^img_align"],
     "dark4k": ["", "captioner=runs/captioner"],
     "asr": ["", "manifest=DATA/manifest.csv", "runlocal=True", "runlocal=False",

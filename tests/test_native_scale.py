@@ -220,10 +220,11 @@ SHARED_PHOTOS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "d
 
 
 def test_biq2021_multiscale_recipe_trains_a_step(tmp_path):
-  """`configs/biq2021.py:scales=1.2.4` as users run it (ImageNet Lite0, native
-  512-px windows read at scales 1, ½ and ¼, five heads) on seven real photos
-  (4 to train, 3 to validate): it caches the three scales' statistics and
-  trains and evaluates from them."""
+  """`configs/biq2021.py` as users run it (ImageNet Lite0, native 512-px
+  windows read at scales 1, ½ and ¼, five heads on scale 1, a ridge probe on
+  all three) on seven real photos (4 to train, 3 to validate): it caches the
+  three scales' statistics, fits the ridge probe and trains and evaluates
+  from them."""
   if not os.path.exists(SHARED_PHOTOS):
     pytest.skip("../shared/data/biq2021_lowlight is not here")
   import csv  # pylint: disable=g-import-not-at-top
@@ -238,12 +239,16 @@ def test_biq2021_multiscale_recipe_trains_a_step(tmp_path):
     for i, r in enumerate(rows):
       w.writerow(dict(image=os.path.join(base, r["image"]), mos=r["mos"],
                       scene=r["scene"], split="val" if i >= 4 else "train"))
-  c = biq2021.get_config(f"manifest={man},epochs=1,batch=4,scales=1.2.4")
+  c = biq2021.get_config(f"manifest={man},epochs=1,batch=4")
   assert tuple(c.model.image.scales) == (1, 2, 4)
-  assert tuple(biq2021.get_config().model.image.scales) == (1,)
+  assert tuple(c.model.image.head_scales) == (1,) and c.model.ridge_weight == 0.5
+  old = biq2021.get_config("scales=1,ridge=0")  # the previous default
+  assert tuple(old.model.image.scales) == (1,) and old.model.ridge_weight == 0
+  assert biq2021.get_config("recipe=lpft").model.ridge_weight == 0
   logs = []
   res = train.train_and_evaluate(c, str(tmp_path / "w"), log=logs.append, progress=False)
   assert "caching the frozen tower's features: 4 of 4 images × 2 views" in "\n".join(logs)
+  assert "ridge probe on 2976 pooled features of 4 images" in "\n".join(logs)
   assert set(res) == {"st"}
   (folder,) = os.listdir(tmp_path / "w" / "feature_cache")
   entry = np.load(os.path.join(tmp_path, "w", "feature_cache", folder,

@@ -24,6 +24,7 @@ import numpy as np
 
 from bmqa_jax.models import align
 from bmqa_jax.bmqa import pretrain
+from bmqa_jax.bmqa import ridge as ridge_lib
 from bmqa_jax.models.align import AttentivePool
 
 Dtype = Any
@@ -62,6 +63,13 @@ class BMQA(nn.Module):
   # heads on the same tower features, each trained on its own MSE; the score
   # is their mean (a deep ensemble of the probe, Lakshminarayanan et al. 2017).
   ensemble: int = 1
+  # The scales whose statistics the alignment heads read (a subset of
+  # `scales`; empty: all). The heads read the native scale best; a ridge probe
+  # reads the coarse ones (`bmqa_jax.bmqa.ridge`).
+  head_scales: Sequence[int] = ()
+  # Image-only models: w > 0 adds a closed-form ridge probe on the cell-averaged
+  # features of every scale; the score is (1 − w) · heads + w · ridge.
+  ridge_weight: float = 0.0
   dtype: Dtype = jnp.float32
 
   def _pool(self, name):
@@ -127,9 +135,12 @@ class BMQA(nn.Module):
           image_features = [jax.lax.stop_gradient(f) for f in image_features]
       elif objective == "restore":
         raise ValueError("objective 'restore' needs the pixels, not cached features")
+      maps = list(image_features)
+      if self.ridge_weight and (tuple(self.modalities) != ("image",) or objective):
+        raise ValueError("ridge_weight > 0 is for image-only models trained with MSE")
       if self.ensemble > 1:
-        return self._ensemble(list(image_features), objective)
-      out["img"] = self._align_image(list(image_features))
+        return self._with_ridge(self._ensemble(self._head_maps(maps), objective), maps)
+      out["img"] = self._align_image(self._head_maps(maps))
       feats.append(out["img"])
     if "text" in self.modalities:
       if text_ids is None or text_mask is None:
@@ -141,6 +152,8 @@ class BMQA(nn.Module):
     out["score"] = nn.Dense(1, name="fuse")(fused)[:, 0]
     out["log_temperature"] = self.param(
         "log_temperature", nn.initializers.constant(np.log(self.temperature_init)), ())
+    if self.ridge_weight:
+      out = self._with_ridge(out, maps)
     if objective == "classify":
       if self.num_categories <= 0:
         raise ValueError("objective 'classify' needs num_categories > 0")
@@ -160,6 +173,29 @@ class BMQA(nn.Module):
             self.vocab_size, self.dtype, name="pt_restore_txt")(txt["tokens"])
     return out
 
+  def _head_maps(self, maps):
+    """The channels of `head_scales` of each map (`tower_features` puts the
+    native scale first, then the others in the order of `scales`)."""
+    order = [1] + [s for s in self.scales if s != 1]
+    if not self.head_scales or list(self.head_scales) == order:
+      return maps
+    unknown = set(self.head_scales) - set(order)
+    if unknown:
+      raise ValueError(f"head_scales {tuple(self.head_scales)}: {sorted(unknown)} "
+                       f"not among the scales {tuple(order)}")
+    pick = [order.index(s) for s in self.head_scales]
+    out = []
+    for m in maps:
+      c = m.shape[-1] // len(order)
+      out.append(jnp.concatenate([m[..., i * c:(i + 1) * c] for i in pick], -1))
+    return out
+
+  def _with_ridge(self, out, maps):
+    if not self.ridge_weight:
+      return out
+    r = ridge_lib.RidgeProbe(name="ridge")(maps)
+    w = self.ridge_weight
+    return dict(out, ridge_score=r, score=(1.0 - w) * out["score"] + w * r)
 
   def _ensemble(self, maps, objective):
     if tuple(self.modalities) != ("image",) or objective is not None:
@@ -248,4 +284,6 @@ def from_config(cfg, vocab_size: int | None) -> BMQA:
               multi_level=bool(tuple(ic.get("levels", ()))),
               token_grid=int(ic.get("token_grid", 0)),
               scales=tuple(int(x) for x in ic.get("scales", (1,))),
-              ensemble=int(cfg.model.get("ensemble", 1)), dtype=dtype)
+              ensemble=int(cfg.model.get("ensemble", 1)),
+              head_scales=tuple(int(x) for x in ic.get("head_scales", ())),
+              ridge_weight=float(cfg.model.get("ridge_weight", 0.0)), dtype=dtype)

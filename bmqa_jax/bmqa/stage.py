@@ -190,6 +190,8 @@ def stage_labels(cfg: mlc.ConfigDict, name: str, params) -> Any:
   labels = optim.trainable_labels(params, cfg[name].trainable)
   if not cfg.model.learn_temperature:
     labels = dict(labels, log_temperature="frozen")
+  if "ridge" in labels:  # fitted in closed form (bmqa_jax.bmqa.ridge), never by the optimiser
+    labels = dict(labels, ridge=jax.tree.map(lambda _: "frozen", labels["ridge"]))
   return labels
 
 

@@ -36,6 +36,7 @@ from bmqa_jax import pytree
 from bmqa_jax import sharding
 from bmqa_jax.bmqa import evaluate
 from bmqa_jax.bmqa import feature_cache
+from bmqa_jax.bmqa import ridge as ridge_lib
 from bmqa_jax.bmqa import stage as stage_lib
 from bmqa_jax.data import datasets
 from bmqa_jax.data import pipeline
@@ -101,6 +102,12 @@ def _train_and_evaluate(cfg, workdir: str, data: datasets.Data, log, progress) -
                                   mesh, log)
       loader = feature_cache.train_loader(records, cache, pcfg, cfg[name].batch_size,
                                           seed, start_step=start.step)
+      if start.step == 0 and "ridge" in state["params"]:
+        state = _fit_ridge(state, cache, data.splits[plan.split], name, log)
+    elif not done and "ridge" in state["params"] and cfg[name].init != "previous":
+      raise ValueError(f"stage {name}: config.model.ridge_weight > 0 needs the frozen "
+                       f"tower's feature cache (config.{name}.feature_cache=True and "
+                       "trainable leaving the image tower out)")
     else:
       loader = pipeline.train_loader(records, pcfg, cfg[name].batch_size, seed=seed,
                                      start_step=start.step)
@@ -137,6 +144,27 @@ def _initial_state(plan, prev, workdir: str, log) -> dict:
     variables = pretrained.load_into(path, variables)
     log(f"[{name}] image tower initialised from {path}")
   return jax.jit(plan.init_state, out_shardings=plan.state_sharding)(variables)
+
+
+def _fit_ridge(state: dict, cache: feature_cache.FeatureCache, samples, name: str,
+               log) -> dict:
+  """`state` with the ridge probe (`bmqa_jax.bmqa.ridge`) fitted on the cached
+  evaluation views of the training split (features averaged over the views,
+  as the scores are at evaluation)."""
+  n_eval = cache.num_eval_views
+  x = np.mean([np.asarray(ridge_lib.pooled([a[:, v] for a in cache.levels]))
+               for v in range(n_eval)], 0)
+  params, info = ridge_lib.fit(x, np.array([s.mos for s in samples]))
+  log(f"[{name}] ridge probe on {x.shape[1]} pooled features of {len(x)} images: "
+      f"penalty {info['alpha']:g}, leave-one-out RMSE {info['loo_rmse']:.4f}")
+  old = state["params"]["ridge"]
+  # Every process fitted the same numbers (each holds the whole cache); each
+  # places its own shards of them (a global array on several processes).
+  new = {}
+  for k, v in params.items():
+    a = np.asarray(v, old[k].dtype).reshape(old[k].shape)
+    new[k] = jax.make_array_from_callback(a.shape, old[k].sharding, lambda i, a=a: a[i])
+  return dict(state, params=dict(state["params"], ridge=new))
 
 
 def _validate(plan, state, data, cfg, workdir: str, log) -> dict:

@@ -62,7 +62,22 @@ def cell_moments(tokens, image_hw, grid: int = GRID):
   return jnp.stack(out, 1)
 
 
-def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int = 8):
+def channel_covariance(tokens, k: int, seed: int = 0):
+  """[B, N, C] token map → [B, k(k+1)/2]: the upper triangle of the covariance
+  of its tokens over the whole photo after a fixed random projection of the C
+  channels to k (second-order pooling as in DBCNN's bilinear pooling, made
+  small enough for a linear probe on 1,300 photos)."""
+  c = tokens.shape[-1]
+  proj = jax.random.normal(jax.random.key(seed), (c, k)) / np.sqrt(c)
+  z = tokens @ proj
+  z = z - z.mean(1, keepdims=True)
+  cov = jnp.einsum("bni,bnj->bij", z, z) / z.shape[1]
+  iu = np.triu_indices(k)
+  return cov[:, iu[0], iu[1]]
+
+
+def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int = 8,
+            cov: int = 0):
   from bmqa_jax.data import image_io, native, pipeline  # pylint: disable=g-import-not-at-top
   from bmqa_jax.models import image  # pylint: disable=g-import-not-at-top
   from bmqa_jax.models.image import pretrained  # pylint: disable=g-import-not-at-top
@@ -83,7 +98,8 @@ def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int 
       b, h, w, c = x.shape
       x = x.reshape(b, h // scale, scale, w // scale, scale, c).mean((2, 4))
     o = model.apply(variables, x, train=False)
-    return [cell_moments(m, x.shape[1:3]) for m in o["levels"]]
+    moments = [cell_moments(m, x.shape[1:3]) for m in o["levels"]]
+    return moments + ([channel_covariance(m, cov) for m in o["levels"]] if cov else [])
 
   parts_dir = dest + ".parts"
   os.makedirs(parts_dir, exist_ok=True)
@@ -101,15 +117,16 @@ def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int 
     imgs += [imgs[-1]] * (batch - n)
     outs = jax.device_get(fn(np.stack(imgs)))
     tmp = part + ".tmp.npz"
-    np.savez(tmp, **{f"l{j}": np.asarray(o[:n], np.float32) for j, o in enumerate(outs)})
+    nl = len(levels)
+    np.savez(tmp, **{f"{'lc'[j // nl]}{j % nl}": np.asarray(o[:n], np.float32)
+                     for j, o in enumerate(outs)})
     os.replace(tmp, part)
     done += n
     if k % 20 == 0:
       print(f"{name}: {(k + 1) * batch}/{len(rows)} photos, "
             f"{(time.time() - t0) / max(done, 1):.3f} s/photo", flush=True)
   parts = [np.load(os.path.join(parts_dir, f"{k:05d}.npz")) for k in range(len(chunks))]
-  nl = len(parts[0].files)
-  arrays = {f"l{j}": np.concatenate([p[f"l{j}"] for p in parts]) for j in range(nl)}
+  arrays = {f: np.concatenate([p[f] for p in parts]) for f in parts[0].files}
   np.savez(dest, images=np.array([r["image"] for r in rows]), **arrays)
   print(f"wrote {dest}: {[a.shape for a in arrays.values()]}, "
         f"{(time.time() - t0) / max(done, 1):.3f} s/photo this run")
@@ -349,6 +366,8 @@ def main():
   p.add_argument("--tower", default="efficientnet_lite0")
   p.add_argument("--levels", default="1,2,4,6")
   p.add_argument("--scale", type=int, default=1)
+  p.add_argument("--cov", type=int, default=0,
+                 help="extract: also each level's channel covariance after a projection to COV")
   p.add_argument("--out", "--feats", dest="out", default="/tmp/photos/feats")
   p.add_argument("--manifest", default=MANIFEST)
   p.add_argument("--variant", action="append", default=[])
@@ -356,7 +375,8 @@ def main():
   p.add_argument("--seeds", default="0-9", help="splits, FIRST-LAST")
   a = p.parse_args()
   if a.cmd == "extract":
-    extract(a.tower, [int(x) for x in a.levels.split(",")], a.scale, a.out, a.manifest)
+    extract(a.tower, [int(x) for x in a.levels.split(",")], a.scale, a.out, a.manifest,
+            cov=a.cov)
   elif a.cmd == "combine":
     combine(a.out, a.heads, a.variant, a.manifest)
   elif a.cmd == "heads":
