@@ -16,6 +16,7 @@ __all__ = ["create_metric", "__version__"]
 def __getattr__(name: str):
   if name == "create_metric":
     from bmqa_jax.bmqa import scoring  # pylint: disable=g-import-not-at-top
+
     return scoring.create_metric
   raise AttributeError(f"module 'bmqa_jax' has no attribute {name!r}")
 

@@ -17,9 +17,18 @@ import numpy as np
 import soundfile
 from scipy import signal
 
-__all__ = ["AudioReadError", "AudioFileError", "TARGET_SAMPLE_RATE", "check_wav",
-           "read_audio", "resample",
-           "mel_filterbank", "frame_geometry", "num_frames", "log_mel"]
+__all__ = [
+  "AudioReadError",
+  "AudioFileError",
+  "TARGET_SAMPLE_RATE",
+  "check_wav",
+  "read_audio",
+  "resample",
+  "mel_filterbank",
+  "frame_geometry",
+  "num_frames",
+  "log_mel",
+]
 
 TARGET_SAMPLE_RATE = 16000
 
@@ -63,8 +72,10 @@ def check_wav(path: str) -> None:
       if cid == b"data":
         break
       if pos + n > size:
-        raise bad(f"chunk {cid.decode('latin-1')!r} at byte {pos - 8} declares {n} "
-                  f"bytes, only {size - pos} follow")
+        raise bad(
+          f"chunk {cid.decode('latin-1')!r} at byte {pos - 8} declares {n} "
+          f"bytes, only {size - pos} follow"
+        )
       body = f.read(n)
       if cid == b"fmt ":
         if n < 16:
@@ -83,8 +94,10 @@ def check_wav(path: str) -> None:
   if n in _UNKNOWN_SIZES and n > have:
     n = have - have % align if tag in _PCM_TAGS else have
   if n > have:
-    raise bad(f"its data chunk declares {n} bytes ({n // align} frames at {rate} Hz), "
-              f"the file holds {have} ({have // align} frames)")
+    raise bad(
+      f"its data chunk declares {n} bytes ({n // align} frames at {rate} Hz), "
+      f"the file holds {have} ({have // align} frames)"
+    )
   if tag in _PCM_TAGS and n % align:
     raise bad(f"data chunk of {n} bytes is not a whole number of {align}-byte frames")
   riff = struct.unpack(e + "I", head[4:8])[0]
@@ -137,9 +150,9 @@ def _hz_to_mel(hz: np.ndarray, mel_scale: str) -> np.ndarray:
   # Slaney (Auditory Toolbox): linear below 1 kHz, logarithmic above.
   f_sp, min_log_hz = 200.0 / 3, 1000.0
   min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-  return np.where(hz >= min_log_hz,
-                  min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep,
-                  hz / f_sp)
+  return np.where(
+    hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep, hz / f_sp
+  )
 
 
 def _mel_to_hz(mel: np.ndarray, mel_scale: str) -> np.ndarray:
@@ -148,14 +161,20 @@ def _mel_to_hz(mel: np.ndarray, mel_scale: str) -> np.ndarray:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
   f_sp, min_log_hz = 200.0 / 3, 1000.0
   min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-  return np.where(mel >= min_log_mel,
-                  min_log_hz * np.exp(logstep * (mel - min_log_mel)),
-                  f_sp * mel)
+  return np.where(
+    mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel
+  )
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0,
-                   f_max: float | None = None, mel_scale: str = "slaney",
-                   norm: str | None = "slaney") -> np.ndarray:
+def mel_filterbank(
+  sample_rate: int,
+  n_fft: int,
+  n_mels: int,
+  f_min: float = 0.0,
+  f_max: float | None = None,
+  mel_scale: str = "slaney",
+  norm: str | None = "slaney",
+) -> np.ndarray:
   """Triangular mel filters ``[n_fft // 2 + 1, n_mels]`` (float32).
 
   Args:
@@ -171,8 +190,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
   if not 0 <= f_min < f_max <= sample_rate / 2:
     raise ValueError(f"need 0 <= f_min < f_max <= {sample_rate / 2}, got {f_min}, {f_max}")
   fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-  mel_pts = np.linspace(_hz_to_mel(f_min, mel_scale), _hz_to_mel(f_max, mel_scale),
-                        n_mels + 2)
+  mel_pts = np.linspace(_hz_to_mel(f_min, mel_scale), _hz_to_mel(f_max, mel_scale), n_mels + 2)
   hz_pts = _mel_to_hz(mel_pts, mel_scale)
   widths = np.diff(hz_pts)
   ramps = hz_pts[:, None] - fft_freqs[None, :]
@@ -184,23 +202,30 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
   return weights.T.astype(np.float32)
 
 
-def frame_geometry(sample_rate: int, window_seconds: float, hop_seconds: float,
-                   n_fft: int | None) -> tuple[int, int, int]:
+def frame_geometry(
+  sample_rate: int, window_seconds: float, hop_seconds: float, n_fft: int | None
+) -> tuple[int, int, int]:
   """(window, hop, n_fft) in samples; n_fft defaults to the next power of 2."""
   win = int(round(window_seconds * sample_rate))
   hop = int(round(hop_seconds * sample_rate))
   if win <= 0 or hop <= 0:
-    raise ValueError(f"window ({window_seconds}s) and hop ({hop_seconds}s) must be "
-                     "at least one sample")
+    raise ValueError(
+      f"window ({window_seconds}s) and hop ({hop_seconds}s) must be at least one sample"
+    )
   n_fft = int(2 ** np.ceil(np.log2(win))) if n_fft is None else n_fft
   if n_fft < win:
     raise ValueError(f"n_fft={n_fft} is shorter than the window ({win} samples)")
   return win, hop, n_fft
 
 
-def num_frames(num_samples, sample_rate: int = TARGET_SAMPLE_RATE,
-               window_seconds: float = 0.025, hop_seconds: float = 0.010,
-               n_fft: int | None = None, center: bool = True):
+def num_frames(
+  num_samples,
+  sample_rate: int = TARGET_SAMPLE_RATE,
+  window_seconds: float = 0.025,
+  hop_seconds: float = 0.010,
+  n_fft: int | None = None,
+  center: bool = True,
+):
   """Frames ``log_mel`` yields for ``num_samples`` (int or integer array)."""
   _, hop, n_fft = frame_geometry(sample_rate, window_seconds, hop_seconds, n_fft)
   if center:
@@ -208,12 +233,22 @@ def num_frames(num_samples, sample_rate: int = TARGET_SAMPLE_RATE,
   return 1 + (num_samples - n_fft) // hop
 
 
-def log_mel(waveform, sample_rate: int = TARGET_SAMPLE_RATE, *,
-            window_seconds: float = 0.025, hop_seconds: float = 0.010,
-            n_fft: int | None = None, n_mels: int = 80, f_min: float = 0.0,
-            f_max: float | None = None, mel_scale: str = "slaney",
-            norm: str | None = "slaney", power: float = 2.0, center: bool = True,
-            log_floor: float = 1e-6) -> jnp.ndarray:
+def log_mel(
+  waveform,
+  sample_rate: int = TARGET_SAMPLE_RATE,
+  *,
+  window_seconds: float = 0.025,
+  hop_seconds: float = 0.010,
+  n_fft: int | None = None,
+  n_mels: int = 80,
+  f_min: float = 0.0,
+  f_max: float | None = None,
+  mel_scale: str = "slaney",
+  norm: str | None = "slaney",
+  power: float = 2.0,
+  center: bool = True,
+  log_floor: float = 1e-6,
+) -> jnp.ndarray:
   """Log-mel filterbank features, computed in JAX.
 
   A periodic Hann window of ``window_seconds`` (zero-padded to ``n_fft``,
@@ -233,20 +268,20 @@ def log_mel(waveform, sample_rate: int = TARGET_SAMPLE_RATE, *,
   if center:
     pad = n_fft // 2
     if x.shape[-1] <= pad:
-      raise ValueError(f"waveform of {x.shape[-1]} samples is too short for "
-                       f"reflect padding of {pad}")
+      raise ValueError(
+        f"waveform of {x.shape[-1]} samples is too short for reflect padding of {pad}"
+      )
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
   if x.shape[-1] < n_fft:
     raise ValueError(f"waveform of {x.shape[-1]} samples is shorter than n_fft={n_fft}")
   frames = 1 + (x.shape[-1] - n_fft) // hop
   idx = np.arange(frames)[:, None] * hop + np.arange(n_fft)[None, :]
-  segments = x[..., idx]                                  # [..., frames, n_fft]
-  hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)   # periodic
+  segments = x[..., idx]  # [..., frames, n_fft]
+  hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)  # periodic
   left = (n_fft - win) // 2
   window = np.zeros(n_fft, np.float32)
-  window[left:left + win] = hann
+  window[left : left + win] = hann
   spec = jnp.abs(jnp.fft.rfft(segments * window, axis=-1)) ** power
   fbank = mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max, mel_scale, norm)
-  mel = jnp.einsum("...f,fm->...m", spec, fbank,
-                   precision="highest")
+  mel = jnp.einsum("...f,fm->...m", spec, fbank, precision="highest")
   return jnp.log(jnp.maximum(mel, log_floor))

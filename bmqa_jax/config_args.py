@@ -44,16 +44,17 @@ _BOOLS = {"True": True, "False": False}
 
 def _spec(name: str, default: Any) -> tuple[Any, Callable[[str], Any]]:
   """(default, converter) of one argument."""
-  if (isinstance(default, tuple) and len(default) == 2
-      and isinstance(default[1], type)):
+  if isinstance(default, tuple) and len(default) == 2 and isinstance(default[1], type):
     default, kind = default
   elif default is None:
     kind = str
   else:
     kind = type(default)
     if kind not in (bool, int, float, str):
-      raise TypeError(f"config argument {name!r}: default {default!r} is not "
-                      "a bool, int, float, str or None; give (default, type)")
+      raise TypeError(
+        f"config argument {name!r}: default {default!r} is not "
+        "a bool, int, float, str or None; give (default, type)"
+      )
   return default, kind
 
 
@@ -67,8 +68,9 @@ def _convert(name: str, value: str, kind: Callable[[str], Any]) -> Any:
   try:
     return kind(value)
   except ValueError:
-    raise ValueError(f"config argument {name}={value!r}: expected "
-                     f"{getattr(kind, '__name__', kind)}") from None
+    raise ValueError(
+      f"config argument {name}={value!r}: expected {getattr(kind, '__name__', kind)}"
+    ) from None
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -101,16 +103,18 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     if not item:
       continue
     if "=" not in item:
-      raise ValueError(f"config argument {item!r} is not key=value "
-                       f"(known keys: {', '.join(sorted(specs)) or 'none'})")
+      raise ValueError(
+        f"config argument {item!r} is not key=value "
+        f"(known keys: {', '.join(sorted(specs)) or 'none'})"
+      )
     key, value = (s.strip() for s in item.split("=", 1))
     if key not in specs:
-      raise ValueError(f"unknown config argument {key!r} (known keys: "
-                       f"{', '.join(sorted(specs)) or 'none'})")
+      raise ValueError(
+        f"unknown config argument {key!r} (known keys: {', '.join(sorted(specs)) or 'none'})"
+      )
     if key in given:
       raise ValueError(f"config argument {key!r} is given twice")
     given[key] = _convert(key, value, specs[key][1])
-  out = ml_collections.ConfigDict(
-      {k: given.get(k, default) for k, (default, _) in specs.items()})
+  out = ml_collections.ConfigDict({k: given.get(k, default) for k, (default, _) in specs.items()})
   out.lock()
   return out

@@ -17,14 +17,21 @@ import ml_collections as mlc
 from bmqa_jax import defaults
 
 
-def _one_run(c: mlc.ConfigDict, *, adam_b2: float, num_steps: int,
-             checkpoint_every_steps: int) -> None:
+def _one_run(
+  c: mlc.ConfigDict, *, adam_b2: float, num_steps: int, checkpoint_every_steps: int
+) -> None:
   """The fields the families of one run (the recogniser, the captioner) share:
   AdamW with linear warmup then cosine decay to final_lr_fraction ×
   learning_rate, the mesh, and the step loop's length and cadences."""
   c.optimizer = defaults.step_optimizer(
-      learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.05,
-      adam_b1=0.9, adam_b2=adam_b2, weight_decay=1e-4, grad_clip_norm=5.0)
+    learning_rate=2e-3,
+    warmup_steps=50,
+    final_lr_fraction=0.05,
+    adam_b1=0.9,
+    adam_b2=adam_b2,
+    weight_decay=1e-4,
+    grad_clip_norm=5.0,
+  )
   c.mesh = defaults.mesh()
   c.num_steps = num_steps
   c.log_every_steps = 50
@@ -44,18 +51,36 @@ def asr_config(manifest: str = "") -> mlc.ConfigDict:
   c.data.cache_dir = ""  # '': WORKDIR/feature_cache
 
   # Passed to speech.features.featurize -> audio.log_mel.
-  c.features = mlc.ConfigDict(dict(
-      sample_rate=16000, window_seconds=0.025, hop_seconds=0.010, n_mels=40,
-      f_min=0.0, f_max=8000.0, log_floor=1e-6, normalize=True,
-      bucket_samples=16000))
+  c.features = mlc.ConfigDict(
+    dict(
+      sample_rate=16000,
+      window_seconds=0.025,
+      hop_seconds=0.010,
+      n_mels=40,
+      f_min=0.0,
+      f_max=8000.0,
+      log_floor=1e-6,
+      normalize=True,
+      bucket_samples=16000,
+    )
+  )
 
-  c.model = mlc.ConfigDict(dict(
-      conv_features=(16, 16), conv_kernels=((11, 11), (5, 7)),
+  c.model = mlc.ConfigDict(
+    dict(
+      conv_features=(16, 16),
+      conv_kernels=((11, 11), (5, 7)),
       # Time stride 3 (33 output frames/s): fast speech reaches 0.22 characters
       # per 10 ms frame, and CTC needs an output frame per character + repeats.
       conv_strides=((3, 2), (1, 2)),
-      rnn_hidden=128, rnn_layers=2, relu_clip=20.0, bn_momentum=0.99,
-      dropout_rate=0.1, rnn_unroll=1, dtype="float32"))
+      rnn_hidden=128,
+      rnn_layers=2,
+      relu_clip=20.0,
+      bn_momentum=0.99,
+      dropout_rate=0.1,
+      rnn_unroll=1,
+      dtype="float32",
+    )
+  )
 
   _one_run(c, adam_b2=0.98, num_steps=300, checkpoint_every_steps=100)
   c.batch_size = 16
@@ -68,8 +93,7 @@ def asr_config(manifest: str = "") -> mlc.ConfigDict:
   return c
 
 
-def captioner_config(manifest: str = "",
-                     encoder: str = "resnet_tiny") -> mlc.ConfigDict:
+def captioner_config(manifest: str = "", encoder: str = "resnet_tiny") -> mlc.ConfigDict:
   """The QSD captioner's config (configs/captioner.py; `manifest`: as
   `task_data`; `encoder`: any image.names() entry)."""
   c = mlc.ConfigDict()
@@ -83,9 +107,16 @@ def captioner_config(manifest: str = "",
   c.vocab.min_count = 2  # rarer training words become <unk>
   c.vocab.max_len = 56  # words + punctuation of a description (longest: 54)
 
-  c.model = mlc.ConfigDict(dict(
-      encoder=encoder, encoder_kwargs={}, embed_dim=128, hidden_dim=256,
-      attention_dim=128, dropout_rate=0.3))
+  c.model = mlc.ConfigDict(
+    dict(
+      encoder=encoder,
+      encoder_kwargs={},
+      embed_dim=128,
+      hidden_dim=256,
+      attention_dim=128,
+      dropout_rate=0.3,
+    )
+  )
 
   # λ of the doubly-stochastic term λ Σ_i (1 − Σ_t α_ti)². Xu et al. use λ = 1
   # with the cross entropy summed over a caption's words; ours is the mean over
@@ -110,10 +141,10 @@ BASES = {"bmqa": defaults.base_config, "asr": asr_config, "captioner": captioner
 # Fields renamed since release 0.1 (old dotted name → today's), and fields
 # removed (read and dropped). `complete` applies both to a stored config.json.
 RENAMED_FIELDS = {
-    "optimizer.b1": "optimizer.adam_b1",
-    "optimizer.b2": "optimizer.adam_b2",
-    "checkpoint_keep": "keep_checkpoints",
-    "decode.beam_width": "decode.beam_size",
+  "optimizer.b1": "optimizer.adam_b1",
+  "optimizer.b2": "optimizer.adam_b2",
+  "checkpoint_keep": "keep_checkpoints",
+  "decode.beam_width": "decode.beam_size",
 }
 REMOVED_FIELDS = ("model.conv_impl",)  # the image encoders' ops follow the backend
 
@@ -132,8 +163,9 @@ def complete(stored, family: str = "bmqa") -> mlc.ConfigDict:
   default and every reader can use `config.x.y` without a fall-back. Free-form
   blocks (`kwargs`, `*_kwargs`) are taken whole from `stored`.
   """
-  tree = json.loads(stored.to_json_best_effort() if isinstance(
-      stored, mlc.ConfigDict) else json.dumps(stored))
+  tree = json.loads(
+    stored.to_json_best_effort() if isinstance(stored, mlc.ConfigDict) else json.dumps(stored)
+  )
   for field in (*RENAMED_FIELDS, *REMOVED_FIELDS):
     node, key = _parent(tree, field)
     if key in node:

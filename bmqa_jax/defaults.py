@@ -36,14 +36,16 @@ def task_data(manifest: str = "") -> mlc.ConfigDict:
   """`config.data` of the speech recogniser and the captioner (configs/asr.py,
   configs/captioner.py): the manifest at `manifest`, or the built-in dataset
   when it is ''; training reads split `train`, evaluation split `test`."""
-  return mlc.ConfigDict(dict(
+  return mlc.ConfigDict(
+    dict(
       kind="manifest" if manifest else "builtin",
       manifest=manifest,
       builtin=builtin_data(),
       builtin_dir="",  # '' = $BMQA_DATA_DIR or ~/.cache/bmqa_jax
       train_split="train",
       eval_split="test",
-  ))
+    )
+  )
 
 
 def mesh(**overrides) -> mlc.ConfigDict:
@@ -58,21 +60,38 @@ def mesh(**overrides) -> mlc.ConfigDict:
   return c
 
 
-def step_optimizer(*, learning_rate: float, warmup_steps: int,
-                   final_lr_fraction: float, adam_b1: float, adam_b2: float,
-                   weight_decay: float, grad_clip_norm: float,
-                   optimizer: str = "adamw", schedule: str = "cosine",
-                   momentum: float = 0.0) -> mlc.ConfigDict:
+def step_optimizer(
+  *,
+  learning_rate: float,
+  warmup_steps: int,
+  final_lr_fraction: float,
+  adam_b1: float,
+  adam_b2: float,
+  weight_decay: float,
+  grad_clip_norm: float,
+  optimizer: str = "adamw",
+  schedule: str = "cosine",
+  momentum: float = 0.0,
+) -> mlc.ConfigDict:
   """`config.optimizer` of the step-counted trainers (configs/asr.py,
   configs/captioner.py), in the field names of the shared training library:
   `optimizer` 'adamw' (or 'sgd' with `momentum`), `schedule` 'cosine' with
   linear warmup over `warmup_steps` down to `final_lr_fraction` of
   `learning_rate`; `grad_clip_norm` 0: no clipping."""
-  return mlc.ConfigDict(dict(
-      optimizer=optimizer, schedule=schedule, learning_rate=learning_rate,
-      warmup_steps=warmup_steps, final_lr_fraction=final_lr_fraction,
-      adam_b1=adam_b1, adam_b2=adam_b2, weight_decay=weight_decay,
-      grad_clip_norm=grad_clip_norm, momentum=momentum))
+  return mlc.ConfigDict(
+    dict(
+      optimizer=optimizer,
+      schedule=schedule,
+      learning_rate=learning_rate,
+      warmup_steps=warmup_steps,
+      final_lr_fraction=final_lr_fraction,
+      adam_b1=adam_b1,
+      adam_b2=adam_b2,
+      weight_decay=weight_decay,
+      grad_clip_norm=grad_clip_norm,
+      momentum=momentum,
+    )
+  )
 
 
 def input_config(**overrides) -> mlc.ConfigDict:
@@ -84,10 +103,19 @@ def input_config(**overrides) -> mlc.ConfigDict:
   mode 'native': the camera's pixels, never resampled: random native_crop
   windows for training, the mean over an eval_grid (rows, cols) of windows
   for evaluation and scoring (bmqa_jax/data/native.py)."""
-  c = mlc.ConfigDict(dict(
-      mode="resize", image_size=224, resize_size=256, crop_scale=(0.35, 1.0),
-      crop_ratio=(3 / 4, 4 / 3), native_crop=512, eval_grid=(1, 1), flip=True,
-      max_text_len=48, workers=0, prefetch=2,
+  c = mlc.ConfigDict(
+    dict(
+      mode="resize",
+      image_size=224,
+      resize_size=256,
+      crop_scale=(0.35, 1.0),
+      crop_ratio=(3 / 4, 4 / 3),
+      native_crop=512,
+      eval_grid=(1, 1),
+      flip=True,
+      max_text_len=48,
+      workers=0,
+      prefetch=2,
       # Bound on a decoded image's pixels, checked from its header before decoding
       # (a 140 KB PNG can declare 12000×12000); 0: no bound.
       max_pixels=100_000_000,
@@ -97,14 +125,20 @@ def input_config(**overrides) -> mlc.ConfigDict:
       # prepares a split whose decoded size is under prepared_max_gb.
       # prepare_short_side > 0 (mode 'resize' only) stores images resized to that
       # short side (never upscaled); 0 keeps the decoded pixels exactly.
-      store="auto", prepared_max_gb=4.0, prepare_short_side=0, prepared_dir=""))
+      store="auto",
+      prepared_max_gb=4.0,
+      prepare_short_side=0,
+      prepared_dir="",
+    )
+  )
   c.update(overrides)
   return c
 
 
 def stage(**kw) -> mlc.ConfigDict:
   """One training stage; the trainer runs every stage with the same code."""
-  c = mlc.ConfigDict(dict(
+  c = mlc.ConfigDict(
+    dict(
       # 'info_nce' (Eq. 11–13; PT strategy FM), 'mse' (Eq. 14), or the PT
       # strategies 'classify' (CL) and 'restore' (RE) of Table 2 (config.pretrain).
       loss="mse",
@@ -140,7 +174,8 @@ def stage(**kw) -> mlc.ConfigDict:
       # out): compute its features once per image and view and train from
       # them (bmqa_jax/bmqa/feature_cache.py). False: run the frozen tower each step.
       feature_cache=True,
-  ))
+    )
+  )
   c.update(kw)
   return c
 
@@ -151,7 +186,8 @@ def base_config() -> mlc.ConfigDict:
   c.stages = "pt,ss,st"  # comma-separated names of sub-configs, run in order
   c.device_prefetch = DEVICE_PREFETCH
 
-  c.data = mlc.ConfigDict(dict(
+  c.data = mlc.ConfigDict(
+    dict(
       kind="builtin",  # 'builtin' (generated), 'manifest' or 'tfds'
       manifest="",  # kind=manifest: the CSV/JSONL (docs/interfaces.md, Manifest)
       tfds_name="",  # kind=tfds: mliq, dark4k, nnid, biq2021, iqa_folder[/config]
@@ -177,7 +213,8 @@ def base_config() -> mlc.ConfigDict:
       mos_range=(0.0, 1.0),
       # Frozen-tower features (bmqa_jax/bmqa/feature_cache.py); '' = workdir/feature_cache.
       feature_cache_dir="",
-  ))
+    )
+  )
   c.data.builtin = builtin_data()
 
   c.input = input_config()
@@ -188,14 +225,12 @@ def base_config() -> mlc.ConfigDict:
   # levels: the tower's stages whose token maps the alignment reads, each
   # pooled by its own Eq. 7 and fused (() = the last map, as in the paper);
   # token_grid g > 0: per-cell mean and std of each map on a g×g grid.
-  c.model.image = mlc.ConfigDict(dict(name="resnet50", init="", kwargs={},
-                                      levels=(), token_grid=0))
-  c.model.text = mlc.ConfigDict(dict(
-      name="transformer", kwargs=dict(width=512, depth=6, num_heads=8,
-                                      mlp_dim=2048, max_len=64)))
+  c.model.image = mlc.ConfigDict(dict(name="resnet50", init="", kwargs={}, levels=(), token_grid=0))
+  c.model.text = mlc.ConfigDict(
+    dict(name="transformer", kwargs=dict(width=512, depth=6, num_heads=8, mlp_dim=2048, max_len=64))
+  )
   # Eq. 7–8: 32 heads, projection 2048, aligned width 1024.
-  c.model.align = mlc.ConfigDict(dict(width=1024, heads=32, qkv_dim=2048,
-                                      mlp_dim=2048))
+  c.model.align = mlc.ConfigDict(dict(width=1024, heads=32, qkv_dim=2048, mlp_dim=2048))
   c.model.dtype = "float32"  # compute dtype; parameters stay float32
   # Image-only models: K independently initialised alignment + probe heads
   # averaged (bmqa/model.py); 1 = the paper's single head.
@@ -212,30 +247,55 @@ def base_config() -> mlc.ConfigDict:
 
   # Sec. 5.1.3: PT 50 epochs batch 768 lr 1e-3 cosine; SS 20 epochs batch 256
   # lr 4e-5 fixed; ST 300 epochs batch 16 lr 8e-5, ×0.95 at epochs 150 and 250.
-  c.pt = stage(loss="info_nce", data="pretrain", epochs=50, batch_size=768,
-               learning_rate=1e-3, schedule="cosine", init="fresh", eval_split="")
-  c.ss = stage(loss="info_nce", data="train", epochs=20, batch_size=256,
-               learning_rate=4e-5, schedule="constant", eval_split="")
-  c.st = stage(loss="mse", data="train", epochs=300, batch_size=16,
-               learning_rate=8e-5, schedule="piecewise",
-               decay_boundaries_epochs=(150, 250), decay_factor=0.95)
+  c.pt = stage(
+    loss="info_nce",
+    data="pretrain",
+    epochs=50,
+    batch_size=768,
+    learning_rate=1e-3,
+    schedule="cosine",
+    init="fresh",
+    eval_split="",
+  )
+  c.ss = stage(
+    loss="info_nce",
+    data="train",
+    epochs=20,
+    batch_size=256,
+    learning_rate=4e-5,
+    schedule="constant",
+    eval_split="",
+  )
+  c.st = stage(
+    loss="mse",
+    data="train",
+    epochs=300,
+    batch_size=16,
+    learning_rate=8e-5,
+    schedule="piecewise",
+    decay_boundaries_epochs=(150, 250),
+    decay_factor=0.95,
+  )
   c.eval = mlc.ConfigDict(dict(batch_size=32))
   # Stage-PT strategies CL ('classify') and RE ('restore') (Sec. 5.3, Table 2 f–g).
   # The paper gives no numbers for them; these follow MAE (image patches) and
   # BERT (words).
-  c.pretrain = mlc.ConfigDict(dict(
+  c.pretrain = mlc.ConfigDict(
+    dict(
       categories=(),  # CL labels: category names the captions name; () = the
       # data's own (built-in scenes' objects, or COCO's 80)
-      classify_weight_image=1.0, classify_weight_text=1.0,
+      classify_weight_image=1.0,
+      classify_weight_text=1.0,
       patch=16,  # RE: side of the blanked image patches (divides input.image_size)
       mask_ratio_image=0.5,  # RE: fraction of patches blanked
       mask_ratio_text=0.15,  # RE: fraction of words (after BOS) replaced
       mask_token_id=1,  # RE: the id that replaces them (sentencepiece <unk>)
       decoder_dim=256,  # RE: hidden width of the pixel decoder
-      restore_weight_image=1.0, restore_weight_text=1.0,
-  ))
+      restore_weight_image=1.0,
+      restore_weight_text=1.0,
+    )
+  )
   return c
-
 
 
 # Sec. 5.1.3: ST starts at lr 8e-5 for VGG/ResNet/EfficientNet and 6.4e-5 for
@@ -246,23 +306,26 @@ ST_LEARNING_RATE_DEFAULT = 8e-5
 TEXT_ALIASES = {"rnn": "gru", "transf": "transformer"}
 # The text towers at the paper's width (512, as TransF's).
 TEXT_KWARGS = {
-    "bow": dict(width=512, depth=1, mlp_dim=1024),
-    "gru": dict(width=512, depth=1, embed_dim=512),
-    "lstm": dict(width=512, depth=1, embed_dim=512),
-    "transformer": dict(width=512, depth=6, num_heads=8, mlp_dim=2048, max_len=64),
+  "bow": dict(width=512, depth=1, mlp_dim=1024),
+  "gru": dict(width=512, depth=1, embed_dim=512),
+  "lstm": dict(width=512, depth=1, embed_dim=512),
+  "transformer": dict(width=512, depth=6, num_heads=8, mlp_dim=2048, max_len=64),
 }
 # runlocal: the small encoder of each family (models/image/__init__.py).
-SMALL_IMAGE = {"vgg": "vgg_tiny", "resnet": "resnet_tiny",
-               "efficientnet": "efficientnet_tiny", "vit": "vit_tiny",
-               "convnext": "convnext_mini"}
+SMALL_IMAGE = {
+  "vgg": "vgg_tiny",
+  "resnet": "resnet_tiny",
+  "efficientnet": "efficientnet_tiny",
+  "vit": "vit_tiny",
+  "convnext": "convnext_mini",
+}
 
 
 # The data and size arguments of the paper's configs (configs/mliq.py,
 # configs/ablation.py), as `config_args.parse_arg` defaults: data=builtin|manifest,
 # manifest=PATH and pretrain_manifest=PATH (data=manifest), init=DIR (orbax
 # image-tower weights; '' none), runlocal=True (quickstart size, `runlocal`).
-PAPER_ARGS = dict(data="builtin", manifest="", pretrain_manifest="", init="",
-                  runlocal=False)
+PAPER_ARGS = dict(data="builtin", manifest="", pretrain_manifest="", init="", runlocal=False)
 
 
 def paper_config(img: str, txt: str | None, args) -> mlc.ConfigDict:
@@ -274,6 +337,7 @@ def paper_config(img: str, txt: str | None, args) -> mlc.ConfigDict:
   fields of `PAPER_ARGS`.
   """
   from bmqa_jax.models import image  # pylint: disable=g-import-not-at-top
+
   c = base_config()
   family = image.family(img)
   c.model.image = dict(name=img, init=args.init, kwargs={})
@@ -323,15 +387,20 @@ def quickstart_sizes(c: mlc.ConfigDict) -> None:
   `max_text_len=96`: the longest built-in description (200 scenes, seed 0) is 87
   pieces of that tokenizer with BOS, so none is cut. A Transformer text tower
   needs `max_len >= max_text_len`."""
-  c.input.update(image_size=96, resize_size=104, crop_scale=(0.5, 1.0),
-                 max_text_len=96)
+  c.input.update(image_size=96, resize_size=104, crop_scale=(0.5, 1.0), max_text_len=96)
   c.tokenizer.vocab_size = 1000
   c.model.align = dict(width=256, heads=8, qkv_dim=256, mlp_dim=512)
   c.model.temperature_init = 0.1
   c.pt.update(epochs=20, batch_size=32, learning_rate=1e-3, warmup_epochs=1)
   c.ss.update(epochs=6, batch_size=32, learning_rate=3e-4)
-  c.st.update(epochs=30, batch_size=32, learning_rate=1e-3, schedule="cosine",
-              warmup_epochs=1, decay_boundaries_epochs=())
+  c.st.update(
+    epochs=30,
+    batch_size=32,
+    learning_rate=1e-3,
+    schedule="cosine",
+    warmup_epochs=1,
+    decay_boundaries_epochs=(),
+  )
   c.eval.batch_size = 64
 
 
@@ -348,7 +417,12 @@ def runlocal(c: mlc.ConfigDict, family: str) -> None:
   c.model.image.kwargs = {"image_size": 96} if family == "vit" else {}
   rnn = dict(width=128, depth=1, embed_dim=128)
   c.model.text.kwargs = dict(
-      {"transformer": dict(width=128, depth=2, num_heads=4, mlp_dim=256,
-                           max_len=c.input.max_text_len),
-       "bow": dict(width=128, depth=1, mlp_dim=256), "gru": rnn, "lstm": rnn}.get(
-           c.model.text.name, c.model.text.kwargs))
+    {
+      "transformer": dict(
+        width=128, depth=2, num_heads=4, mlp_dim=256, max_len=c.input.max_text_len
+      ),
+      "bow": dict(width=128, depth=1, mlp_dim=256),
+      "gru": rnn,
+      "lstm": rnn,
+    }.get(c.model.text.name, c.model.text.kwargs)
+  )

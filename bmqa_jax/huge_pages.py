@@ -43,7 +43,7 @@ def thp_mode(path: str = THP_MODE_FILE) -> str | None:
   except OSError:
     return None
   start, end = text.find("["), text.find("]")
-  return text[start + 1:end] if 0 <= start < end else None
+  return text[start + 1 : end] if 0 <= start < end else None
 
 
 def glibc_has_tunable() -> bool:

@@ -14,8 +14,9 @@ def cosine_similarity_matrix(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> j
   return a @ b.T
 
 
-def symmetric_info_nce(img: jax.Array, txt: jax.Array, temperature: jax.Array,
-                       weights: jax.Array | None = None) -> jax.Array:
+def symmetric_info_nce(
+  img: jax.Array, txt: jax.Array, temperature: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
   """Symmetric InfoNCE of Eq. 11–13.
 
   P_img(i, j) (Eq. 11) is a softmax over the descriptions k of the batch of
@@ -58,20 +59,19 @@ def mse(pred: jax.Array, target: jax.Array, weights: jax.Array | None = None) ->
   return jnp.sum(err * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def multilabel_sigmoid_ce(logits: jax.Array, labels: jax.Array,
-                          weights: jax.Array | None = None) -> jax.Array:
+def multilabel_sigmoid_ce(
+  logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
   """Pretraining strategy CL (Table 2 f): one binary cross-entropy per category.
 
   −[y log σ(z) + (1 − y) log(1 − σ(z))] summed over the categories and averaged
   over the batch (rows weighted by `weights` when given).
   """
-  per_class = jnp.maximum(logits, 0) - logits * labels + jnp.log1p(
-      jnp.exp(-jnp.abs(logits)))
+  per_class = jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
   return _weighted_mean(per_class.sum(-1), weights)
 
 
-def masked_pixel_mse(pred: jax.Array, target: jax.Array,
-                     pixel_mask: jax.Array) -> jax.Array:
+def masked_pixel_mse(pred: jax.Array, target: jax.Array, pixel_mask: jax.Array) -> jax.Array:
   """Pretraining strategy RE (Table 2 g), image side: MSE over the blanked pixels.
 
   `pred`, `target` [B, H, W, C]; `pixel_mask` [B, H, W] True where the input was
@@ -82,8 +82,7 @@ def masked_pixel_mse(pred: jax.Array, target: jax.Array,
   return err / jnp.maximum(m.sum() * pred.shape[-1], 1.0)
 
 
-def masked_token_ce(logits: jax.Array, targets: jax.Array,
-                    word_mask: jax.Array) -> jax.Array:
+def masked_token_ce(logits: jax.Array, targets: jax.Array, word_mask: jax.Array) -> jax.Array:
   """Pretraining strategy RE (Table 2 g), text side: masked-word cross-entropy.
 
   `logits` [B, L, V], `targets` [B, L] the original ids, `word_mask` [B, L]

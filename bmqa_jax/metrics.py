@@ -74,8 +74,9 @@ def _as_vector(x: Any, name: str) -> np.ndarray:
   if bad.any():
     idx = np.flatnonzero(bad)
     raise ValueError(
-        f"{name}: {idx.size} non-finite value(s) (NaN/inf), first at index(es) "
-        f"{idx[:5].tolist()}: {arr[idx[:5]].tolist()}")
+      f"{name}: {idx.size} non-finite value(s) (NaN/inf), first at index(es) "
+      f"{idx[:5].tolist()}: {arr[idx[:5]].tolist()}"
+    )
   return arr
 
 
@@ -92,8 +93,7 @@ def _validate(pred: Any, mos: Any, min_n: int, what: str) -> tuple[np.ndarray, n
 def _check_not_constant(p: np.ndarray, m: np.ndarray, what: str) -> None:
   for name, arr in (("pred", p), ("mos", m)):
     if np.ptp(arr) == 0:
-      raise ValueError(
-          f"{what}: {name} is constant (all {arr[0]!r}); the correlation is undefined")
+      raise ValueError(f"{what}: {name} is constant (all {arr[0]!r}); the correlation is undefined")
 
 
 # --------------------------------------------------------------------------
@@ -108,8 +108,7 @@ def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.n
   return (b1 - b2) * scipy.special.expit(-z) + b2
 
 
-def logistic5(x: np.ndarray, b1: float, b2: float, b3: float, b4: float,
-              b5: float) -> np.ndarray:
+def logistic5(x: np.ndarray, b1: float, b2: float, b3: float, b4: float, b5: float) -> np.ndarray:
   """Sheikh et al. (2006) ``b1 (1/2 - 1/(1 + exp(b2 (x - b3)))) + b4 x + b5``."""
   x = np.asarray(x, np.float64)
   return b1 * (0.5 - scipy.special.expit(-b2 * (x - b3))) + b4 * x + b5
@@ -132,6 +131,7 @@ class LogisticFit:
       (the 5-parameter form, with its linear term, need not be).
     nfev: number of function evaluations (None when unknown).
   """
+
   kind: str
   params: tuple[float, ...]
   start: tuple[float, ...]
@@ -144,7 +144,8 @@ class LogisticFit:
     """Maps raw predictions onto the MOS scale (raises when not converged)."""
     if not self.converged:
       raise LogisticFitError(
-          f"logistic{self.kind} fit did not converge ({self.message}); refusing to map")
+        f"logistic{self.kind} fit did not converge ({self.message}); refusing to map"
+      )
     return _FUNCS[self.kind](np.asarray(x, np.float64), *self.params)
 
   def as_dict(self) -> dict[str, Any]:
@@ -154,15 +155,15 @@ class LogisticFit:
 def logistic_start(pred: np.ndarray, mos: np.ndarray, kind: str) -> tuple[float, ...]:
   """Start point of the fit: VQEG's for '4', the LIVE MATLAB code's for '5'."""
   if kind == "4":
-    return (float(np.max(mos)), float(np.min(mos)), float(np.mean(pred)),
-            float(np.std(pred) / 4.0))
+    return (float(np.max(mos)), float(np.min(mos)), float(np.mean(pred)), float(np.std(pred) / 4.0))
   if kind == "5":
     return (10.0, 0.0, float(np.mean(pred)), 0.1, 0.1)
   raise ValueError(f"logistic kind must be '4' or '5', got {kind!r}")
 
 
-def fit_logistic(pred: Any, mos: Any, kind: str = "4", *,
-                 maxfev: int = DEFAULT_MAXFEV) -> LogisticFit:
+def fit_logistic(
+  pred: Any, mos: Any, kind: str = "4", *, maxfev: int = DEFAULT_MAXFEV
+) -> LogisticFit:
   """Fits a monotonic logistic mapping from predictions to MOS (VQEG protocol).
 
   Args:
@@ -185,11 +186,13 @@ def fit_logistic(pred: Any, mos: Any, kind: str = "4", *,
   p, m = _validate(pred, mos, MIN_SAMPLES_LOGISTIC[kind], f"fit_logistic(kind={kind})")
   if np.ptp(p) == 0:
     raise LogisticFitError(
-        f"fit_logistic(kind={kind}): pred is constant (all {p[0]!r}); a logistic "
-        "mapping is not identifiable")
+      f"fit_logistic(kind={kind}): pred is constant (all {p[0]!r}); a logistic "
+      "mapping is not identifiable"
+    )
   if np.ptp(m) == 0:
     raise LogisticFitError(
-        f"fit_logistic(kind={kind}): mos is constant (all {m[0]!r}); nothing to fit")
+      f"fit_logistic(kind={kind}): mos is constant (all {m[0]!r}); nothing to fit"
+    )
   start = logistic_start(p, m, kind)
   func = _FUNCS[kind]
   try:
@@ -199,7 +202,8 @@ def fit_logistic(pred: Any, mos: Any, kind: str = "4", *,
       warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
       with np.errstate(over="ignore", invalid="ignore"):
         params, _, info, message, ier = scipy.optimize.curve_fit(
-            func, p, m, p0=start, maxfev=maxfev, full_output=True)
+          func, p, m, p0=start, maxfev=maxfev, full_output=True
+        )
     converged = ier in (1, 2, 3, 4) and bool(np.all(np.isfinite(params)))
     nfev = int(info.get("nfev", -1))
   except (RuntimeError, ValueError, FloatingPointError) as e:
@@ -212,12 +216,20 @@ def fit_logistic(pred: Any, mos: Any, kind: str = "4", *,
     monotonic = bool(np.all(d >= 0) or np.all(d <= 0))
     if not np.all(np.isfinite(func(p, *params_t))):
       converged, message = False, "fitted curve is not finite on the data"
-  return LogisticFit(kind=kind, params=params_t, start=tuple(start), converged=converged,
-                     message=str(message), monotonic=monotonic, nfev=nfev)
+  return LogisticFit(
+    kind=kind,
+    params=params_t,
+    start=tuple(start),
+    converged=converged,
+    message=str(message),
+    monotonic=monotonic,
+    nfev=nfev,
+  )
 
 
-def _mapped(p: np.ndarray, m: np.ndarray,
-            mapping: str | None) -> tuple[np.ndarray, LogisticFit | None]:
+def _mapped(
+  p: np.ndarray, m: np.ndarray, mapping: str | None
+) -> tuple[np.ndarray, LogisticFit | None]:
   if mapping is None:
     return p, None
   if mapping not in _MAPPING_KIND:
@@ -268,8 +280,7 @@ def rmse(pred: Any, mos: Any, mapping: str | None = None) -> float:
   return float(np.sqrt(np.mean((q - m) ** 2)))
 
 
-def summary(pred: Any, mos: Any,
-            mapping: str | Sequence[str] | None = None) -> dict[str, Any]:
+def summary(pred: Any, mos: Any, mapping: str | Sequence[str] | None = None) -> dict[str, Any]:
   """All metrics at once.
 
   Args:
@@ -288,11 +299,11 @@ def summary(pred: Any, mos: Any,
   p, m = _validate(pred, mos, MIN_SAMPLES_CORRELATION, "summary")
   _check_not_constant(p, m, "summary")
   out: dict[str, Any] = {
-      "plcc": _pearson(p, m),
-      "srcc": _pearson(scipy.stats.rankdata(p), scipy.stats.rankdata(m)),
-      "krcc": float(scipy.stats.kendalltau(p, m).statistic),
-      "rmse": float(np.sqrt(np.mean((p - m) ** 2))),
-      "n": int(p.size),
+    "plcc": _pearson(p, m),
+    "srcc": _pearson(scipy.stats.rankdata(p), scipy.stats.rankdata(m)),
+    "krcc": float(scipy.stats.kendalltau(p, m).statistic),
+    "rmse": float(np.sqrt(np.mean((p - m) ** 2))),
+    "n": int(p.size),
   }
   if mapping is None:
     mappings: Sequence[str] = ()
@@ -306,8 +317,10 @@ def summary(pred: Any, mos: Any,
     kind = _MAPPING_KIND[name]
     if p.size < MIN_SAMPLES_LOGISTIC[kind]:
       out[f"plcc_{name}"] = out[f"rmse_{name}"] = None
-      out[f"{name}_fit"] = {"converged": False, "message":
-                            f"{p.size} samples < {MIN_SAMPLES_LOGISTIC[kind]} needed"}
+      out[f"{name}_fit"] = {
+        "converged": False,
+        "message": f"{p.size} samples < {MIN_SAMPLES_LOGISTIC[kind]} needed",
+      }
       continue
     fit = fit_logistic(p, m, kind)
     out[f"{name}_fit"] = fit.as_dict()
@@ -320,8 +333,9 @@ def summary(pred: Any, mos: Any,
   return out
 
 
-def grouped_summary(pred: Any, mos: Any, groups: Sequence[Hashable],
-                    mapping: str | Sequence[str] | None = None) -> dict[str, Any]:
+def grouped_summary(
+  pred: Any, mos: Any, groups: Sequence[Hashable], mapping: str | Sequence[str] | None = None
+) -> dict[str, Any]:
   """Metrics overall and per group (e.g. per capture device, paper Table 3).
 
   Returns:

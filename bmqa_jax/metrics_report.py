@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 
-
-def split_statistics(results: Sequence[Mapping[str, Any]],
-                     keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+def split_statistics(
+  results: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
   """Mean ± std and median of metrics over repeated scene-wise random splits.
 
   Args:
@@ -32,10 +32,16 @@ def split_statistics(results: Sequence[Mapping[str, Any]],
   if not results:
     raise ValueError("split_statistics: no per-split results given")
   if keys is None:
-    keys = [k for k, v in results[0].items()
-            if isinstance(v, (int, float, np.floating, np.integer)) or v is None]
-    keys = [k for k in keys if any(isinstance(r.get(k), (int, float, np.floating, np.integer))
-                                   for r in results)]
+    keys = [
+      k
+      for k, v in results[0].items()
+      if isinstance(v, (int, float, np.floating, np.integer)) or v is None
+    ]
+    keys = [
+      k
+      for k in keys
+      if any(isinstance(r.get(k), (int, float, np.floating, np.integer)) for r in results)
+    ]
   out: dict[str, dict[str, Any]] = {}
   for k in keys:
     vals = []
@@ -49,13 +55,13 @@ def split_statistics(results: Sequence[Mapping[str, Any]],
         vals.append(v)
     arr = np.asarray(vals)
     out[k] = {
-        "mean": float(arr.mean()) if arr.size else None,
-        "std": float(arr.std(ddof=1)) if arr.size > 1 else None,
-        "median": float(np.median(arr)) if arr.size else None,
-        "min": float(arr.min()) if arr.size else None,
-        "max": float(arr.max()) if arr.size else None,
-        "n_splits": int(arr.size),
-        "n_failed": len(results) - int(arr.size),
+      "mean": float(arr.mean()) if arr.size else None,
+      "std": float(arr.std(ddof=1)) if arr.size > 1 else None,
+      "median": float(np.median(arr)) if arr.size else None,
+      "min": float(arr.min()) if arr.size else None,
+      "max": float(arr.max()) if arr.size else None,
+      "n_splits": int(arr.size),
+      "n_failed": len(results) - int(arr.size),
     }
   return out
 
@@ -66,8 +72,10 @@ def _fmt(value: Any, width: int) -> str:
   return f"{value:{width}.4f}"
 
 
-def format_table(rows: Sequence[tuple[str, Mapping[str, Any]]],
-                 mappings: Sequence[str] = ("logistic4", "logistic5")) -> str:
+def format_table(
+  rows: Sequence[tuple[str, Mapping[str, Any]]],
+  mappings: Sequence[str] = ("logistic4", "logistic5"),
+) -> str:
   """A Markdown table of ``summary`` results, one row per (name, summary).
 
   Columns: n, SRCC, KRCC, raw PLCC and RMSE, and PLCC/RMSE after each mapping
@@ -82,8 +90,10 @@ def format_table(rows: Sequence[tuple[str, Mapping[str, Any]]],
   name_w = max([len("model")] + [len(str(n)) for n, _ in rows])
   widths = [max(7, len(h)) for h in heads]
   head = [f"{'model':<{name_w}}"] + [f"{h:>{w}}" for h, w in zip(heads, widths)]
-  lines = ["| " + " | ".join(head) + " |",
-           "|" + "|".join(["-" * (name_w + 2)] + ["-" * (w + 2) for w in widths]) + "|"]
+  lines = [
+    "| " + " | ".join(head) + " |",
+    "|" + "|".join(["-" * (name_w + 2)] + ["-" * (w + 2) for w in widths]) + "|",
+  ]
   for name, r in rows:
     if "error" in r:
       lines.append(f"| {name:<{name_w}} | {r.get('n', 0):>{widths[0]}} | {r['error']} |")

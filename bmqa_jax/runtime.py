@@ -31,8 +31,9 @@ from bmqa_jax import stop
 
 def cache_root() -> str:
   """$BMQA_CACHE_DIR, else ~/.cache/bmqa_jax: where compiled programs are kept."""
-  return os.environ.get("BMQA_CACHE_DIR",
-                        os.path.join(os.path.expanduser("~"), ".cache", "bmqa_jax"))
+  return os.environ.get(
+    "BMQA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "bmqa_jax")
+  )
 
 
 def default_cache_dir() -> str:
@@ -57,9 +58,11 @@ def cache_safe() -> str | None:
   workdir start with the cache the first one warmed, and hung before).
   """
   if jax.process_count() > 1 and jax.default_backend() == "cpu":
-    return ("several processes on CPUs: a program loaded from the cache gets "
-            "another launch id than the same program compiled by the other "
-            "processes, and their collectives would never meet")
+    return (
+      "several processes on CPUs: a program loaded from the cache gets "
+      "another launch id than the same program compiled by the other "
+      "processes, and their collectives would never meet"
+    )
   return None
 
 
@@ -87,15 +90,14 @@ def enable_compilation_cache(path: str | None = None, log=log_lib.info) -> str:
 # * XLA's plain thunk scheduler: the concurrency-optimised one runs independent
 #   kernels side by side on the same cores, and each then runs slower.
 CPU_FLAGS = {
-    "--xla_cpu_experimental_ynn_fusion_type": "individual_dot,reduce",
-    "--xla_cpu_enable_concurrency_optimized_scheduler": "false",
+  "--xla_cpu_experimental_ynn_fusion_type": "individual_dot,reduce",
+  "--xla_cpu_enable_concurrency_optimized_scheduler": "false",
 }
 
 
 def cpu_flags(current: str = "") -> list[str]:
   """The `CPU_FLAGS` entries (``flag=value``) that `current` does not set."""
-  return [f"{flag}={value}" for flag, value in CPU_FLAGS.items()
-          if flag + "=" not in current]
+  return [f"{flag}={value}" for flag, value in CPU_FLAGS.items() if flag + "=" not in current]
 
 
 def tune_cpu() -> bool:
@@ -116,22 +118,40 @@ def tune_cpu() -> bool:
 def define_flags(cluster: bool = True) -> None:
   """The flags `start()` reads."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_bool("cpu_kernels", True, "XLA:CPU: YNNPACK for matrix products and "
-                    "reductions, no YNNPACK convolutions, the plain thunk scheduler "
-                    "(runtime.tune_cpu); --nocpu_kernels keeps XLA's defaults.")
-  flags.DEFINE_string("compilation_cache", None, "XLA compilation cache folder "
-                      "(default $BMQA_CACHE_DIR/xla or ~/.cache/bmqa_jax/xla; '': off).")
+
+  flags.DEFINE_bool(
+    "cpu_kernels",
+    True,
+    "XLA:CPU: YNNPACK for matrix products and "
+    "reductions, no YNNPACK convolutions, the plain thunk scheduler "
+    "(runtime.tune_cpu); --nocpu_kernels keeps XLA's defaults.",
+  )
+  flags.DEFINE_string(
+    "compilation_cache",
+    None,
+    "XLA compilation cache folder (default $BMQA_CACHE_DIR/xla or ~/.cache/bmqa_jax/xla; '': off).",
+  )
   if not cluster:
     return
-  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with the "
-                    "cluster read from SLURM or Cloud TPU variables.")
-  flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (with "
-                      "--num_processes and --process_id): a cluster of any scheduler.")
+  flags.DEFINE_bool(
+    "multihost",
+    False,
+    "Call jax.distributed.initialize() with the cluster read from SLURM or Cloud TPU variables.",
+  )
+  flags.DEFINE_string(
+    "coordinator",
+    None,
+    "HOST:PORT of process 0 (with --num_processes and --process_id): a cluster of any scheduler.",
+  )
   flags.DEFINE_integer("num_processes", None, "Processes of the job (--coordinator).")
   flags.DEFINE_integer("process_id", None, "This process's index (--coordinator).")
-  flags.DEFINE_float("stop_grace_s", 60.0, "SIGTERM/SIGINT save a checkpoint at the "
-                     "next step and stop (bmqa_jax.stop); a process exits at the latest "
-                     "this many seconds after the signal, with or without one.")
+  flags.DEFINE_float(
+    "stop_grace_s",
+    60.0,
+    "SIGTERM/SIGINT save a checkpoint at the "
+    "next step and stop (bmqa_jax.stop); a process exits at the latest "
+    "this many seconds after the signal, with or without one.",
+  )
 
 
 def start(log=log_lib.info) -> None:
@@ -140,6 +160,7 @@ def start(log=log_lib.info) -> None:
   with cluster flags, the stop signals (`bmqa_jax.stop`: after the cluster,
   whose start takes SIGTERM for JAX's preemption notifier)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   f = flags.FLAGS
   if f.cpu_kernels:
     tune_cpu()

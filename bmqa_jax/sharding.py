@@ -37,8 +37,10 @@ def make_mesh(cfg: mlc.ConfigDict, devices=None) -> Mesh:
     raise ValueError(f"config.mesh.model={model} does not divide the {n} devices")
   data = mcfg.data if mcfg.data > 0 else n // model
   if data * model != n:
-    raise ValueError(f"config.mesh.data={mcfg.data} × config.mesh.model={model} "
-                     f"is not the {n} devices there are; use data=-1")
+    raise ValueError(
+      f"config.mesh.data={mcfg.data} × config.mesh.model={model} "
+      f"is not the {n} devices there are; use data=-1"
+    )
   return Mesh(np.asarray(devices).reshape(data, model), ("data", "model"))
 
 
@@ -50,12 +52,16 @@ def check_batch(batch_size: int, mesh: Mesh, what: str, accum_steps: int = 1) ->
   """Raises unless `batch_size` splits evenly into microbatches over `data`."""
   n = data_size(mesh)
   if batch_size % n:
-    raise ValueError(f"{what}: global batch {batch_size} is not divisible by the "
-                     f"{n} devices of the mesh's data axis; choose a multiple of {n}")
+    raise ValueError(
+      f"{what}: global batch {batch_size} is not divisible by the "
+      f"{n} devices of the mesh's data axis; choose a multiple of {n}"
+    )
   if batch_size % (n * accum_steps):
-    raise ValueError(f"{what}: global batch {batch_size} does not split into "
-                     f"{accum_steps} microbatches (grad_accum_steps) over {n} "
-                     f"devices; choose a multiple of {n * accum_steps}")
+    raise ValueError(
+      f"{what}: global batch {batch_size} does not split into "
+      f"{accum_steps} microbatches (grad_accum_steps) over {n} "
+      f"devices; choose a multiple of {n * accum_steps}"
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -85,7 +91,8 @@ def state_sharding(tree: Any, mesh: Mesh, min_size: int) -> Any:
   """
   model = mesh.shape["model"]
   return jax.tree.map(
-      lambda x: NamedSharding(mesh, leaf_spec(tuple(x.shape), model, min_size)), tree)
+    lambda x: NamedSharding(mesh, leaf_spec(tuple(x.shape), model, min_size)), tree
+  )
 
 
 def jit_step(step_fn, state_sharding, mesh: Mesh):
@@ -93,8 +100,12 @@ def jit_step(step_fn, state_sharding, mesh: Mesh):
   state in `state_sharding` (donated), the batch split over `data`, the rng and
   the metrics replicated. Every trainer's step goes through here."""
   rep = replicated(mesh)
-  return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding(mesh), rep),
-                 out_shardings=(state_sharding, rep), donate_argnums=(0,))
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_sharding, batch_sharding(mesh), rep),
+    out_shardings=(state_sharding, rep),
+    donate_argnums=(0,),
+  )
 
 
 def min_shard_size(cfg) -> int:
@@ -105,8 +116,7 @@ def min_shard_size(cfg) -> int:
 def put_batch(batch: dict, mesh: Mesh) -> dict:
   """Host-local numpy batch → global arrays sharded over `data`."""
   sh = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sh, np.asarray(v))
-          for k, v in batch.items()}
+  return {k: jax.make_array_from_process_local_data(sh, np.asarray(v)) for k, v in batch.items()}
 
 
 def local_rows(batch: dict) -> dict:
@@ -119,7 +129,7 @@ def local_rows(batch: dict) -> dict:
   if size % n:
     raise ValueError(f"global batch {size} is not divisible by the {n} processes")
   k = size // n
-  return {key: v[i * k:(i + 1) * k] for key, v in batch.items()}
+  return {key: v[i * k : (i + 1) * k] for key, v in batch.items()}
 
 
 def slurm_local_device_ids(environ=None) -> list[int] | None:
@@ -138,9 +148,12 @@ def slurm_local_device_ids(environ=None) -> list[int] | None:
   return None
 
 
-def initialize_distributed(coordinator: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None, log=log_lib.info) -> None:
+def initialize_distributed(
+  coordinator: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  log=log_lib.info,
+) -> None:
   """`jax.distributed.initialize()`: the cluster from explicit arguments (any
   scheduler: `coordinator` 'HOST:PORT', `num_processes`, `process_id`), else
   from the environment (SLURM with one task per host, Cloud TPU). CPU
@@ -150,12 +163,15 @@ def initialize_distributed(coordinator: str | None = None,
   if coordinator:
     if num_processes is None or process_id is None:
       raise ValueError("--coordinator needs --num_processes and --process_id")
-    jax.distributed.initialize(coordinator_address=coordinator,
-                               num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(
+      coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
   else:
     jax.distributed.initialize(local_device_ids=slurm_local_device_ids())
-  log(f"process {jax.process_index()}/{jax.process_count()}: "
-      f"{jax.local_device_count()} local of {jax.device_count()} devices")
+  log(
+    f"process {jax.process_index()}/{jax.process_count()}: "
+    f"{jax.local_device_count()} local of {jax.device_count()} devices"
+  )
 
 
 def to_host(tree):
@@ -164,8 +180,15 @@ def to_host(tree):
   if jax.process_count() == 1:
     return jax.device_get(tree)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(
-      x, tiled=True)) if isinstance(x, jax.Array) else x, tree)
+
+  return jax.tree.map(
+    lambda x: (
+      np.asarray(multihost_utils.process_allgather(x, tiled=True))
+      if isinstance(x, jax.Array)
+      else x
+    ),
+    tree,
+  )
 
 
 def gather_local(x: np.ndarray) -> np.ndarray:
@@ -174,6 +197,7 @@ def gather_local(x: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return np.asarray(x)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   out = np.asarray(multihost_utils.process_allgather(np.asarray(x)))
   return out.reshape((-1,) + out.shape[2:])
 
@@ -193,6 +217,7 @@ def sync(name: str, timeout_s: float | None = None) -> None:
   if jax.process_count() == 1:
     return
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
   timeout_s = SYNC_TIMEOUT_S if timeout_s is None else timeout_s
   _sync_count[name] = _sync_count.get(name, 0) + 1
   barrier = f"bmqa_jax/{name}/{_sync_count[name]}"
@@ -201,9 +226,10 @@ def sync(name: str, timeout_s: float | None = None) -> None:
   except Exception as e:  # pylint: disable=broad-except
     detail = " ".join(str(e).split())
     raise ProcessWaitError(
-        f"process {jax.process_index()} waited {timeout_s:g} s at '{name}' for the "
-        f"other processes of {jax.process_count()}; the coordination service says: "
-        f"{detail[:600]}") from e
+      f"process {jax.process_index()} waited {timeout_s:g} s at '{name}' for the "
+      f"other processes of {jax.process_count()}; the coordination service says: "
+      f"{detail[:600]}"
+    ) from e
 
 
 _sync_count: dict[str, int] = {}

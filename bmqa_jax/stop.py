@@ -82,20 +82,21 @@ def install(grace_s: float = 60.0, log=log_lib.info) -> None:
   lives after its first signal."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
   _S.processes, _S.log = jax.process_count(), log
-  _S.synced = _S.processes > 1 and distributed.global_state.preemption_sync_manager \
-      is not None
+  _S.synced = _S.processes > 1 and distributed.global_state.preemption_sync_manager is not None
   if _S.processes > 1 and not _S.synced:
-    log("stop signals: JAX's preemption service is off "
-        "(jax_enable_preemption_service), so SIGTERM/SIGINT exit after "
-        f"--stop_grace_s={grace_s:g} s without a checkpoint")
+    log(
+      "stop signals: JAX's preemption service is off "
+      "(jax_enable_preemption_service), so SIGTERM/SIGINT exit after "
+      f"--stop_grace_s={grace_s:g} s without a checkpoint"
+    )
   for s in SIGNALS:
     signal.signal(s, _handler)
   r, w = os.pipe()
   os.set_blocking(w, False)
   signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-  threading.Thread(target=_watch, args=(r, grace_s), daemon=True,
-                   name="bmqa_jax.stop").start()
+  threading.Thread(target=_watch, args=(r, grace_s), daemon=True, name="bmqa_jax.stop").start()
   _S.installed = True
 
 
@@ -110,17 +111,23 @@ def _handler(signum, frame) -> None:
     return  # a second signal: the watching thread exits
   _S.signum, _S.at = signum, time.monotonic()
   name = signal.Signals(signum).name
-  _S.log(f"{name}: saving a checkpoint at the next step, then stopping "
-         f"({name} again stops at once, without one)")
+  _S.log(
+    f"{name}: saving a checkpoint at the next step, then stopping "
+    f"({name} again stops at once, without one)"
+  )
   if _S.processes > 1:
     _notify_cluster(name)
   elif not _S.steps:
-    raise Stopped(f"stopped by {name} outside the training steps: nothing "
-                  "left to save; run the same command to resume", signum)
+    raise Stopped(
+      f"stopped by {name} outside the training steps: nothing "
+      "left to save; run the same command to resume",
+      signum,
+    )
 
 
 def _client():
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
   return distributed.global_state.client
 
 
@@ -128,10 +135,10 @@ def _notify_cluster(name: str) -> None:
   """Starts JAX's preemption sync protocol on every process (what JAX's own
   SIGTERM notifier would do)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   client = _client()
   now = datetime.datetime.now(datetime.timezone.utc).isoformat()
-  for key, value in ((_WHO_KEY, f"{name} on process {jax.process_index()}"),
-                     (_NOTICE_KEY, now)):
+  for key, value in ((_WHO_KEY, f"{name} on process {jax.process_index()}"), (_NOTICE_KEY, now)):
     try:
       client.key_value_set(key, value)
     except Exception:  # pylint: disable=broad-except
@@ -150,8 +157,9 @@ def inside_steps():
     _S.steps -= 1
   if _S.signum is not None and _S.processes == 1 and not _S.steps:
     name = requested()
-    raise Stopped(f"stopped by {name} after the training steps; run the same "
-                  "command to resume", _S.signum)
+    raise Stopped(
+      f"stopped by {name} after the training steps; run the same command to resume", _S.signum
+    )
 
 
 def reached() -> bool:
@@ -163,6 +171,7 @@ def reached() -> bool:
   if not _S.synced:
     return False
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   return multihost_utils.reached_preemption_sync_point(_S.count)
 
 
@@ -176,10 +185,8 @@ def stopped(what: str) -> Stopped:
     except Exception:  # pylint: disable=broad-except
       who = who or "a signal on another process"
     signum = signal.SIGINT if who.startswith("SIGINT") else signal.SIGTERM
-  after = (f" ({time.monotonic() - _S.at:.1f} s after the signal)" if _S.at is not None
-           else "")
-  return Stopped(f"stopped by {who} at {what}{after}; run the same command to resume",
-                 int(signum))
+  after = f" ({time.monotonic() - _S.at:.1f} s after the signal)" if _S.at is not None else ""
+  return Stopped(f"stopped by {who} at {what}{after}; run the same command to resume", int(signum))
 
 
 def _watch(fd: int, grace_s: float) -> None:
@@ -190,16 +197,22 @@ def _watch(fd: int, grace_s: float) -> None:
     timeout = None if first is None else max(0.0, first[1] + grace_s - time.monotonic())
     ready, _, _ = select.select([fd], [], [], timeout)
     if not ready:
-      _exit(first[0], f"stopped by {signal.Signals(first[0]).name}: no step to stop "
-            f"at within {grace_s:g} s (--stop_grace_s); exiting without a checkpoint; "
-            "run the same command to resume from the last one")
+      _exit(
+        first[0],
+        f"stopped by {signal.Signals(first[0]).name}: no step to stop "
+        f"at within {grace_s:g} s (--stop_grace_s); exiting without a checkpoint; "
+        "run the same command to resume from the last one",
+      )
     for signum in os.read(fd, 64):
       if signum not in SIGNALS:
         continue
       if first is not None:
-        _exit(signum, f"stopped by a second {signal.Signals(signum).name}: exiting "
-              "now, without a checkpoint; run the same command to resume from the "
-              "last one")
+        _exit(
+          signum,
+          f"stopped by a second {signal.Signals(signum).name}: exiting "
+          "now, without a checkpoint; run the same command to resume from the "
+          "last one",
+        )
       first = (signum, time.monotonic())
 
 

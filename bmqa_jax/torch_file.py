@@ -38,10 +38,16 @@ import numpy as np
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _DTYPES = {
-    'FloatStorage': np.float32, 'DoubleStorage': np.float64,
-    'HalfStorage': np.float16, 'BFloat16Storage': 'bfloat16',
-    'LongStorage': np.int64, 'IntStorage': np.int32, 'ShortStorage': np.int16,
-    'CharStorage': np.int8, 'ByteStorage': np.uint8, 'BoolStorage': np.bool_,
+  "FloatStorage": np.float32,
+  "DoubleStorage": np.float64,
+  "HalfStorage": np.float16,
+  "BFloat16Storage": "bfloat16",
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "BoolStorage": np.bool_,
 }
 DEFAULT_MAX_BYTES = 8 << 30  # bytes read from the file, and bytes of arrays made
 _MAX_DEPTH = 200  # nesting of lists/dicts in the saved object
@@ -59,17 +65,16 @@ class _Sealed:
   """Objects the unpickler makes; pickled state may not change them (BUILD)."""
 
   def __setstate__(self, state):
-    raise _Bad(f'unexpected state for a {type(self).__name__[1:]}')
+    raise _Bad(f"unexpected state for a {type(self).__name__[1:]}")
 
 
 class _StorageType(_Sealed):
-
   def __init__(self, name: str):
     self.name = name
     dtype = _DTYPES[name]
     # bfloat16 has no numpy dtype: read its bits and widen to float32 later.
-    self.dtype = np.dtype(np.uint16) if dtype == 'bfloat16' else np.dtype(dtype)
-    self.bfloat16 = dtype == 'bfloat16'
+    self.dtype = np.dtype(np.uint16) if dtype == "bfloat16" else np.dtype(dtype)
+    self.bfloat16 = dtype == "bfloat16"
 
 
 class _Storage(_Sealed):
@@ -91,41 +96,49 @@ class _Budget:
 
   def take(self, n: int, what: str) -> None:
     if n > self.left:
-      raise _Bad(f'{what} needs {n} bytes, over the limit of {self.limit} '
-                 '(max_bytes) for this file')
+      raise _Bad(
+        f"{what} needs {n} bytes, over the limit of {self.limit} (max_bytes) for this file"
+      )
     self.left -= n
 
 
 class _Tensor(_Sealed):
-
   def __init__(self, storage, offset, size, stride):
     self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
   def to_numpy(self, budget: _Budget) -> np.ndarray:
     st, offset = self.storage, self.offset
     if not isinstance(st, _Storage):
-      raise _Bad(f'a tensor refers to a {type(st).__name__}, not a storage')
+      raise _Bad(f"a tensor refers to a {type(st).__name__}, not a storage")
     if not isinstance(st.array, np.ndarray):
-      raise _Bad('a tensor refers to a storage the file does not hold')
+      raise _Bad("a tensor refers to a storage the file does not hold")
     size, stride = self.size, self.stride
-    if not (isinstance(size, tuple) and isinstance(stride, tuple)
-            and len(size) == len(stride) and all(map(_is_int, size + stride))):
-      raise _Bad(f'a tensor has a bad shape {size!r:.80} or strides {stride!r:.80}')
+    if not (
+      isinstance(size, tuple)
+      and isinstance(stride, tuple)
+      and len(size) == len(stride)
+      and all(map(_is_int, size + stride))
+    ):
+      raise _Bad(f"a tensor has a bad shape {size!r:.80} or strides {stride!r:.80}")
     if not _is_int(offset) or offset < 0 or min(size + stride, default=0) < 0:
-      raise _Bad(f'a tensor has a negative or bad offset/shape/stride '
-                 f'({offset!r}, {size}, {stride})')
+      raise _Bad(
+        f"a tensor has a negative or bad offset/shape/stride ({offset!r}, {size}, {stride})"
+      )
     base, item = st.array, st.array.dtype.itemsize
     numel = math.prod(size)
-    budget.take(numel * item * (2 if st.stype.bfloat16 else 1), f'a tensor of shape {size}')
+    budget.take(numel * item * (2 if st.stype.bfloat16 else 1), f"a tensor of shape {size}")
     if numel == 0:
       out = np.zeros(size, base.dtype)
     else:
       last = offset + sum((n - 1) * s for n, s in zip(size, stride))
       if last >= base.size:
-        raise _Bad(f'a tensor (offset {offset}, shape {size}, strides {stride}) '
-                   f'reaches element {last} of a storage of {base.size} elements')
+        raise _Bad(
+          f"a tensor (offset {offset}, shape {size}, strides {stride}) "
+          f"reaches element {last} of a storage of {base.size} elements"
+        )
       out = np.lib.stride_tricks.as_strided(
-          base[offset:], shape=size, strides=tuple(s * item for s in stride)).copy()
+        base[offset:], shape=size, strides=tuple(s * item for s in stride)
+      ).copy()
     if st.stype.bfloat16:
       out = (out.astype(np.uint32) << 16).view(np.float32)
     return out
@@ -140,11 +153,11 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
 
 
 _GLOBALS = {
-    ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
-    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
-    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
-    ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
-    ('collections', 'OrderedDict'): collections.OrderedDict,
+  ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+  ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+  ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+  ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+  ("collections", "OrderedDict"): collections.OrderedDict,
 }
 
 
@@ -157,32 +170,34 @@ class _Unpickler(pickle.Unpickler):
 
   def find_class(self, module, name):
     if self.storages is None:
-      raise _Bad(f'a header pickle refers to {module}.{name}; headers hold plain '
-                 'data only, not loading it')
-    if module == 'torch' and name in _DTYPES:
+      raise _Bad(
+        f"a header pickle refers to {module}.{name}; headers hold plain data only, not loading it"
+      )
+    if module == "torch" and name in _DTYPES:
       return _StorageType(name)
     fn = _GLOBALS.get((module, name))
     if fn is None:
-      raise _Bad(f'refers to {module}.{name}, which a state dict of tensors '
-                 'does not need; not loading it')
+      raise _Bad(
+        f"refers to {module}.{name}, which a state dict of tensors does not need; not loading it"
+      )
     return fn
 
   def persistent_load(self, pid):
     if self.storages is None:
-      raise _Bad('a header pickle refers to a storage')
+      raise _Bad("a header pickle refers to a storage")
     if not isinstance(pid, tuple) or len(pid) not in (5, 6):
-      raise _Bad(f'unsupported persistent object {pid!r:.80}')
-    kind = pid[0].decode('ascii', 'replace') if isinstance(pid[0], bytes) else pid[0]
-    if kind != 'storage':
-      raise _Bad(f'unsupported persistent object {kind!r:.80}')
+      raise _Bad(f"unsupported persistent object {pid!r:.80}")
+    kind = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
+    if kind != "storage":
+      raise _Bad(f"unsupported persistent object {kind!r:.80}")
     stype, key, _, numel = pid[1:5]
-    name = stype if isinstance(stype, str) else getattr(stype, 'name', None)
+    name = stype if isinstance(stype, str) else getattr(stype, "name", None)
     if not isinstance(name, str) or name not in _DTYPES:
-      raise _Bad(f'unknown storage type {name!r:.80}')
+      raise _Bad(f"unknown storage type {name!r:.80}")
     if not isinstance(key, str) or not _is_int(numel) or numel < 0:
-      raise _Bad(f'bad storage reference (key {key!r:.80}, size {numel!r:.80})')
+      raise _Bad(f"bad storage reference (key {key!r:.80}, size {numel!r:.80})")
     if len(pid) == 6 and pid[5] is not None:
-      raise _Bad('storage views are not supported')
+      raise _Bad("storage views are not supported")
     if key not in self.storages:
       st = _Storage(_StorageType(name), numel)
       if self.read_storage is not None:
@@ -196,8 +211,8 @@ def _check_memo(f: io.BytesIO) -> None:
   allocates and zeroes a memo table as large as the largest index)."""
   start = f.tell()
   for n, (op, arg, _) in enumerate(pickletools.genops(f)):
-    if op.name in ('PUT', 'BINPUT', 'LONG_BINPUT') and not 0 <= arg <= n:
-      raise _Bad(f'a pickle stores to memo slot {arg} after only {n} opcodes')
+    if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= n:
+      raise _Bad(f"a pickle stores to memo slot {arg} after only {n} opcodes")
   f.seek(start)
 
 
@@ -209,74 +224,77 @@ def _unpickle(f: io.BytesIO, what: str, storages=None, read_storage=None):
   except _Bad:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise _Bad(f'{what} is not a readable pickle ({type(e).__name__}: {e})') from e
+    raise _Bad(f"{what} is not a readable pickle ({type(e).__name__}: {e})") from e
 
 
 def _read_member(z: zipfile.ZipFile, name: str, budget: _Budget) -> bytes:
   try:
     info = z.getinfo(name)
   except KeyError:
-    raise _Bad(f'the zip has no {name!r}') from None
+    raise _Bad(f"the zip has no {name!r}") from None
   budget.take(info.file_size, name)
   with z.open(info) as f:
     data = f.read(info.file_size + 1)
   if len(data) != info.file_size:
-    raise _Bad(f'{name} holds {len(data)} bytes, the zip says {info.file_size}')
+    raise _Bad(f"{name} holds {len(data)} bytes, the zip says {info.file_size}")
   return data
 
 
 def _read_zip(path: str, budget: _Budget):
   with zipfile.ZipFile(path) as z:
-    pkl = [n for n in z.namelist() if n.endswith('/data.pkl') or n == 'data.pkl']
+    pkl = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
     if not pkl:
-      raise _Bad('a zip without data.pkl is not a torch.save file')
-    root = pkl[0][:-len('data.pkl')]
-    if f'{root}byteorder' in z.namelist():
-      order = _read_member(z, f'{root}byteorder', budget)
-      if order.strip() != b'little':
-        raise _Bad(f'byte order {order[:20]!r} is not supported (only little)')
+      raise _Bad("a zip without data.pkl is not a torch.save file")
+    root = pkl[0][: -len("data.pkl")]
+    if f"{root}byteorder" in z.namelist():
+      order = _read_member(z, f"{root}byteorder", budget)
+      if order.strip() != b"little":
+        raise _Bad(f"byte order {order[:20]!r} is not supported (only little)")
 
     def read_storage(key, st):
-      raw = _read_member(z, f'{root}data/{key}', budget)
+      raw = _read_member(z, f"{root}data/{key}", budget)
       if len(raw) != st.numel * st.stype.dtype.itemsize:
-        raise _Bad(f'storage {key!r} holds {len(raw)} bytes, not the '
-                   f'{st.numel} × {st.stype.dtype.itemsize} its tensors say')
-      return np.frombuffer(raw, dtype=st.stype.dtype.newbyteorder('<'))
+        raise _Bad(
+          f"storage {key!r} holds {len(raw)} bytes, not the "
+          f"{st.numel} × {st.stype.dtype.itemsize} its tensors say"
+        )
+      return np.frombuffer(raw, dtype=st.stype.dtype.newbyteorder("<"))
 
     data = io.BytesIO(_read_member(z, pkl[0], budget))
-    return _unpickle(data, 'data.pkl', {}, read_storage)
+    return _unpickle(data, "data.pkl", {}, read_storage)
 
 
 def _read_legacy(path: str, budget: _Budget):
-  budget.take(os.path.getsize(path), 'the file')
-  with open(path, 'rb') as f:
+  budget.take(os.path.getsize(path), "the file")
+  with open(path, "rb") as f:
     data = f.read()
   f = io.BytesIO(data)
   try:
-    magic = _unpickle(f, 'the magic number')
+    magic = _unpickle(f, "the magic number")
   except _Bad as e:
-    raise _Bad(f'not a torch.save file ({e})') from None
+    raise _Bad(f"not a torch.save file ({e})") from None
   if magic != _LEGACY_MAGIC:
-    raise _Bad('not a torch.save file (bad magic number)')
-  _unpickle(f, 'the protocol version')
-  info = _unpickle(f, 'the system info')
-  if isinstance(info, dict) and info.get('little_endian') is False:
-    raise _Bad('big-endian files are not supported')
+    raise _Bad("not a torch.save file (bad magic number)")
+  _unpickle(f, "the protocol version")
+  info = _unpickle(f, "the system info")
+  if isinstance(info, dict) and info.get("little_endian") is False:
+    raise _Bad("big-endian files are not supported")
   storages: dict[str, _Storage] = {}
-  obj = _unpickle(f, 'the object pickle', storages)
-  keys = _unpickle(f, 'the storage key list')
+  obj = _unpickle(f, "the object pickle", storages)
+  keys = _unpickle(f, "the storage key list")
   if not isinstance(keys, list):
-    raise _Bad(f'the storage key list is a {type(keys).__name__}')
+    raise _Bad(f"the storage key list is a {type(keys).__name__}")
   for key in keys:
     if not isinstance(key, str) or key not in storages:
-      raise _Bad(f'the storage key list names {key!r:.80}, which no tensor uses')
+      raise _Bad(f"the storage key list names {key!r:.80}, which no tensor uses")
     st, head = storages[key], f.read(8)
-    numel = struct.unpack('<q', head)[0] if len(head) == 8 else -1
+    numel = struct.unpack("<q", head)[0] if len(head) == 8 else -1
     nbytes = numel * st.stype.dtype.itemsize
     if numel != st.numel or nbytes > len(data) - f.tell():
-      raise _Bad(f'storage {key} is truncated or inconsistent')
-    st.array = np.frombuffer(data, dtype=st.stype.dtype.newbyteorder('<'),
-                             count=numel, offset=f.tell())
+      raise _Bad(f"storage {key} is truncated or inconsistent")
+    st.array = np.frombuffer(
+      data, dtype=st.stype.dtype.newbyteorder("<"), count=numel, offset=f.tell()
+    )
     f.seek(nbytes, io.SEEK_CUR)
   return obj
 
@@ -286,12 +304,11 @@ def _resolve(obj, budget: _Budget, memo: dict, depth: int = 0):
   if id(obj) in memo:
     return memo[id(obj)]
   if depth > _MAX_DEPTH:
-    raise _Bad(f'the saved object nests deeper than {_MAX_DEPTH} levels '
-               '(or refers to itself)')
+    raise _Bad(f"the saved object nests deeper than {_MAX_DEPTH} levels (or refers to itself)")
   if isinstance(obj, _Tensor):
     out = obj.to_numpy(budget)
   elif isinstance(obj, (_Storage, _StorageType)):
-    raise _Bad(f'a bare {type(obj).__name__[1:]} outside a tensor is not supported')
+    raise _Bad(f"a bare {type(obj).__name__[1:]} outside a tensor is not supported")
   elif isinstance(obj, collections.abc.Mapping):
     out = {k: _resolve(v, budget, memo, depth + 1) for k, v in obj.items()}
   elif isinstance(obj, (list, tuple)):
@@ -322,7 +339,6 @@ def load(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
       obj = _read_legacy(path, budget)
     return _resolve(obj, _Budget(max_bytes), {})
   except _Bad as e:
-    raise TorchFileError(f'{path}: {e}') from None
+    raise TorchFileError(f"{path}: {e}") from None
   except Exception as e:  # pylint: disable=broad-except
-    raise TorchFileError(f'{path}: not a readable torch.save file '
-                         f'({type(e).__name__}: {e})') from e
+    raise TorchFileError(f"{path}: not a readable torch.save file ({type(e).__name__}: {e})") from e

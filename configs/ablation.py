@@ -31,14 +31,14 @@ from bmqa_jax import defaults
 
 # method: (PT loss or '' for no PT, SS?, ST towers)
 METHODS = {
-    "a": ("", False, ("image",)),
-    "b": ("", False, ("text",)),
-    "c": ("", True, ("image",)),
-    "d": ("", True, ("text",)),
-    "e": ("", True, ("image", "text")),
-    "f": ("classify", True, ("image", "text")),
-    "g": ("restore", True, ("image", "text")),
-    "h": ("info_nce", True, ("image", "text")),
+  "a": ("", False, ("image",)),
+  "b": ("", False, ("text",)),
+  "c": ("", True, ("image",)),
+  "d": ("", True, ("text",)),
+  "e": ("", True, ("image", "text")),
+  "f": ("classify", True, ("image", "text")),
+  "g": ("restore", True, ("image", "text")),
+  "h": ("info_nce", True, ("image", "text")),
 }
 
 

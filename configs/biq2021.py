@@ -69,11 +69,27 @@ RECIPES = ("probe", "lpft", "finetune")
 
 def get_config(arg: str | None = None):
   args = config_args.parse_arg(
-      arg, recipe="probe", manifest=MANIFEST, img="efficientnet_lite0",
-      init=None, crop=512, grid=1, epochs=(None, float), batch=32,
-      lr=(None, float), ft_epochs=1.0, ft_lr=2e-5, levels="1.2.4.6",
-      token_grid=4, scales=None, head_scales="1", ridge=(None, float), size=128,
-      trainable=".*", ensemble=5)
+    arg,
+    recipe="probe",
+    manifest=MANIFEST,
+    img="efficientnet_lite0",
+    init=None,
+    crop=512,
+    grid=1,
+    epochs=(None, float),
+    batch=32,
+    lr=(None, float),
+    ft_epochs=1.0,
+    ft_lr=2e-5,
+    levels="1.2.4.6",
+    token_grid=4,
+    scales=None,
+    head_scales="1",
+    ridge=(None, float),
+    size=128,
+    trainable=".*",
+    ensemble=5,
+  )
   recipe = args.recipe
   if recipe not in RECIPES:
     raise ValueError(f"recipe={recipe!r}: 'probe', 'lpft' or 'finetune'")
@@ -94,10 +110,17 @@ def get_config(arg: str | None = None):
     c.model.align = dict(width=256, heads=8, qkv_dim=256, mlp_dim=512)
     size = args.size
     c.input.update(image_size=size, resize_size=int(size * 1.14), crop_scale=(0.3, 1.0))
-    c.st.update(init="fresh", epochs=epochs, batch_size=args.batch,
-                learning_rate=lr, schedule="cosine",
-                warmup_epochs=1, decay_boundaries_epochs=(),
-                trainable=args.trainable, checkpoint_every_steps=100)
+    c.st.update(
+      init="fresh",
+      epochs=epochs,
+      batch_size=args.batch,
+      learning_rate=lr,
+      schedule="cosine",
+      warmup_epochs=1,
+      decay_boundaries_epochs=(),
+      trainable=args.trainable,
+      checkpoint_every_steps=100,
+    )
     return c
   levels = args.levels
   # The ridge probe is fitted on the frozen tower's features: a recipe that
@@ -105,27 +128,49 @@ def get_config(arg: str | None = None):
   scales = args.scales or ("1.2.4" if recipe == "probe" else "1")
   ridge = args.ridge if args.ridge is not None else (0.5 if recipe == "probe" else 0.0)
   if ridge and recipe != "probe":
-    raise ValueError(f"ridge={ridge}: the ridge probe reads the frozen tower's "
-                     "features (recipe=probe); lpft fine-tunes the tower")
+    raise ValueError(
+      f"ridge={ridge}: the ridge probe reads the frozen tower's "
+      "features (recipe=probe); lpft fine-tunes the tower"
+    )
   c.model.image = dict(
-      name=img, init=init, kwargs={},
-      levels=() if levels == "none" else tuple(int(x) for x in levels.split(".")),
-      token_grid=args.token_grid,
-      scales=tuple(int(x) for x in str(scales).split(".")),
-      head_scales=tuple(int(x) for x in str(args.head_scales).split(".")))
+    name=img,
+    init=init,
+    kwargs={},
+    levels=() if levels == "none" else tuple(int(x) for x in levels.split(".")),
+    token_grid=args.token_grid,
+    scales=tuple(int(x) for x in str(scales).split(".")),
+    head_scales=tuple(int(x) for x in str(args.head_scales).split(".")),
+  )
   c.model.align = dict(width=128, heads=8, qkv_dim=128, mlp_dim=256)
   c.model.ensemble = args.ensemble
   c.model.ridge_weight = ridge
   grid = args.grid
-  c.input.update(mode="native", native_crop=args.crop,
-                 eval_grid=(grid, grid), flip=True)
-  c.st.update(init="fresh", epochs=epochs, batch_size=args.batch,
-              learning_rate=lr, schedule="cosine",
-              warmup_epochs=1, weight_decay=0.05, decay_boundaries_epochs=(),
-              trainable=defaults.frozen_tower_regex(), checkpoint_every_steps=200)
+  c.input.update(mode="native", native_crop=args.crop, eval_grid=(grid, grid), flip=True)
+  c.st.update(
+    init="fresh",
+    epochs=epochs,
+    batch_size=args.batch,
+    learning_rate=lr,
+    schedule="cosine",
+    warmup_epochs=1,
+    weight_decay=0.05,
+    decay_boundaries_epochs=(),
+    trainable=defaults.frozen_tower_regex(),
+    checkpoint_every_steps=200,
+  )
   if recipe == "lpft":
-    defaults.probe_then_finetune(c, probe={}, finetune=dict(
-        epochs=args.ft_epochs, batch_size=8, grad_accum_steps=2,
-        learning_rate=args.ft_lr, schedule="cosine",
-        weight_decay=0.05, checkpoint_every_steps=40, log_every_steps=10))
+    defaults.probe_then_finetune(
+      c,
+      probe={},
+      finetune=dict(
+        epochs=args.ft_epochs,
+        batch_size=8,
+        grad_accum_steps=2,
+        learning_rate=args.ft_lr,
+        schedule="cosine",
+        weight_decay=0.05,
+        checkpoint_every_steps=40,
+        log_every_steps=10,
+      ),
+    )
   return c

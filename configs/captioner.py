@@ -33,8 +33,9 @@ from bmqa_jax import defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_args.parse_arg(arg, manifest="", encoder="resnet_tiny",
-                               runlocal=False, steps=(None, int))
+  args = config_args.parse_arg(
+    arg, manifest="", encoder="resnet_tiny", runlocal=False, steps=(None, int)
+  )
   c = config_bases.captioner_config(args.manifest, args.encoder)
   if args.runlocal:
     c.data.builtin = defaults.builtin_data(tiny=True)

@@ -45,13 +45,18 @@ from bmqa_jax import defaults
 
 TABLE1_IMAGE = ("vgg19", "resnet50", "efficientnet_b4", "vit_b32", "convnext_base")
 TABLE1_TEXT = ("bow", "rnn", "transformer")
-_ROW = {"bow": "bow", "gru": "rnn", "lstm": "rnn", "rnn": "rnn",
-        "transformer": "transformer", "transf": "transformer"}
+_ROW = {
+  "bow": "bow",
+  "gru": "rnn",
+  "lstm": "rnn",
+  "rnn": "rnn",
+  "transformer": "transformer",
+  "transf": "transformer",
+}
 
 
 def get_config(arg: str | None = None):
-  args = config_args.parse_arg(arg, img="resnet50", txt="transformer",
-                               **defaults.PAPER_ARGS)
+  args = config_args.parse_arg(arg, img="resnet50", txt="transformer", **defaults.PAPER_ARGS)
   c = defaults.paper_config(args.img, args.txt, args)
   if args.img in TABLE1_IMAGE and _ROW.get(args.txt) in TABLE1_TEXT:
     c.paper_ref = f"table1/{args.img}+{_ROW[args.txt]}"

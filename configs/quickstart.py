@@ -26,16 +26,19 @@ MODALITIES = {"image": ("image",), "image+text": ("image", "text")}
 
 
 def get_config(arg: str | None = None):
-  args = config_args.parse_arg(arg, modalities="image+text", img="resnet_tiny",
-                               init=None, tiny=False)
+  args = config_args.parse_arg(
+    arg, modalities="image+text", img="resnet_tiny", init=None, tiny=False
+  )
   if args.modalities not in MODALITIES:
     raise ValueError(f"modalities={args.modalities!r}: one of {sorted(MODALITIES)}")
   c = defaults.base_config()
   defaults.quickstart_sizes(c)
   init = default_init(args.img) if args.init is None else args.init
   c.model.image = dict(name=args.img, init=init, kwargs={})
-  c.model.text = dict(name="transformer", kwargs=dict(
-      width=128, depth=2, num_heads=4, mlp_dim=256, max_len=c.input.max_text_len))
+  c.model.text = dict(
+    name="transformer",
+    kwargs=dict(width=128, depth=2, num_heads=4, mlp_dim=256, max_len=c.input.max_text_len),
+  )
   if args.modalities == "image":
     c.model.modalities = MODALITIES["image"]
     c.stages = "st"
@@ -48,7 +51,6 @@ def get_config(arg: str | None = None):
     c.model.text.kwargs.update(width=32, depth=1, num_heads=2, mlp_dim=64)
     c.model.align = dict(width=32, heads=4, qkv_dim=32, mlp_dim=64)
     for s in ("pt", "ss", "st"):
-      c[s].update(epochs=2, batch_size=8, checkpoint_every_steps=4,
-                  log_every_steps=2)
+      c[s].update(epochs=2, batch_size=8, checkpoint_every_steps=4, log_every_steps=2)
     c.eval.batch_size = 8
   return c

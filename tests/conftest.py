@@ -14,9 +14,9 @@ import os
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
-                      "--xla_llvm_disable_expensive_passes=true")
+os.environ.setdefault(
+  "XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+)
 if "PYTEST_XDIST_WORKER" not in os.environ:  # the controller, before workers start
-  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                        tempfile.mkdtemp(prefix="bmqa_jax_xla_cache_"))
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="bmqa_jax_xla_cache_"))
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

@@ -26,8 +26,7 @@ def _peak_hz(x, rate):
 def test_read_audio_resamples_stereo_to_16k_mono(tmp_path, fmt, rate):
   left, right = _tone(440, rate, 1.0, 0.6), _tone(440, rate, 1.0, 0.2)
   path = tmp_path / f"a.{fmt.lower()}"
-  soundfile.write(str(path), np.stack([left, right], 1), rate, format=fmt,
-                  subtype="PCM_16")
+  soundfile.write(str(path), np.stack([left, right], 1), rate, format=fmt, subtype="PCM_16")
   x, sr = audio.read_audio(str(path))
   assert sr == 16000 and x.dtype == np.float32 and x.ndim == 1
   assert abs(len(x) - 16000) <= 1
@@ -37,11 +36,11 @@ def test_read_audio_resamples_stereo_to_16k_mono(tmp_path, fmt, rate):
 
 
 def test_resample_removes_content_above_new_nyquist():
-  x = _tone(440, 48000, 1.0) + _tone(12000, 48000, 1.0)   # 12 kHz > 8 kHz
+  x = _tone(440, 48000, 1.0) + _tone(12000, 48000, 1.0)  # 12 kHz > 8 kHz
   y = audio.resample(x, 48000, 16000)
   spec = np.abs(np.fft.rfft(y * np.hanning(len(y))))
   freqs = np.fft.rfftfreq(len(y), 1 / 16000)
-  alias = spec[np.abs(freqs - 4000) < 20].max()          # 12 kHz would fold to 4 kHz
+  alias = spec[np.abs(freqs - 4000) < 20].max()  # 12 kHz would fold to 4 kHz
   assert alias < 1e-3 * spec.max()
 
 
@@ -68,7 +67,7 @@ def test_log_mel_shapes_and_frames():
   assert m2.shape == (audio.num_frames(16000, window_seconds=0.032, center=False), 40)
   np.testing.assert_allclose(np.asarray(m[0]), np.asarray(audio.log_mel(x[0])), atol=1e-5)
   with pytest.raises(ValueError, match="n_fft"):
-    audio.log_mel(x[0], n_fft=256)   # 25 ms = 400 samples > 256
+    audio.log_mel(x[0], n_fft=256)  # 25 ms = 400 samples > 256
 
 
 def test_log_mel_matches_librosa():
@@ -77,14 +76,22 @@ def test_log_mel_matches_librosa():
   x = (_tone(300, 16000, 0.7) + 0.05 * rng.standard_normal(11200)).astype(np.float32)
   ours = np.asarray(audio.log_mel(x))
   ref = librosa.feature.melspectrogram(
-      y=x.astype(np.float64), sr=16000, n_fft=512, win_length=400, hop_length=160,
-      n_mels=80, center=True, pad_mode="reflect", power=2.0).T
+    y=x.astype(np.float64),
+    sr=16000,
+    n_fft=512,
+    win_length=400,
+    hop_length=160,
+    n_mels=80,
+    center=True,
+    pad_mode="reflect",
+    power=2.0,
+  ).T
   np.testing.assert_allclose(ours, np.log(np.maximum(ref, 1e-6)), atol=2e-4)
   for htk, norm, fmin, fmax in ((False, "slaney", 0.0, None), (True, None, 20.0, 7600.0)):
-    fb = librosa.filters.mel(sr=16000, n_fft=512, n_mels=40, htk=htk, norm=norm,
-                             fmin=fmin, fmax=fmax)
-    ours_fb = audio.mel_filterbank(16000, 512, 40, fmin, fmax,
-                                   "htk" if htk else "slaney", norm)
+    fb = librosa.filters.mel(
+      sr=16000, n_fft=512, n_mels=40, htk=htk, norm=norm, fmin=fmin, fmax=fmax
+    )
+    ours_fb = audio.mel_filterbank(16000, 512, 40, fmin, fmax, "htk" if htk else "slaney", norm)
     np.testing.assert_allclose(ours_fb, fb.T, rtol=1e-4, atol=1e-7)
 
 

@@ -43,7 +43,7 @@ def _photo(name, size=None):
   if size is not None:
     h, w = size
     y0, x0 = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
-    img = img[y0:y0 + h, x0:x0 + w]
+    img = img[y0 : y0 + h, x0 : x0 + w]
   return img
 
 
@@ -118,7 +118,7 @@ def test_ggd_fit_recovers_shape(alpha):
   x = scipy.stats.gennorm.rvs(alpha, scale=0.7, size=200_000, random_state=1)
   a, sigma = nss.fit_ggd(x)
   assert a == pytest.approx(alpha, rel=0.04)
-  assert sigma == pytest.approx(np.sqrt(np.mean(x ** 2)), rel=1e-9)
+  assert sigma == pytest.approx(np.sqrt(np.mean(x**2)), rel=1e-9)
 
 
 def test_aggd_fit_recovers_shape_and_sides():
@@ -153,6 +153,7 @@ def _piq_nss_features(grey):
   torch = pytest.importorskip("torch")
   pytest.importorskip("piq")
   from piq.brisque import _natural_scene_statistics  # pylint: disable=import-outside-toplevel
+
   return _natural_scene_statistics(torch.from_numpy(grey)[None, None]).numpy().ravel()
 
 
@@ -162,6 +163,7 @@ def _piq_brisque_features(img):
   pytest.importorskip("piq")
   from piq.brisque import _natural_scene_statistics  # pylint: disable=import-outside-toplevel
   from piq.functional import resize, rgb2yiq  # pylint: disable=import-outside-toplevel
+
   x = torch.from_numpy(img.astype(np.float64)).permute(2, 0, 1)[None] * 255
   x = torch.round(rgb2yiq(x)[:, :1])
   feats = []
@@ -176,12 +178,12 @@ def _assert_nss_features_close(ours, ref, rtol):
   mean depends on alpha, so it is compared tightly only where the shapes agree."""
   assert ours.shape == ref.shape
   for start in range(0, ours.size, 18):
-    o, r = ours[start:start + 18], ref[start:start + 18]
+    o, r = ours[start : start + 18], ref[start : start + 18]
     assert abs(o[0] - r[0]) <= 0.0011
     np.testing.assert_allclose(o[1], r[1], rtol=rtol)
     for g in range(2, 18, 4):
-      alpha_o, mean_o, lvar_o, rvar_o = o[g:g + 4]
-      alpha_r, mean_r, lvar_r, rvar_r = r[g:g + 4]
+      alpha_o, mean_o, lvar_o, rvar_o = o[g : g + 4]
+      alpha_r, mean_r, lvar_r, rvar_r = r[g : g + 4]
       assert abs(alpha_o - alpha_r) <= 0.0011
       np.testing.assert_allclose([lvar_o, rvar_o], [lvar_r, rvar_r], rtol=rtol)
       # The mean is a difference of the two sides' scales: its error is relative
@@ -198,8 +200,7 @@ def test_brisque_nss_steps_match_piq(name):
   img = _photo(name, (192, 256))
   ours = brisque_lib.brisque_features(img)
   grey = nss.matlab_rgb2gray(img)
-  ref = np.concatenate([_piq_nss_features(grey),
-                        _piq_nss_features(nss.matlab_imresize(grey, 0.5))])
+  ref = np.concatenate([_piq_nss_features(grey), _piq_nss_features(nss.matlab_imresize(grey, 0.5))])
   _assert_nss_features_close(ours, ref, rtol=1e-8)
 
 
@@ -208,8 +209,9 @@ def test_brisque_features_match_piq(name):
   # The whole pipeline, with piq's own grey weights (YIQ 0.299/0.587/0.114 vs
   # MATLAB's 0.2989/0.5870/0.1140, which round some pixels differently) and resize.
   img = _photo(name, (192, 256))
-  _assert_nss_features_close(brisque_lib.brisque_features(img), _piq_brisque_features(img),
-                             rtol=2e-3)
+  _assert_nss_features_close(
+    brisque_lib.brisque_features(img), _piq_brisque_features(img), rtol=2e-3
+  )
 
 
 def _package_brisque():
@@ -221,6 +223,7 @@ def _package_brisque():
     pytest.skip(f"PyPI package `brisque` not usable: {e}")
   import cv2  # pylint: disable=import-outside-toplevel
   import skimage.color  # pylint: disable=import-outside-toplevel
+
   pkg = BRISQUE(url=False)
 
   def score(img01):
@@ -231,15 +234,21 @@ def _package_brisque():
     down = cv2.resize(grey, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_CUBIC)
     f2 = pkg.calculate_brisque_features(down, kernel_size=7, sigma=7 / 6)
     return pkg.calculate_image_quality_score(
-        [float(np.ravel(v)[0]) for v in np.concatenate([f1, f2])])
+      [float(np.ravel(v)[0]) for v in np.concatenate([f1, f2])]
+    )
+
   return score
 
 
 def _distortion_ladder():
   base = _photo("astronaut.png", (192, 192))
   coffee = _photo("coffee.png", (192, 192))
-  return ([_blur(base, s) for s in (0, 1, 2, 3)] + [_noise(base, s) for s in (0.03, 0.08)]
-          + [_blur(coffee, s) for s in (0, 1.5, 3)] + [_noise(coffee, 0.05)])
+  return (
+    [_blur(base, s) for s in (0, 1, 2, 3)]
+    + [_noise(base, s) for s in (0.03, 0.08)]
+    + [_blur(coffee, s) for s in (0, 1.5, 3)]
+    + [_noise(coffee, 0.05)]
+  )
 
 
 def test_brisque_live_agrees_with_pypi_brisque():
@@ -276,8 +285,9 @@ def test_brisque_fitted_regressor_higher_is_better():
   images = _distortion_ladder()
   feats = np.stack([brisque_lib.brisque_features(im) for im in images])
   quality = np.array([1.0, 0.8, 0.6, 0.4, 0.5, 0.3, 0.9, 0.6, 0.35, 0.5])
-  model = brisque_lib.Brisque.fit(feats, quality, hparams=svr_lib.SvrHyperparameters(
-      c=10.0, gamma=0.05, epsilon=0.01))
+  model = brisque_lib.Brisque.fit(
+    feats, quality, hparams=svr_lib.SvrHyperparameters(c=10.0, gamma=0.05, epsilon=0.01)
+  )
   assert model.higher_is_better
   pred = model.score_features(feats)
   assert scipy.stats.spearmanr(pred, quality).statistic > 0.9
@@ -291,8 +301,9 @@ def test_brisque_fitted_regressor_higher_is_better():
 
 def test_libsvm_model_reader_by_hand(tmp_path):
   (tmp_path / "m.txt").write_text(
-      "svm_type epsilon_svr\nkernel_type rbf\ngamma 0.5\nnr_class 2\ntotal_sv 2\n"
-      "rho -1.5\nSV\n2 1:1 2:0\n-0.5 2:2\n")
+    "svm_type epsilon_svr\nkernel_type rbf\ngamma 0.5\nnr_class 2\ntotal_sv 2\n"
+    "rho -1.5\nSV\n2 1:1 2:0\n-0.5 2:2\n"
+  )
   model = svr_lib.load_libsvm_model(tmp_path / "m.txt")
   x = np.array([1.0, 1.0])
   expected = 2 * np.exp(-0.5 * 1.0) - 0.5 * np.exp(-0.5 * 2.0) + 1.5
@@ -309,6 +320,7 @@ def test_libsvm_model_reader_by_hand(tmp_path):
 def test_fit_svr_matches_sklearn_predict():
   pytest.importorskip("sklearn")
   from sklearn.svm import SVR  # pylint: disable=import-outside-toplevel
+
   rng = np.random.default_rng(0)
   x = rng.normal(size=(60, 5))
   y = np.tanh(x[:, 0]) + 0.1 * x[:, 1]
@@ -318,8 +330,11 @@ def test_fit_svr_matches_sklearn_predict():
   xt = rng.normal(size=(10, 5))
   np.testing.assert_allclose(model(scaler(xt)), ref.predict(scaler(xt)), rtol=1e-9, atol=1e-12)
   hp2, cv = svr_lib.select_svr_hyperparameters(
-      x, y, [str(i % 6) for i in range(60)],
-      svr_lib.SvrGrid(c=(0.1, 10.0), gamma=(0.2,), epsilon=(0.05,), folds=3))
+    x,
+    y,
+    [str(i % 6) for i in range(60)],
+    svr_lib.SvrGrid(c=(0.1, 10.0), gamma=(0.2,), epsilon=(0.05,), folds=3),
+  )
   assert hp2.c in (0.1, 10.0) and cv > 0.5
 
 
@@ -341,7 +356,7 @@ def _load_basicsr_niqe(monkeypatch):
     mod.__path__ = []
     monkeypatch.setitem(sys.modules, name, mod)
   registry = types.ModuleType("basicsr.utils.registry")
-  registry.METRIC_REGISTRY = types.SimpleNamespace(register=lambda: (lambda f: f))
+  registry.METRIC_REGISTRY = types.SimpleNamespace(register=lambda: lambda f: f)
   monkeypatch.setitem(sys.modules, "basicsr.utils.registry", registry)
   util = types.ModuleType("basicsr.metrics.metric_util")
   util.reorder_image = util.to_y_channel = None
@@ -353,6 +368,7 @@ def _load_basicsr_niqe(monkeypatch):
     monkeypatch.setitem(sys.modules, name, mod)
     s.loader.exec_module(mod)
     return mod
+
   load("basicsr.utils.matlab_functions", "utils/matlab_functions.py")
   ref = load("basicsr.metrics.niqe", "metrics/niqe.py")
   params = np.load(os.path.join(root, "metrics", "niqe_pris_params.npz"))
@@ -361,10 +377,13 @@ def _load_basicsr_niqe(monkeypatch):
     grey = nss.matlab_rgb2gray(img01)
     # basicsr resizes in float32; give it the float64 MATLAB resize so that the
     # comparison checks the NIQE steps, not float32 rounding.
-    monkeypatch.setattr(ref, "imresize",
-                        lambda x, scale, antialiasing: nss.matlab_imresize(x, scale))
-    return ref.niqe(grey, params["mu_pris_param"], params["cov_pris_param"],
-                    params["gaussian_window"])
+    monkeypatch.setattr(
+      ref, "imresize", lambda x, scale, antialiasing: nss.matlab_imresize(x, scale)
+    )
+    return ref.niqe(
+      grey, params["mu_pris_param"], params["cov_pris_param"], params["gaussian_window"]
+    )
+
   return score
 
 
@@ -394,8 +413,10 @@ def test_niqe_ranks_like_basicsr_on_biq(monkeypatch):
 
 
 def test_niqe_pristine_fit_save_load_and_blur(tmp_path):
-  photos = [_photo(n, (192, 288)) for n in ("astronaut.png", "coffee.png", "chelsea.png",
-                                             "rocket.jpg", "motorcycle_left.png")]
+  photos = [
+    _photo(n, (192, 288))
+    for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
+  ]
   model = niqe_lib.NiqePristineModel.fit(photos, source="test")
   assert model.mean.shape == (36,) and model.cov.shape == (36, 36)
   np.testing.assert_allclose(model.cov, model.cov.T)
@@ -463,8 +484,11 @@ def _write_manifest(tmp_path, n_train=12, n_val=8):
 def test_harness_end_to_end(tmp_path):
   manifest = _write_manifest(tmp_path)
   cfg = harness.HarnessConfig(
-      split="val", baselines=("luminance", "brisque"), progress=False,
-      svr_grid=svr_lib.SvrGrid(c=(10.0,), gamma=(0.05,), epsilon=(0.01,), folds=3))
+    split="val",
+    baselines=("luminance", "brisque"),
+    progress=False,
+    svr_grid=svr_lib.SvrGrid(c=(10.0,), gamma=(0.05,), epsilon=(0.01,), folds=3),
+  )
   logs = []
   result = harness.evaluate_manifest(manifest, cfg, log=logs.append)
   lum = result["baselines"]["luminance"]
@@ -485,8 +509,17 @@ def test_harness_end_to_end(tmp_path):
 def test_launch_script(tmp_path, monkeypatch, capsys):
   manifest = _write_manifest(tmp_path, n_train=2, n_val=6)
   out = tmp_path / "r.json"
-  monkeypatch.setattr(sys, "argv", ["baselines.py", f"--manifest={manifest}", "--split=val",
-                                    "--baselines=luminance", f"--json={out}"])
+  monkeypatch.setattr(
+    sys,
+    "argv",
+    [
+      "baselines.py",
+      f"--manifest={manifest}",
+      "--split=val",
+      "--baselines=luminance",
+      f"--json={out}",
+    ],
+  )
   with pytest.raises(SystemExit) as exit_info:
     runpy.run_path(os.path.join(REPO, "launch", "baselines.py"), run_name="__main__")
   assert exit_info.value.code in (0, None)

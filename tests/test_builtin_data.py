@@ -71,22 +71,35 @@ def test_deterministic(built, tmp_path):
   assert again == rows
 
 
-
 def test_worker_pool_after_jax_starts_matches_one_worker(tmp_path):
   """Built with a process pool after JAX's backend is up (as `launch/train.py`
   does): no fork (JAX warns on each one: deadlock risk) and the rows of a
   one-process build."""
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.devices()  # starts the backend (and registers JAX's at-fork warning)
   args = builtin.BuildArgs(num_scenes=4, image_size=32, seed=5, audio=False)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    pooled = list(csv.DictReader(open(builtin.build(
-        str(tmp_path / "pool"), builtin.BuildArgs(**{**args.__dict__, "workers": 2})))))
+    pooled = list(
+      csv.DictReader(
+        open(
+          builtin.build(
+            str(tmp_path / "pool"), builtin.BuildArgs(**{**args.__dict__, "workers": 2})
+          )
+        )
+      )
+    )
   assert not [w for w in caught if "os.fork()" in str(w.message)]
-  one = list(csv.DictReader(open(builtin.build(
-      str(tmp_path / "one"), builtin.BuildArgs(**{**args.__dict__, "workers": 1})))))
+  one = list(
+    csv.DictReader(
+      open(
+        builtin.build(str(tmp_path / "one"), builtin.BuildArgs(**{**args.__dict__, "workers": 1}))
+      )
+    )
+  )
   assert pooled == one
+
 
 def test_capture_physics():
   rng = np.random.default_rng(0)

@@ -20,8 +20,9 @@ from bmqa_jax.captioner import train
 from bmqa_jax.captioner import vocab as vocab_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(vocab_size=12, encoder="vgg_tiny", embed_dim=8, hidden_dim=16,
-            attention_dim=8, dropout_rate=0.0)
+TINY = dict(
+  vocab_size=12, encoder="vgg_tiny", embed_dim=8, hidden_dim=16, attention_dim=8, dropout_rate=0.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +79,9 @@ def test_attention_penalty_and_loss_match_numpy():
   logits = rng.normal(size=(3, 7, 9)).astype(np.float32)
   lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   ce = -np.take_along_axis(lp, targets[..., None], -1)[..., 0]
-  loss, m = jax.jit(model_lib.caption_loss, static_argnums=3)(logits, alphas,
-                                                                targets, 0.5)
+  loss, m = jax.jit(model_lib.caption_loss, static_argnums=3)(logits, alphas, targets, 0.5)
   np.testing.assert_allclose(loss, ce[mask].mean() + 0.5 * want.mean(), rtol=1e-5)
-  top5 = [(lp[b, t] > lp[b, t, targets[b, t]]).sum() < 5
-          for b, t in zip(*np.nonzero(mask))]
+  top5 = [(lp[b, t] > lp[b, t, targets[b, t]]).sum() < 5 for b, t in zip(*np.nonzero(mask))]
   np.testing.assert_allclose(m["top5"], np.mean(top5), rtol=1e-6)
 
 
@@ -114,12 +113,13 @@ def test_beam_one_equals_greedy_and_scores_are_log_probabilities(tiny):
     inputs = np.zeros((3, 7), np.int32)
     inputs[:, 0] = vocab_lib.BOS
     n = min(6, ids.shape[1])  # shorter when every beam ended early
-    inputs[:, 1:1 + n] = ids[:, :n]
+    inputs[:, 1 : 1 + n] = ids[:, :n]
     lp = np.asarray(jax.nn.log_softmax(forced(jnp.asarray(inputs))))
     for b in range(3):
       seq = [i for i in ids[b] if i != vocab_lib.PAD]
-      np.testing.assert_allclose(scores[b], sum(lp[b, t, w] for t, w in enumerate(seq)),
-                                 rtol=1e-4, atol=1e-4)
+      np.testing.assert_allclose(
+        scores[b], sum(lp[b, t, w] for t, w in enumerate(seq)), rtol=1e-4, atol=1e-4
+      )
 
 
 def test_bleu4_equals_sacrebleu():
@@ -129,9 +129,8 @@ def test_bleu4_equals_sacrebleu():
   nonzero = 0
   for trial in range(8):
     n, k = int(rng.integers(1, 30)), int(rng.integers(1, 3))
-    refs = [[list(rng.choice(words[:3], rng.integers(3, 20))) for _ in range(k)]
-            for _ in range(n)]
-    hyps = [list(rng.choice(words[:3 + trial % 4], rng.integers(1, 20))) for _ in range(n)]
+    refs = [[list(rng.choice(words[:3], rng.integers(3, 20))) for _ in range(k)] for _ in range(n)]
+    hyps = [list(rng.choice(words[: 3 + trial % 4], rng.integers(1, 20))) for _ in range(n)]
     ours = bleu.corpus_bleu(hyps, refs)["bleu"]
     np.testing.assert_allclose(ours, bleu.sacrebleu_reference(hyps, refs), atol=1e-9)
     nonzero += ours > 0
@@ -151,10 +150,21 @@ def _write_data(root, n=16):
     img = rng.integers(150, 255, (64, 64, 3)) if bright else rng.integers(0, 40, (64, 64, 3))
     Image.fromarray(img.astype(np.uint8)).save(os.path.join(root, f"{i}.png"))
     split = "train" if i < 12 else "test"
-    text = ("a bright photo, clear and vivid." if bright else
-            "a dark photo of a room, noisy.") if split == "train" else ""
-    rows.append(dict(image=f"{i}.png", mos=0.8 if bright else 0.2, scene=f"s{i}",
-                     split=split, text=text, device="cam"))
+    text = (
+      ("a bright photo, clear and vivid." if bright else "a dark photo of a room, noisy.")
+      if split == "train"
+      else ""
+    )
+    rows.append(
+      dict(
+        image=f"{i}.png",
+        mos=0.8 if bright else 0.2,
+        scene=f"s{i}",
+        split=split,
+        text=text,
+        device="cam",
+      )
+    )
   path = os.path.join(root, "manifest.csv")
   with open(path, "w", newline="") as f:
     w = csv.DictWriter(f, list(rows[0]))
@@ -166,6 +176,7 @@ def _write_data(root, n=16):
 @pytest.fixture(scope="module")
 def captioner(tmp_path_factory):
   from bmqa_jax.configs import captioner as cap_config  # pylint: disable=import-outside-toplevel
+
   root = str(tmp_path_factory.mktemp("data"))
   manifest = _write_data(root)
   config = cap_config.get_config(f"manifest={manifest},runlocal=True,steps=8")
@@ -197,11 +208,21 @@ def test_caption_launcher_writes_attention_maps(captioner, tmp_path):
   out = tmp_path / "captions.csv"
   (tmp_path / "broken.jpg").write_bytes(b"not an image")
   proc = subprocess.run(
-      [sys.executable, "launch/caption.py", f"--workdir={captioner['workdir']}",
-       f"--out={out}", f"--attention_dir={tmp_path / 'att'}",
-       os.path.join(captioner["root"], "1*.png"), str(tmp_path / "broken.jpg")],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    [
+      sys.executable,
+      "launch/caption.py",
+      f"--workdir={captioner['workdir']}",
+      f"--out={out}",
+      f"--attention_dir={tmp_path / 'att'}",
+      os.path.join(captioner["root"], "1*.png"),
+      str(tmp_path / "broken.jpg"),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out) as f:
     rows = {os.path.basename(r["image"]): r for r in csv.DictReader(f)}
@@ -222,6 +243,7 @@ def test_image_only_bmqa_with_generated_descriptions(captioner, tmp_path, monkey
   from bmqa_jax.bmqa import evaluate  # pylint: disable=import-outside-toplevel
   from bmqa_jax.bmqa import train as bmqa_train  # pylint: disable=import-outside-toplevel
   from bmqa_jax.data import datasets  # pylint: disable=import-outside-toplevel
+
   cfg = quickstart.get_config("tiny=True")
   cfg.data.update(kind="manifest", manifest=captioner["manifest"])
   cfg.stages = "st"
@@ -231,12 +253,15 @@ def test_image_only_bmqa_with_generated_descriptions(captioner, tmp_path, monkey
   bmqa_train.train_and_evaluate(cfg, workdir, progress=False)
   calls = []
   real = descriptions.generate
-  monkeypatch.setattr(descriptions, "generate",
-                      lambda *a: calls.append(len(a[2])) or real(*a))
+  monkeypatch.setattr(descriptions, "generate", lambda *a: calls.append(len(a[2])) or real(*a))
   source, describe = descriptions.for_evaluation(workdir, captioner=captioner["workdir"])
-  result = evaluate.evaluate_workdir(workdir, manifest=captioner["manifest"],
-                                     manifest_split="test", text_source=source,
-                                     describe=describe)
+  result = evaluate.evaluate_workdir(
+    workdir,
+    manifest=captioner["manifest"],
+    manifest_split="test",
+    text_source=source,
+    describe=describe,
+  )
   assert calls == [4] and result["overall"]["n"] == 4  # the 4 test rows (no text)
   assert result["text_source"] == "captioner"
   out = os.path.join(workdir, "eval", "manifest_test")  # another manifest's folder
@@ -249,7 +274,6 @@ def test_image_only_bmqa_with_generated_descriptions(captioner, tmp_path, monkey
   # config.data.text_source='captioner' on the run's own split: the cached
   # descriptions are reused (no generation), and are the captioner's.
   cfg.data.update(text_source="captioner", captioner_workdir=captioner["workdir"])
-  data = datasets.load(cfg, workdir, ("test",),
-                       describe=descriptions.for_training(cfg, workdir))
+  data = datasets.load(cfg, workdir, ("test",), describe=descriptions.for_training(cfg, workdir))
   assert calls == [4]
   assert [s.text for s in data.splits["test"]] == [r["text"] for r in rows]

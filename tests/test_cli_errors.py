@@ -21,10 +21,14 @@ QUICK = ["--config=quickstart:tiny=True,modalities=image"]
 
 
 def _run(args, cwd=ROOT, timeout=600):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-  return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+  )
+  return subprocess.run(
+    [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def _error(proc) -> str:
@@ -53,21 +57,37 @@ def _manifest(tmp_path, bad_mos: str = "") -> str:
   return path
 
 
-@pytest.mark.parametrize("args,want", [
-    (["--config=quickstart:tiny=True", "--config.st.learnig_rate=1"],
-     "error: --config.st.learnig_rate: config.st has no field 'learnig_rate'; did you "
-     "mean 'learning_rate'?"),
-    (["--config=quickstar"], "error: --config=quickstar: no packaged config "
-     "'quickstar' (did you mean 'quickstart'?); the names are ablation, asr, biq2021, "
-     "captioner, dark4k, mliq, quickstart, or give a file (path/to/config.py)"),
-    (["--config=configs/nope.py"], "error: --config=configs/nope.py: no config file "
-     f"'configs/nope.py' (in {ROOT}); the packaged configs go by name: ablation, asr, "
-     "biq2021, captioner, dark4k, mliq, quickstart"),
-    (["--config=quickstart:tiyn=True"], "error: --config=quickstart:tiyn=True: unknown "
-     "config argument 'tiyn' (known keys: img, init, modalities, tiny)"),
-    (QUICK + ["--workdri=runs/x"], "error: Unknown command line flag 'workdri'. "
-     "Did you mean: workdir ?"),
-])
+@pytest.mark.parametrize(
+  "args,want",
+  [
+    (
+      ["--config=quickstart:tiny=True", "--config.st.learnig_rate=1"],
+      "error: --config.st.learnig_rate: config.st has no field 'learnig_rate'; did you "
+      "mean 'learning_rate'?",
+    ),
+    (
+      ["--config=quickstar"],
+      "error: --config=quickstar: no packaged config "
+      "'quickstar' (did you mean 'quickstart'?); the names are ablation, asr, biq2021, "
+      "captioner, dark4k, mliq, quickstart, or give a file (path/to/config.py)",
+    ),
+    (
+      ["--config=configs/nope.py"],
+      "error: --config=configs/nope.py: no config file "
+      f"'configs/nope.py' (in {ROOT}); the packaged configs go by name: ablation, asr, "
+      "biq2021, captioner, dark4k, mliq, quickstart",
+    ),
+    (
+      ["--config=quickstart:tiyn=True"],
+      "error: --config=quickstart:tiyn=True: unknown "
+      "config argument 'tiyn' (known keys: img, init, modalities, tiny)",
+    ),
+    (
+      QUICK + ["--workdri=runs/x"],
+      "error: Unknown command line flag 'workdri'. Did you mean: workdir ?",
+    ),
+  ],
+)
 def test_config_and_flag_mistakes(tmp_path, args, want):
   workdir = tmp_path / "w"
   proc = _run(["launch/train.py", f"--workdir={workdir}"] + args)
@@ -76,8 +96,7 @@ def test_config_and_flag_mistakes(tmp_path, args, want):
 
 
 def test_verbose_shows_the_traceback(tmp_path):
-  proc = _run(["launch/train.py", "--config=quickstar", f"--workdir={tmp_path}/w",
-               "--verbose"])
+  proc = _run(["launch/train.py", "--config=quickstar", f"--workdir={tmp_path}/w", "--verbose"])
   assert proc.returncode == 2 and "Traceback" in proc.stderr
   assert "error: --config=quickstar: no packaged config" in proc.stderr
 
@@ -85,8 +104,10 @@ def test_verbose_shows_the_traceback(tmp_path):
 def test_a_workdir_that_is_a_file(tmp_path):
   (tmp_path / "w").write_text("not a folder")
   proc = _run(["launch/train.py", f"--workdir={tmp_path}/w"] + QUICK)
-  assert _error(proc) == (f"error: --workdir={tmp_path}/w is a file; a workdir is a "
-                          "folder (a new one, or one that a run made)")
+  assert _error(proc) == (
+    f"error: --workdir={tmp_path}/w is a file; a workdir is a "
+    "folder (a new one, or one that a run made)"
+  )
 
 
 def test_a_bad_manifest_writes_nothing_to_the_workdir(tmp_path):
@@ -94,9 +115,14 @@ def test_a_bad_manifest_writes_nothing_to_the_workdir(tmp_path):
   was left behind, and the corrected config was then refused as a change."""
   manifest = _manifest(tmp_path, bad_mos="1.5")
   workdir = tmp_path / "w"
-  args = ["-c", "from bmqa_jax import cli; cli.train()", f"--workdir={workdir}",
-          "--config=quickstart:tiny=True,modalities=image",
-          "--config.data.kind=manifest", f"--config.data.manifest={manifest}"]
+  args = [
+    "-c",
+    "from bmqa_jax import cli; cli.train()",
+    f"--workdir={workdir}",
+    "--config=quickstart:tiny=True,modalities=image",
+    "--config.data.kind=manifest",
+    f"--config.data.manifest={manifest}",
+  ]
   err = _error(_run(args, cwd=tmp_path))  # the installed command's route
   assert err.startswith(f"error: {manifest}") and "1.5" in err, err
   assert not workdir.exists() or not os.listdir(workdir)
@@ -110,13 +136,21 @@ def test_a_changed_config_is_one_line(tmp_path):
   stored["data"]["manifest"] = _manifest(tmp_path)
   (workdir / "config.json").write_text(json.dumps(stored))
   (tmp_path / "stored.py").write_text(
-      "import json\nimport ml_collections\n\ndef get_config():\n"
-      f"  return ml_collections.ConfigDict(json.load(open({str(workdir / 'config.json')!r})))\n")
-  proc = _run(["launch/train.py", f"--config={tmp_path}/stored.py", f"--workdir={workdir}",
-               "--config.st.learning_rate=0.5"])
+    "import json\nimport ml_collections\n\ndef get_config():\n"
+    f"  return ml_collections.ConfigDict(json.load(open({str(workdir / 'config.json')!r})))\n"
+  )
+  proc = _run(
+    [
+      "launch/train.py",
+      f"--config={tmp_path}/stored.py",
+      f"--workdir={workdir}",
+      "--config.st.learning_rate=0.5",
+    ]
+  )
   err = _error(proc)
-  assert err.startswith(f"error: '{workdir}' was trained with another config; changed: "
-                        "st.learning_rate: "), err
+  assert err.startswith(
+    f"error: '{workdir}' was trained with another config; changed: st.learning_rate: "
+  ), err
   assert "hint: use a new --workdir, or --config_change=allow" in proc.stderr
 
 
@@ -128,5 +162,7 @@ def test_evaluate_and_score_mistakes(tmp_path):
   err = _error(_run(["launch/score.py", f"--out={tmp_path}/out", photo]))
   assert err == f"error: --out={tmp_path}/out is a folder; name a .csv or .json file"
   err = _error(_run(["launch/score.py", f"--workdir={tmp_path}/none", photo]))
-  assert err == (f"error: workdir '{tmp_path}/none' is not a folder (a training "
-                 "workdir holds config.json and checkpoints/)")
+  assert err == (
+    f"error: workdir '{tmp_path}/none' is not a folder (a training "
+    "workdir holds config.json and checkpoints/)"
+  )

@@ -56,16 +56,35 @@ def test_slurm_script_runs_two_nodes(tmp_path):
   logs.mkdir()
   _executable(bin_dir / "srun", SRUN)
   workdir = str(tmp_path / "run")
-  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", NODES="2",
-             LOGS=str(logs), SLURM_JOB_ID=str(_job_id()), SLURM_SUBMIT_DIR=ROOT,
-             PYTHON=sys.executable, CONFIG="configs/quickstart.py:tiny=True,modalities=image",
-             WORKDIR=workdir, JAX_PLATFORMS="cpu", BMQA_DATA_DIR=str(tmp_path / "data"),
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  extra = ["--config.stages=st", "--config.st.epochs=0.2", "--config.st.init=fresh",
-           "--config.st.feature_cache=False", "--config.st.eval_split="]
-  proc = subprocess.run(["bash", os.path.join(ROOT, "launch/slurm/train.sbatch")] + extra,
-                        env=env, cwd=str(tmp_path), capture_output=True, text=True,
-                        timeout=900)
+  env = dict(
+    os.environ,
+    PATH=f"{bin_dir}:{os.environ['PATH']}",
+    NODES="2",
+    LOGS=str(logs),
+    SLURM_JOB_ID=str(_job_id()),
+    SLURM_SUBMIT_DIR=ROOT,
+    PYTHON=sys.executable,
+    CONFIG="configs/quickstart.py:tiny=True,modalities=image",
+    WORKDIR=workdir,
+    JAX_PLATFORMS="cpu",
+    BMQA_DATA_DIR=str(tmp_path / "data"),
+    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  )
+  extra = [
+    "--config.stages=st",
+    "--config.st.epochs=0.2",
+    "--config.st.init=fresh",
+    "--config.st.feature_cache=False",
+    "--config.st.eval_split=",
+  ]
+  proc = subprocess.run(
+    ["bash", os.path.join(ROOT, "launch/slurm/train.sbatch")] + extra,
+    env=env,
+    cwd=str(tmp_path),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   task = [open(logs / f"task{i}.log").read() for i in range(2)]
   assert proc.returncode == 0, proc.stderr[-2000:] + task[0][-3000:] + task[1][-3000:]
   for i in range(2):  # the script's own path: --multihost, JAX's SLURM cluster
@@ -78,17 +97,29 @@ def test_tpu_script_runs_the_same_command_on_every_worker(tmp_path):
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   record = tmp_path / "gcloud.txt"
-  _executable(bin_dir / "gcloud", f'#!/bin/bash\nprintf "%s\\n" "$@" >> "{record}"\n'
-                                  'echo ---- >> "' + str(record) + '"\n')
-  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", TPU="v4-32",
-             ZONE="us-central2-b")
-  proc = subprocess.run(["bash", os.path.join(ROOT, "launch/tpu/train.sh"),
-                         "configs/mliq.py:img=vit_b32", "/mnt/runs/a"], env=env,
-                        capture_output=True, text=True, timeout=60)
+  _executable(
+    bin_dir / "gcloud",
+    f'#!/bin/bash\nprintf "%s\\n" "$@" >> "{record}"\necho ---- >> "' + str(record) + '"\n',
+  )
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", TPU="v4-32", ZONE="us-central2-b")
+  proc = subprocess.run(
+    [
+      "bash",
+      os.path.join(ROOT, "launch/tpu/train.sh"),
+      "configs/mliq.py:img=vit_b32",
+      "/mnt/runs/a",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert proc.returncode == 0, proc.stderr
   args = record.read_text().split("\n")
   assert args[:5] == ["compute", "tpus", "tpu-vm", "ssh", "v4-32"]
   assert "--worker=all" in args and "--zone=us-central2-b" in args
   command = [a for a in args if a.startswith("--command=")][0]
-  assert command == ("--command=cd ~/bmqa_jax && python3 launch/train.py --multihost "
-                     "--config='configs/mliq.py:img=vit_b32' --workdir='/mnt/runs/a'")
+  assert command == (
+    "--command=cd ~/bmqa_jax && python3 launch/train.py --multihost "
+    "--config='configs/mliq.py:img=vit_b32' --workdir='/mnt/runs/a'"
+  )

@@ -39,8 +39,9 @@ def _execute(name: str, env: dict[str, str], cwd, monkeypatch) -> nbformat.Noteb
   for k, v in env.items():
     monkeypatch.setenv(k, v)  # the kernel process inherits the environment
   nb = _read(name)
-  client = nbclient.NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3",
-                                   resources={"metadata": {"path": str(cwd)}})
+  client = nbclient.NotebookClient(
+    nb, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+  )
   client.execute()  # raises CellExecutionError naming the failing cell
   return nb
 
@@ -54,8 +55,7 @@ def _text(cells) -> str:
 
 
 def _images(nb) -> int:
-  return sum("image/png" in o.get("data", {}) for c in nb.cells
-             for o in c.get("outputs", []))
+  return sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
 
 
 def test_the_notebooks_are_these():
@@ -65,8 +65,11 @@ def test_the_notebooks_are_these():
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_every_notebook_is_colab_ready(name):
   nb = _read(name)
-  badge = re.search(r"\(https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/"
-                    r"blob/main/colabs/([\w.]+)\)", nb.cells[0].source)
+  badge = re.search(
+    r"\(https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/"
+    r"blob/main/colabs/([\w.]+)\)",
+    nb.cells[0].source,
+  )
   assert nb.cells[0].cell_type == "markdown" and "Open in Colab" in nb.cells[0].source
   assert badge and badge.group(1) == name
   install = next(c for c in nb.cells if c.cell_type == "code")
@@ -78,16 +81,23 @@ def test_every_notebook_is_colab_ready(name):
 
 @pytest.fixture(scope="module")
 def common_env(tmp_path_factory):
-  return {"BMQA_TINY": "1", "JAX_PLATFORMS": "cpu",
-          "BMQA_DATA_DIR": str(tmp_path_factory.mktemp("data")),
-          "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+  return {
+    "BMQA_TINY": "1",
+    "JAX_PLATFORMS": "cpu",
+    "BMQA_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+  }
 
 
 @pytest.fixture(scope="module")
 def trained(common_env, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("train_builtin"))
-  env = dict(common_env, BMQA_WORKDIR=workdir,
-             BMQA_CONFIG_ARGS="modalities=image,tiny=True", BMQA_ST_EPOCHS="1")
+  env = dict(
+    common_env,
+    BMQA_WORKDIR=workdir,
+    BMQA_CONFIG_ARGS="modalities=image,tiny=True",
+    BMQA_ST_EPOCHS="1",
+  )
   with pytest.MonkeyPatch.context() as mp:
     nb = _execute("train_builtin.ipynb", env, tmp_path_factory.mktemp("cwd"), mp)
   return workdir, nb
@@ -104,15 +114,17 @@ def test_train_builtin(trained):
 
 def test_score_photos(trained, common_env, tmp_path, monkeypatch):
   from bmqa_jax.bmqa import shipped  # pylint: disable=g-import-not-at-top
+
   with open(os.path.join(shipped.ASSET_DIR, "reference.json")) as f:
     reference = json.load(f)["photos"]
-  nb = _execute("score_photos.ipynb", dict(common_env, BMQA_WORKDIR=trained[0]),
-                tmp_path, monkeypatch)
+  nb = _execute(
+    "score_photos.ipynb", dict(common_env, BMQA_WORKDIR=trained[0]), tmp_path, monkeypatch
+  )
   first3 = nb.cells[:3]
   assert "bmqa_jax.create_metric()" in first3[2].source
   printed = re.findall(r"^(\d\.\d{3})  photos/(\S+)$", _text(first3), re.M)
   assert sorted(n for _, n in printed) == sorted(reference)  # every sample photo,
-  for score, name in printed:                                 # by the shipped model
+  for score, name in printed:  # by the shipped model
     assert float(score) == pytest.approx(reference[name], abs=6e-4), name
   markdown = " ".join(c.source for c in nb.cells if c.cell_type == "markdown").split()
   assert "0 is the worst quality, 1 the best" in " ".join(markdown)

@@ -48,28 +48,31 @@ from bmqa_jax.configs import mliq
 
 TINY_DATA = dict(num_scenes=20, image_size=64, seed=0, audio=False)
 CONFIGS_DIR = os.path.dirname(os.path.abspath(configs.__file__))
-CONFIG_NAMES = sorted(f[:-3] for f in os.listdir(CONFIGS_DIR)
-                      if f.endswith(".py") and not f.startswith("_"))
+CONFIG_NAMES = sorted(
+  f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith(".py") and not f.startswith("_")
+)
 
 
 # --- config_args.parse_arg ---------------------------------------------------
 
-SPEC = dict(name="resnet50", runlocal=False, steps=300, lr=8e-5, init=None,
-            epochs=(None, float))
+SPEC = dict(name="resnet50", runlocal=False, steps=300, lr=8e-5, init=None, epochs=(None, float))
 
 
 def test_parse_arg_defaults():
   for arg in (None, "", " ", ",,"):
     a = config_args.parse_arg(arg, **SPEC)
-    assert a.to_dict() == dict(name="resnet50", runlocal=False, steps=300,
-                               lr=8e-5, init=None, epochs=None)
+    assert a.to_dict() == dict(
+      name="resnet50", runlocal=False, steps=300, lr=8e-5, init=None, epochs=None
+    )
 
 
 def test_parse_arg_types():
   a = config_args.parse_arg(
-      "name=vit_tiny, runlocal=True,steps=20,lr=1e-3,init=/w=x,epochs=3", **SPEC)
-  assert a.to_dict() == dict(name="vit_tiny", runlocal=True, steps=20, lr=1e-3,
-                             init="/w=x", epochs=3.0)
+    "name=vit_tiny, runlocal=True,steps=20,lr=1e-3,init=/w=x,epochs=3", **SPEC
+  )
+  assert a.to_dict() == dict(
+    name="vit_tiny", runlocal=True, steps=20, lr=1e-3, init="/w=x", epochs=3.0
+  )
   assert type(a.steps) is int and type(a.lr) is float and type(a.epochs) is float
   assert config_args.parse_arg("lr=3", **SPEC).lr == 3.0
   assert type(config_args.parse_arg("lr=3", **SPEC).lr) is float
@@ -88,8 +91,7 @@ def test_parse_arg_result_is_locked():
     a.runlcoal = True
 
 
-@pytest.mark.parametrize("value", ["false", "true", "1", "0", "yes", "no",
-                                   "TRUE", "", "on"])
+@pytest.mark.parametrize("value", ["false", "true", "1", "0", "yes", "no", "TRUE", "", "on"])
 def test_parse_arg_bool_is_exactly_true_or_false(value):
   with pytest.raises(ValueError, match=f"runlocal={value!r}: expected True or False"):
     config_args.parse_arg(f"runlocal={value}", **SPEC)
@@ -102,7 +104,9 @@ def test_parse_arg_unknown_key_lists_the_known_ones():
   assert "known keys: epochs, init, lr, name, runlocal, steps" in str(e.value)
 
 
-@pytest.mark.parametrize("arg,match", [
+@pytest.mark.parametrize(
+  "arg,match",
+  [
     ("steps=1.5", "steps='1.5': expected int"),
     ("steps=many", "steps='many': expected int"),
     ("lr=fast", "lr='fast': expected float"),
@@ -110,7 +114,8 @@ def test_parse_arg_unknown_key_lists_the_known_ones():
     ("steps=3,steps=4", "'steps' is given twice"),
     ("runlocal", "'runlocal' is not key=value"),
     ("steps=3,tiny", "'tiny' is not key=value"),
-])
+  ],
+)
 def test_parse_arg_rejects(arg, match):
   with pytest.raises(ValueError, match=match):
     config_args.parse_arg(arg, **SPEC)
@@ -130,32 +135,72 @@ def test_parse_arg_rejects_untyped_defaults():
 # The spellings the configs' docstrings, README, launch scripts, colabs and
 # tests use, and every documented key.
 DOCUMENTED = {
-    "quickstart": ["", "modalities=image", "modalities=image+text", "tiny=True",
-                   "tiny=False", "tiny=True,modalities=image",
-                   "modalities=image,tiny=True", "img=efficientnet_lite0",
-                   "img=resnet_tiny,init=none", "init=imagenet"],
-    "mliq": ["", "img=convnext_base", "img=resnet50,txt=bow",
-             "img=vit_b32,txt=rnn,runlocal=True", "img=resnet18,txt=lstm",
-             "img=convnext_base,txt=transformer,data=manifest,"
-             "manifest=/data/mliq/manifest.csv,pretrain_manifest=/data/coco/captions.csv",
-             "img=vit_b32,txt=transformer,data=manifest,manifest=/m/manifest.csv",
-             "data=builtin,init=/w,runlocal=False"],
-    "ablation": ["", "method=a", "method=e", "method=f", "method=c,runlocal=True",
-                 "method=h,data=manifest,manifest=/mnt/nfs/mliq/manifest.csv",
-                 "method=f,data=manifest,manifest=m.csv,pretrain_manifest=p.csv",
-                 "method=b,init=/w,runlocal=False"],
-    "biq2021": ["", "recipe=probe", "recipe=lpft", "recipe=finetune", "ensemble=1",
-                "recipe=lpft,ft_epochs=2,ft_lr=1e-5",
-                "manifest=m.csv,img=efficientnet_lite0,init=none,crop=256,grid=2,"
-                "epochs=3,batch=8,lr=1e-3,levels=none,token_grid=2,ensemble=1",
-                "levels=2.4", "scales=1", "scales=1.2", "scales=1,ridge=0", "head_scales=1.2",
-                "ridge=0.3", "recipe=finetune,size=96,epochs=2,lr=1e-3,"
-                "trainable=^img_align"],
-    "dark4k": ["", "captioner=runs/captioner"],
-    "asr": ["", "manifest=DATA/manifest.csv", "runlocal=True", "runlocal=False",
-            "manifest=M.csv,runlocal=True,steps=30", "steps=100"],
-    "captioner": ["", "manifest=DATA/m.csv", "runlocal=True",
-                  "runlocal=True,steps=8", "encoder=resnet18,runlocal=False,steps=10"],
+  "quickstart": [
+    "",
+    "modalities=image",
+    "modalities=image+text",
+    "tiny=True",
+    "tiny=False",
+    "tiny=True,modalities=image",
+    "modalities=image,tiny=True",
+    "img=efficientnet_lite0",
+    "img=resnet_tiny,init=none",
+    "init=imagenet",
+  ],
+  "mliq": [
+    "",
+    "img=convnext_base",
+    "img=resnet50,txt=bow",
+    "img=vit_b32,txt=rnn,runlocal=True",
+    "img=resnet18,txt=lstm",
+    "img=convnext_base,txt=transformer,data=manifest,"
+    "manifest=/data/mliq/manifest.csv,pretrain_manifest=/data/coco/captions.csv",
+    "img=vit_b32,txt=transformer,data=manifest,manifest=/m/manifest.csv",
+    "data=builtin,init=/w,runlocal=False",
+  ],
+  "ablation": [
+    "",
+    "method=a",
+    "method=e",
+    "method=f",
+    "method=c,runlocal=True",
+    "method=h,data=manifest,manifest=/mnt/nfs/mliq/manifest.csv",
+    "method=f,data=manifest,manifest=m.csv,pretrain_manifest=p.csv",
+    "method=b,init=/w,runlocal=False",
+  ],
+  "biq2021": [
+    "",
+    "recipe=probe",
+    "recipe=lpft",
+    "recipe=finetune",
+    "ensemble=1",
+    "recipe=lpft,ft_epochs=2,ft_lr=1e-5",
+    "manifest=m.csv,img=efficientnet_lite0,init=none,crop=256,grid=2,"
+    "epochs=3,batch=8,lr=1e-3,levels=none,token_grid=2,ensemble=1",
+    "levels=2.4",
+    "scales=1",
+    "scales=1.2",
+    "scales=1,ridge=0",
+    "head_scales=1.2",
+    "ridge=0.3",
+    "recipe=finetune,size=96,epochs=2,lr=1e-3,trainable=^img_align",
+  ],
+  "dark4k": ["", "captioner=runs/captioner"],
+  "asr": [
+    "",
+    "manifest=DATA/manifest.csv",
+    "runlocal=True",
+    "runlocal=False",
+    "manifest=M.csv,runlocal=True,steps=30",
+    "steps=100",
+  ],
+  "captioner": [
+    "",
+    "manifest=DATA/m.csv",
+    "runlocal=True",
+    "runlocal=True,steps=8",
+    "encoder=resnet18,runlocal=False,steps=10",
+  ],
 }
 
 
@@ -167,8 +212,7 @@ def test_every_config_is_covered():
   assert sorted(DOCUMENTED) == CONFIG_NAMES
 
 
-@pytest.mark.parametrize("name,arg", [(n, a) for n, args in DOCUMENTED.items()
-                                      for a in args])
+@pytest.mark.parametrize("name,arg", [(n, a) for n, args in DOCUMENTED.items() for a in args])
 def test_config_accepts_its_documented_arguments(name, arg):
   keys = _documented_keys(name)
   for item in filter(None, arg.split(",")):
@@ -181,15 +225,14 @@ def _documented_keys(name: str) -> set[str]:
   (not `--config.x=`, `--config=` or the generic `key=value`)."""
   doc = importlib.import_module(f"bmqa_jax.configs.{name}").__doc__
   assert "Arguments" in doc, name
-  section = doc[doc.index("Arguments"):]
+  section = doc[doc.index("Arguments") :]
   return set(re.findall(r"(?<![\w.-])`*([a-z_]+)=", section)) - {"key"}
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_every_documented_argument_is_tried(name):
   """Each key a config documents is among the spellings tried above."""
-  tried = {item.split("=")[0] for arg in DOCUMENTED[name]
-           for item in filter(None, arg.split(","))}
+  tried = {item.split("=")[0] for arg in DOCUMENTED[name] for item in filter(None, arg.split(","))}
   assert tried == _documented_keys(name)
 
 
@@ -199,8 +242,13 @@ def test_config_rejects_unknown_keys_and_loose_bools(name):
     _config(name, "nosuchkey=1")
   with pytest.raises(ValueError, match="is not key=value"):
     _config(name, "bareword")
-  bools = {"quickstart": "tiny", "mliq": "runlocal", "ablation": "runlocal",
-           "asr": "runlocal", "captioner": "runlocal"}
+  bools = {
+    "quickstart": "tiny",
+    "mliq": "runlocal",
+    "ablation": "runlocal",
+    "asr": "runlocal",
+    "captioner": "runlocal",
+  }
   if name in bools:
     for value in ("false", "true", "1", "yes"):
       with pytest.raises(ValueError, match="expected True or False"):
@@ -242,15 +290,24 @@ def test_dark4k_is_the_quickstart_model():
 def test_step_trainers_optimizer_and_mesh(name, b2):
   c = _config(name)
   assert c.optimizer.to_dict() == dict(
-      optimizer="adamw", schedule="cosine", learning_rate=2e-3, warmup_steps=50,
-      final_lr_fraction=0.05, adam_b1=0.9, adam_b2=b2, weight_decay=1e-4,
-      grad_clip_norm=5.0, momentum=0.0)
+    optimizer="adamw",
+    schedule="cosine",
+    learning_rate=2e-3,
+    warmup_steps=50,
+    final_lr_fraction=0.05,
+    adam_b1=0.9,
+    adam_b2=b2,
+    weight_decay=1e-4,
+    grad_clip_norm=5.0,
+    momentum=0.0,
+  )
   assert c.mesh.to_dict() == dict(data=-1, model=1, shard_min_size=2**18)
 
 
 def test_shared_data_blocks():
   assert defaults.builtin_data().to_dict() == dict(
-      num_scenes=200, image_size=160, seed=0, audio=True)
+    num_scenes=200, image_size=160, seed=0, audio=True
+  )
   assert defaults.builtin_data(tiny=True).to_dict() == TINY_DATA
   assert _config("quickstart", "tiny=True").data.builtin.to_dict() == TINY_DATA
   assert _config("captioner", "runlocal=True").data.builtin.to_dict() == TINY_DATA
@@ -275,14 +332,20 @@ def _show(tmp_path, *args):
   script.write_text(SHOW_CONFIG)
   root = os.path.dirname(os.path.dirname(os.path.abspath(config_flag.__file__)))
   env = dict(os.environ, PYTHONPATH=os.path.dirname(root))
-  return subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, str(script), *args],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def _shown(proc):
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("CONFIG ")][-1]
-  return json.loads(line[len("CONFIG "):])
+  return json.loads(line[len("CONFIG ") :])
 
 
 def test_config_by_name_and_by_file_from_another_folder(tmp_path):
@@ -290,8 +353,9 @@ def test_config_by_name_and_by_file_from_another_folder(tmp_path):
   file still loads; dark4k (which imports the quickstart) both ways."""
   assert config_flag.names() == CONFIG_NAMES
   by_name = _shown(_show(tmp_path, "--config=dark4k:captioner=/runs/cap"))
-  by_file = _shown(_show(tmp_path, "--config=" + os.path.join(CONFIGS_DIR, "dark4k.py")
-                         + ":captioner=/runs/cap"))
+  by_file = _shown(
+    _show(tmp_path, "--config=" + os.path.join(CONFIGS_DIR, "dark4k.py") + ":captioner=/runs/cap")
+  )
   assert by_name == by_file
   assert by_name["data"]["captioner_workdir"] == "/runs/cap"
   assert by_name["model"] == json.loads(_config("quickstart").to_json())["model"]
@@ -299,22 +363,41 @@ def test_config_by_name_and_by_file_from_another_folder(tmp_path):
   assert c["st"]["epochs"] == 3 and c["data"]["builtin"] == TINY_DATA
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--config=quickstar"], "--config=quickstar: no packaged config 'quickstar' "
-     "(did you mean 'quickstart'?); the names are ablation, asr, biq2021, "
-     "captioner, dark4k, mliq, quickstart, or give a file (path/to/config.py)"),
-    (["--config=configs/nope.py"], "--config=configs/nope.py: no config file "
-     "'configs/nope.py' (in {cwd}); the packaged configs go by name: ablation, asr, "
-     "biq2021, captioner, dark4k, mliq, quickstart"),
-    (["--config=quickstart:tiyn=True"], "--config=quickstart:tiyn=True: unknown "
-     "config argument 'tiyn' (known keys: img, init, modalities, tiny)"),
-    (["--config=quickstart", "--config.st.learnig_rate=1"], "--config.st.learnig_rate: "
-     "config.st has no field 'learnig_rate'; did you mean 'learning_rate'?"),
-    (["--config=quickstart", "--config.stt.epochs=1"], "--config.stt.epochs: config "
-     "has no field 'stt'; did you mean 'st'?"),
-    (["--config=quickstart", "--config.seed.x=1"], "--config.seed.x: config.seed is a "
-     "value, not a group of fields"),
-])
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (
+      ["--config=quickstar"],
+      "--config=quickstar: no packaged config 'quickstar' "
+      "(did you mean 'quickstart'?); the names are ablation, asr, biq2021, "
+      "captioner, dark4k, mliq, quickstart, or give a file (path/to/config.py)",
+    ),
+    (
+      ["--config=configs/nope.py"],
+      "--config=configs/nope.py: no config file "
+      "'configs/nope.py' (in {cwd}); the packaged configs go by name: ablation, asr, "
+      "biq2021, captioner, dark4k, mliq, quickstart",
+    ),
+    (
+      ["--config=quickstart:tiyn=True"],
+      "--config=quickstart:tiyn=True: unknown "
+      "config argument 'tiyn' (known keys: img, init, modalities, tiny)",
+    ),
+    (
+      ["--config=quickstart", "--config.st.learnig_rate=1"],
+      "--config.st.learnig_rate: "
+      "config.st has no field 'learnig_rate'; did you mean 'learning_rate'?",
+    ),
+    (
+      ["--config=quickstart", "--config.stt.epochs=1"],
+      "--config.stt.epochs: config has no field 'stt'; did you mean 'st'?",
+    ),
+    (
+      ["--config=quickstart", "--config.seed.x=1"],
+      "--config.seed.x: config.seed is a value, not a group of fields",
+    ),
+  ],
+)
 def test_config_mistakes_are_named(tmp_path, args, message):
   """Each mistake is one absl flags error naming it (today's ml_collections
   gives a 53-line trace ending in a garbled KeyError for the misspelt field)."""
@@ -399,9 +482,17 @@ def test_paper_hyperparameters():
   """Sec. 5.1.3, on an MLIQ-style manifest (the built-in data shrinks PT's batch)."""
   c = mliq.get_config("img=convnext_base,txt=transformer,data=manifest,manifest=m.csv")
   assert (c.pt.epochs, c.pt.batch_size, c.pt.learning_rate, c.pt.schedule) == (
-      50, 768, 1e-3, "cosine")
+    50,
+    768,
+    1e-3,
+    "cosine",
+  )
   assert (c.ss.epochs, c.ss.batch_size, c.ss.learning_rate, c.ss.schedule) == (
-      20, 256, 4e-5, "constant")
+    20,
+    256,
+    4e-5,
+    "constant",
+  )
   assert (c.st.epochs, c.st.batch_size, c.st.learning_rate) == (300, 16, 6.4e-5)
   assert (tuple(c.st.decay_boundaries_epochs), c.st.decay_factor) == ((150, 250), 0.95)
   assert c.data.kind == "manifest" and c.data.manifest == "m.csv"
@@ -417,19 +508,22 @@ def test_schedule_is_the_papers():
   """ST: lr 8e-5, ×0.95 at epochs 150 and 250 (Sec. 5.1.3)."""
   c = mliq.get_config("img=resnet50")
   sched = optim.make_schedule(c.st, 3000, int(round(c.st.warmup_epochs * 10)), 10)
-  np.testing.assert_allclose([sched(0), sched(1499), sched(1500), sched(2500)],
-                             [8e-5, 8e-5, 8e-5 * 0.95, 8e-5 * 0.95 ** 2], rtol=1e-6)
+  np.testing.assert_allclose(
+    [sched(0), sched(1499), sched(1500), sched(2500)],
+    [8e-5, 8e-5, 8e-5 * 0.95, 8e-5 * 0.95**2],
+    rtol=1e-6,
+  )
 
 
 METHOD_STAGES = {  # Table 2: stages and the towers of each
-    "a": {"st": ("image",)}, "b": {"st": ("text",)},
-    "c": {"ss": ("image", "text"), "st": ("image",)},
-    "d": {"ss": ("image", "text"), "st": ("text",)},
-    "e": {"ss": ("image", "text"), "st": ("image", "text")},
+  "a": {"st": ("image",)},
+  "b": {"st": ("text",)},
+  "c": {"ss": ("image", "text"), "st": ("image",)},
+  "d": {"ss": ("image", "text"), "st": ("text",)},
+  "e": {"ss": ("image", "text"), "st": ("image", "text")},
 }
 for _m in "fgh":
-  METHOD_STAGES[_m] = {"pt": ("image", "text"), "ss": ("image", "text"),
-                       "st": ("image", "text")}
+  METHOD_STAGES[_m] = {"pt": ("image", "text"), "ss": ("image", "text"), "st": ("image", "text")}
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_STAGES))
@@ -463,22 +557,24 @@ def test_runlocal_shrinks_to_the_same_family(workdir):
   assert "batch['image']: float32 (8, 96, 96, 3)" in log
 
 
-
-@pytest.mark.parametrize("name", ["quickstart", "quickstart_tiny", "mliq_runlocal",
-                                  "ablation_runlocal"])
+@pytest.mark.parametrize(
+  "name", ["quickstart", "quickstart_tiny", "mliq_runlocal", "ablation_runlocal"]
+)
 def test_quickstart_sizes_fit_the_builtin_descriptions(name):
   """The quickstart's texts fit its Transformer: the built-in descriptions (200
   scenes, seed 0) are at most 87 pieces of its 1000-piece tokenizer with BOS."""
   from bmqa_jax.configs import quickstart  # pylint: disable=g-import-not-at-top
-  c = {"quickstart": lambda: quickstart.get_config(),
-       "quickstart_tiny": lambda: quickstart.get_config("tiny=True"),
-       "mliq_runlocal": lambda: mliq.get_config("img=resnet50,txt=transformer,"
-                                                "runlocal=True"),
-       "ablation_runlocal": lambda: ablation.get_config("method=c,runlocal=True"),
-       }[name]()
+
+  c = {
+    "quickstart": lambda: quickstart.get_config(),
+    "quickstart_tiny": lambda: quickstart.get_config("tiny=True"),
+    "mliq_runlocal": lambda: mliq.get_config("img=resnet50,txt=transformer,runlocal=True"),
+    "ablation_runlocal": lambda: ablation.get_config("method=c,runlocal=True"),
+  }[name]()
   assert c.input.max_text_len >= 87 + 4
   if c.model.text.name == "transformer":
     assert c.model.text.kwargs.max_len >= c.input.max_text_len
+
 
 def test_indivisible_batch_fails_before_training(workdir):
   c = _shrink(ablation.get_config("method=a"))
@@ -518,10 +614,14 @@ def test_stage_modalities_hand_over_shared_towers(tmp_path):
   out, fresh = train.previous_weights(ss, str(tmp_path), st_vars)
   assert fresh == ["params/fuse (shape changed)"]
   assert set(out["params"]) == {"image_encoder", "img_align", "fuse", "log_temperature"}
-  for col, key in [("params", "image_encoder"), ("params", "img_align"),
-                   ("params", "log_temperature"), ("batch_stats", "image_encoder")]:
+  for col, key in [
+    ("params", "image_encoder"),
+    ("params", "img_align"),
+    ("params", "log_temperature"),
+    ("batch_stats", "image_encoder"),
+  ]:
     jax.tree.map(np.testing.assert_array_equal, out[col][key], ss_state[col][key])
-  jax.tree.map(np.testing.assert_array_equal, out["params"]["fuse"],
-               st_vars["params"]["fuse"])
-  assert ss_state["params"]["fuse"]["kernel"].shape[0] == \
-      2 * out["params"]["fuse"]["kernel"].shape[0]
+  jax.tree.map(np.testing.assert_array_equal, out["params"]["fuse"], st_vars["params"]["fuse"])
+  assert (
+    ss_state["params"]["fuse"]["kernel"].shape[0] == 2 * out["params"]["fuse"]["kernel"].shape[0]
+  )

@@ -17,8 +17,11 @@ def _samples(root, n=3):
     path = os.path.join(root, f"{i}.png")
     with open(path, "wb") as f:
       f.write(b"x" * (i + 1))
-    out.append(manifest_lib.Sample(image=path, mos=0.5, scene=f"s{i}", text="",
-                                   audio="", device="", split="test", row=i + 2))
+    out.append(
+      manifest_lib.Sample(
+        image=path, mos=0.5, scene=f"s{i}", text="", audio="", device="", split="test", row=i + 2
+      )
+    )
   return out
 
 
@@ -39,6 +42,7 @@ def calls(monkeypatch):
     with open(os.path.join(model_dir, "checkpoints", "5", "weights")) as f:
       weights = f.read()
     return [f"{os.path.basename(i)} by {weights}" for i in inputs]
+
   monkeypatch.setattr(descriptions, "generate", fake)
   return seen
 
@@ -64,5 +68,4 @@ def test_a_generated_source_needs_its_model(tmp_path):
   with pytest.raises(ValueError, match="captioner_workdir"):
     descriptions.fill(_samples(str(tmp_path)), "captioner", "", str(tmp_path))
   with pytest.raises(FileNotFoundError, match="train the model first"):
-    descriptions.fill(_samples(str(tmp_path)), "captioner", str(tmp_path / "none"),
-                      str(tmp_path))
+    descriptions.fill(_samples(str(tmp_path)), "captioner", str(tmp_path / "none"), str(tmp_path))

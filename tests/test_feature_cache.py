@@ -19,11 +19,11 @@ def _config(data, cache):
   c = quickstart.get_config("tiny=True,modalities=image")
   c.data.builtin_dir = os.path.join(data, "builtin")
   c.data.feature_cache_dir = cache
-  c.model.image = dict(name="resnet_tiny", init="none", kwargs={}, levels=(1, 3),
-                       token_grid=2)
+  c.model.image = dict(name="resnet_tiny", init="none", kwargs={}, levels=(1, 3), token_grid=2)
   c.input.update(mode="native", native_crop=64, eval_grid=(2, 1))
-  c.st.update(epochs=1, checkpoint_every_steps=100,
-              trainable=defaults.frozen_tower_regex())  # the probe: cached
+  c.st.update(
+    epochs=1, checkpoint_every_steps=100, trainable=defaults.frozen_tower_regex()
+  )  # the probe: cached
   return c
 
 
@@ -38,7 +38,7 @@ def _damage(path, how):
     with open(path, "rb") as f:
       data = f.read()
     with open(path, "wb") as f:
-      f.write(data[:len(data) // 2])
+      f.write(data[: len(data) // 2])
   elif how == "empty":
     open(path, "wb").close()
   else:
@@ -52,8 +52,7 @@ def _damage(path, how):
     np.savez(path, **levels)  # the name ends in .npz: written as it is
 
 
-def test_damaged_entries_are_named_rebuilt_and_leave_the_metrics_unchanged(
-    tmp_path, monkeypatch):
+def test_damaged_entries_are_named_rebuilt_and_leave_the_metrics_unchanged(tmp_path, monkeypatch):
   data = str(tmp_path / "data")
   monkeypatch.setenv("BMQA_DATA_DIR", data)
   cache = str(tmp_path / "cache")
@@ -72,8 +71,7 @@ def test_damaged_entries_are_named_rebuilt_and_leave_the_metrics_unchanged(
     assert f"damaged entry {path}" in log, how
   assert got == want
   for path in damaged.values():  # repaired on disk
-    feature_cache.read_entry(path, [np.load(entries[-1])[k].shape
-                                    for k in ("level0", "level1")])
+    feature_cache.read_entry(path, [np.load(entries[-1])[k].shape for k in ("level0", "level1")])
   again, log = _run(c, str(tmp_path / "c"))  # and a later run reads them
   assert "damaged entry" not in log and "reading the cached tower features" in log
   assert again == want
@@ -102,7 +100,10 @@ def test_waiting_for_another_process_times_out_naming_it(tmp_path):
   files = [str(tmp_path / f"{i}.npz") for i in range(4)]
   cache_entry.write(files[1], [np.ones(shapes[0], np.float16)])
   entries = [None] * 4
-  with pytest.raises(TimeoutError, match=r"waited 0 s for process 1 of 2 with no new "
-                     r"entry; 1 entries are missing, e.g. .*3.npz"):
+  with pytest.raises(
+    TimeoutError,
+    match=r"waited 0 s for process 1 of 2 with no new "
+    r"entry; 1 entries are missing, e.g. .*3.npz",
+  ):
     feature_cache._wait_for([1, 3], files, shapes, entries, 2, 0.3, print)  # pylint: disable=protected-access
   assert entries[1] is not None  # the one that was there is read

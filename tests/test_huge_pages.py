@@ -34,16 +34,26 @@ print("faults", faults)
 
 
 def _run(env_changes):
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("GLIBC_TUNABLES", "BMQA_HUGE_PAGES", "BMQA_HUGE_PAGES_ADDED")}
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if k not in ("GLIBC_TUNABLES", "BMQA_HUGE_PAGES", "BMQA_HUGE_PAGES_ADDED")
+  }
   env.update(env_changes)
-  out = subprocess.run([sys.executable, "-c", _SCRIPT, "--flag=1", "x"], env=env,
-                       capture_output=True, text=True, timeout=120, check=True).stdout
+  out = subprocess.run(
+    [sys.executable, "-c", _SCRIPT, "--flag=1", "x"],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=True,
+  ).stdout
   return out.splitlines()
 
 
-@pytest.mark.skipif(huge_pages.why_not({}) is not None,
-                    reason=f"no restart here: {huge_pages.why_not({})}")
+@pytest.mark.skipif(
+  huge_pages.why_not({}) is not None, reason=f"no restart here: {huge_pages.why_not({})}"
+)
 def test_restart_keeps_pid_and_arguments_and_malloc_gets_huge_pages():
   lines = _run({})
   pids = [l for l in lines if l.startswith("pid")]

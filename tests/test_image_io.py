@@ -13,8 +13,9 @@ from bmqa_jax.data.image_io import ImageReadError, read_image, read_image_uint8
 
 def _gradient(h=24, w=32):
   y, x = np.mgrid[0:h, 0:w]
-  return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 255 // (h + w - 2)],
-                  axis=-1).astype(np.uint8)
+  return np.stack(
+    [x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 255 // (h + w - 2)], axis=-1
+  ).astype(np.uint8)
 
 
 def _png16(arr: np.ndarray) -> bytes:
@@ -24,16 +25,25 @@ def _png16(arr: np.ndarray) -> bytes:
   raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))
 
   def chunk(tag, data):
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(
-        ">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    return (
+      struct.pack(">I", len(data))
+      + tag
+      + data
+      + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    )
 
   ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
-  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
-          + chunk(b"IEND", b""))
+  return (
+    b"\x89PNG\r\n\x1a\n"
+    + chunk(b"IHDR", ihdr)
+    + chunk(b"IDAT", zlib.compress(raw))
+    + chunk(b"IEND", b"")
+  )
 
 
-@pytest.mark.parametrize("ext,fmt", [("png", "PNG"), ("bmp", "BMP"), ("tif", "TIFF"),
-                                     ("tiff", "TIFF")])
+@pytest.mark.parametrize(
+  "ext,fmt", [("png", "PNG"), ("bmp", "BMP"), ("tif", "TIFF"), ("tiff", "TIFF")]
+)
 def test_lossless_formats_exact(tmp_path, ext, fmt):
   rgb = _gradient()
   path = tmp_path / f"img.{ext}"
@@ -85,8 +95,9 @@ def test_grey_and_palette(tmp_path):
   np.testing.assert_array_equal(out, np.repeat(grey[..., None], 3, -1))
   pal = Image.fromarray(_gradient()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
   pal.save(tmp_path / "p.png")
-  np.testing.assert_array_equal(read_image_uint8(tmp_path / "p.png"),
-                                np.asarray(pal.convert("RGB")))
+  np.testing.assert_array_equal(
+    read_image_uint8(tmp_path / "p.png"), np.asarray(pal.convert("RGB"))
+  )
   Image.fromarray(grey > 128).save(tmp_path / "b.png")  # 1-bit
   one_bit = read_image(tmp_path / "b.png")
   np.testing.assert_array_equal(one_bit[..., 1], (grey > 128).astype(np.float32))
@@ -167,7 +178,7 @@ def test_corrupt_png_data(tmp_path):
   Image.fromarray(_gradient()).save(path)
   data = bytearray(path.read_bytes())
   idat = data.index(b"IDAT")
-  data[idat + 8: idat + 40] = b"\xff" * 32  # garble compressed pixel data
+  data[idat + 8 : idat + 40] = b"\xff" * 32  # garble compressed pixel data
   path.write_bytes(bytes(data))
   with pytest.raises(ImageReadError, match="corrupt"):
     read_image(path)
@@ -194,6 +205,7 @@ def test_bad_exif_is_reported(tmp_path, monkeypatch):
 
   def broken(img):
     raise SyntaxError("not a TIFF file")
+
   monkeypatch.setattr(image_io.ImageOps, "exif_transpose", broken)
   with pytest.raises(ImageReadError, match="EXIF orientation") as err:
     read_image(path)

@@ -21,9 +21,13 @@ PACKAGE = os.path.join(ROOT, "bmqa_jax")
 
 def test_import_contracts_are_kept():
   lint = os.path.join(os.path.dirname(sys.executable), "lint-imports")
-  proc = subprocess.run([lint, "--config", os.path.join(ROOT, ".importlinter"),
-                         "--no-cache"], cwd=ROOT, capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+    [lint, "--config", os.path.join(ROOT, ".importlinter"), "--no-cache"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
   assert "0 broken" in proc.stdout
 
@@ -32,20 +36,30 @@ def test_every_top_level_module_is_in_a_layer():
   cfg = configparser.ConfigParser()
   cfg.read(os.path.join(ROOT, ".importlinter"))
   layers = cfg["importlinter:contract:layers"]["layers"]
-  named = {m.strip() for line in layers.splitlines()
-           for m in line.replace("|", ":").split(":") if m.strip()}
-  top = {f"bmqa_jax.{os.path.splitext(n)[0]}" for n in os.listdir(PACKAGE)
-         if (n.endswith(".py") and n != "__init__.py") or
-         os.path.isfile(os.path.join(PACKAGE, n, "__init__.py"))}
+  named = {
+    m.strip()
+    for line in layers.splitlines()
+    for m in line.replace("|", ":").split(":")
+    if m.strip()
+  }
+  top = {
+    f"bmqa_jax.{os.path.splitext(n)[0]}"
+    for n in os.listdir(PACKAGE)
+    if (n.endswith(".py") and n != "__init__.py")
+    or os.path.isfile(os.path.join(PACKAGE, n, "__init__.py"))
+  }
   assert top - named == set(), "add these to a layer of .importlinter"
 
 
 def test_cpu_kernels_are_imported_only_by_the_ops_seam():
   graph = grimp.build_graph("bmqa_jax", include_external_packages=False)
   kernels = "bmqa_jax.models.image.cpu_kernels"
-  importers = {m for k in graph.find_descendants(kernels) | {kernels}
-               for m in graph.find_modules_that_directly_import(k)
-               if m != kernels and not m.startswith(kernels + ".")}
+  importers = {
+    m
+    for k in graph.find_descendants(kernels) | {kernels}
+    for m in graph.find_modules_that_directly_import(k)
+    if m != kernels and not m.startswith(kernels + ".")
+  }
   assert importers == {"bmqa_jax.models.image.ops"}
 
 
@@ -57,8 +71,7 @@ def test_no_import_cycle():
       if graph.chain_exists(importer=imported, imported=m):
         cycles.append((m, imported))
   # A package's __init__ importing its own modules is not a cycle of code.
-  cycles = [(a, b) for a, b in cycles if not b.startswith(a + ".")
-            and not a.startswith(b + ".")]
+  cycles = [(a, b) for a, b in cycles if not b.startswith(a + ".") and not a.startswith(b + ".")]
   assert not cycles, cycles[:10]
 
 
@@ -75,19 +88,21 @@ def _lines(path):
 
 
 def test_modules_stay_under_400_lines():
-  big = {os.path.relpath(p, ROOT): _lines(p) for p in _py_files(PACKAGE)
-         if _lines(p) >= 400}
+  big = {os.path.relpath(p, ROOT): _lines(p) for p in _py_files(PACKAGE) if _lines(p) >= 400}
   assert not big, big
 
 
 def test_launch_scripts_stay_under_80_lines():
   folder = os.path.join(ROOT, "launch")
-  big = {n: _lines(os.path.join(folder, n)) for n in os.listdir(folder)
-         if n.endswith(".py") and _lines(os.path.join(folder, n)) >= 80}
+  big = {
+    n: _lines(os.path.join(folder, n))
+    for n in os.listdir(folder)
+    if n.endswith(".py") and _lines(os.path.join(folder, n)) >= 80
+  }
   assert not big, big
 
 
-@pytest.mark.parametrize("needle", ['matplotlib.use(', "DESIGN.md"])
+@pytest.mark.parametrize("needle", ["matplotlib.use(", "DESIGN.md"])
 def test_library_sets_no_global_backend_and_cites_existing_files(needle):
   hits = []
   for p in _py_files(PACKAGE):

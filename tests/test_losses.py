@@ -28,8 +28,9 @@ def test_info_nce_matches_numpy(tau):
   rng = np.random.default_rng(0)
   img = rng.normal(size=(6, 16))
   txt = img + rng.normal(scale=0.7, size=(6, 16))
-  got = float(losses.symmetric_info_nce(jnp.asarray(img, jnp.float32),
-                                        jnp.asarray(txt, jnp.float32), tau))
+  got = float(
+    losses.symmetric_info_nce(jnp.asarray(img, jnp.float32), jnp.asarray(txt, jnp.float32), tau)
+  )
   np.testing.assert_allclose(got, _numpy_info_nce(img, txt, tau), rtol=1e-5)
 
 
@@ -56,8 +57,9 @@ def test_info_nce_gradient_has_no_conditional():
   the step's others, and the devices of one process waited at different ones
   until the run aborted (tests/test_multiprocess.py, 1 x 4)."""
   x = jnp.ones((4, 8))
-  jaxpr = jax.make_jaxpr(jax.grad(lambda a, b: losses.symmetric_info_nce(a, b, 0.1),
-                                  argnums=(0, 1)))(x, x)
+  jaxpr = jax.make_jaxpr(
+    jax.grad(lambda a, b: losses.symmetric_info_nce(a, b, 0.1), argnums=(0, 1))
+  )(x, x)
   assert "cond" not in str(jaxpr)
 
 
@@ -71,7 +73,8 @@ def test_cosine_matrix_and_mse():
   rng = np.random.default_rng(3)
   a, b = rng.normal(size=(2, 4, 3))
   want = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (
-      b / np.linalg.norm(b, axis=1, keepdims=True)).T
+    b / np.linalg.norm(b, axis=1, keepdims=True)
+  ).T
   np.testing.assert_allclose(losses.cosine_similarity_matrix(a, b), want, rtol=1e-5)
   p, t = rng.normal(size=(2, 9))
   np.testing.assert_allclose(float(losses.mse(p, t)), np.mean((p - t) ** 2), rtol=1e-6)

@@ -36,13 +36,18 @@ def test_reads_good_rows(folder):
 
 def test_jsonl(folder):
   path = folder / "m.jsonl"
-  path.write_text("\n".join(json.dumps(r) for r in [
-      {"image": "a.jpg", "mos": 0.1, "scene": "x", "text": "a dim room"}]))
+  path.write_text(
+    "\n".join(
+      json.dumps(r) for r in [{"image": "a.jpg", "mos": 0.1, "scene": "x", "text": "a dim room"}]
+    )
+  )
   (s,) = manifest.load(str(path), require_text=True)
   assert s.text == "a dim room"
 
 
-@pytest.mark.parametrize("row,message", [
+@pytest.mark.parametrize(
+  "row,message",
+  [
     ("missing.jpg,0.5,s1", "missing.jpg' does not exist"),
     ("mixed.jpg,0.5,s1", "did you mean 'Mixed.JPG'"),
     ("broken.jpg,0.5,s1", "broken.jpg"),
@@ -50,7 +55,8 @@ def test_jsonl(folder):
     ("a.jpg,,s1", "no MOS"),
     ("a.jpg,1.5,s1", "outside [0.0, 1.0]"),
     ("a.jpg,abc,s1", "is not a number"),
-])
+  ],
+)
 def test_bad_rows_are_named(folder, row, message):
   path = _write(folder, ["b.jpg,0.5,s0", row])
   with pytest.raises(manifest.ManifestError) as e:
@@ -81,8 +87,7 @@ def test_skip_bad_rows_counts(folder):
 
 
 def test_split_filter(folder):
-  path = _write(folder, ["a.jpg,0.5,s1,train", "b.jpg,0.5,s2,test"],
-                header="image,mos,scene,split")
+  path = _write(folder, ["a.jpg,0.5,s1,train", "b.jpg,0.5,s2,test"], header="image,mos,scene,split")
   assert [s.scene for s in manifest.load(path, splits=["test"])] == ["s2"]
 
 
@@ -102,11 +107,17 @@ def test_latin1_is_named(folder, suffix):
   if suffix == ".csv":
     body = "image,mos,scene,text\na.jpg,0.5,s1,ok\nb.jpg,0.5,s2,très sombre\n"
   else:
-    body = ('{"image": "a.jpg", "mos": 0.5, "scene": "s1"}\n'
-            '{"image": "b.jpg", "mos": 0.5, "scene": "s2", "text": "très"}\n')
+    body = (
+      '{"image": "a.jpg", "mos": 0.5, "scene": "s1"}\n'
+      '{"image": "b.jpg", "mos": 0.5, "scene": "s2", "text": "très"}\n'
+    )
   path.write_bytes(body.encode("latin-1"))
-  with pytest.raises(manifest.ManifestError, match=r"m\.\w+, line 3: byte 0xe8 is not UTF-8"
-                     if suffix == ".csv" else r"m\.jsonl, line 2: byte 0xe8"):
+  with pytest.raises(
+    manifest.ManifestError,
+    match=r"m\.\w+, line 3: byte 0xe8 is not UTF-8"
+    if suffix == ".csv"
+    else r"m\.jsonl, line 2: byte 0xe8",
+  ):
     manifest.load(str(path))
   with pytest.raises(manifest.ManifestError, match="not UTF-8"):
     manifest.read_rows(str(path))
@@ -129,17 +140,22 @@ def test_json_array_file_is_refused(folder):
       manifest.load(str(folder / "m.json"))
 
 
-@pytest.mark.parametrize("line,message", [
+@pytest.mark.parametrize(
+  "line,message",
+  [
     ('["a.jpg", 0.5, "s1"]', "a JSON list, not an object"),
     ('"a.jpg"', "a JSON str, not an object"),
     ("{not json", "not valid JSON"),
     ('{"image": "a.jpg", "mos": 0.5, "scene": {"id": 1}}', "field 'scene' is a dict"),
-    (json.dumps({"image": "a.jpg", "mos": 0.5, "scene": "s", "text": "x" * 131_073}),
-     "field 'text' is longer than 131072"),
+    (
+      json.dumps({"image": "a.jpg", "mos": 0.5, "scene": "s", "text": "x" * 131_073}),
+      "field 'text' is longer than 131072",
+    ),
     ('{"image": "a.jpg", "mos": true, "scene": "s2"}', "MOS True is not a number"),
     ('{"image": "a.jpg", "mos": [0.5], "scene": "s2"}', "field 'mos' is a list"),
     ('{"image": "a.jpg", "mos": 0.5, "scene": ""}', "empty `scene`"),
-])
+  ],
+)
 def test_bad_jsonl_rows_are_named_and_skippable(folder, line, message):
   path = _jsonl(folder, [GOOD, "", line])  # the bad row is line 3
   with pytest.raises(manifest.ManifestError) as e:
@@ -161,11 +177,15 @@ def test_numeric_jsonl_scene_and_boolean_csv_text(folder):
 
 
 def test_overlong_csv_field_is_named_and_skippable(folder):
-  path = _write(folder, ["a.jpg,0.5,s1,ok", "b.jpg,0.5,s2," + "x" * 131_073, "b.jpg,0.5,s3,ok"],
-                header="image,mos,scene,text")
+  path = _write(
+    folder,
+    ["a.jpg,0.5,s1,ok", "b.jpg,0.5,s2," + "x" * 131_073, "b.jpg,0.5,s3,ok"],
+    header="image,mos,scene,text",
+  )
   # (the csv module's own limit, or ours when the process raised the csv limit)
-  with pytest.raises(manifest.ManifestError,
-                     match=r"m\.csv, row 3: .*(field larger than|longer than 131072)"):
+  with pytest.raises(
+    manifest.ManifestError, match=r"m\.csv, row 3: .*(field larger than|longer than 131072)"
+  ):
     manifest.load(path)
   logs = []
   assert [s.scene for s in manifest.load(path, skip_bad=True, log=logs.append)] == ["s1", "s3"]
@@ -192,19 +212,25 @@ def test_manifest_without_split_column(folder):
 
 
 def test_scene_in_two_splits_is_refused(folder):
-  path = _write(folder, ["a.jpg,0.5,s1,train", "b.jpg,0.5,s2,test", "b.jpg,0.5,s1,test",
-                         "a.jpg,0.5,s3,"], header="image,mos,scene,split")
+  path = _write(
+    folder,
+    ["a.jpg,0.5,s1,train", "b.jpg,0.5,s2,test", "b.jpg,0.5,s1,test", "a.jpg,0.5,s3,"],
+    header="image,mos,scene,split",
+  )
   for kwargs in ({}, {"splits": ["train"]}, {"skip_bad": True}):
     with pytest.raises(manifest.ManifestError) as e:
       manifest.load(path, **kwargs)
-    assert ("m.csv, row 4: scene 's1' is in split 'test' here but in 'train' at row 2"
-            in str(e.value))
-  manifest.check_scene_splits([(2, {"scene": "s", "split": "train"}),
-                               (3, {"scene": "s", "split": ""})], "x")  # no split: fine
+    assert "m.csv, row 4: scene 's1' is in split 'test' here but in 'train' at row 2" in str(
+      e.value
+    )
+  manifest.check_scene_splits(
+    [(2, {"scene": "s", "split": "train"}), (3, {"scene": "s", "split": ""})], "x"
+  )  # no split: fine
 
 
-@pytest.mark.parametrize("name", ["../evil.jpg", "/tmp/evil.jpg", "a/../../evil.jpg",
-                                  "", ".", "a/..", "x\0.jpg"])
+@pytest.mark.parametrize(
+  "name", ["../evil.jpg", "/tmp/evil.jpg", "a/../../evil.jpg", "", ".", "a/..", "x\0.jpg"]
+)
 def test_safe_join_refuses_names_leaving_the_folder(tmp_path, name):
   root = str(tmp_path / "export" / "files")
   with pytest.raises(manifest.ManifestError, match=r"mliq, split 'train', example 7: file name"):

@@ -44,14 +44,17 @@ def test_hand_computed_values():
   assert M.rmse([1, 2, 3], [1, 3, 2]) == pytest.approx(math.sqrt(2 / 3))
 
 
-@pytest.mark.parametrize("bad,match", [
+@pytest.mark.parametrize(
+  "bad,match",
+  [
     (([1, 2, 3], [1, 2]), "3 values but mos has 2"),
     (([1, 2], [1, 2]), "at least 3"),
     (([1, np.nan, 3], [1, 2, 3]), "non-finite"),
     (([1, 2, np.inf], [1, 2, 3]), "non-finite"),
     (([[1, 2], [3, 4]], [1, 2, 3, 4]), "1-D"),
     ((["a", "b", "c"], [1, 2, 3]), "float"),
-])
+  ],
+)
 def test_bad_input(bad, match):
   with pytest.raises(ValueError, match=match):
     M.plcc(*bad)
@@ -148,8 +151,10 @@ def test_grouped_summary(data):
 
 
 def test_split_statistics():
-  results = [{"plcc": v, "srcc": v - 0.1, "n": 10, "plcc_logistic4": (None if i == 2 else v)}
-             for i, v in enumerate([0.8, 0.9, 0.7, 0.6])]
+  results = [
+    {"plcc": v, "srcc": v - 0.1, "n": 10, "plcc_logistic4": (None if i == 2 else v)}
+    for i, v in enumerate([0.8, 0.9, 0.7, 0.6])
+  ]
   st = R.split_statistics(results)
   assert st["plcc"]["mean"] == pytest.approx(0.75)
   assert st["plcc"]["std"] == pytest.approx(np.std([0.8, 0.9, 0.7, 0.6], ddof=1))

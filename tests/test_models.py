@@ -12,8 +12,9 @@ from bmqa_jax.models import text
 
 
 def test_text_encoder_ignores_padding():
-  enc = text.create("transformer", vocab_size=50, width=32, depth=2, num_heads=4,
-                    mlp_dim=64, max_len=10)
+  enc = text.create(
+    "transformer", vocab_size=50, width=32, depth=2, num_heads=4, mlp_dim=64, max_len=10
+  )
   ids = jnp.array([[2, 5, 6, 7, 0, 0, 0, 0, 0, 0]])
   v = enc.init(jax.random.key(0), ids, ids != 0)
   out = enc.apply(v, ids, ids != 0)
@@ -46,11 +47,16 @@ def test_paper_alignment_widths():
 @pytest.mark.parametrize("modalities", [("image", "text"), ("image",)])
 def test_bmqa_outputs(modalities):
   model = bmqa.BMQA(
-      image_encoder=image.create("resnet_tiny"),
-      text_encoder=text.create("transformer", 30, width=16, depth=1, num_heads=2,
-                               mlp_dim=32, max_len=8),
-      modalities=modalities, align_width=32, align_heads=4, align_qkv_dim=32,
-      align_mlp_dim=64)
+    image_encoder=image.create("resnet_tiny"),
+    text_encoder=text.create(
+      "transformer", 30, width=16, depth=1, num_heads=2, mlp_dim=32, max_len=8
+    ),
+    modalities=modalities,
+    align_width=32,
+    align_heads=4,
+    align_qkv_dim=32,
+    align_mlp_dim=64,
+  )
   imgs = jnp.zeros((2, 32, 32, 3))
   ids = jnp.ones((2, 8), jnp.int32)
   v = model.init(jax.random.key(0), imgs, ids, ids > 0)

@@ -52,35 +52,64 @@ def _port() -> int:
     return s.getsockname()[1]
 
 
-def _run(script, args, nproc, devices, data_dir, log_dir, kill_when=None,
-         kill=signal.SIGKILL, kill_procs=None):
+def _run(
+  script,
+  args,
+  nproc,
+  devices,
+  data_dir,
+  log_dir,
+  kill_when=None,
+  kill=signal.SIGKILL,
+  kill_procs=None,
+):
   """Runs `script` as `nproc` processes of `devices` CPU devices; returns their
   logs. `kill_when()`: send `kill` to the processes `kill_procs` (default all)
   once it returns True; then the logs come with the exit statuses and the
   seconds from the signal to the last exit."""
   flags = os.environ.get("XLA_FLAGS", "")  # conftest's fast compiles
-  env = dict(os.environ, JAX_PLATFORMS="cpu", BMQA_DATA_DIR=data_dir,
-             XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}")
-  cluster = [[]] if nproc == 1 else [
-      [f"--coordinator=127.0.0.1:{_port_once}", f"--num_processes={nproc}",
-       f"--process_id={i}"] for _port_once in [_port()] for i in range(nproc)]
-  logs = [os.path.join(log_dir, f"{os.path.basename(script)}.{time.time_ns()}.{i}.log")
-          for i in range(nproc)]
-  procs = [subprocess.Popen([PY, os.path.join(ROOT, script)] + args + c, env=env,
-                            cwd=ROOT, stdout=open(l, "w"), stderr=subprocess.STDOUT)
-           for c, l in zip(cluster, logs)]
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    BMQA_DATA_DIR=data_dir,
+    XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}",
+  )
+  cluster = (
+    [[]]
+    if nproc == 1
+    else [
+      [f"--coordinator=127.0.0.1:{_port_once}", f"--num_processes={nproc}", f"--process_id={i}"]
+      for _port_once in [_port()]
+      for i in range(nproc)
+    ]
+  )
+  logs = [
+    os.path.join(log_dir, f"{os.path.basename(script)}.{time.time_ns()}.{i}.log")
+    for i in range(nproc)
+  ]
+  procs = [
+    subprocess.Popen(
+      [PY, os.path.join(ROOT, script)] + args + c,
+      env=env,
+      cwd=ROOT,
+      stdout=open(l, "w"),
+      stderr=subprocess.STDOUT,
+    )
+    for c, l in zip(cluster, logs)
+  ]
   began, deadline, sent = time.monotonic(), time.time() + 900, None
   while any(p.poll() is None for p in procs):
     if time.time() > deadline:  # a hang: name who is still running, and where
       for p in procs:
         p.kill()
       waiting = [i for i, p in enumerate(procs) if p.wait() < 0]
-      pytest.fail(f"{script}: process(es) {waiting} of {nproc} still running after "
-                  "900 s:\n" + "\n".join(f"--- process {i}\n" + open(logs[i]).read()[-2000:]
-                                         for i in waiting))
+      pytest.fail(
+        f"{script}: process(es) {waiting} of {nproc} still running after "
+        "900 s:\n" + "\n".join(f"--- process {i}\n" + open(logs[i]).read()[-2000:] for i in waiting)
+      )
     if kill_when is not None and kill_when():
       sent = time.monotonic()
-      for i in (range(nproc) if kill_procs is None else kill_procs):
+      for i in range(nproc) if kill_procs is None else kill_procs:
         procs[i].send_signal(kill)
       break
     time.sleep(0.05)
@@ -91,8 +120,10 @@ def _run(script, args, nproc, devices, data_dir, log_dir, kill_when=None,
       if p.poll() is None:
         p.kill()
   took = time.monotonic() - sent if sent is not None else None
-  print(f"{script} {' '.join(args[-1:])}: {nproc} x {devices}, "  # pytest -s: the notes
-        f"{time.monotonic() - began:.0f} s")
+  print(
+    f"{script} {' '.join(args[-1:])}: {nproc} x {devices}, "  # pytest -s: the notes
+    f"{time.monotonic() - began:.0f} s"
+  )
   texts = [open(l).read() for l in logs]
   if kill_when is None:
     assert rcs == [0] * nproc, "\n".join(t[-3000:] for t in texts)
@@ -119,15 +150,31 @@ def _assert_same_weights(run_a, run_b, where, rel=1e-5):
       break
 
 
-BMQA = ["launch/train.py", "--config=configs/quickstart.py:tiny=True",
-        "--config.stages=ss,st", "--config.st.feature_cache=False"]
+BMQA = [
+  "launch/train.py",
+  "--config=configs/quickstart.py:tiny=True",
+  "--config.stages=ss,st",
+  "--config.st.feature_cache=False",
+]
 STEPS = dict(ss=10, st=4)  # of batch 8, 10 steps an epoch
 for _s, _every in (("ss", 2), ("st", 1)):
-  BMQA += [f"--config.{_s}.{k}={v}" for k, v in dict(
-      optimizer="sgd", learning_rate=2e-4, warmup_epochs=0, epochs=STEPS[_s] / 10,
-      checkpoint_every_steps=_every, keep_checkpoints=10, log_every_steps=1).items()]
-STOPPED = re.compile(r"^stopped by SIGTERM( on process 1)? at \[(ss|st)\] step (\d+): "
-                     r"checkpoint saved[^;\n]*; run the same command to resume$", re.M)
+  BMQA += [
+    f"--config.{_s}.{k}={v}"
+    for k, v in dict(
+      optimizer="sgd",
+      learning_rate=2e-4,
+      warmup_epochs=0,
+      epochs=STEPS[_s] / 10,
+      checkpoint_every_steps=_every,
+      keep_checkpoints=10,
+      log_every_steps=1,
+    ).items()
+  ]
+STOPPED = re.compile(
+  r"^stopped by SIGTERM( on process 1)? at \[(ss|st)\] step (\d+): "
+  r"checkpoint saved[^;\n]*; run the same command to resume$",
+  re.M,
+)
 
 
 def _has(workdir, stage, step):
@@ -143,14 +190,31 @@ def bmqa(tmp_path_factory):
   data, logs = str(root / "data"), str(root)
   one, two = str(root / "one"), str(root / "two")
   out = dict(one=one, two=two, data=data, logs=logs)
-  out["stopped_one"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={one}"], 1, 4, data, logs,
-                            kill_when=_has(one, "st", 1), kill=signal.SIGTERM)
+  out["stopped_one"] = _run(
+    BMQA[0],
+    BMQA[1:] + [f"--workdir={one}"],
+    1,
+    4,
+    data,
+    logs,
+    kill_when=_has(one, "st", 1),
+    kill=signal.SIGTERM,
+  )
   out["log_one"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={one}"], 1, 4, data, logs)
-  out["stopped_two"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 2, data, logs,
-                            kill_when=_has(two, "ss", 2), kill=signal.SIGTERM,
-                            kill_procs=[1])
-  killed, _, _ = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 2, data, logs,
-                      kill_when=_has(two, "st", 1))
+  out["stopped_two"] = _run(
+    BMQA[0],
+    BMQA[1:] + [f"--workdir={two}"],
+    2,
+    2,
+    data,
+    logs,
+    kill_when=_has(two, "ss", 2),
+    kill=signal.SIGTERM,
+    kill_procs=[1],
+  )
+  killed, _, _ = _run(
+    BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 2, data, logs, kill_when=_has(two, "st", 1)
+  )
   out["killed_at"] = checkpoint.latest_step(os.path.join(two, "checkpoints", "st"))
   out["killed_log"] = killed
   out["log_two"] = _run(BMQA[0], BMQA[1:] + [f"--workdir={two}"], 2, 2, data, logs)
@@ -198,10 +262,15 @@ def test_bmqa_two_processes_stopped_killed_and_resumed_train_like_one(bmqa):
 
 def test_bmqa_evaluation_on_two_processes_equals_one(bmqa):
   one = os.path.join(bmqa["logs"], "eval_one")
-  _run("launch/evaluate.py", [f"--workdir={bmqa['one']}", f"--out_dir={one}"], 1, 4,
-       bmqa["data"], bmqa["logs"])
-  _run("launch/evaluate.py", [f"--workdir={bmqa['one']}"], 2, 2, bmqa["data"],
-       bmqa["logs"])
+  _run(
+    "launch/evaluate.py",
+    [f"--workdir={bmqa['one']}", f"--out_dir={one}"],
+    1,
+    4,
+    bmqa["data"],
+    bmqa["logs"],
+  )
+  _run("launch/evaluate.py", [f"--workdir={bmqa['one']}"], 2, 2, bmqa["data"], bmqa["logs"])
   with open(os.path.join(one, "metrics.json")) as f:
     a = json.load(f)
   with open(os.path.join(bmqa["one"], "eval", "metrics.json")) as f:
@@ -210,8 +279,9 @@ def test_bmqa_evaluation_on_two_processes_equals_one(bmqa):
     if isinstance(v, float):
       assert b["overall"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
     elif isinstance(v, dict):  # a logistic fit: its optimum is flat, its path not
-      assert {f: b["overall"][k][f] for f in ("kind", "converged", "monotonic")} == \
-          {f: v[f] for f in ("kind", "converged", "monotonic")}, k
+      assert {f: b["overall"][k][f] for f in ("kind", "converged", "monotonic")} == {
+        f: v[f] for f in ("kind", "converged", "monotonic")
+      }, k
     else:
       assert b["overall"][k] == v, k
   with open(os.path.join(one, "predictions.csv")) as f:
@@ -219,26 +289,34 @@ def test_bmqa_evaluation_on_two_processes_equals_one(bmqa):
   with open(os.path.join(bmqa["one"], "eval", "predictions.csv")) as f:
     b = list(csv.reader(f))
   assert [r[:-1] for r in a] == [r[:-1] for r in b]  # the same images, in order
-  np.testing.assert_allclose([float(r[-1]) for r in b[1:]],
-                             [float(r[-1]) for r in a[1:]], atol=2e-5)  # 5 decimals
+  np.testing.assert_allclose(
+    [float(r[-1]) for r in b[1:]], [float(r[-1]) for r in a[1:]], atol=2e-5
+  )  # 5 decimals
 
 
 def _asr_manifest(root):
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import test_speech  # pylint: disable=g-import-not-at-top
+
   return test_speech._write_manifest(root, n=12)  # pylint: disable=protected-access
 
 
 def _caption_manifest(root):
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import test_captioner  # pylint: disable=g-import-not-at-top
+
   return test_captioner._write_data(root)  # pylint: disable=protected-access
 
 
-SGD = ["--config.optimizer.optimizer=sgd", "--config.optimizer.learning_rate=0.002",
-       "--config.optimizer.warmup_steps=0", "--config.optimizer.grad_clip_norm=0.0",
-       "--config.batch_size=8", "--config.checkpoint_every_steps=1",
-       "--config.log_every_steps=1"]
+SGD = [
+  "--config.optimizer.optimizer=sgd",
+  "--config.optimizer.learning_rate=0.002",
+  "--config.optimizer.warmup_steps=0",
+  "--config.optimizer.grad_clip_norm=0.0",
+  "--config.batch_size=8",
+  "--config.checkpoint_every_steps=1",
+  "--config.log_every_steps=1",
+]
 
 
 @pytest.mark.parametrize("family", ["asr", "captioner"])
@@ -247,19 +325,29 @@ def test_recogniser_and_captioner_two_processes_train_like_one(family, tmp_path)
   os.makedirs(data)
   if family == "asr":
     m = _asr_manifest(data)
-    args = ["launch/train_asr.py", f"--config=configs/asr.py:manifest={m},runlocal=True,steps=2",
-            "--config.model.conv_features=(4, 4)", "--config.model.rnn_hidden=16",
-            "--config.features.n_mels=16", "--config.frame_buckets=(512,)",
-            "--config.eval_batch_size=2"]
+    args = [
+      "launch/train_asr.py",
+      f"--config=configs/asr.py:manifest={m},runlocal=True,steps=2",
+      "--config.model.conv_features=(4, 4)",
+      "--config.model.rnn_hidden=16",
+      "--config.features.n_mels=16",
+      "--config.frame_buckets=(512,)",
+      "--config.eval_batch_size=2",
+    ]
     metrics = "asr_metrics.json"
   else:
     m = _caption_manifest(data)
-    args = ["launch/train_captioner.py",
-            f"--config=configs/captioner.py:manifest={m},runlocal=True,steps=2",
-            "--config.data.eval_split=train", "--config.model.embed_dim=8",
-            "--config.model.hidden_dim=16", "--config.model.attention_dim=8",
-            "--config.input.image_size=32", "--config.eval_batch_size=4",
-            "--config.decode.beam_size=1"]
+    args = [
+      "launch/train_captioner.py",
+      f"--config=configs/captioner.py:manifest={m},runlocal=True,steps=2",
+      "--config.data.eval_split=train",
+      "--config.model.embed_dim=8",
+      "--config.model.hidden_dim=16",
+      "--config.model.attention_dim=8",
+      "--config.input.image_size=32",
+      "--config.eval_batch_size=4",
+      "--config.decode.beam_size=1",
+    ]
     metrics = "captioner_metrics.json"
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
   _run(args[0], args[1:] + SGD + [f"--workdir={one}"], 1, 4, data, str(tmp_path))
@@ -295,9 +383,17 @@ def test_a_barrier_that_times_out_names_the_missing_process(tmp_path):
   the process it waited for, instead of waiting forever."""
   address = f"127.0.0.1:{_port()}"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  procs = [subprocess.Popen([PY, "-c", _BARRIER, address, str(i)], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [PY, "-c", _BARRIER, address, str(i)],
+      env=env,
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   out = [p.communicate(timeout=120)[0] for p in procs]
   assert "process 0 waited 2 s at 'second' for the other processes of 2" in out[0], out
   assert "timed out task names: 1" in out[0], out[0][-2000:]

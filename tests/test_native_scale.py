@@ -27,19 +27,21 @@ def _photo(h, w, seed=0):
 
 # --- native views -----------------------------------------------------------
 
+
 def test_native_crops_keep_the_pixels():
   img = _photo(3000, 4000)
   crop = native.random_crop(img, 512, np.random.default_rng(0))
   assert crop.shape == (512, 512, 3)
   # The window is a verbatim piece of the photo: found at some offset.
   ys, xs = np.where((img[:, :, 0] == crop[0, 0, 0]) & (img[:, :, 1] == crop[0, 0, 1]))
-  assert any(np.array_equal(img[y:y + 512, x:x + 512], crop) for y, x in zip(ys, xs))
+  assert any(np.array_equal(img[y : y + 512, x : x + 512], crop) for y, x in zip(ys, xs))
   grid = native.grid_crops(img, 512, (3, 3))
   assert grid.shape == (9, 512, 512, 3)
   np.testing.assert_array_equal(grid[0], img[:512, :512])  # corners included
   np.testing.assert_array_equal(grid[-1], img[-512:, -512:])
-  np.testing.assert_array_equal(native.grid_crops(img, 512, (1, 1))[0],
-                                img[1244:1756, 1744:2256])  # the centre
+  np.testing.assert_array_equal(
+    native.grid_crops(img, 512, (1, 1))[0], img[1244:1756, 1744:2256]
+  )  # the centre
 
 
 def test_small_and_mixed_sizes_are_padded_not_resampled():
@@ -47,17 +49,25 @@ def test_small_and_mixed_sizes_are_padded_not_resampled():
   out = native.grid_crops(small, 32, (1, 1))[0]
   assert out.shape == (32, 32, 3)
   np.testing.assert_array_equal(out[6:26, :], small[:, 9:41])  # the pixels, unscaled
-  cfg = pipeline.from_config(config_bases.complete(
-      {"input": dict(mode="native", native_crop=32, eval_grid=(2, 2))}))
+  cfg = pipeline.from_config(
+    config_bases.complete({"input": dict(mode="native", native_crop=32, eval_grid=(2, 2))})
+  )
   views = [pipeline.eval_views(_photo(h, w), cfg) for h, w in ((20, 50), (64, 40))]
   assert {v.shape for v in views} == {(4, 32, 32, 3)}
 
 
 # --- multi-level token maps ---------------------------------------------------
 
-@pytest.mark.parametrize("name,levels,last", [
-    ("resnet_tiny", (0, 3), 3), ("efficientnet_tiny", (1, 6), None),
-    ("convnext_mini", (1, 3), 3), ("vit_tiny", (0, 1), None)])
+
+@pytest.mark.parametrize(
+  "name,levels,last",
+  [
+    ("resnet_tiny", (0, 3), 3),
+    ("efficientnet_tiny", (1, 6), None),
+    ("convnext_mini", (1, 3), 3),
+    ("vit_tiny", (0, 1), None),
+  ],
+)
 def test_levels_leave_existing_outputs_unchanged(name, levels, last):
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   plain = image.create(name)
@@ -90,8 +100,7 @@ def test_grid_statistics_against_numpy():
 
 def _tiny_config(**over):
   c = quickstart.get_config("tiny=True,modalities=image")
-  c.model.image = dict(name="resnet_tiny", init="none", kwargs={}, levels=(1, 3),
-                       token_grid=2)
+  c.model.image = dict(name="resnet_tiny", init="none", kwargs={}, levels=(1, 3), token_grid=2)
   c.input.update(mode="native", native_crop=64, eval_grid=(2, 1))
   c.update(over)
   return c
@@ -120,8 +129,10 @@ def test_scales_concatenate_the_downsampled_photos_statistics():
   v = two.init(jax.random.key(1), x)
   feats = two.apply(v, x, method=two.tower_features)
   assert [f.shape for f in feats] == [(2, 4, 128), (2, 4, 512)]
-  v1 = {"params": {k: p for k, p in v["params"].items() if k == "image_encoder"},
-        "batch_stats": v["batch_stats"]}
+  v1 = {
+    "params": {k: p for k, p in v["params"].items() if k == "image_encoder"},
+    "batch_stats": v["batch_stats"],
+  }
   full = one.apply(v1, x, method=one.tower_features)
   small = x.reshape(2, 64, 2, 64, 2, 3).mean((2, 4))
   half = one.apply(v1, small, method=one.tower_features)
@@ -129,13 +140,15 @@ def test_scales_concatenate_the_downsampled_photos_statistics():
     np.testing.assert_allclose(f, jnp.concatenate([a, b], -1), rtol=1e-5, atol=1e-5)
   mesh_cfg = pipeline.from_config(c)
   tower = {k: w["image_encoder"] for k, w in v.items()}
-  assert (feature_cache.tower_key(c, tower, mesh_cfg)
-          != feature_cache.tower_key(_tiny_config(), tower, mesh_cfg))
+  assert feature_cache.tower_key(c, tower, mesh_cfg) != feature_cache.tower_key(
+    _tiny_config(), tower, mesh_cfg
+  )
   cached = two.apply(v, None, image_features=feats)["score"]
   np.testing.assert_allclose(two.apply(v, x)["score"], cached, rtol=1e-5, atol=1e-6)
 
 
 # --- feature cache and LP-FT through the trainer -----------------------------
+
 
 @pytest.fixture(scope="module")
 def lpft(tmp_path_factory):
@@ -144,9 +157,12 @@ def lpft(tmp_path_factory):
   c = _tiny_config()
   c.data.builtin_dir = os.path.join(data, "builtin")
   defaults.probe_then_finetune(
-      c, probe=dict(learning_rate=1e-3),
-      finetune=dict(epochs=1, batch_size=8, learning_rate=1e-4,
-                    checkpoint_every_steps=100, log_every_steps=1))
+    c,
+    probe=dict(learning_rate=1e-3),
+    finetune=dict(
+      epochs=1, batch_size=8, learning_rate=1e-4, checkpoint_every_steps=100, log_every_steps=1
+    ),
+  )
   work = str(tmp_path_factory.mktemp("lpft"))
   logs = []
   res = train.train_and_evaluate(c, work, log=logs.append, progress=False)
@@ -167,11 +183,14 @@ def test_probe_stage_trains_from_the_cache_and_ft_from_pixels(lpft):
 
 def test_probe_freezes_the_tower_and_ft_trains_it(lpft):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   def tower(stage):
     mngr = checkpoint.manager(os.path.join(lpft["work"], "checkpoints", stage), 2)
-    st = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))["state"]
+    st = mngr.restore(
+      mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    )["state"]
     return st["params"]["image_encoder"], st["params"]["fuse"]
+
   c = lpft["cfg"]
   model = bmqa_lib.from_config(c, None)
   key = jax.random.key(c.seed)  # as StagePlan.init_variables draws them
@@ -193,6 +212,7 @@ def test_cache_is_reused_and_invalidated_by_a_changed_image(lpft, tmp_path):
   for i in range(3):
     p = os.path.join(tmp_path, f"{i}.png")
     from PIL import Image  # pylint: disable=g-import-not-at-top
+
     Image.fromarray(_photo(70, 80, i)).save(p)
     paths.append(p)
   records = [dict(path=p, mos=np.float32(0.5)) for p in paths]
@@ -203,8 +223,9 @@ def test_cache_is_reused_and_invalidated_by_a_changed_image(lpft, tmp_path):
   assert a.folder == b.folder and "reading the cached" in logs[-1]
   x = pipeline.eval_views(np.asarray(Image.open(paths[1]).convert("RGB")), pcfg)
   want = model.apply(v, jnp.asarray(x), method=model.tower_features)
-  np.testing.assert_allclose(np.asarray(a.levels[1][1, :2], np.float32),
-                             np.asarray(want[1]), rtol=2e-3, atol=2e-3)
+  np.testing.assert_allclose(
+    np.asarray(a.levels[1][1, :2], np.float32), np.asarray(want[1]), rtol=2e-3, atol=2e-3
+  )
   Image.fromarray(_photo(70, 80, 7)).save(paths[1])  # an edited photo
   os.utime(paths[1], ns=(1, 1))
   c2 = feature_cache.build(model, v, records, c, pcfg, str(tmp_path), mesh, logs.append)
@@ -215,8 +236,9 @@ def test_cache_is_reused_and_invalidated_by_a_changed_image(lpft, tmp_path):
 
 # --- the default real-photo recipe (configs/biq2021.py) ------------------------
 
-SHARED_PHOTOS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                             "biq2021_lowlight", "manifest.csv")
+SHARED_PHOTOS = os.path.join(
+  os.path.dirname(__file__), "..", "..", "shared", "data", "biq2021_lowlight", "manifest.csv"
+)
 
 
 def test_biq2021_multiscale_recipe_trains_a_step(tmp_path):
@@ -229,6 +251,7 @@ def test_biq2021_multiscale_recipe_trains_a_step(tmp_path):
     pytest.skip("../shared/data/biq2021_lowlight is not here")
   import csv  # pylint: disable=g-import-not-at-top
   from bmqa_jax.configs import biq2021  # pylint: disable=g-import-not-at-top
+
   with open(SHARED_PHOTOS) as f:
     rows = list(csv.DictReader(f))[:7]
   base = os.path.dirname(os.path.abspath(SHARED_PHOTOS))
@@ -237,8 +260,14 @@ def test_biq2021_multiscale_recipe_trains_a_step(tmp_path):
     w = csv.DictWriter(f, ["image", "mos", "scene", "split"])
     w.writeheader()
     for i, r in enumerate(rows):
-      w.writerow(dict(image=os.path.join(base, r["image"]), mos=r["mos"],
-                      scene=r["scene"], split="val" if i >= 4 else "train"))
+      w.writerow(
+        dict(
+          image=os.path.join(base, r["image"]),
+          mos=r["mos"],
+          scene=r["scene"],
+          split="val" if i >= 4 else "train",
+        )
+      )
   c = biq2021.get_config(f"manifest={man},epochs=1,batch=4")
   assert tuple(c.model.image.scales) == (1, 2, 4)
   assert tuple(c.model.image.head_scales) == (1,) and c.model.ridge_weight == 0.5
@@ -251,8 +280,16 @@ def test_biq2021_multiscale_recipe_trains_a_step(tmp_path):
   assert "ridge probe on 2976 pooled features of 4 images" in "\n".join(logs)
   assert set(res) == {"st"}
   (folder,) = os.listdir(tmp_path / "w" / "feature_cache")
-  entry = np.load(os.path.join(tmp_path, "w", "feature_cache", folder,
-                               os.listdir(tmp_path / "w" / "feature_cache" / folder)[0]))
+  entry = np.load(
+    os.path.join(
+      tmp_path,
+      "w",
+      "feature_cache",
+      folder,
+      os.listdir(tmp_path / "w" / "feature_cache" / folder)[0],
+    )
+  )
   # Lite0's stages 1, 2, 4, 6 (24, 40, 112, 320 channels): mean and std × 3 scales.
   assert [entry[f"level{i}"].shape for i in range(4)] == [
-      (2, 16, 6 * ch) for ch in (24, 40, 112, 320)]
+    (2, 16, 6 * ch) for ch in (24, 40, 112, 320)
+  ]

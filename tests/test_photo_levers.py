@@ -37,14 +37,17 @@ def test_ensemble_mixes_saved_heads_with_ridge_probes(tmp_path):
   l0 = np.zeros((n, 16, 3, 4), np.float32)
   l0[:, :, 0, 0] = mos[:, None] + 0.05 * rng.normal(size=(n, 16))
   l0[:, :, 0, 1:] = rng.normal(size=(n, 16, 3))
-  np.savez(os.path.join(feats, "efficientnet_lite0_s1.npz"), l0=l0,
-           c0=rng.normal(size=(n, 10)).astype(np.float32))
+  np.savez(
+    os.path.join(feats, "efficientnet_lite0_s1.npz"),
+    l0=l0,
+    c0=rng.normal(size=(n, 10)).astype(np.float32),
+  )
   os.makedirs(os.path.join(feats, "preds"))
   for seed in range(3):
-    np.save(os.path.join(feats, "preds", f"heads5_x_{seed}.npy"),
-            mos + 0.3 * rng.normal(size=n))
-  res = photo_ensemble.ensemble(feats, "heads5_x", ["lite0:s1", "lite0:s1,lite0:s1:cov"],
-                                man, seeds=range(3), weights=(0.5,))
+    np.save(os.path.join(feats, "preds", f"heads5_x_{seed}.npy"), mos + 0.3 * rng.normal(size=n))
+  res = photo_ensemble.ensemble(
+    feats, "heads5_x", ["lite0:s1", "lite0:s1,lite0:s1:cov"], man, seeds=range(3), weights=(0.5,)
+  )
   assert len(res["heads"]) == 3
   assert np.mean(res["ridge[loo] lite0:s1"]) > 0.9  # the probe reads level 0
   assert np.mean(res["heads+0.5·ridge[loo] lite0:s1"]) > np.mean(res["heads"])

@@ -9,8 +9,9 @@ from bmqa_jax.data import manifest
 from bmqa_jax.data import pipeline
 from bmqa_jax.data import tokenizer as tokenizer_lib
 
-CFG = pipeline.from_config(config_bases.complete(
-    {"input": dict(image_size=24, resize_size=28, max_text_len=12)}))
+CFG = pipeline.from_config(
+  config_bases.complete({"input": dict(image_size=24, resize_size=28, max_text_len=12)})
+)
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +20,7 @@ def records(tmp_path_factory):
   rng = np.random.default_rng(0)
   rows = []
   for i in range(10):
-    Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8)).save(
-        d / f"{i}.png")
+    Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8)).save(d / f"{i}.png")
     rows.append(f"{i}.png,{i / 10},s{i},a dim street with a blue car number {i}")
   (d / "m.csv").write_text("image,mos,scene,text\n" + "\n".join(rows) + "\n")
   samples = manifest.load(str(d / "m.csv"), require_text=True)
@@ -53,8 +53,12 @@ def test_deterministic_and_resumable(records):
   d.set_state(state)
   np.testing.assert_array_equal(next(d)["image"], after["image"])
   # Epochs: every record once per 10 rows, reshuffled per epoch.
-  rows = [i for b in [first[0], first[1], after["index"].tolist()] +
-          [next(a)["index"].tolist() for _ in range(2)] for i in b]
+  rows = [
+    i
+    for b in [first[0], first[1], after["index"].tolist()]
+    + [next(a)["index"].tolist() for _ in range(2)]
+    for i in b
+  ]
   assert sorted(rows[:10]) == list(range(10)) and sorted(rows[10:20]) == list(range(10))
   assert rows[:10] != rows[10:20]
 
@@ -64,11 +68,13 @@ def test_each_process_reads_only_its_rows_of_the_same_global_batch(records, monk
   together they give the one-process batches, augmentation included."""
   import jax  # pylint: disable=g-import-not-at-top
   from bmqa_jax.data import image_io  # pylint: disable=g-import-not-at-top
+
   one = iter(pipeline.train_loader(records, CFG, 4, seed=3))
   want = [next(one) for _ in range(3)]
   real, reads = image_io.read_image_uint8, []
-  monkeypatch.setattr(image_io, "read_image_uint8",
-                      lambda p, **kw: reads.append(p) or real(p, **kw))
+  monkeypatch.setattr(
+    image_io, "read_image_uint8", lambda p, **kw: reads.append(p) or real(p, **kw)
+  )
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   parts = []
   for i in (0, 1):
@@ -78,8 +84,7 @@ def test_each_process_reads_only_its_rows_of_the_same_global_batch(records, monk
   assert len(reads) == 2 * 3 * 2  # 2 processes × 3 batches × their 2 rows
   for t in range(3):
     for k in ("index", "image", "text_ids"):
-      np.testing.assert_array_equal(
-          np.concatenate([parts[0][t][k], parts[1][t][k]]), want[t][k])
+      np.testing.assert_array_equal(np.concatenate([parts[0][t][k], parts[1][t][k]]), want[t][k])
 
 
 def test_eval_padding_covers_every_record_once(records):

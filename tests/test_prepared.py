@@ -17,8 +17,9 @@ from bmqa_jax.data import manifest
 from bmqa_jax.data import pipeline
 from bmqa_jax.data import prepared
 
-CFG = pipeline.from_config(config_bases.complete(
-    {"input": dict(image_size=24, resize_size=28, store="prepared")}))
+CFG = pipeline.from_config(
+  config_bases.complete({"input": dict(image_size=24, resize_size=28, store="prepared")})
+)
 
 
 def _photos(folder, n=8):
@@ -26,8 +27,9 @@ def _photos(folder, n=8):
   for i in range(n):
     img = rng.integers(0, 255, (30 + 3 * i, 40, 3), dtype=np.uint8)
     Image.fromarray(img).save(folder / f"{i}.jpg", quality=90)
-  (folder / "m.csv").write_text("image,mos,scene\n" + "".join(
-      f"{i}.jpg,{i / n},s{i}\n" for i in range(n)))
+  (folder / "m.csv").write_text(
+    "image,mos,scene\n" + "".join(f"{i}.jpg,{i / n},s{i}\n" for i in range(n))
+  )
   return pipeline.to_records(manifest.load(str(folder / "m.csv")), None, 12)
 
 
@@ -109,10 +111,8 @@ def test_short_side_shrinks_and_is_refused_in_native_mode(records, tmp_path):
   for r in recs:
     h, w = 30 + 3 * int(r["index"]), 40
     s = 16 / min(h, w)
-    assert r["image_store"].image(int(r["image_row"])).shape == (
-        round(h * s), round(w * s), 3)
-  big = prepared.attach(records, dataclasses.replace(CFG, prepare_short_side=500),
-                        str(tmp_path))
+    assert r["image_store"].image(int(r["image_row"])).shape == (round(h * s), round(w * s), 3)
+  big = prepared.attach(records, dataclasses.replace(CFG, prepare_short_side=500), str(tmp_path))
   assert big[7]["image_store"].image(7).shape == (51, 40, 3)  # never upscaled
   b = next(iter(pipeline.train_loader(recs, small, 4, seed=0)))
   assert b["image"].shape == (4, 24, 24, 3)
@@ -162,12 +162,12 @@ def test_a_killed_build_is_not_read(records, tmp_path):
     f.write(b"half a store")
   recs = prepared.attach(records, CFG, str(tmp_path))
   assert recs[0]["image_store"].path == path
-  np.testing.assert_array_equal(recs[2]["image_store"].image(2),
-                                image_io.read_image_uint8(records[2]["path"]))
+  np.testing.assert_array_equal(
+    recs[2]["image_store"].image(2), image_io.read_image_uint8(records[2]["path"])
+  )
 
 
-def test_other_processes_read_the_store_of_process_zero(records, tmp_path,
-                                                        monkeypatch):
+def test_other_processes_read_the_store_of_process_zero(records, tmp_path, monkeypatch):
   path = prepared.attach(records, CFG, str(tmp_path))[0]["image_store"].path
   monkeypatch.setattr(jax, "process_index", lambda: 1)
   monkeypatch.setattr(prepared, "build", None)

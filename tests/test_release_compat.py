@@ -44,8 +44,7 @@ def test_bmqa_workdir_scores_and_resumes(old):
   # The full state (optimiser included) restores into today's stage plan.
   plan = stage_lib.make_stage(cfg, "st", sharding.make_mesh(cfg), 12)
   ckpt = os.path.join(work, "checkpoints", "st")
-  state = checkpoint.restore(ckpt, 3, checkpoint.abstract(plan.abstract_state,
-                                                          plan.state_sharding))
+  state = checkpoint.restore(ckpt, 3, checkpoint.abstract(plan.abstract_state, plan.state_sharding))
   assert int(state["step"]) == 3
   jax.tree.map(np.testing.assert_array_equal, state["params"], variables["params"])
   # And config.json is still the workdir's own: no change is reported.
@@ -66,22 +65,29 @@ def test_recogniser_workdir_transcribes_and_resumes(old):
   assert "b1" not in config.optimizer and config.optimizer.schedule == "cosine"
   assert config.decode.beam_size == 4 and config.keep_checkpoints == 2
   # Its state was saved as the single item `default`; it restores in full.
-  schedule = optim.make_schedule(config.optimizer, config.num_steps,
-                                 config.optimizer.warmup_steps)
+  schedule = optim.make_schedule(config.optimizer, config.num_steps, config.optimizer.warmup_steps)
   tx = optim.make_optimizer(config.optimizer, schedule)
-  abstract = jax.eval_shape(lambda k: state_lib.create(
-      *(lambda v: (v["params"], v["batch_stats"]))(
-          speech_model.init_variables(model, config, k)), tx), jax.random.key(0))
+  abstract = jax.eval_shape(
+    lambda k: state_lib.create(
+      *(lambda v: (v["params"], v["batch_stats"]))(speech_model.init_variables(model, config, k)),
+      tx,
+    ),
+    jax.random.key(0),
+  )
   rep = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  state = checkpoint.restore(os.path.join(work, "checkpoints"), 2,
-                             checkpoint.abstract(abstract, rep))
+  state = checkpoint.restore(
+    os.path.join(work, "checkpoints"), 2, checkpoint.abstract(abstract, rep)
+  )
   assert int(state["step"]) == 2
 
 
 def test_captioner_workdir_captions(old):
   work = os.path.join(old, "captioner")
-  images = sorted(os.path.join(old, "images", n) for n in os.listdir(
-      os.path.join(old, "images")) if n.endswith(".png"))[:2]
+  images = sorted(
+    os.path.join(old, "images", n)
+    for n in os.listdir(os.path.join(old, "images"))
+    if n.endswith(".png")
+  )[:2]
   config, _, _, vocab = captioner_infer.load_captioner(work)
   out = captioner_infer.caption_paths(work, images)
   assert len(out) == 2
@@ -105,6 +111,7 @@ def test_workdir_with_the_removed_conv_impl_field_resumes(tmp_path):
   resume under today's config, which lacks the field."""
   from bmqa_jax.bmqa import model as bmqa_model  # pylint: disable=g-import-not-at-top
   from bmqa_jax.configs import quickstart  # pylint: disable=g-import-not-at-top
+
   cfg = quickstart.get_config("tiny=True")
   assert "conv_impl" not in cfg.model
   work = str(tmp_path)

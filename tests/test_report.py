@@ -38,35 +38,50 @@ def test_paper_tables_are_complete():
 
 def test_table2_report(tmp_path):
   m = lambda p, s, r: {"plcc": p, "srcc": s, "krcc": 0.5, "rmse": r, "n": 100}
-  dirs = [_workdir(tmp_path, "ablation_e", ablation.get_config("method=e"),
-                   m(0.81, 0.8, 0.11)),
-          _workdir(tmp_path, "ablation_a", ablation.get_config("method=a"),
-                   m(0.7123, 0.7, 0.1345)),
-          _workdir(tmp_path, "ablation_c", ablation.get_config("method=c"))]
+  dirs = [
+    _workdir(tmp_path, "ablation_e", ablation.get_config("method=e"), m(0.81, 0.8, 0.11)),
+    _workdir(tmp_path, "ablation_a", ablation.get_config("method=a"), m(0.7123, 0.7, 0.1345)),
+    _workdir(tmp_path, "ablation_c", ablation.get_config("method=c")),
+  ]
   rows = report.collect(dirs)
   assert [r["run"] for r in rows] == ["ablation_a", "ablation_c", "ablation_e"]
   table = report.markdown(rows)
   assert table.startswith("### Table 2 (ablation)")
   line_a = [l for l in table.splitlines() if l.startswith("| ablation_a")][0]
   cells = [c.strip() for c in line_a.strip("|").split("|")]
-  assert cells == ["ablation_a", "(a) ST image", "st", "resnet50", "0.7123", "0.7000",
-                   "0.1345", "100", "0.7964", "0.7934", "0.1082"]
+  assert cells == [
+    "ablation_a",
+    "(a) ST image",
+    "st",
+    "resnet50",
+    "0.7123",
+    "0.7000",
+    "0.1345",
+    "100",
+    "0.7964",
+    "0.7934",
+    "0.1082",
+  ]
   line_c = [l for l in table.splitlines() if l.startswith("| ablation_c")][0]
   assert "not evaluated" in line_c and "0.8567" in line_c
   line_e = [l for l in table.splitlines() if l.startswith("| ablation_e")][0]
   assert "resnet50+transformer" in line_e and "ss,st" in line_e
 
   out = tmp_path / "t2.md"
-  proc = subprocess.run([sys.executable, "launch/report.py", f"--out={out}", *dirs],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "launch/report.py", f"--out={out}", *dirs],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout == table == out.read_text()
 
 
 def test_runs_without_paper_entry(tmp_path):
   c = mliq.get_config("img=resnet18,txt=lstm")
-  w = _workdir(tmp_path, "other", c, {"plcc": 0.5, "srcc": 0.4, "krcc": 0.3,
-                                      "rmse": 0.2, "n": 10})
+  w = _workdir(tmp_path, "other", c, {"plcc": 0.5, "srcc": 0.4, "krcc": 0.3, "rmse": 0.2, "n": 10})
   table = report.markdown(report.collect([w]))
   assert table.startswith("### BMQA runs")
   assert "| other | – | pt,ss,st | resnet18+lstm | 0.5000 |" in table
@@ -78,10 +93,14 @@ def test_report_reads_only_metrics_of_the_workdirs_config(tmp_path):
   import hashlib  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top
   from bmqa_jax.experiments import report  # pylint: disable=g-import-not-at-top
+
   w = tmp_path / "run"
   (w / "eval").mkdir(parents=True)
-  cfg = {"stages": "st", "paper_ref": "", "model": {"modalities": ["image"],
-                                                     "image": {"name": "resnet50"}}}
+  cfg = {
+    "stages": "st",
+    "paper_ref": "",
+    "model": {"modalities": ["image"], "image": {"name": "resnet50"}},
+  }
   (w / "config.json").write_text(json.dumps(cfg))
   sha = hashlib.sha256((w / "config.json").read_bytes()).hexdigest()
   overall = {"plcc": 0.9, "srcc": 0.8, "rmse": 0.1, "n": 10}
@@ -95,7 +114,8 @@ def test_report_reads_only_metrics_of_the_workdirs_config(tmp_path):
   assert "stale" in status(config_sha256="0" * 64)[1]
   assert status(config_sha256=sha, manifest="/other.csv")[0] is None
   assert status(config_sha256=sha, checkpoint={"finished": False})[0] is None
-  (w / "eval" / "metrics.json").write_text(json.dumps(dict(overall=overall,
-                                                           config_sha256="1" * 64)))
+  (w / "eval" / "metrics.json").write_text(
+    json.dumps(dict(overall=overall, config_sha256="1" * 64))
+  )
   (row,) = report.collect([str(w)])
   assert row["metrics"] is None and "stale" in report.markdown([row])

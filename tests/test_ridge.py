@@ -36,8 +36,7 @@ def test_fit_recovers_a_linear_rule_and_its_leave_one_out_is_exact():
     zc = zk - mu_z
     coef = zc.T @ np.linalg.solve(zc @ zc.T + a * np.eye(len(yk)), yk - mu_y)
     errs.append(y[i] - ((z[i] - mu_z) @ coef + mu_y))
-  np.testing.assert_allclose(info["loo_rmse"], np.sqrt(np.mean(np.square(errs))),
-                             rtol=0.05)
+  np.testing.assert_allclose(info["loo_rmse"], np.sqrt(np.mean(np.square(errs))), rtol=0.05)
 
 
 def test_a_constant_feature_is_ignored():
@@ -47,9 +46,10 @@ def test_a_constant_feature_is_ignored():
   p, _ = ridge.fit(x, y)
   assert p["inv_scale"][3] == 0 and np.isfinite(p["inv_scale"].astype(np.float16)).all()
   unseen = np.array([[0.0, 0.0, 0.0, 1e3]])
-  np.testing.assert_allclose(((unseen - p["mean"]) * p["inv_scale"]) @ p["coef"] + p["bias"],
-                             ((unseen[:, :3] - p["mean"][:3]) * p["inv_scale"][:3])
-                             @ p["coef"][:3] + p["bias"])
+  np.testing.assert_allclose(
+    ((unseen - p["mean"]) * p["inv_scale"]) @ p["coef"] + p["bias"],
+    ((unseen[:, :3] - p["mean"][:3]) * p["inv_scale"][:3]) @ p["coef"][:3] + p["bias"],
+  )
 
 
 def test_fit_names_bad_input():
@@ -61,8 +61,15 @@ def test_fit_names_bad_input():
 
 def _config(**model):
   c = quickstart.get_config("tiny=True,modalities=image")
-  c.model.image = dict(name="resnet_tiny", init="none", kwargs={}, levels=(1, 3),
-                       token_grid=2, scales=(1, 2), head_scales=(1,))
+  c.model.image = dict(
+    name="resnet_tiny",
+    init="none",
+    kwargs={},
+    levels=(1, 3),
+    token_grid=2,
+    scales=(1, 2),
+    head_scales=(1,),
+  )
   c.input.update(mode="native", native_crop=128, eval_grid=(1, 1))
   c.model.ensemble = 2
   c.model.update(model)
@@ -76,17 +83,24 @@ def test_score_mixes_the_heads_and_the_probe_and_heads_read_their_scales():
   v = model.init(jax.random.key(1), x)
   feats = model.apply(v, x, method=model.tower_features)
   assert [f.shape[-1] for f in feats] == [128, 512]  # 2 scales × (mean, std) × C
-  params = dict(v["params"], ridge=dict(
-      mean=jnp.zeros(640), inv_scale=jnp.ones(640),
-      coef=jnp.arange(640.0) / 1e3, bias=jnp.float32(0.5)))
+  params = dict(
+    v["params"],
+    ridge=dict(
+      mean=jnp.zeros(640),
+      inv_scale=jnp.ones(640),
+      coef=jnp.arange(640.0) / 1e3,
+      bias=jnp.float32(0.5),
+    ),
+  )
   out = model.apply(dict(v, params=params), None, image_features=feats)
   want_ridge = ridge.pooled(feats) @ (jnp.arange(640.0) / 1e3) + 0.5
   np.testing.assert_allclose(out["ridge_score"], want_ridge, rtol=1e-5)
-  np.testing.assert_allclose(out["score"], 0.75 * out["member_scores"].mean(1)
-                             + 0.25 * want_ridge, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    out["score"], 0.75 * out["member_scores"].mean(1) + 0.25 * want_ridge, rtol=1e-5, atol=1e-6
+  )
   # The heads read the native scale's channels only: the coarse ones do not
   # move their scores.
-  coarse = [f.at[..., f.shape[-1] // 2:].add(3.0) for f in feats]
+  coarse = [f.at[..., f.shape[-1] // 2 :].add(3.0) for f in feats]
   moved = model.apply(dict(v, params=params), None, image_features=coarse)
   np.testing.assert_allclose(moved["member_scores"], out["member_scores"], rtol=1e-6)
   assert not np.allclose(moved["ridge_score"], out["ridge_score"])
@@ -113,24 +127,35 @@ def trained(tmp_path_factory):
 def test_trainer_fits_the_probe_from_the_cache_and_keeps_it(trained):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from bmqa_jax.train_lib import checkpoint  # pylint: disable=g-import-not-at-top
+
   logs = "\n".join(trained["logs"])
   assert "ridge probe on 640 pooled features of" in logs
   mngr = checkpoint.manager(os.path.join(trained["work"], "checkpoints", "st"), 2)
-  st = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))["state"]
+  st = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))[
+    "state"
+  ]
   r = st["params"]["ridge"]
   assert float(np.abs(np.asarray(r["coef"])).max()) > 0  # fitted, not the init
   # The optimiser never moved it (weight decay included): it is the fit of the
   # training split's cached features.
   from bmqa_jax.bmqa import feature_cache  # pylint: disable=g-import-not-at-top
   from bmqa_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   c = config_bases.complete(trained["cfg"])
   data = train.load_data(c, trained["work"], ["st"], print)
   model = bmqa_lib.from_config(c, None)
   plan = stage_lib.for_data(c, "st", data, train.sharding.make_mesh(c))
   weights = {"params": st["params"], "batch_stats": st["batch_stats"]}
-  cache = feature_cache.build(model, weights, data.records("train", c), c,
-                              pipeline.from_config(c), trained["work"], plan.mesh, print)
+  cache = feature_cache.build(
+    model,
+    weights,
+    data.records("train", c),
+    c,
+    pipeline.from_config(c),
+    trained["work"],
+    plan.mesh,
+    print,
+  )
   x = np.asarray(ridge.pooled([a[:, 0] for a in cache.levels]))
   want, _ = ridge.fit(x, np.array([s.mos for s in data.splits["train"]]))
   np.testing.assert_allclose(np.asarray(r["coef"]), want["coef"], rtol=1e-4, atol=1e-6)
@@ -140,8 +165,7 @@ def test_trainer_fits_the_probe_from_the_cache_and_keeps_it(trained):
 
 def test_ridge_needs_the_feature_cache(tmp_path):
   c = _config(ridge_weight=0.5)
-  c.data.builtin_dir = os.path.join(os.environ.get("BMQA_DATA_DIR", str(tmp_path)),
-                                    "builtin")
+  c.data.builtin_dir = os.path.join(os.environ.get("BMQA_DATA_DIR", str(tmp_path)), "builtin")
   c.st.update(epochs=1, trainable="^(?!image_encoder/).*", feature_cache=False)
   with pytest.raises(ValueError, match="feature cache"):
     train.train_and_evaluate(c, str(tmp_path / "w"), log=lambda _: None)

@@ -26,10 +26,19 @@ RELEASE_BMQA = os.path.join(ROOT, "tests", "data", "release_0_1", "bmqa")
 
 
 def _score(*args, cwd):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-  return subprocess.run([sys.executable, os.path.join(ROOT, "launch", "score.py"), *args],
-                        cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+  )
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, "launch", "score.py"), *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def _rows(path):
@@ -45,6 +54,7 @@ def folder(tmp_path_factory):
   paths = shipped.reference_photos(str(photos / "a" / "b"))
   os.rename(paths[0], photos / os.path.basename(paths[0]))
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   Image.open(paths[1]).convert("P").save(photos / "a" / "coffee.gif")
   os.remove(paths[1])
   os.symlink("..", photos / "a" / "up")
@@ -55,13 +65,18 @@ def folder(tmp_path_factory):
 
 def test_folders_globs_each_file_once(folder):
   out = folder / "m.csv"
-  proc = _score("--out=m.csv", "photos", "photos/**/*.png", "photos/**/*.gif",
-                "photos/nomatch*.png", cwd=folder)
+  proc = _score(
+    "--out=m.csv", "photos", "photos/**/*.png", "photos/**/*.gif", "photos/nomatch*.png", cwd=folder
+  )
   assert proc.returncode == 1, proc.stderr[-3000:]  # the broken file, the pattern
   lines = proc.stdout.splitlines()
   scored = sorted(l.split("\t")[1] for l in lines if not l.startswith("FAILED"))
-  assert scored == ["photos/a/b/astronaut_dark.png", "photos/a/b/camera_dark.png",
-                    "photos/a/coffee.gif", "photos/chelsea_dark.png"], lines
+  assert scored == [
+    "photos/a/b/astronaut_dark.png",
+    "photos/a/b/camera_dark.png",
+    "photos/a/coffee.gif",
+    "photos/chelsea_dark.png",
+  ], lines
   assert "FAILED\tphotos/broken.jpg\tcannot read image" in proc.stdout
   assert "FAILED\tphotos/nomatch*.png\tno file matches this pattern" in proc.stdout
   assert "2 of 6 file(s) could not be scored" in proc.stderr
@@ -89,17 +104,22 @@ def test_folders_globs_each_file_once(folder):
   before = out.read_text()
   proc = _score("--out=m.csv", f"--workdir={RELEASE_BMQA}", "photos", cwd=folder)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  assert ("error: --out=m.csv holds the scores of another run (model differ): shipped "
-          f"model {shipped.NAME} (sha256 ") in proc.stderr
+  assert (
+    "error: --out=m.csv holds the scores of another run (model differ): shipped "
+    f"model {shipped.NAME} (sha256 "
+  ) in proc.stderr
   assert f"this run: workdir {RELEASE_BMQA} (st step 3)" in proc.stderr
   assert out.read_text() == before
-  proc = _score("--out=m.csv", f"--workdir={RELEASE_BMQA}", "--overwrite",
-                "photos/chelsea_dark.png", cwd=folder)
+  proc = _score(
+    "--out=m.csv", f"--workdir={RELEASE_BMQA}", "--overwrite", "photos/chelsea_dark.png", cwd=folder
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert json.loads((folder / "m.csv.meta.json").read_text())["model"] == dict(
-      workdir=RELEASE_BMQA, stage="st", step=3,
-      config_sha256=json.loads((folder / "m.csv.meta.json").read_text())["model"]
-      ["config_sha256"])
+    workdir=RELEASE_BMQA,
+    stage="st",
+    step=3,
+    config_sha256=json.loads((folder / "m.csv.meta.json").read_text())["model"]["config_sha256"],
+  )
   assert [r["path"] for r in _rows(out)] == ["photos/chelsea_dark.png"]
 
 
@@ -108,14 +128,21 @@ def test_an_unrelated_file_is_never_overwritten(folder):
   notes.write_text("remember to buy milk\n")
   proc = _score("--out=notes.csv", "photos/chelsea_dark.png", cwd=folder)
   assert proc.returncode == 2, proc.stderr[-3000:]
-  assert ("error: --out=notes.csv exists and was not written by bmqa-score (no "
-          "notes.csv.meta.json beside it); name another file, or pass --overwrite to "
-          "replace it") in proc.stderr
+  assert (
+    "error: --out=notes.csv exists and was not written by bmqa-score (no "
+    "notes.csv.meta.json beside it); name another file, or pass --overwrite to "
+    "replace it"
+  ) in proc.stderr
   assert notes.read_text() == "remember to buy milk\n"
 
 
-IDENTITY = dict(model=dict(name=shipped.NAME, sha256="0" * 64), view="auto", text=None,
-                score_range=[0.0, 1.0], lower_better=False)
+IDENTITY = dict(
+  model=dict(name=shipped.NAME, sha256="0" * 64),
+  view="auto",
+  text=None,
+  score_range=[0.0, 1.0],
+  lower_better=False,
+)
 
 
 def _log(path, identity=IDENTITY, overwrite=False):

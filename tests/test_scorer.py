@@ -66,8 +66,7 @@ def test_paths_arrays_and_pil_images_give_identical_scores(metric, photos, refer
   np.testing.assert_array_equal(metric([pathlib.Path(p) for p in photos]), by_path)
   np.testing.assert_array_equal(metric(arrays), by_path)
   np.testing.assert_array_equal(metric([Image.open(p) for p in photos]), by_path)
-  np.testing.assert_array_equal(metric([a.astype(np.float32) / 255 for a in arrays]),
-                                by_path)
+  np.testing.assert_array_equal(metric([a.astype(np.float32) / 255 for a in arrays]), by_path)
   np.testing.assert_array_equal(metric([jax.numpy.asarray(a) for a in arrays]), by_path)
   # One image: a path, a Path, an array; a batch [N, H, W, C] of same-sized ones.
   np.testing.assert_array_equal(metric(photos[0]), by_path[:1])
@@ -81,14 +80,12 @@ def test_paths_arrays_and_pil_images_give_identical_scores(metric, photos, refer
   np.testing.assert_array_equal(metric(grey), by_path[-1:])
 
 
-def test_a_lone_string_is_one_path_and_lists_take_folders_and_globs(metric, photos,
-                                                                     tmp_path):
+def test_a_lone_string_is_one_path_and_lists_take_folders_and_globs(metric, photos, tmp_path):
   """A str used to be iterated character by character ('/' walked the disk)."""
   folder = tmp_path / "dark"
   (folder / "sub").mkdir(parents=True)
   for i, p in enumerate(photos[:2]):
-    (folder / ("sub" if i else "") / os.path.basename(p)).write_bytes(
-        pathlib.Path(p).read_bytes())
+    (folder / ("sub" if i else "") / os.path.basename(p)).write_bytes(pathlib.Path(p).read_bytes())
   want = metric(photos[:2])
   assert metric(str(folder / os.path.basename(photos[0]))).shape == (1,)
   np.testing.assert_array_equal(np.sort(metric(str(folder))), np.sort(want))
@@ -108,10 +105,12 @@ def test_failures_are_named_and_the_others_kept(metric, photos, tmp_path):
   assert "2 of 3 image(s) could not be scored" in str(e.value)
   assert str(broken) in str(e.value) and "no file matches this pattern" in str(e.value)
   assert e.value.results[0].score == metric(photos[0])[0]
-  bad = {"float outside [0, 1]": np.full((40, 40, 3), 2.0, np.float32),
-         "NaN": np.full((40, 40, 3), np.nan, np.float32),
-         "dtype uint16": np.zeros((40, 40, 3), np.uint16),
-         "channels last": np.zeros((3, 40, 40), np.uint8)}
+  bad = {
+    "float outside [0, 1]": np.full((40, 40, 3), 2.0, np.float32),
+    "NaN": np.full((40, 40, 3), np.nan, np.float32),
+    "dtype uint16": np.zeros((40, 40, 3), np.uint16),
+    "channels last": np.zeros((3, 40, 40), np.uint8),
+  }
   for what, array in bad.items():
     with pytest.raises(scoring.ScoringError, match="array 0") as e:
       metric(array)
@@ -160,15 +159,25 @@ def test_text_per_image(photos, tmp_path):
   model = bmqa_lib.from_config(cfg, tok.vocab_size)
   size = cfg.input.image_size
   ids, mask = tok.encode(texts[:1], cfg.input.max_text_len)
-  variables = model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32),
-                         ids, mask)
-  metric = scoring.Metric(cfg, model, variables, tok, name="quickstart", identity={},
-                          view="auto", text=None, batch_size=16, tile_short_side=512)
+  variables = model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32), ids, mask)
+  metric = scoring.Metric(
+    cfg,
+    model,
+    variables,
+    tok,
+    name="quickstart",
+    identity={},
+    view="auto",
+    text=None,
+    batch_size=16,
+    tile_short_side=512,
+  )
   two = photos[:2]
   each = np.concatenate([metric(p, text=t) for p, t in zip(two, texts[:2])])
   np.testing.assert_array_equal(metric(two, text=texts[:2]), each)
   np.testing.assert_array_equal(
-      metric(two, text={os.path.abspath(p): t for p, t in zip(two, texts[:2])}), each)
+    metric(two, text={os.path.abspath(p): t for p, t in zip(two, texts[:2])}), each
+  )
   assert metric(two[0], text=texts[1])[0] != each[0]  # the text is read
   with pytest.raises(ValueError, match="1 texts for 2 images"):
     metric(two, text=texts[:1])
@@ -187,11 +196,19 @@ def test_compiled_once_and_kept_in_the_persistent_cache(photos, tmp_path):
   """The 3-line Python form turns XLA's persistent cache on (a second process
   loads the program) and shows no progress bar."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION")}
-  env.update(BMQA_CACHE_DIR=str(tmp_path / "cache"), JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")])))
-  run = lambda: subprocess.run([sys.executable, "-c", SCRIPT.format(photo=photos[0])],
-                               cwd=tmp_path, env=env, capture_output=True, text=True,
-                               timeout=600)
+  env.update(
+    BMQA_CACHE_DIR=str(tmp_path / "cache"),
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")])),
+  )
+  run = lambda: subprocess.run(
+    [sys.executable, "-c", SCRIPT.format(photo=photos[0])],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   first = run()
   assert first.returncode == 0, first.stderr[-3000:]
   entries = sorted(os.listdir(tmp_path / "cache" / "xla"))

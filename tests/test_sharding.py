@@ -27,6 +27,7 @@ BATCH = 24
 def _config(stage_name, image_name="resnet_tiny"):
   """quickstart's tiny model; image-only for ST (one tower compiles faster)."""
   from bmqa_jax.configs import quickstart  # pylint: disable=g-import-not-at-top
+
   cfg = quickstart.get_config("tiny=True")
   # The sizes these tolerances were set on (the batch's texts are 48 tokens;
   # quickstart's own limit grew to 96 for the built-in descriptions).
@@ -35,23 +36,25 @@ def _config(stage_name, image_name="resnet_tiny"):
   cfg.model.image.name = image_name
   if stage_name == "st":
     cfg.model.modalities = ("image",)
-  cfg[stage_name].update(batch_size=BATCH, warmup_epochs=0, optimizer="sgd",
-                         learning_rate=0.01, schedule="constant")
+  cfg[stage_name].update(
+    batch_size=BATCH, warmup_epochs=0, optimizer="sgd", learning_rate=0.01, schedule="constant"
+  )
   return cfg
 
 
 def _batch():
   rng = np.random.default_rng(0)
-  return {"image": rng.normal(size=(BATCH, 32, 32, 3)).astype(np.float32),
-          "text_ids": rng.integers(3, 100, (BATCH, 48)).astype(np.int32),
-          "text_mask": np.arange(48)[None] < rng.integers(6, 48, (BATCH, 1)),
-          "mos": rng.uniform(size=BATCH).astype(np.float32)}
+  return {
+    "image": rng.normal(size=(BATCH, 32, 32, 3)).astype(np.float32),
+    "text_ids": rng.integers(3, 100, (BATCH, 48)).astype(np.int32),
+    "text_mask": np.arange(48)[None] < rng.integers(6, 48, (BATCH, 1)),
+    "mos": rng.uniform(size=BATCH).astype(np.float32),
+  }
 
 
 def _host_state(stage):
   """A train state drawn in numpy (compiling `init` costs more than the steps)."""
-  shapes = jax.eval_shape(lambda k: stage.init_state(stage.init_variables(k)),
-                          jax.random.key(0))
+  shapes = jax.eval_shape(lambda k: stage.init_state(stage.init_variables(k)), jax.random.key(0))
   rng = np.random.default_rng(0)
 
   def fill(path, x):
@@ -88,21 +91,32 @@ def _child(out_dir):
       b = batch if stage.has_text else {k: batch[k] for k in ("image", "mos")}
       state, m = step(state, sharding.put_batch(b, mesh), jax.random.key(1))
       losses.append(float(m["loss"]))
-    split = [k for k, s in pytree.param_paths(shardings["params"]).items()
-             if "model" in s.spec]
-    weights = {f"{col}/{k}": np.asarray(v) for col in ("params", "batch_stats")
-               for k, v in pytree.param_paths(jax.device_get(state[col])).items()}
+    split = [k for k, s in pytree.param_paths(shardings["params"]).items() if "model" in s.spec]
+    weights = {
+      f"{col}/{k}": np.asarray(v)
+      for col in ("params", "batch_stats")
+      for k, v in pytree.param_paths(jax.device_get(state[col])).items()
+    }
     return weights, dict(losses=losses, split=split)
 
   # (image tower, stage, runs: (name, devices, mesh fields, grad_accum_steps)).
   # resnet_tiny: MSE and BatchNorm statistics over the sharded batch, InfoNCE
   # over the sharded batch, and parameters split over the model axis.
   # vit_tiny (no BatchNorm): MSE over 3 microbatches equals the full batch.
-  plan = [("resnet_tiny", "st", [("1", 1, {}, 1), ("6", 6, {}, 1), ("8", 8, {}, 1),
-                                 ("4x2", 8, dict(data=4, model=2,
-                                                 shard_min_size=256), 1)]),
-          ("resnet_tiny", "ss", [("1", 1, {}, 1), ("8", 8, {}, 1)]),
-          ("vit_tiny", "st", [("1", 1, {}, 1), ("8accum3", 8, {}, 3)])]
+  plan = [
+    (
+      "resnet_tiny",
+      "st",
+      [
+        ("1", 1, {}, 1),
+        ("6", 6, {}, 1),
+        ("8", 8, {}, 1),
+        ("4x2", 8, dict(data=4, model=2, shard_min_size=256), 1),
+      ],
+    ),
+    ("resnet_tiny", "ss", [("1", 1, {}, 1), ("8", 8, {}, 1)]),
+    ("vit_tiny", "st", [("1", 1, {}, 1), ("8accum3", 8, {}, 3)]),
+  ]
   for image_name, stage_name, runs in plan:
     cfg = _config(stage_name, image_name)
     init_mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
@@ -128,14 +142,22 @@ def _child(out_dir):
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
   out_dir = str(tmp_path_factory.mktemp("sharding"))
-  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") +
-             " --xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, __file__, out_dir], env=env,
-                        capture_output=True, text=True, timeout=900, cwd=ROOT)
+  env = dict(
+    os.environ,
+    XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
+    JAX_PLATFORMS="cpu",
+  )
+  proc = subprocess.run(
+    [sys.executable, __file__, out_dir],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    cwd=ROOT,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][0]
-  res = json.loads(line[len("RESULT"):])
+  res = json.loads(line[len("RESULT") :])
   for key, run in res.items():
     if isinstance(run, dict):
       with np.load(os.path.join(out_dir, key.replace("/", "_") + ".npz")) as f:
@@ -156,8 +178,7 @@ def _assert_same(many, one, rel=1e-5):
   assert len(set(one["losses"])) == STEPS  # every step changed the weights
 
 
-@pytest.mark.parametrize("run", ["resnet_tiny/st/6", "resnet_tiny/st/8",
-                                 "resnet_tiny/ss/8"])
+@pytest.mark.parametrize("run", ["resnet_tiny/st/6", "resnet_tiny/st/8", "resnet_tiny/ss/8"])
 def test_data_parallel_same_parameters(result, run):
   _assert_same(result[run], result[run.rsplit("/", 1)[0] + "/1"])
 
@@ -182,6 +203,7 @@ def test_indivisible_batch_is_refused(result):
 def test_mesh_shapes_and_leaf_specs():
   from bmqa_jax import sharding  # pylint: disable=g-import-not-at-top
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
   assert sharding.leaf_spec((3, 3, 64, 128), 2, 1000) == P(None, None, None, "model")
   assert sharding.leaf_spec((512, 64), 2, 1000) == P("model", None)
   assert sharding.leaf_spec((7, 9), 2, 10) == P()  # nothing divisible
@@ -197,12 +219,13 @@ def test_mesh_shapes_and_leaf_specs():
 
 def test_slurm_one_task_per_host_owns_all_gpus():
   from bmqa_jax import sharding  # pylint: disable=g-import-not-at-top
+
   job = {"SLURM_JOB_ID": "7", "SLURM_GPUS_ON_NODE": "6"}
-  assert sharding.slurm_local_device_ids(
-      dict(job, SLURM_STEP_TASKS_PER_NODE="1(x2)")) == list(range(6))
+  assert sharding.slurm_local_device_ids(dict(job, SLURM_STEP_TASKS_PER_NODE="1(x2)")) == list(
+    range(6)
+  )
   # One task per GPU: JAX's own default (the GPU of the local task id).
-  assert sharding.slurm_local_device_ids(
-      dict(job, SLURM_STEP_TASKS_PER_NODE="6(x2)")) is None
+  assert sharding.slurm_local_device_ids(dict(job, SLURM_STEP_TASKS_PER_NODE="6(x2)")) is None
   assert sharding.slurm_local_device_ids({}) is None
 
 
@@ -213,14 +236,15 @@ def test_bfloat16_compute_keeps_float32_weights():
   """
   from bmqa_jax import sharding  # pylint: disable=g-import-not-at-top
   from bmqa_jax.bmqa import stage as stage_lib  # pylint: disable=g-import-not-at-top
+
   cfg = _config("st")
   cfg.model.dtype = "bfloat16"
   stage = stage_lib.make_stage(cfg, "st", sharding.make_mesh(cfg), 240, 120)
-  state = jax.eval_shape(lambda k: stage.init_state(stage.init_variables(k)),
-                         jax.random.key(0))
+  state = jax.eval_shape(lambda k: stage.init_state(stage.init_variables(k)), jax.random.key(0))
   batch = {k: jnp.asarray(v) for k, v in _batch().items() if k in ("image", "mos")}
   jaxpr, (new, metrics) = jax.make_jaxpr(stage.train_step, return_shape=True)(
-      state, batch, jax.random.key(1))
+    state, batch, jax.random.key(1)
+  )
   for tree in (state["params"], new["params"], new["batch_stats"]):
     dtypes = {x.dtype for x in jax.tree.leaves(tree)}
     assert dtypes == {jnp.dtype(jnp.float32)}, dtypes

@@ -33,10 +33,10 @@ def test_files_are_complete_and_small():
 
 def test_scores_the_reference_photos_as_when_built(tmp_path, reference):
   paths = shipped.reference_photos(str(tmp_path))
-  got = {os.path.basename(r.path): r.score
-         for r in scoring.iter_scores("", paths, progress=False)}
-  again = {os.path.basename(r.path): r.score
-           for r in scoring.iter_scores("", paths, progress=False)}
+  got = {os.path.basename(r.path): r.score for r in scoring.iter_scores("", paths, progress=False)}
+  again = {
+    os.path.basename(r.path): r.score for r in scoring.iter_scores("", paths, progress=False)
+  }
   assert got == again  # deterministic
   for name, want in reference["photos"].items():
     assert got[name] == pytest.approx(want, abs=1e-4), name
@@ -52,8 +52,9 @@ def test_score_cli_without_workdir_uses_the_shipped_model(tmp_path, reference):
   assert "shipped model" in proc.stderr and "1 of 5 file(s)" in proc.stderr
   rows = out.read_text().splitlines()
   assert rows[0] == "path,score,error" and len(rows) == 6
-  scored = {os.path.basename(r.split(",")[0]): float(r.split(",")[1])
-            for r in rows[1:] if r.split(",")[1]}
+  scored = {
+    os.path.basename(r.split(",")[0]): float(r.split(",")[1]) for r in rows[1:] if r.split(",")[1]
+  }
   for name, want in reference["photos"].items():
     assert scored[name] == pytest.approx(want, abs=1e-4)
   # Running it again resumes: the scored files are kept, the broken one retried.
@@ -65,6 +66,7 @@ def test_score_cli_without_workdir_uses_the_shipped_model(tmp_path, reference):
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/data is absent")
 def test_reaches_its_stated_validation_srcc(reference):
   import csv  # pylint: disable=g-import-not-at-top
+
   with open(os.path.join(SHARED, "manifest.csv"), newline="") as f:
     rows = [r for r in csv.DictReader(f) if r["split"] == "val"]
   paths = [os.path.join(SHARED, r["image"]) for r in rows]
@@ -75,6 +77,7 @@ def test_reaches_its_stated_validation_srcc(reference):
 
 
 # --- the shipped files are verified before use ----------------------------------
+
 
 def test_digests_match_the_shipped_files():
   """SHA256SUMS lists every shipped file with its sha256 (a rebuild rewrites
@@ -87,14 +90,17 @@ def test_digests_match_the_shipped_files():
 
 def _copy(tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
+
   out = str(tmp_path / "model")
   shutil.copytree(shipped.ASSET_DIR, out)
   return out
 
 
 def _score(asset_dir, paths):
-  return {os.path.basename(r.path): r.score
-          for r in scoring.iter_scores("", paths, progress=False, asset_dir=asset_dir)}
+  return {
+    os.path.basename(r.path): r.score
+    for r in scoring.iter_scores("", paths, progress=False, asset_dir=asset_dir)
+  }
 
 
 @pytest.mark.parametrize("field,value", [("native_crop", 384), ("mode", "resize")])
@@ -115,6 +121,7 @@ def test_an_edited_config_is_refused_naming_the_file(tmp_path, field, value):
 def test_a_nan_bias_is_refused_naming_the_file(tmp_path):
   """A NaN in one bias made every score `nan` on main."""
   from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+
   model = _copy(tmp_path)
   path = os.path.join(model, "heads.safetensors")
   heads = st_numpy.load_file(path)

@@ -37,27 +37,28 @@ def _brute_force_ctc(log_probs, labels, blank=0):
 
 def test_ctc_loss_matches_brute_force_alignment_sum():
   rng = np.random.default_rng(0)
-  logits = rng.normal(size=(3, 5, 4)).astype(np.float32)   # B=3, T=5, V=4
-  labels = np.array([[1, 2, 0], [2, 2, 0], [3, 1, 3]], np.int32)   # incl. a repeat
+  logits = rng.normal(size=(3, 5, 4)).astype(np.float32)  # B=3, T=5, V=4
+  labels = np.array([[1, 2, 0], [2, 2, 0], [3, 1, 3]], np.int32)  # incl. a repeat
   label_lengths = np.array([2, 2, 3])
-  out_lengths = np.array([5, 4, 5])                          # second one padded
-  loss = np.asarray(train.ctc_loss(jnp.asarray(logits), out_lengths,
-                                   jnp.asarray(labels), label_lengths))
+  out_lengths = np.array([5, 4, 5])  # second one padded
+  loss = np.asarray(
+    train.ctc_loss(jnp.asarray(logits), out_lengths, jnp.asarray(labels), label_lengths)
+  )
   for b in range(3):
-    lp = decode.log_softmax(logits[b, :out_lengths[b]])
-    want = _brute_force_ctc(lp, labels[b, :label_lengths[b]])
+    lp = decode.log_softmax(logits[b, : out_lengths[b]])
+    want = _brute_force_ctc(lp, labels[b, : label_lengths[b]])
     np.testing.assert_allclose(loss[b], want, rtol=1e-4)
 
 
 def test_min_ctc_frames_is_the_feasibility_bound():
   assert train.min_ctc_frames(np.array([1, 1, 2, 3, 3, 3])) == 9
-  labels = np.array([[4, 4, 5]], np.int32)                  # needs 4 frames
+  labels = np.array([[4, 4, 5]], np.int32)  # needs 4 frames
   logits = jnp.zeros((1, 4, 6))
   loss = np.asarray(train.ctc_loss(logits, np.array([4]), labels, np.array([3])))
   short = np.asarray(train.ctc_loss(logits, np.array([3]), labels, np.array([3])))
   # 4 frames: exactly one path (4, blank, 4, 5), probability (1/6)^4.
   np.testing.assert_allclose(loss, 4 * np.log(6), rtol=1e-5)
-  assert short[0] > 1e3     # no path: optax's log-epsilon floor
+  assert short[0] > 1e3  # no path: optax's log-epsilon floor
 
 
 def test_ctc_loss_matches_torch():
@@ -69,8 +70,9 @@ def test_ctc_loss_matches_torch():
   in_len, lab_len = np.array([30, 25, 20, 12]), np.array([8, 5, 7, 3])
   ours = np.asarray(train.ctc_loss(jnp.asarray(logits), in_len, jnp.asarray(labels), lab_len))
   lp = torch.log_softmax(torch.tensor(logits), -1).transpose(0, 1)
-  ref = torch.nn.functional.ctc_loss(lp, torch.tensor(labels), torch.tensor(in_len),
-                                     torch.tensor(lab_len), blank=0, reduction="none")
+  ref = torch.nn.functional.ctc_loss(
+    lp, torch.tensor(labels), torch.tensor(in_len), torch.tensor(lab_len), blank=0, reduction="none"
+  )
   np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-4)
 
 
@@ -82,8 +84,23 @@ def _one_hot_logits(ids, v=text.VOCAB_SIZE, peak=8.0):
 
 def test_greedy_decode_collapses_repeats_and_blanks():
   c = {ch: i for i, ch in enumerate(text.VOCAB)}
-  frames = [c["h"], c["h"], 0, c["e"], c["l"], c["l"], 0, c["l"], c["o"], 0, c[" "],
-            c["a"], c["a"], 0, 0]
+  frames = [
+    c["h"],
+    c["h"],
+    0,
+    c["e"],
+    c["l"],
+    c["l"],
+    0,
+    c["l"],
+    c["o"],
+    0,
+    c[" "],
+    c["a"],
+    c["a"],
+    0,
+    0,
+  ]
   logits = _one_hot_logits(frames)[None]
   assert decode.greedy_decode(logits) == ["hello a"]
   assert decode.greedy_decode(logits, [5]) == ["hel"]
@@ -108,13 +125,18 @@ def test_beam_search_scores_equal_brute_force_labelling_probabilities():
   rng = np.random.default_rng(3)
   lp = decode.log_softmax(rng.normal(size=(4, 3)) * 2)
   hyps = decode.prefix_beam_search(lp, beam_size=1000, prune_log_prob=-np.inf)
-  assert abs(np.logaddexp.reduce([s for _, s in hyps])) < 1e-9   # sums to 1
+  assert abs(np.logaddexp.reduce([s for _, s in hyps])) < 1e-9  # sums to 1
   for labels, score in hyps[:6]:
     np.testing.assert_allclose(-score, _brute_force_ctc(lp, labels), rtol=1e-9)
 
 
-TINY = dict(conv_features=(4, 4), conv_kernels=((5, 7), (3, 5)),
-            conv_strides=((3, 2), (1, 2)), rnn_hidden=16, rnn_layers=1)
+TINY = dict(
+  conv_features=(4, 4),
+  conv_kernels=((5, 7), (3, 5)),
+  conv_strides=((3, 2), (1, 2)),
+  rnn_hidden=16,
+  rnn_layers=1,
+)
 
 
 def test_model_shapes_and_padding_invariance():
@@ -136,8 +158,15 @@ def _write_manifest(root, n=6):
   """Tiny manifest: spoken (eSpeak) when available, else tones per word."""
   from bmqa_jax.data import tts  # pylint: disable=import-outside-toplevel
   import soundfile  # pylint: disable=import-outside-toplevel
-  sentences = ["a dark room", "a bright street", "a dim car", "blurred and noisy",
-               "vivid colours", "a dull red lamp"]
+
+  sentences = [
+    "a dark room",
+    "a bright street",
+    "a dim car",
+    "blurred and noisy",
+    "vivid colours",
+    "a dull red lamp",
+  ]
   rows = []
   for i in range(n):
     s = sentences[i % len(sentences)]
@@ -158,6 +187,7 @@ def _write_manifest(root, n=6):
 
 def test_train_resume_and_transcribe(tmp_path, monkeypatch):
   from bmqa_jax.configs import asr  # pylint: disable=import-outside-toplevel
+
   manifest = _write_manifest(str(tmp_path))
   config = asr.get_config(f"manifest={manifest},runlocal=True,steps=30")
   config.model.update(TINY)
@@ -175,10 +205,12 @@ def test_train_resume_and_transcribe(tmp_path, monkeypatch):
   assert 0 <= metrics["beam"]["wer"] and os.path.exists(f"{workdir}/eval/asr_metrics.json")
   with open(f"{workdir}/eval/asr_metrics.json") as f:
     assert json.load(f)["step"] == 30
+
   # A rerun restores step 30 (so it must not take a step) and evaluates the
   # same weights: identical transcripts.
   def no_step(*args):
     raise AssertionError("resumed run trained although step 30 was saved")
+
   monkeypatch.setattr(train, "make_train_step", lambda *a: no_step)
   logs = []
   again = train.train_and_evaluate(config, workdir, log=logs.append)
@@ -203,8 +235,9 @@ def test_train_resume_and_transcribe(tmp_path, monkeypatch):
 
 
 def test_ctc_jiwer_metrics():
-  m = infer.evaluate_transcripts(["a dark room", "a bright street"],
-                                 ["a dark room", "a bright streets"])
+  m = infer.evaluate_transcripts(
+    ["a dark room", "a bright street"], ["a dark room", "a bright streets"]
+  )
   assert m["wer"] == pytest.approx(1 / 6) and m["n"] == 2
 
 
@@ -212,6 +245,7 @@ def test_recogniser_stops_at_a_non_finite_step_and_keeps_finite_checkpoints(tmp_
   """The shared step loop guards the recogniser as it guards BMQA."""
   from bmqa_jax.configs import asr  # pylint: disable=import-outside-toplevel
   from bmqa_jax.train_lib import checkpoint, loop  # pylint: disable=import-outside-toplevel
+
   manifest = _write_manifest(str(tmp_path))
   config = asr.get_config(f"manifest={manifest},runlocal=True,steps=8")
   config.model.update(TINY)

@@ -66,8 +66,7 @@ def test_split_manifest_never_puts_a_scene_in_two_splits(tmp_path):
   # A pretraining manifest follows the same assignment; unknown scenes train.
   pre = str(tmp_path / "data" / "pre.csv")
   _write_manifest(pre, _scenes(40) + ["extra"], captures=1)
-  got = splits.write_split_manifest(pre, str(tmp_path / "out" / "pre.csv"), 9,
-                                    assignment=assign)
+  got = splits.write_split_manifest(pre, str(tmp_path / "out" / "pre.csv"), 9, assignment=assign)
   assert got["extra"] == "train"
   assert all(got[k] == v for k, v in assign.items())
 
@@ -86,6 +85,7 @@ def test_repeated_splits_tiny_run_and_resume(tmp_path, monkeypatch):
   changed config is refused instead of mixing results."""
   from bmqa_jax.configs import quickstart  # pylint: disable=g-import-not-at-top
   from bmqa_jax.train_lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setenv("BMQA_DATA_DIR", str(tmp_path / "data"))
   cfg = quickstart.get_config("modalities=image,tiny=True")
   cfg.data.builtin = dict(cfg.data.builtin.to_dict(), workers=1)
@@ -96,8 +96,9 @@ def test_repeated_splits_tiny_run_and_resume(tmp_path, monkeypatch):
   repeated.run_repeated(cfg, workdir, num_splits=2, first_seed=5, log=logs.append)
   rows = list(csv.DictReader(open(os.path.join(workdir, "split_005", "manifest.csv"))))
   test_scenes = {r["scene"] for r in rows if r["split"] == "test"}
-  assert test_scenes == {k for k, v in splits.scene_split(
-      [r["scene"] for r in rows], 5).items() if v == "test"}
+  assert test_scenes == {
+    k for k, v in splits.scene_split([r["scene"] for r in rows], 5).items() if v == "test"
+  }
   per = json.load(open(os.path.join(workdir, "split_005", "eval", "metrics.json")))
   assert per["overall"]["n"] == sum(r["split"] == "test" for r in rows) == 10
   assert per["dataset"].startswith("test split of") and "split_005" in per["dataset"]

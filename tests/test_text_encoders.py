@@ -9,16 +9,21 @@ from bmqa_jax.models import text
 
 VOCAB = 40
 SMALL = {
-    "bow": dict(width=16, depth=2, mlp_dim=24),
-    "gru": dict(width=8, depth=2, embed_dim=12),
-    "lstm": dict(width=8, depth=1, embed_dim=12),
-    "transformer": dict(width=16, depth=1, num_heads=2, mlp_dim=32, max_len=8),
+  "bow": dict(width=16, depth=2, mlp_dim=24),
+  "gru": dict(width=8, depth=2, embed_dim=12),
+  "lstm": dict(width=8, depth=1, embed_dim=12),
+  "transformer": dict(width=16, depth=1, num_heads=2, mlp_dim=32, max_len=8),
 }
 # Right-padded rows of lengths 8, 5, 1 and 3.
-IDS = np.array([[2, 5, 6, 7, 8, 9, 10, 11],
-                [2, 12, 13, 14, 15, 0, 0, 0],
-                [2, 0, 0, 0, 0, 0, 0, 0],
-                [2, 30, 31, 0, 0, 0, 0, 0]], np.int32)
+IDS = np.array(
+  [
+    [2, 5, 6, 7, 8, 9, 10, 11],
+    [2, 12, 13, 14, 15, 0, 0, 0],
+    [2, 0, 0, 0, 0, 0, 0, 0],
+    [2, 30, 31, 0, 0, 0, 0, 0],
+  ],
+  np.int32,
+)
 MASK = IDS != 0
 
 
@@ -42,14 +47,14 @@ def test_shapes_and_padding(name):
   width = kw["width"] * (2 if kw.get("bidirectional") else 1)
   assert out["tokens"].shape == (12, 8, width) and out["pooled"].shape == (12, width)
   assert np.all(np.asarray(out["tokens"])[~np.tile(MASK, (3, 1))] == 0)
-  base, padded, changed = (jax.tree.map(lambda a, i=i: a[4 * i:4 * i + 4], out)
-                           for i in range(3))
+  base, padded, changed = (jax.tree.map(lambda a, i=i: a[4 * i : 4 * i + 4], out) for i in range(3))
   for k in ("tokens", "pooled"):  # padded ids change nothing
     np.testing.assert_allclose(padded[k], base[k], atol=1e-5)
   # A word changes its own sentence only.
   assert not np.allclose(changed["pooled"][1], base["pooled"][1], atol=1e-4)
-  np.testing.assert_allclose(np.delete(changed["pooled"], 1, 0),
-                             np.delete(base["pooled"], 1, 0), atol=1e-5)
+  np.testing.assert_allclose(
+    np.delete(changed["pooled"], 1, 0), np.delete(base["pooled"], 1, 0), atol=1e-5
+  )
 
 
 def test_bow_ignores_word_order():
@@ -57,8 +62,9 @@ def test_bow_ignores_word_order():
   v = enc.init(jax.random.key(0), IDS, MASK)
   perm = IDS.copy()
   perm[0, 1:] = perm[0, 1:][::-1]
-  np.testing.assert_allclose(enc.apply(v, perm, MASK)["pooled"][0],
-                             enc.apply(v, IDS, MASK)["pooled"][0], atol=1e-5)
+  np.testing.assert_allclose(
+    enc.apply(v, perm, MASK)["pooled"][0], enc.apply(v, IDS, MASK)["pooled"][0], atol=1e-5
+  )
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -102,20 +108,19 @@ def _torch_rnn_params(rnn, cell: str, depth: int, bidirectional: bool) -> dict:
   return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), out)
 
 
-@pytest.mark.parametrize("cell,depth,bidirectional", [
-    ("gru", 2, True), ("lstm", 2, True)])
+@pytest.mark.parametrize("cell,depth,bidirectional", [("gru", 2, True), ("lstm", 2, True)])
 def test_recurrent_matches_torch(cell, depth, bidirectional):
   torch = pytest.importorskip("torch")
   torch.manual_seed(0)
   emb, hid = 6, 5
   rnn = (torch.nn.GRU if cell == "gru" else torch.nn.LSTM)(
-      emb, hid, num_layers=depth, bidirectional=bidirectional, batch_first=True)
+    emb, hid, num_layers=depth, bidirectional=bidirectional, batch_first=True
+  )
   with torch.no_grad():  # non-zero biases everywhere
     for name, p in rnn.named_parameters():
       if name.startswith("bias"):
         p.uniform_(-0.5, 0.5)
-  enc = text.create(cell, VOCAB, width=hid, depth=depth, embed_dim=emb,
-                    bidirectional=bidirectional)
+  enc = text.create(cell, VOCAB, width=hid, depth=depth, embed_dim=emb, bidirectional=bidirectional)
   v = enc.init(jax.random.key(0), IDS, MASK)
   params = dict(v["params"], **_torch_rnn_params(rnn, cell, depth, bidirectional))
   assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, v["params"])
@@ -123,10 +128,10 @@ def test_recurrent_matches_torch(cell, depth, bidirectional):
 
   x = torch.from_numpy(np.asarray(params["embed"]["embedding"])[IDS])
   lengths = torch.from_numpy(MASK.sum(1))
-  packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
-                                                   enforce_sorted=False)
+  packed = torch.nn.utils.rnn.pack_padded_sequence(
+    x, lengths, batch_first=True, enforce_sorted=False
+  )
   with torch.no_grad():
     y, _ = rnn(packed)
-  y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=True,
-                                                total_length=IDS.shape[1])
+  y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=IDS.shape[1])
   np.testing.assert_allclose(out["tokens"], y.numpy(), atol=1e-5)

@@ -46,7 +46,8 @@ def _folder(root, rng):
         name = f"pics/s{s}_{c}.png"
         os.makedirs(os.path.join(root, "pics"), exist_ok=True)
         Image.fromarray(rng.integers(0, 65535, (16, 24), dtype=np.uint16)).save(
-            os.path.join(root, name))
+          os.path.join(root, name)
+        )
       else:
         name = f"pics/s{s}_{c}.jpg"
         _jpeg(os.path.join(root, name), rng)
@@ -55,9 +56,16 @@ def _folder(root, rng):
     f.write("\n".join(lines) + "\n")
 
 
-CUSTOM = dict(name="mine", scores_csv="ratings.csv", image_column="file",
-              mos_column="score", scene_column="place", mos_min=1.0, mos_max=5.0,
-              seed=3)
+CUSTOM = dict(
+  name="mine",
+  scores_csv="ratings.csv",
+  image_column="file",
+  mos_column="score",
+  scene_column="place",
+  mos_min=1.0,
+  mos_max=5.0,
+  seed=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +76,9 @@ def built(tmp_path_factory):
   biq_mos = _biq_folder(str(base / "biq"), rng)
   tfds_builders.build("biq2021", str(base / "biq"), data_dir)
   _folder(str(base / "folder"), rng)
-  tfds_builders.build("iqa_folder", str(base / "folder"), data_dir,
-                      tfds_builders.IqaConfig(**CUSTOM))
+  tfds_builders.build(
+    "iqa_folder", str(base / "folder"), data_dir, tfds_builders.IqaConfig(**CUSTOM)
+  )
   return dict(base=base, data_dir=data_dir, biq_mos=biq_mos)
 
 
@@ -85,13 +94,15 @@ def test_biq2021_reads_back_with_official_split(built):
         assert ex["image"] == f.read()  # stored as published, byte for byte
       assert ex["mos"] == pytest.approx(max(0.0, built["biq_mos"][name]), abs=1e-6)
   assert {n for n, s in names.items() if s == "test"} == {
-      n for n in built["biq_mos"] if "(test" in n}
+    n for n in built["biq_mos"] if "(test" in n
+  }
   assert len(names) == 25
 
 
 def test_export_manifest_feeds_the_pipeline(built):
   from bmqa_jax import defaults  # pylint: disable=g-import-not-at-top
   from bmqa_jax.data import datasets  # pylint: disable=g-import-not-at-top
+
   cfg = defaults.base_config()
   cfg.data.kind = "tfds"
   cfg.data.tfds_name = "iqa_folder/mine"
@@ -139,8 +150,8 @@ def test_builder_error_names_missing_files_and_layout(tmp_path):
   manual = tmp_path / "mliq"
   manual.mkdir()
   (manual / "mliq.csv").write_text(
-      "image,mos,scene,device,text,audio\n"
-      "a.jpg,0.5,s1,huawei,a dark room,a.wav\n")
+    "image,mos,scene,device,text,audio\na.jpg,0.5,s1,huawei,a dark room,a.wav\n"
+  )
   with pytest.raises(tfds_builders.MissingFilesError) as e:
     tfds_builders.build("mliq", str(manual), str(tmp_path / "out"))
   msg = str(e.value)

@@ -40,9 +40,9 @@ def _step(nan_at):
     loss = jnp.where(state["step"] + 1 == nan_at, jnp.nan, loss)
     grads = jax.tree.map(lambda p: p * 0 + loss, state["params"])
     st = dict(state, opt_state=tx.init(state["params"]))
-    new, m = state_lib.apply_gradients(st, grads, tx, state["batch_stats"],
-                                       {"loss": loss})
+    new, m = state_lib.apply_gradients(st, grads, tx, state["batch_stats"], {"loss": loss})
     return dict(new, opt_state=state["opt_state"]), m
+
   return step
 
 
@@ -51,9 +51,20 @@ def test_non_finite_step_stops_before_anything_is_saved(tmp_path):
   mngr = checkpoint.manager(d, keep=10)
   logs = []
   with pytest.raises(loop.NonFiniteError, match="step 4 .*last finite checkpoint is step 3"):
-    loop.run(_step(nan_at=4), _state(), lambda s: {"x": jnp.ones((3,))},
-             jax.random.key(0), name="t", total_steps=10, mngr=mngr, log_every=100,
-             checkpoint_every=1, log=logs.append, progress=False, prefetch=PREFETCH)
+    loop.run(
+      _step(nan_at=4),
+      _state(),
+      lambda s: {"x": jnp.ones((3,))},
+      jax.random.key(0),
+      name="t",
+      total_steps=10,
+      mngr=mngr,
+      log_every=100,
+      checkpoint_every=1,
+      log=logs.append,
+      progress=False,
+      prefetch=PREFETCH,
+    )
   assert mngr.all_steps() == [1, 2, 3]
   for step in mngr.all_steps():
     w, _ = checkpoint.load_weights(d, step=step)
@@ -65,9 +76,19 @@ def test_loop_resumes_at_the_state_step_and_averages_logged_metrics(tmp_path):
   mngr = checkpoint.manager(str(tmp_path / "c"), keep=2)
   s = dict(_state(), step=jnp.array(6, jnp.int32))
   calls = []
-  state, hist = loop.run(_step(nan_at=-1), s, lambda i: calls.append(i) or {"x": jnp.ones((3,))},
-                         jax.random.key(0), name="t", total_steps=10, mngr=mngr,
-                         log_every=2, checkpoint_every=5, progress=False, prefetch=PREFETCH)
+  state, hist = loop.run(
+    _step(nan_at=-1),
+    s,
+    lambda i: calls.append(i) or {"x": jnp.ones((3,))},
+    jax.random.key(0),
+    name="t",
+    total_steps=10,
+    mngr=mngr,
+    log_every=2,
+    checkpoint_every=5,
+    progress=False,
+    prefetch=PREFETCH,
+  )
   assert calls == [6, 7, 8, 9] and int(state["step"]) == 10
   assert [h["step"] for h in hist] == [8, 10] and mngr.all_steps() == [10]
 
@@ -92,8 +113,9 @@ def test_schedule_matches_optax_warmup_cosine():
   ours = optim.make_schedule(o, total_steps=300, warmup_steps=50)
   ref = optax.warmup_cosine_decay_schedule(0.0, 2e-3, 50, 300, end_value=2e-3 * 0.05)
   steps = np.arange(0, 320, 7)
-  np.testing.assert_allclose([ours(s) for s in steps], [ref(s) for s in steps],
-                             rtol=1e-6, atol=1e-12)
+  np.testing.assert_allclose(
+    [ours(s) for s in steps], [ref(s) for s in steps], rtol=1e-6, atol=1e-12
+  )
 
 
 def test_unknown_optimizer_and_schedule_are_refused():
@@ -108,11 +130,13 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
   leaves the previous file whole and no temporary file behind."""
   import errno  # pylint: disable=g-import-not-at-top
   from bmqa_jax.train_lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
   path = tmp_path / "out.csv"
   path.write_text("old,complete\n")
 
   def full(_):
     raise OSError(errno.ENOSPC, "No space left on device")
+
   monkeypatch.setattr(os, "fsync", full)
   with pytest.raises(OSError, match="No space"):
     workdir_lib.atomic_write(str(path), "new\n" * 1000)
@@ -124,6 +148,7 @@ def test_atomic_write_takes_bytes_or_a_writer_and_gives_the_umask_mode(tmp_path)
   """One helper for every atomic file (the feature caches write through a
   callback): a writer that raises leaves the old file and no temporary one."""
   from bmqa_jax.train_lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
   path = str(tmp_path / "a.npz")
   workdir_lib.atomic_write(path, b"old")
   assert os.stat(path).st_mode & 0o777 == 0o666 & ~workdir_lib.umask()
@@ -131,6 +156,7 @@ def test_atomic_write_takes_bytes_or_a_writer_and_gives_the_umask_mode(tmp_path)
   def bad(f):
     f.write(b"half")
     raise RuntimeError("writer failed")
+
   with pytest.raises(RuntimeError, match="writer failed"):
     workdir_lib.atomic_write(path, bad)
   assert open(path, "rb").read() == b"old" and os.listdir(tmp_path) == ["a.npz"]
@@ -143,6 +169,7 @@ def test_the_project_logger_writes_plain_lines_to_the_current_stdout(capsys):
   (not again through absl's root handler), on the stdout of the moment."""
   import logging  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
   absl_logging.use_absl_handler()
   try:
     log_lib.info("[ss] resumed at step 4/10 (100% of 5)")
@@ -159,14 +186,21 @@ def test_the_three_trainers_share_one_signature():
   from bmqa_jax.bmqa import train as bmqa_train  # pylint: disable=g-import-not-at-top
   from bmqa_jax.captioner import train as captioner_train  # pylint: disable=g-import-not-at-top
   from bmqa_jax.speech import train as speech_train  # pylint: disable=g-import-not-at-top
+
   want = ["cfg", "workdir", "log", "progress", "config_change"]
   for module in (bmqa_train, speech_train, captioner_train):
     params = inspect.signature(module.train_and_evaluate).parameters
     assert list(params)[:5] == want, module.__name__
-    assert [p.kind for p in params.values()][2:] == [
-        inspect.Parameter.KEYWORD_ONLY] * (len(params) - 2), module.__name__
-    assert (params["log"].default, params["progress"].default,
-            params["config_change"].default) == (log_lib.info, False, "refuse")
+    assert [p.kind for p in params.values()][2:] == [inspect.Parameter.KEYWORD_ONLY] * (
+      len(params) - 2
+    ), module.__name__
+    assert (params["log"].default, params["progress"].default, params["config_change"].default) == (
+      log_lib.info,
+      False,
+      "refuse",
+    )
+
+
 def test_a_stop_signal_saves_the_step_under_way_and_stops(tmp_path):
   """The loop's side of bmqa_jax.stop (real signals: tests/test_multiprocess.py):
   a signal during step 3 saves step 3, off the checkpoint cadence, and raises
@@ -182,9 +216,19 @@ def test_a_stop_signal_saves_the_step_under_way_and_stops(tmp_path):
 
   try:
     with pytest.raises(stop.Stopped) as e:
-      loop.run(step, _state(), lambda i: {"x": jnp.ones((3,))}, jax.random.key(0), name="t",
-               total_steps=10, mngr=mngr, log_every=100, checkpoint_every=100,
-               progress=False, prefetch=PREFETCH)
+      loop.run(
+        step,
+        _state(),
+        lambda i: {"x": jnp.ones((3,))},
+        jax.random.key(0),
+        name="t",
+        total_steps=10,
+        mngr=mngr,
+        log_every=100,
+        checkpoint_every=100,
+        progress=False,
+        prefetch=PREFETCH,
+      )
   finally:
     stop._S.signum = stop._S.at = None  # pylint: disable=protected-access
   assert e.value.code == 143
@@ -206,9 +250,19 @@ def test_the_loop_reads_nothing_per_step_and_prefetches_batches(tmp_path, monkey
     return {"x": jnp.ones((3,))}
 
   mngr = checkpoint.manager(str(tmp_path / "c"), keep=2)
-  state, hist = loop.run(_step(nan_at=-1), _state(), batch, jax.random.key(0),
-                         name="t", total_steps=10, mngr=mngr, log_every=5,
-                         checkpoint_every=5, progress=False, prefetch=PREFETCH)
+  state, hist = loop.run(
+    _step(nan_at=-1),
+    _state(),
+    batch,
+    jax.random.key(0),
+    name="t",
+    total_steps=10,
+    mngr=mngr,
+    log_every=5,
+    checkpoint_every=5,
+    progress=False,
+    prefetch=PREFETCH,
+  )
   assert int(state["step"]) == 10 and [h["step"] for h in hist] == [5, 10]
   assert mngr.all_steps() == [5, 10]
   assert len(reads) == 5  # the start step, then per log: the flags and the window

@@ -45,15 +45,15 @@ def _snapshot(folder):
 
 def _run(*args, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)  # this tree's package
-  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout, env=env)
+  return subprocess.run(
+    [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+  )
 
 
 # --- A: built-in dataset folders -------------------------------------------------
 
 
-def test_interrupted_rebuild_with_other_args_never_mixes_into_the_folder(
-    tmp_path, monkeypatch):
+def test_interrupted_rebuild_with_other_args_never_mixes_into_the_folder(tmp_path, monkeypatch):
   """The report: a rebuild with another seed killed mid-way left 14 of 60 images
   of that seed under the first seed's manifest, and the folder was reused."""
   out = str(tmp_path / "data")
@@ -102,8 +102,10 @@ def test_other_args_are_refused_with_the_differences_then_replaced_on_request(tm
 def test_killed_build_leaves_no_folder_and_its_leftovers_are_cleaned(tmp_path):
   out = tmp_path / "data"
   args = builtin.BuildArgs(num_scenes=60, image_size=64, seed=1, audio=False, workers=1)
-  code = (f"from bmqa_jax.data import builtin; "
-          f"builtin.build({str(out)!r}, builtin.BuildArgs(**{args.__dict__!r}))")
+  code = (
+    f"from bmqa_jax.data import builtin; "
+    f"builtin.build({str(out)!r}, builtin.BuildArgs(**{args.__dict__!r}))"
+  )
   proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
   deadline = time.time() + 120
   while time.time() < deadline and proc.poll() is None:
@@ -124,11 +126,15 @@ def test_killed_build_leaves_no_folder_and_its_leftovers_are_cleaned(tmp_path):
 
 def test_two_processes_building_one_folder_at_once(tmp_path):
   out = str(tmp_path / "cache" / "builtin-x")
-  code = ("from bmqa_jax.data import builtin; "
-          f"builtin.build({out!r}, builtin.BuildArgs(**{A.__dict__!r}))")
+  code = (
+    "from bmqa_jax.data import builtin; "
+    f"builtin.build({out!r}, builtin.BuildArgs(**{A.__dict__!r}))"
+  )
   for _ in range(2):
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+      subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+      for _ in range(2)
+    ]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
   fresh = str(tmp_path / "fresh")
@@ -141,10 +147,20 @@ def test_two_processes_building_other_args_into_one_folder_do_not_mix(tmp_path):
   """E.g. two configs with one `builtin_dir`: one build wins whole, the other
   fails with the folder named; the images are never of both seeds."""
   out = str(tmp_path / "data")
-  procs = [subprocess.Popen(
-      [sys.executable, "-c", "from bmqa_jax.data import builtin; builtin.build("
-       f"{out!r}, builtin.BuildArgs(**{args.__dict__!r}))"], cwd=ROOT,
-      stderr=subprocess.PIPE, text=True) for args in (A, B)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-c",
+        "from bmqa_jax.data import builtin; builtin.build("
+        f"{out!r}, builtin.BuildArgs(**{args.__dict__!r}))",
+      ],
+      cwd=ROOT,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for args in (A, B)
+  ]
   errs = [p.communicate(timeout=300)[1] for p in procs]
   codes = [p.returncode for p in procs]
   assert sorted(codes) == [0, 1], errs
@@ -156,8 +172,7 @@ def test_two_processes_building_other_args_into_one_folder_do_not_mix(tmp_path):
 
 
 def test_build_dataset_cli_refuses_foreign_or_different_folders(tmp_path):
-  cli = ["launch/build_dataset.py", "--num_scenes=2", "--image_size=32",
-         "--noaudio"]
+  cli = ["launch/build_dataset.py", "--num_scenes=2", "--image_size=32", "--noaudio"]
   mine = tmp_path / "mine"
   mine.mkdir()
   (mine / "notes.txt").write_text("keep me")
@@ -225,12 +240,18 @@ def test_tfds_config_fields_are_part_of_the_prepared_identity(tmp_path):
   pytest.importorskip("tensorflow")
   import test_tfds  # pylint: disable=g-import-not-at-top
   from bmqa_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+
   test_tfds._folder(str(tmp_path / "folder"), np.random.default_rng(0))
   data_dir = str(tmp_path / "prepared")
   cfg = tfds_builders.IqaConfig(**test_tfds.CUSTOM)  # MOS on 1..5
   tfds_builders.build("iqa_folder", str(tmp_path / "folder"), data_dir, cfg)
-  mos = lambda: sorted(s.mos for s in manifest.load(tfds_builders.export_manifest(
-      "iqa_folder/mine", data_dir, log=lambda m: None), check_images=False))
+  mos = lambda: sorted(
+    s.mos
+    for s in manifest.load(
+      tfds_builders.export_manifest("iqa_folder/mine", data_dir, log=lambda m: None),
+      check_images=False,
+    )
+  )
   first = mos()
   changed = tfds_builders.IqaConfig(**dict(test_tfds.CUSTOM, mos_min=0.0))
   with pytest.raises(ValueError) as e:  # the old code reused the data silently
@@ -239,8 +260,7 @@ def test_tfds_config_fields_are_part_of_the_prepared_identity(tmp_path):
   assert "mos_min=1.0 there, 0.0 now" in str(e.value)
   assert os.path.join(data_dir, "iqa_folder", "mine") in str(e.value)
   assert mos() == first
-  tfds_builders.build("iqa_folder", str(tmp_path / "folder"), data_dir, changed,
-                      overwrite=True)
+  tfds_builders.build("iqa_folder", str(tmp_path / "folder"), data_dir, changed, overwrite=True)
   second = mos()  # exported again: the prepared data changed
   np.testing.assert_allclose(np.array(second), 0.2 + 0.8 * np.array(first), atol=1e-5)
   tfds_builders.build("iqa_folder", str(tmp_path / "folder"), data_dir, changed)  # same
@@ -257,9 +277,17 @@ def _manifest(folder, lines, name="m.csv", header="image,mos,scene,split"):
 
 
 def test_scene_in_two_splits_is_refused_whatever_its_spelling(tmp_path):
-  path = _manifest(tmp_path, ["a.png,0.5,kitchen,train", "a.png,0.5,street,train",
-                              "a.png,0.5,Kitchen ,test", "a.png,0.5,park,val",
-                              "a.png,0.5,STREET,val", "a.png,0.5,kitchen,train"])
+  path = _manifest(
+    tmp_path,
+    [
+      "a.png,0.5,kitchen,train",
+      "a.png,0.5,street,train",
+      "a.png,0.5,Kitchen ,test",
+      "a.png,0.5,park,val",
+      "a.png,0.5,STREET,val",
+      "a.png,0.5,kitchen,train",
+    ],
+  )
   for kwargs in ({"splits": ["train"]}, {"splits": ["test"]}, {"skip_bad": True}):
     with pytest.raises(manifest.ManifestError) as e:
       manifest.load(path, **kwargs)
@@ -271,19 +299,18 @@ def test_scene_in_two_splits_is_refused_whatever_its_spelling(tmp_path):
 
 
 def test_pretraining_scenes_must_not_be_held_out_scenes(tmp_path):
-  main = _manifest(tmp_path, ["a.png,0.5,s1,train", "a.png,0.5,s2,test",
-                              "a.png,0.5,s3,val"])
+  main = _manifest(tmp_path, ["a.png,0.5,s1,train", "a.png,0.5,s2,test", "a.png,0.5,s3,val"])
   ok = _manifest(tmp_path, ["a.png,,s1,train", "a.png,,s2,test"], name="pre.csv")
   manifest.check_disjoint_scenes(main, ok)  # the test scene's row is not read
-  bad = _manifest(tmp_path, ["a.png,,s1,train", "a.png,,S2,train", "a.png,,s3,train"],
-                  name="pre.csv")
+  bad = _manifest(
+    tmp_path, ["a.png,,s1,train", "a.png,,S2,train", "a.png,,s3,train"], name="pre.csv"
+  )
   with pytest.raises(manifest.ManifestError) as e:
     manifest.check_disjoint_scenes(main, bad)
   msg = str(e.value)
   assert bad in msg and "2 scene(s)" in msg
   assert f"'s2' (test at {main}, row 3; pretraining rows 3)" in msg and "'s3' (val" in msg
-  manifest.check_disjoint_scenes(main, bad, held_out_splits=("test",),
-                                 pretrain_splits=("none",))
+  manifest.check_disjoint_scenes(main, bad, held_out_splits=("test",), pretrain_splits=("none",))
   no_split = _manifest(tmp_path, ["a.png,,s2"], name="pre2.csv", header="image,mos,scene")
   with pytest.raises(manifest.ManifestError, match="'s2'"):
     manifest.check_disjoint_scenes(main, no_split)
@@ -301,41 +328,53 @@ def test_truncated_or_inconsistent_wav_is_refused_with_the_file_named(tmp_path):
   data = _wav(tmp_path / "full.wav")
   assert len(audio.read_audio(str(tmp_path / "full.wav"))[0]) == 16000
   cut = tmp_path / "cut.wav"
-  cut.write_bytes(data[:44 + 2 * 478])  # the report: read as 478 samples, no word
+  cut.write_bytes(data[: 44 + 2 * 478])  # the report: read as 478 samples, no word
   with pytest.raises(audio.AudioReadError) as e:
     audio.read_audio(str(cut))
   assert str(cut) in str(e.value) and "declares 32000 bytes" in str(e.value)
   assert "478 frames" in str(e.value) and issubclass(audio.AudioFileError, ValueError)
   assert isinstance(e.value, audio.AudioFileError)
   odd = tmp_path / "odd.wav"  # half a sample at the end
-  odd.write_bytes(data[:4] + struct.pack("<I", len(data) - 9) + data[8:40]
-                  + struct.pack("<I", 31999) + data[44:-1])
+  odd.write_bytes(
+    data[:4]
+    + struct.pack("<I", len(data) - 9)
+    + data[8:40]
+    + struct.pack("<I", 31999)
+    + data[44:-1]
+  )
   no_fmt = tmp_path / "nofmt.wav"
   no_fmt.write_bytes(data[:12] + data[36:])
   bad_align = tmp_path / "align.wav"
   bad_align.write_bytes(data[:32] + struct.pack("<H", 3) + data[34:])
-  for path, why in ((odd, "whole number"), (no_fmt, "before any `fmt `"),
-                    (bad_align, "block align 3")):
+  for path, why in (
+    (odd, "whole number"),
+    (no_fmt, "before any `fmt `"),
+    (bad_align, "block align 3"),
+  ):
     with pytest.raises(audio.AudioReadError, match=why):
       audio.read_audio(str(path))
   stream = tmp_path / "stream.wav"  # a writer that could not seek: size unknown
   stream.write_bytes(data[:4] + b"\xff" * 4 + data[8:40] + b"\xff" * 4 + data[44:])
   assert len(audio.read_audio(str(stream))[0]) == 16000
-  path = _manifest(tmp_path, ["a.png,0.5,s1,train,cut.wav"],
-                   header="image,mos,scene,split,audio")
+  path = _manifest(tmp_path, ["a.png,0.5,s1,train,cut.wav"], header="image,mos,scene,split,audio")
   with pytest.raises(manifest.ManifestError, match="row 2: .*cut.wav.*truncated"):
     manifest.load(path, check_audio=True)
 
 
 def _bomb_png(path, side=12000):
   """A valid grey PNG of side x side pixels, all black: ~140 KB on disk."""
-  chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body
-                              + struct.pack(">I", zlib.crc32(kind + body)))
+  chunk = lambda kind, body: (
+    struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+  )
   z = zlib.compressobj(9)
   row = b"\0" * (side + 1)
   idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
-  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
-      ">IIBBBBB", side, side, 8, 0, 0, 0, 0)) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+  path.write_bytes(
+    b"\x89PNG\r\n\x1a\n"
+    + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+    + chunk(b"IDAT", idat)
+    + chunk(b"IEND", b"")
+  )
   return str(path)
 
 

@@ -41,8 +41,9 @@ def test_ranges_json_and_npz_round_trip(tmp_path):
 @pytest.mark.parametrize("name", ["r.pickle", "r.pkl", "r.dat"])
 def test_ranges_pickle_is_refused_without_running_it(tmp_path, name):
   marker = tmp_path / "pwned"
-  (tmp_path / name).write_bytes(pickle.dumps({"min_": [_Payload(marker)], "max_": [1.0]},
-                                             protocol=2))
+  (tmp_path / name).write_bytes(
+    pickle.dumps({"min_": [_Payload(marker)], "max_": [1.0]}, protocol=2)
+  )
   with pytest.raises(ValueError, match=f"{name} is a pickle, which can run code"):
     svr_lib.load_svm_scale_range(tmp_path / name)
   with pytest.raises(ValueError, match=r"not a plain-data pickle .*(builtins|io)\.open"):
@@ -75,21 +76,31 @@ def test_installed_package_ranges_still_load():
 @pytest.mark.parametrize("field", ["filename", "audio_filename"])
 def test_tfds_export_refuses_names_outside_the_folder(tmp_path, monkeypatch, field):
   tfds_builders = pytest.importorskip("bmqa_jax.data.tfds_builders")
-  info = types.SimpleNamespace(full_name="evil/1.0.0", version="1.0.0",
-                               splits={"train": types.SimpleNamespace(num_examples=2)})
-  monkeypatch.setattr(tfds_builders.tfds, "builder",
-                      lambda name, data_dir: types.SimpleNamespace(info=info))
-  good = dict(filename=b"a.jpg", image=b"jpeg", mos=0.5, scene=b"s", device=b"",
-              text=b"", audio=b"", audio_filename=b"")
+  info = types.SimpleNamespace(
+    full_name="evil/1.0.0", version="1.0.0", splits={"train": types.SimpleNamespace(num_examples=2)}
+  )
+  monkeypatch.setattr(
+    tfds_builders.tfds, "builder", lambda name, data_dir: types.SimpleNamespace(info=info)
+  )
+  good = dict(
+    filename=b"a.jpg",
+    image=b"jpeg",
+    mos=0.5,
+    scene=b"s",
+    device=b"",
+    text=b"",
+    audio=b"",
+    audio_filename=b"",
+  )
   evil = dict(good, audio=b"wav", audio_filename=b"a.wav")
   evil[field] = b"../../../escaped.bin"
   monkeypatch.setattr(tfds_builders, "data_sources", lambda n, d: {"train": [good, evil]})
   monkeypatch.setattr(tfds_builders, "grain_dataset", lambda source: source)
   out = tmp_path / "data" / "export"
-  with pytest.raises(manifest.ManifestError,
-                     match=r"evil/1.0.0, split 'train', example 1: file name '\.\./"):
+  with pytest.raises(
+    manifest.ManifestError, match=r"evil/1.0.0, split 'train', example 1: file name '\.\./"
+  ):
     tfds_builders.export_manifest("evil", str(tmp_path / "data"), out_dir=str(out))
   assert (out / "files" / "train" / "a.jpg").exists()
-  escaped = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs
-             if f == "escaped.bin"]
+  escaped = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs if f == "escaped.bin"]
   assert not escaped

@@ -45,11 +45,14 @@ def test_deterministic_in_any_order_and_process():
   # A fresh interpreter (fresh eSpeak state) gives the same native samples
   # (compared before resampling, so the child need not import scipy).
   native = tts._helper().synthesize(SENTENCE, "en-us+f4", 150, 60)  # pylint: disable=protected-access
-  code = ("import sys, hashlib; from bmqa_jax.data import tts; "
-          f"x = tts._helper().synthesize({SENTENCE!r}, 'en-us+f4', 150, 60); "
-          "sys.stdout.write(hashlib.sha256(x.tobytes()).hexdigest())")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       check=True).stdout
+  code = (
+    "import sys, hashlib; from bmqa_jax.data import tts; "
+    f"x = tts._helper().synthesize({SENTENCE!r}, 'en-us+f4', 150, 60); "
+    "sys.stdout.write(hashlib.sha256(x.tobytes()).hexdigest())"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, check=True
+  ).stdout
   assert out == hashlib.sha256(native.tobytes()).hexdigest()
 
 

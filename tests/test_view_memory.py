@@ -53,8 +53,18 @@ def test_resize_model_refuses_a_thin_png_and_scores_the_other(photos, tmp_path):
   model = bmqa_lib.from_config(cfg, None)
   size = cfg.input.image_size
   variables = model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
-  metric = scoring.Metric(cfg, model, variables, None, name="quickstart", identity={},
-                          view="auto", text=None, batch_size=16, tile_short_side=512)
+  metric = scoring.Metric(
+    cfg,
+    model,
+    variables,
+    None,
+    name="quickstart",
+    identity={},
+    view="auto",
+    text=None,
+    batch_size=16,
+    tile_short_side=512,
+  )
   with pytest.raises(scoring.ScoringError) as e:
     metric([thin, photos[0]])
   bad, good = e.value.results
@@ -64,8 +74,9 @@ def test_resize_model_refuses_a_thin_png_and_scores_the_other(photos, tmp_path):
 
 
 def _pcfg(**overrides) -> pipeline.PipelineConfig:
-  return pipeline.from_config(ml_collections.ConfigDict(
-      {"input": defaults.input_config(**overrides)}))
+  return pipeline.from_config(
+    ml_collections.ConfigDict({"input": defaults.input_config(**overrides)})
+  )
 
 
 def test_working_size_of_each_view():

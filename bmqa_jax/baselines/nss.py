@@ -62,7 +62,7 @@ def matlab_rgb2gray(image01: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _gaussian_1d(size: int, sigma: float) -> np.ndarray:
   x = np.arange(size) - (size - 1) / 2.0
-  g = np.exp(-(x ** 2) / (2.0 * sigma ** 2))
+  g = np.exp(-(x**2) / (2.0 * sigma**2))
   g /= g.sum()
   g.setflags(write=False)
   return g
@@ -85,8 +85,14 @@ def _filter(img: np.ndarray, size: int, sigma: float, padding: str) -> np.ndarra
   return scipy.ndimage.correlate1d(out, g, axis=1, mode=mode, cval=0.0)
 
 
-def mscn(grey: np.ndarray, *, window_size: int = 7, sigma: float = 7.0 / 6.0,
-         c: float = 1.0, padding: str = "zero") -> tuple[np.ndarray, np.ndarray]:
+def mscn(
+  grey: np.ndarray,
+  *,
+  window_size: int = 7,
+  sigma: float = 7.0 / 6.0,
+  c: float = 1.0,
+  padding: str = "zero",
+) -> tuple[np.ndarray, np.ndarray]:
   """MSCN coefficients and the local deviation ``sigma`` (BRISQUE Eq. 1–3).
 
   Args:
@@ -152,13 +158,14 @@ def fit_aggd(x: np.ndarray) -> tuple[float, float, float]:
   left, right = v[v < 0], v[v > 0]
   if left.size == 0 or right.size == 0:
     raise DegenerateStatisticsError(
-        f"AGGD fit needs negative and positive coefficients, got {left.size} negative "
-        f"and {right.size} positive (flat image region)")
+      f"AGGD fit needs negative and positive coefficients, got {left.size} negative "
+      f"and {right.size} positive (flat image region)"
+    )
   left_std = float(np.sqrt(np.mean(left * left)))
   right_std = float(np.sqrt(np.mean(right * right)))
   gamma_hat = left_std / right_std
   r_hat = float(np.mean(np.abs(v))) ** 2 / float(np.mean(v * v))
-  r_hat_norm = r_hat * (gamma_hat ** 3 + 1) * (gamma_hat + 1) / (gamma_hat ** 2 + 1) ** 2
+  r_hat_norm = r_hat * (gamma_hat**3 + 1) * (gamma_hat + 1) / (gamma_hat**2 + 1) ** 2
   alpha = float(gam[np.argmin((r_aggd - r_hat_norm) ** 2)])
   return alpha, left_std, right_std
 
@@ -178,12 +185,14 @@ def aggd_mean_factor(alpha: float) -> float:
 def _cubic(x: np.ndarray) -> np.ndarray:
   a = np.abs(x)
   a2, a3 = a * a, a * a * a
-  return ((1.5 * a3 - 2.5 * a2 + 1.0) * (a <= 1)
-          + (-0.5 * a3 + 2.5 * a2 - 4.0 * a + 2.0) * ((a > 1) & (a <= 2)))
+  return (1.5 * a3 - 2.5 * a2 + 1.0) * (a <= 1) + (-0.5 * a3 + 2.5 * a2 - 4.0 * a + 2.0) * (
+    (a > 1) & (a <= 2)
+  )
 
 
-def _contributions(in_len: int, out_len: int, scale: float,
-                   antialias: bool) -> tuple[np.ndarray, np.ndarray]:
+def _contributions(
+  in_len: int, out_len: int, scale: float, antialias: bool
+) -> tuple[np.ndarray, np.ndarray]:
   kernel_width = 4.0
   if scale < 1 and antialias:
     kernel = lambda t: scale * _cubic(scale * t)

@@ -29,13 +29,15 @@ SCALE_LOWER, SCALE_UPPER = -1.0, 1.0
 @dataclasses.dataclass(frozen=True)
 class FeatureScaler:
   """Per-feature affine map of [low, high] onto [-1, 1] (LIBSVM ``svm-scale``)."""
+
   low: np.ndarray
   high: np.ndarray
 
   def __post_init__(self):
     if self.low.shape != self.high.shape or self.low.ndim != 1:
-      raise ValueError(f"scaler ranges must be equal-length vectors, got {self.low.shape} "
-                       f"and {self.high.shape}")
+      raise ValueError(
+        f"scaler ranges must be equal-length vectors, got {self.low.shape} and {self.high.shape}"
+      )
 
   def __call__(self, features: np.ndarray) -> np.ndarray:
     f = np.asarray(features, dtype=np.float64)
@@ -56,6 +58,7 @@ class FeatureScaler:
 @dataclasses.dataclass(frozen=True)
 class RbfSvr:
   """An RBF-kernel SVR in dual form: ``sum_i coef_i exp(-gamma |x - sv_i|^2) - rho``."""
+
   support_vectors: np.ndarray  # [n_sv, d]
   dual_coef: np.ndarray  # [n_sv]
   gamma: float
@@ -109,10 +112,15 @@ def load_libsvm_model(path: str | os.PathLike) -> RbfSvr:
     for k, v in r.items():
       sv[i, k - 1] = v
   if "total_sv" in header and int(header["total_sv"]) != len(rows):
-    raise ValueError(f"{path}: header says {header['total_sv']} support vectors, "
-                     f"file has {len(rows)}")
-  return RbfSvr(support_vectors=sv, dual_coef=np.asarray(coefs), gamma=float(header["gamma"]),
-                rho=float(header["rho"].split()[0]))
+    raise ValueError(
+      f"{path}: header says {header['total_sv']} support vectors, file has {len(rows)}"
+    )
+  return RbfSvr(
+    support_vectors=sv,
+    dual_coef=np.asarray(coefs),
+    gamma=float(header["gamma"]),
+    rho=float(header["rho"].split()[0]),
+  )
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -139,8 +147,7 @@ def save_feature_ranges(scaler: FeatureScaler, path: str | os.PathLike) -> None:
     json.dump({"min": scaler.low.tolist(), "max": scaler.high.tolist()}, f)
 
 
-def load_svm_scale_range(path: str | os.PathLike, *,
-                         plain_pickle: bool = False) -> FeatureScaler:
+def load_svm_scale_range(path: str | os.PathLike, *, plain_pickle: bool = False) -> FeatureScaler:
   """Reads feature ranges (``--brisque_ranges``).
 
   Formats: an ``svm-scale -s`` range file, JSON ``{"min": [...], "max": [...]}``
@@ -155,9 +162,10 @@ def load_svm_scale_range(path: str | os.PathLike, *,
   if path.endswith((".pickle", ".pkl")) or head[:1] == b"\x80":
     if not plain_pickle:
       raise ValueError(
-          f"{path} is a pickle, which can run code when read; give the ranges as "
-          'JSON {"min": [...], "max": [...]}, an .npz with arrays min/max, or an '
-          "svm-scale range file (svr.save_feature_ranges writes the JSON)")
+        f"{path} is a pickle, which can run code when read; give the ranges as "
+        'JSON {"min": [...], "max": [...]}, an .npz with arrays min/max, or an '
+        "svm-scale range file (svr.save_feature_ranges writes the JSON)"
+      )
     try:
       with open(path, "rb") as f:
         obj = _PlainUnpickler(f).load()
@@ -190,13 +198,15 @@ def load_svm_scale_range(path: str | os.PathLike, *,
 @dataclasses.dataclass(frozen=True)
 class SvrHyperparameters:
   """epsilon-SVR settings; the defaults are LIBSVM's / the LIVE release's gamma."""
+
   c: float = 1.0
   gamma: float = 0.05
   epsilon: float = 0.1
 
 
-def fit_svr(features: np.ndarray, targets: Sequence[float],
-            hparams: SvrHyperparameters = SvrHyperparameters()) -> tuple[FeatureScaler, RbfSvr]:
+def fit_svr(
+  features: np.ndarray, targets: Sequence[float], hparams: SvrHyperparameters = SvrHyperparameters()
+) -> tuple[FeatureScaler, RbfSvr]:
   """Trains an RBF epsilon-SVR (scikit-learn) on [-1, 1]-scaled features.
 
   Returns:
@@ -205,8 +215,9 @@ def fit_svr(features: np.ndarray, targets: Sequence[float],
   try:
     from sklearn.svm import SVR  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError("fitting a BRISQUE regressor needs scikit-learn "
-                      "(pip install scikit-learn)") from e
+    raise ImportError(
+      "fitting a BRISQUE regressor needs scikit-learn (pip install scikit-learn)"
+    ) from e
   x = np.asarray(features, dtype=np.float64)
   y = np.asarray(targets, dtype=np.float64)
   if x.ndim != 2 or x.shape[0] != y.shape[0]:
@@ -216,24 +227,28 @@ def fit_svr(features: np.ndarray, targets: Sequence[float],
   scaler = FeatureScaler.from_data(x)
   model = SVR(kernel="rbf", C=hparams.c, gamma=hparams.gamma, epsilon=hparams.epsilon)
   model.fit(scaler(x), y)
-  svr = RbfSvr(support_vectors=np.asarray(model.support_vectors_, np.float64),
-               dual_coef=np.asarray(model.dual_coef_, np.float64).ravel(),
-               gamma=hparams.gamma, rho=-float(np.ravel(model.intercept_)[0]))
+  svr = RbfSvr(
+    support_vectors=np.asarray(model.support_vectors_, np.float64),
+    dual_coef=np.asarray(model.dual_coef_, np.float64).ravel(),
+    gamma=hparams.gamma,
+    rho=-float(np.ravel(model.intercept_)[0]),
+  )
   return scaler, svr
 
 
 @dataclasses.dataclass(frozen=True)
 class SvrGrid:
   """Hyperparameter grid searched by :func:`select_svr_hyperparameters`."""
+
   c: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
   gamma: tuple[float, ...] = (0.01, 0.05, 0.2, 0.5)
   epsilon: tuple[float, ...] = (0.01, 0.05)
   folds: int = 5
 
 
-def select_svr_hyperparameters(features: np.ndarray, targets: Sequence[float],
-                               groups: Sequence[str], grid: SvrGrid = SvrGrid()
-                               ) -> tuple[SvrHyperparameters, float]:
+def select_svr_hyperparameters(
+  features: np.ndarray, targets: Sequence[float], groups: Sequence[str], grid: SvrGrid = SvrGrid()
+) -> tuple[SvrHyperparameters, float]:
   """Picks C, gamma, epsilon by grouped k-fold cross-validation on the training split.
 
   Folds are split by ``groups`` (scenes), so no scene is in both a fold's training
@@ -244,6 +259,7 @@ def select_svr_hyperparameters(features: np.ndarray, targets: Sequence[float],
   """
   import scipy.stats  # pylint: disable=import-outside-toplevel
   from sklearn.model_selection import GroupKFold  # pylint: disable=import-outside-toplevel
+
   x = np.asarray(features, dtype=np.float64)
   y = np.asarray(targets, dtype=np.float64)
   g = np.asarray(list(groups))

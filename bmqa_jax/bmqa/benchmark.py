@@ -52,8 +52,9 @@ def _loader(plan: stage_lib.StagePlan, records, pcfg, workdir: str, seed: int, l
     return pipeline.train_loader(records, pcfg, bs, seed=seed), 0.0
   t = time.perf_counter()  # the frozen tower's features, as training builds them
   variables = jax.jit(plan.init_variables)(jax.random.key(0))
-  cache = feature_cache.build(plan.model, variables, records, plan.cfg, pcfg, workdir,
-                              plan.mesh, log)
+  cache = feature_cache.build(
+    plan.model, variables, records, plan.cfg, pcfg, workdir, plan.mesh, log
+  )
   return feature_cache.train_loader(records, cache, pcfg, bs, seed), time.perf_counter() - t
 
 
@@ -81,9 +82,17 @@ def timed(fn, steps: int) -> float:
   return (time.perf_counter() - t) / steps
 
 
-def stage_figures(plan: stage_lib.StagePlan, records, pcfg, workdir: str,
-                  steps: int = 10, seed: int = 0, log=log_lib.info, input_delay_ms: float = 0,
-                  wait_each_step: bool = False) -> dict:
+def stage_figures(
+  plan: stage_lib.StagePlan,
+  records,
+  pcfg,
+  workdir: str,
+  steps: int = 10,
+  seed: int = 0,
+  log=log_lib.info,
+  input_delay_ms: float = 0,
+  wait_each_step: bool = False,
+) -> dict:
   """The figures of one stage (see the module docstring); numbers in s, /s, MB.
 
   End to end is `train_lib.loop.run` itself, as training runs it: the real
@@ -118,46 +127,62 @@ def stage_figures(plan: stage_lib.StagePlan, records, pcfg, workdir: str,
     jax.device_get(metrics["finite"])
     return state, metrics
 
-  mngr = checkpoint.manager(os.path.join(workdir, "benchmark", plan.name),
-                            scfg.keep_checkpoints)
+  mngr = checkpoint.manager(os.path.join(workdir, "benchmark", plan.name), scfg.keep_checkpoints)
   jax.block_until_ready(holder["state"])
   t = time.perf_counter()
   holder["state"], _ = loop.run(
-      waiting_step if wait_each_step else step, holder["state"], batch_fn, rng,
-      name=plan.name, total_steps=1 + 2 * steps,
-      mngr=mngr, log_every=scfg.log_every_steps,
-      checkpoint_every=scfg.checkpoint_every_steps,
-      tensorboard_dir=loop.tensorboard_dir(os.path.join(workdir, "benchmark"), plan.name),
-      log=lambda *_: None, progress=False, prefetch=plan.cfg.device_prefetch)
+    waiting_step if wait_each_step else step,
+    holder["state"],
+    batch_fn,
+    rng,
+    name=plan.name,
+    total_steps=1 + 2 * steps,
+    mngr=mngr,
+    log_every=scfg.log_every_steps,
+    checkpoint_every=scfg.checkpoint_every_steps,
+    tensorboard_dir=loop.tensorboard_dir(os.path.join(workdir, "benchmark"), plan.name),
+    log=lambda *_: None,
+    progress=False,
+    prefetch=plan.cfg.device_prefetch,
+  )
   jax.block_until_ready(holder["state"])
   e2e = (time.perf_counter() - t) / steps
   alone = timed(lambda: next(it), steps)
   stats = jax.local_devices()[0].memory_stats() or {}
   return dict(
-      stage=plan.name, batch=bs, feature_cache=plan.uses_cache,
-      store="prepared" if "image_store" in records[0] else "jpeg",
-      cache_build_s=round(cache_s, 2), first_step_s=round(first, 2),
-      input_delay_ms=input_delay_ms, prefetch=plan.cfg.device_prefetch,
-      wait_each_step=wait_each_step,
-      synthetic_steps_per_s=1 / ceiling, synthetic_images_per_s=bs / ceiling,
-      e2e_steps_per_s=1 / e2e, e2e_images_per_s=bs / e2e,
-      e2e_of_ceiling=ceiling / e2e, pipeline_images_per_s=bs / alone,
-      peak_host_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-      peak_device_mb=stats.get("peak_bytes_in_use", 0) / 2**20 or None)
+    stage=plan.name,
+    batch=bs,
+    feature_cache=plan.uses_cache,
+    store="prepared" if "image_store" in records[0] else "jpeg",
+    cache_build_s=round(cache_s, 2),
+    first_step_s=round(first, 2),
+    input_delay_ms=input_delay_ms,
+    prefetch=plan.cfg.device_prefetch,
+    wait_each_step=wait_each_step,
+    synthetic_steps_per_s=1 / ceiling,
+    synthetic_images_per_s=bs / ceiling,
+    e2e_steps_per_s=1 / e2e,
+    e2e_images_per_s=bs / e2e,
+    e2e_of_ceiling=ceiling / e2e,
+    pipeline_images_per_s=bs / alone,
+    peak_host_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    peak_device_mb=stats.get("peak_bytes_in_use", 0) / 2**20 or None,
+  )
 
 
 def _pipeline_rate(records, pcfg, batch: int, workers: int, steps: int) -> dict:
-  it = iter(pipeline.train_loader(records, dataclasses.replace(pcfg, workers=workers),
-                                  batch, seed=0))
+  it = iter(
+    pipeline.train_loader(records, dataclasses.replace(pcfg, workers=workers), batch, seed=0)
+  )
   next(it)  # start-up (worker processes) excluded
   rate = batch / timed(lambda: next(it), steps)
   cores = max(1, workers)
-  return dict(workers=workers, cores=cores, images_per_s=rate,
-              images_per_s_per_core=rate / cores)
+  return dict(workers=workers, cores=cores, images_per_s=rate, images_per_s_per_core=rate / cores)
 
 
-def input_figures(data: datasets.Data, split: str, cfg, batch: int,
-                  workers: Sequence[int], steps: int) -> dict:
+def input_figures(
+  data: datasets.Data, split: str, cfg, batch: int, workers: Sequence[int], steps: int
+) -> dict:
   """The image pipeline alone per store and worker count (see the module
   docstring); the prepared store is built first if it is not there yet.
   Caption pairs from TFDS come decoded (no store): {}."""
@@ -170,7 +195,14 @@ def input_figures(data: datasets.Data, split: str, cfg, batch: int,
   stores = {"prepared": data.records(split, cfg, store="prepared")}
   build_s = time.perf_counter() - t
   stores["jpeg"] = data.records(split, cfg, store="jpeg")
-  rows = [dict(store=name, **_pipeline_rate(stores[name], pcfg, batch, w, steps))
-          for name in ("jpeg", "prepared") for w in workers]
-  return dict(store_build_s=round(build_s, 2), store_reused=reused,
-              store_gb=os.path.getsize(path) / 1e9, inputs=rows)
+  rows = [
+    dict(store=name, **_pipeline_rate(stores[name], pcfg, batch, w, steps))
+    for name in ("jpeg", "prepared")
+    for w in workers
+  ]
+  return dict(
+    store_build_s=round(build_s, 2),
+    store_reused=reused,
+    store_gb=os.path.getsize(path) / 1e9,
+    inputs=rows,
+  )

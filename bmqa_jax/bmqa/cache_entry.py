@@ -40,16 +40,17 @@ def read_entry(path: str, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]
     raise DamagedEntry(f"unreadable ({type(e).__name__}: {e})") from e
   for k, (a, shape) in enumerate(zip(out, shapes)):
     if a.dtype != DTYPE or a.shape != tuple(shape):
-      raise DamagedEntry(f"level{k} is {a.dtype}{list(a.shape)}, expected "
-                         f"{np.dtype(DTYPE)}{list(shape)}")
+      raise DamagedEntry(
+        f"level{k} is {a.dtype}{list(a.shape)}, expected {np.dtype(DTYPE)}{list(shape)}"
+      )
     if not np.isfinite(a).all():
-      raise DamagedEntry(f"level{k} holds {int((~np.isfinite(a)).sum())} "
-                         "non-finite values")
+      raise DamagedEntry(f"level{k} holds {int((~np.isfinite(a)).sum())} non-finite values")
   return out
 
 
 def write(path: str, outs: Sequence[np.ndarray]) -> None:
   """Writes an entry atomically (`workdir.atomic_write`): any process on any
   host; readers see the old entry or the new one, never a part."""
-  workdir_lib.atomic_write(path, lambda f: np.savez(
-      f, **{f"level{i}": o.astype(DTYPE) for i, o in enumerate(outs)}))
+  workdir_lib.atomic_write(
+    path, lambda f: np.savez(f, **{f"level{i}": o.astype(DTYPE) for i, o in enumerate(outs)})
+  )

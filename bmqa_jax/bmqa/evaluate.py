@@ -42,8 +42,9 @@ from bmqa_jax.bmqa import model as bmqa_lib
 MAPPINGS = ("logistic4", "logistic5")
 
 
-def predict(model, variables: dict, records: list[dict], cfg: mlc.ConfigDict,
-            mesh, has_text: bool) -> np.ndarray:
+def predict(
+  model, variables: dict, records: list[dict], cfg: mlc.ConfigDict, mesh, has_text: bool
+) -> np.ndarray:
   """Scores for `records` in order (the evaluation view of `config.input.mode`).
 
   With several processes each reads and scores its shard of the records; the
@@ -60,8 +61,9 @@ def predict(model, variables: dict, records: list[dict], cfg: mlc.ConfigDict,
     # Native mode: [B, K, crop, crop, 3], the mean score of the K grid views.
     b, k = images.shape[:2]
     rep = lambda x: None if x is None else jnp.repeat(x, k, axis=0)
-    s = model.apply(variables, images.reshape((b * k,) + images.shape[2:]),
-                    rep(ids), rep(mask), train=False)["score"]
+    s = model.apply(
+      variables, images.reshape((b * k,) + images.shape[2:]), rep(ids), rep(mask), train=False
+    )["score"]
     return s.reshape(b, k).mean(1)
 
   keys = ["image"] + (["text_ids", "text_mask"] if has_text else [])
@@ -83,24 +85,30 @@ class UnfinishedStageError(RuntimeError):
   """The last stage of a workdir has not run all its steps."""
 
 
-def _load_final(workdir: str, cfg: mlc.ConfigDict,
-                allow_unfinished: bool = False) -> tuple[dict, dict]:
+def _load_final(
+  workdir: str, cfg: mlc.ConfigDict, allow_unfinished: bool = False
+) -> tuple[dict, dict]:
   """(variables, {"stage", "step"}) of the last stage's latest checkpoint
   (weights only: nothing of the optimiser is built or read)."""
   last = stage_lib.stage_names(cfg)[-1]
   path = os.path.join(workdir, "checkpoints", last)
   if checkpoint.latest_step(path) is None:
-    raise FileNotFoundError(f"no checkpoint of the last stage ({last}) in "
-                            f"{os.path.abspath(path)}: has training finished?")
+    raise FileNotFoundError(
+      f"no checkpoint of the last stage ({last}) in {os.path.abspath(path)}: has training finished?"
+    )
   variables, step = checkpoint.load_weights(path)
   finished = stage_lib.finished_stages(workdir)
   if finished is not None and last not in finished and not allow_unfinished:
     raise UnfinishedStageError(
-        f"stage {last} of {workdir!r} has not finished (its latest checkpoint is "
-        f"step {step}); resume training (launch/train.py with the same workdir), or "
-        "score the unfinished weights with --allow_unfinished")
-  return variables, {"stage": last, "step": int(step),
-                     "finished": None if finished is None else last in finished}
+      f"stage {last} of {workdir!r} has not finished (its latest checkpoint is "
+      f"step {step}); resume training (launch/train.py with the same workdir), or "
+      "score the unfinished weights with --allow_unfinished"
+    )
+  return variables, {
+    "stage": last,
+    "step": int(step),
+    "finished": None if finished is None else last in finished,
+  }
 
 
 def config_hash(workdir: str) -> str:
@@ -109,8 +117,9 @@ def config_hash(workdir: str) -> str:
     return hashlib.sha256(f.read()).hexdigest()
 
 
-def default_out_dir(workdir: str, manifest: str | None = None,
-                    manifest_split: str | None = None) -> str:
+def default_out_dir(
+  workdir: str, manifest: str | None = None, manifest_split: str | None = None
+) -> str:
   """workdir/eval for the run's own data; workdir/eval/<manifest stem>[_<split>]
   for another manifest, so a cross-dataset evaluation never replaces the run's
   own eval/metrics.json (which launch/report.py and experiments/repeated.py read)."""
@@ -145,11 +154,17 @@ def _load_model(workdir: str, allow_unfinished: bool = False):
   return cfg, model, variables, tok, ckpt
 
 
-def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "test",
-                     out_dir: str | None = None, log=log_lib.info, text_source: str = "text",
-                     describe: Callable | None = None,
-                     manifest_split: str | None = None,
-                     allow_unfinished: bool = False) -> dict:
+def evaluate_workdir(
+  workdir: str,
+  manifest: str | None = None,
+  split: str = "test",
+  out_dir: str | None = None,
+  log=log_lib.info,
+  text_source: str = "text",
+  describe: Callable | None = None,
+  manifest_split: str | None = None,
+  allow_unfinished: bool = False,
+) -> dict:
   """Scores a split or manifest; writes out_dir (default `default_out_dir`:
   workdir/eval, or workdir/eval/<manifest stem>[_<manifest_split>] for another
   manifest). metrics.json records the checkpoint scored ("checkpoint": stage
@@ -169,15 +184,22 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
   if not has_text:
     describe = None
   elif text_source != "text" and describe is None:
-    raise ValueError(f"text_source={text_source!r} needs `describe` (the recogniser "
-                     "or captioner: bmqa_jax.experiments.descriptions.for_evaluation)")
+    raise ValueError(
+      f"text_source={text_source!r} needs `describe` (the recogniser "
+      "or captioner: bmqa_jax.experiments.descriptions.for_evaluation)"
+    )
   if manifest:
     given = has_text and text_source == "text"
-    samples = manifest_lib.load(manifest, require_mos=True, require_text=given,
-                                check_images=cfg.data.check_images,
-                                splits=[manifest_split] if manifest_split else None,
-                                skip_bad=cfg.data.skip_bad_rows, log=log,
-                                split_seed=cfg.seed)
+    samples = manifest_lib.load(
+      manifest,
+      require_mos=True,
+      require_text=given,
+      check_images=cfg.data.check_images,
+      splits=[manifest_split] if manifest_split else None,
+      skip_bad=cfg.data.skip_bad_rows,
+      log=log,
+      split_seed=cfg.seed,
+    )
     if describe is not None:
       samples = describe(samples)
     name = os.path.basename(manifest) + (f" ({manifest_split})" if manifest_split else "")
@@ -203,10 +225,16 @@ def evaluate_workdir(workdir: str, manifest: str | None = None, split: str = "te
   mos = np.array([s.mos for s in samples])
   groups = [s.device or "all" for s in samples]
   g = metrics.grouped_summary(preds, mos, groups, mapping=MAPPINGS)
-  result = {"overall": g["overall"], "per_device": g["per_group"] if devices else {},
-            "dataset": name, "workdir": os.path.abspath(workdir),
-            "score_range": list(cfg.data.mos_range), "higher_is_better": True,
-            "checkpoint": ckpt, "config_sha256": config_sha256}
+  result = {
+    "overall": g["overall"],
+    "per_device": g["per_group"] if devices else {},
+    "dataset": name,
+    "workdir": os.path.abspath(workdir),
+    "score_range": list(cfg.data.mos_range),
+    "higher_is_better": True,
+    "checkpoint": ckpt,
+    "config_sha256": config_sha256,
+  }
   if manifest:
     result["manifest"] = os.path.abspath(manifest)
   if has_text:
@@ -228,23 +256,29 @@ def format_table(result: dict) -> str:
 
 def write_outputs(out_dir: str, result: dict, samples: Sequence, preds) -> None:
   os.makedirs(out_dir, exist_ok=True)
-  workdir_lib.atomic_write(os.path.join(out_dir, "metrics.json"),
-                           json.dumps(result, indent=1, default=float))
-  report = (f"# BMQA evaluation\n\nDataset: {result['dataset']}\n\n"
-            f"Workdir: {result['workdir']}\n\n{format_table(result)}\n\n"
-            "SRCC/KRCC and raw PLCC/RMSE on the predictions as they are; "
-            "PLCC/RMSE L4 and L5 after the 4- and 5-parameter logistic mapping "
-            "(n/c: the fit did not converge). RMSE is on the MOS scale. "
-            "![scatter](scatter.png)\n")
+  workdir_lib.atomic_write(
+    os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=1, default=float)
+  )
+  report = (
+    f"# BMQA evaluation\n\nDataset: {result['dataset']}\n\n"
+    f"Workdir: {result['workdir']}\n\n{format_table(result)}\n\n"
+    "SRCC/KRCC and raw PLCC/RMSE on the predictions as they are; "
+    "PLCC/RMSE L4 and L5 after the 4- and 5-parameter logistic mapping "
+    "(n/c: the fit did not converge). RMSE is on the MOS scale. "
+    "![scatter](scatter.png)\n"
+  )
   workdir_lib.atomic_write(os.path.join(out_dir, "report.md"), report)
   workdir_lib.atomic_write_csv(
-      os.path.join(out_dir, "predictions.csv"), [["image", "device", "mos", "prediction"]]
-      + [[s.image, s.device, s.mos, f"{p:.5f}"] for s, p in zip(samples, preds)])
+    os.path.join(out_dir, "predictions.csv"),
+    [["image", "device", "mos", "prediction"]]
+    + [[s.image, s.device, s.mos, f"{p:.5f}"] for s, p in zip(samples, preds)],
+  )
   scatter(os.path.join(out_dir, "scatter.png"), samples, preds, result["overall"])
 
 
 def scatter(path: str, samples, preds, overall: dict) -> None:
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
   fig = Figure(figsize=(5, 5), dpi=120)
   ax = fig.subplots()
   devices = sorted({s.device or "all" for s in samples})
@@ -257,8 +291,9 @@ def scatter(path: str, samples, preds, overall: dict) -> None:
   ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
   ax.set_xlabel("MOS")
   ax.set_ylabel("predicted score")
-  ax.set_title(f"PLCC {overall['plcc']:.3f}  SRCC {overall['srcc']:.3f}  "
-               f"RMSE {overall['rmse']:.3f}")
+  ax.set_title(
+    f"PLCC {overall['plcc']:.3f}  SRCC {overall['srcc']:.3f}  RMSE {overall['rmse']:.3f}"
+  )
   if len(devices) > 1:
     ax.legend(fontsize=7)
   fig.tight_layout()
@@ -267,6 +302,7 @@ def scatter(path: str, samples, preds, overall: dict) -> None:
 
 def write_descriptions(path: str, samples: Sequence, source: str) -> None:
   """The generated descriptions a model was scored with: image, audio, text, source."""
-  workdir_lib.atomic_write_csv(path, [["image", "audio", "text", "source"]] + [
-      [s.image, s.audio, s.text, source] for s in samples])
-
+  workdir_lib.atomic_write_csv(
+    path,
+    [["image", "audio", "text", "source"]] + [[s.image, s.audio, s.text, source] for s in samples],
+  )

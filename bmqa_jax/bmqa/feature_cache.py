@@ -86,17 +86,24 @@ def num_views(pcfg: pipeline.PipelineConfig) -> tuple[int, int]:
   return (2 * k if pcfg.flip else k), k
 
 
-def tower_key(cfg: mlc.ConfigDict, tower_variables: dict,
-              pcfg: pipeline.PipelineConfig) -> str:
+def tower_key(cfg: mlc.ConfigDict, tower_variables: dict, pcfg: pipeline.PipelineConfig) -> str:
   """A hash of what the features depend on besides the image itself."""
   ic = cfg.model.image
   spec = dict(
-      version=VERSION, tower=ic.name, kwargs=dict(ic.kwargs),
-      levels=list(ic.get("levels", ())), token_grid=int(ic.get("token_grid", 0)),
-      dtype=cfg.model.dtype, mode=pcfg.mode, image_size=pcfg.image_size,
-      resize_size=pcfg.resize_size, native_crop=pcfg.native_crop,
-      eval_grid=list(pcfg.eval_grid), flip=pcfg.flip,
-      weights=_digest_tree(tower_variables))
+    version=VERSION,
+    tower=ic.name,
+    kwargs=dict(ic.kwargs),
+    levels=list(ic.get("levels", ())),
+    token_grid=int(ic.get("token_grid", 0)),
+    dtype=cfg.model.dtype,
+    mode=pcfg.mode,
+    image_size=pcfg.image_size,
+    resize_size=pcfg.resize_size,
+    native_crop=pcfg.native_crop,
+    eval_grid=list(pcfg.eval_grid),
+    flip=pcfg.flip,
+    weights=_digest_tree(tower_variables),
+  )
   scales = [int(x) for x in ic.get("scales", (1,))]
   if scales != [1]:  # the tower also reads the image downsampled (model.scales)
     spec["scales"] = scales
@@ -107,13 +114,15 @@ def tower_key(cfg: mlc.ConfigDict, tower_variables: dict,
 
 def cache_root(cfg: mlc.ConfigDict, workdir: str) -> str:
   """`config.data.feature_cache_dir`, or `workdir/feature_cache`."""
-  return os.path.expanduser(cfg.data.get("feature_cache_dir", "") or
-                            os.path.join(workdir, "feature_cache"))
+  return os.path.expanduser(
+    cfg.data.get("feature_cache_dir", "") or os.path.join(workdir, "feature_cache")
+  )
 
 
 def _views(record: dict, pcfg: pipeline.PipelineConfig) -> np.ndarray:
-  v = pipeline.eval_views(pipeline.record_image(record, pcfg.max_pixels)[0], pcfg,
-                         record.get("path", "<image>"))
+  v = pipeline.eval_views(
+    pipeline.record_image(record, pcfg.max_pixels)[0], pcfg, record.get("path", "<image>")
+  )
   v = v if v.ndim == 4 else v[None]
   return np.concatenate([v, v[:, :, ::-1]]) if pcfg.flip else v
 
@@ -151,8 +160,11 @@ def entry_shapes(model, variables: dict, pcfg: pipeline.PipelineConfig) -> list[
   """[views, tokens, channels] of each level of an entry (abstract evaluation)."""
   n_views, _ = num_views(pcfg)
   size = pipeline.input_size(pcfg)
-  outs = jax.eval_shape(lambda v, x: model.apply(v, x, method=model.tower_features),
-                        variables, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  outs = jax.eval_shape(
+    lambda v, x: model.apply(v, x, method=model.tower_features),
+    variables,
+    jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+  )
   return [(n_views,) + tuple(o.shape[1:]) for o in outs]
 
 
@@ -161,9 +173,17 @@ def entry_shapes(model, variables: dict, pcfg: pipeline.PipelineConfig) -> list[
 WAIT_TIMEOUT_S = 900.0
 
 
-def build(model, variables: dict, records: Sequence[dict], cfg: mlc.ConfigDict,
-          pcfg: pipeline.PipelineConfig, workdir: str, mesh, log=log_lib.info,
-          wait_timeout_s: float | None = None) -> FeatureCache:
+def build(
+  model,
+  variables: dict,
+  records: Sequence[dict],
+  cfg: mlc.ConfigDict,
+  pcfg: pipeline.PipelineConfig,
+  workdir: str,
+  mesh,
+  log=log_lib.info,
+  wait_timeout_s: float | None = None,
+) -> FeatureCache:
   """The features of `records` for the tower in `variables`; the images not yet
   in the cache are computed (a killed build resumes with the images done).
 
@@ -179,8 +199,11 @@ def build(model, variables: dict, records: Sequence[dict], cfg: mlc.ConfigDict,
   n_proc, me = jax.process_count(), jax.process_index()
   local = _local_mesh()
   variables = _local_variables(variables, local)
-  tower = {k: v["image_encoder"] for k, v in variables.items()
-           if isinstance(v, dict) and "image_encoder" in v}
+  tower = {
+    k: v["image_encoder"]
+    for k, v in variables.items()
+    if isinstance(v, dict) and "image_encoder" in v
+  }
   folder = os.path.join(cache_root(cfg, workdir), tower_key(cfg, tower, pcfg))
   files = [os.path.join(folder, image_key(r["path"]) + ".npz") for r in records]
   shapes = entry_shapes(model, variables, pcfg)
@@ -193,28 +216,37 @@ def build(model, variables: dict, records: Sequence[dict], cfg: mlc.ConfigDict,
     except FileNotFoundError:
       missing.append(i)
     except DamagedEntry as e:
-      log(f"feature cache: damaged entry {f} ({e}) of {records[i]['path']}: "
-          "computing it again")
+      log(f"feature cache: damaged entry {f} ({e}) of {records[i]['path']}: computing it again")
       missing.append(i)
   if not missing:
     log(f"reading the cached tower features of {len(records)} images from {folder}")
     return _assemble(folder, entries, n_eval)
   mine = [i for i in missing if i % n_proc == me]
   share = f" (this process's share: {len(mine)})" if n_proc > 1 else ""
-  log(f"caching the frozen tower's features: {len(missing)} of {len(records)} images "
-      f"× {n_views} views{share} → {folder}")
+  log(
+    f"caching the frozen tower's features: {len(missing)} of {len(records)} images "
+    f"× {n_views} views{share} → {folder}"
+  )
   os.makedirs(folder, exist_ok=True)
   _compute(model, variables, records, files, mine, entries, cfg, pcfg, local)
   others = [i for i in missing if entries[i] is None]
   if others:
-    _wait_for(others, files, shapes, entries, n_proc,
-              WAIT_TIMEOUT_S if wait_timeout_s is None else wait_timeout_s, log)
+    _wait_for(
+      others,
+      files,
+      shapes,
+      entries,
+      n_proc,
+      WAIT_TIMEOUT_S if wait_timeout_s is None else wait_timeout_s,
+      log,
+    )
   return _assemble(folder, entries, n_eval)
 
 
 def _assemble(folder, entries, n_eval) -> FeatureCache:
-  return FeatureCache(folder, [np.stack([e[l] for e in entries])
-                               for l in range(len(entries[0]))], n_eval)
+  return FeatureCache(
+    folder, [np.stack([e[l] for e in entries]) for l in range(len(entries[0]))], n_eval
+  )
 
 
 def _compute(model, variables, records, files, todo, entries, cfg, pcfg, mesh) -> None:
@@ -237,8 +269,10 @@ def _compute(model, variables, records, files, todo, entries, cfg, pcfg, mesh) -
       parts.setdefault(i, {})[v] = [np.asarray(o[j]) for o in outs]
       if len(parts[i]) == n_views:  # every view of image i: write its entry
         views = parts.pop(i)
-        entry = [np.stack([views[k][l] for k in range(n_views)]).astype(cache_entry.DTYPE)
-                 for l in range(len(outs))]
+        entry = [
+          np.stack([views[k][l] for k in range(n_views)]).astype(cache_entry.DTYPE)
+          for l in range(len(outs))
+        ]
         cache_entry.write(files[i], entry)
         entries[i] = entry
     pending.clear()
@@ -283,10 +317,11 @@ def _wait_for(todo, files, shapes, entries, n_proc, timeout_s, log) -> None:
     if todo and time.monotonic() - last_progress > timeout_s:
       i = todo[0]
       raise TimeoutError(
-          f"feature cache: waited {timeout_s:.0f} s for process {i % n_proc} of "
-          f"{n_proc} with no new entry; {len(todo)} entries are missing, e.g. "
-          f"{files[i]}: is that process running, and is the cache folder shared "
-          "by every process (config.data.feature_cache_dir)?")
+        f"feature cache: waited {timeout_s:.0f} s for process {i % n_proc} of "
+        f"{n_proc} with no new entry; {len(todo)} entries are missing, e.g. "
+        f"{files[i]}: is that process running, and is the cache folder shared "
+        "by every process (config.data.feature_cache_dir)?"
+      )
     if todo:
       time.sleep(0.2)
 
@@ -305,13 +340,11 @@ class _Source(grain.sources.RandomAccessDataSource):
 
 
 class _PickView(grain.transforms.RandomMap):
-
   def __init__(self, cache: FeatureCache):
     self.cache = cache
 
   def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    out = {k: v for k, v in record.items()
-           if k not in pipeline.IMAGE_FIELDS + ("cache_row",)}
+    out = {k: v for k, v in record.items() if k not in pipeline.IMAGE_FIELDS + ("cache_row",)}
     view = int(rng.integers(0, self.cache.num_views))
     for i, f in enumerate(self.cache.features(int(record["cache_row"]), view)):
       out[f"feat_{i}"] = f
@@ -326,16 +359,29 @@ def batch_features(batch: dict) -> list | None:
   return [batch[f"feat_{i}"].astype(jnp.float32) for i in range(n)]
 
 
-def train_loader(records: Sequence[dict], cache: FeatureCache,
-                 pcfg: pipeline.PipelineConfig, global_batch: int,
-                 seed: int, start_step: int = 0) -> grain.DataLoader:
+def train_loader(
+  records: Sequence[dict],
+  cache: FeatureCache,
+  pcfg: pipeline.PipelineConfig,
+  global_batch: int,
+  seed: int,
+  start_step: int = 0,
+) -> grain.DataLoader:
   """`pipeline.train_loader` with a random cached view instead of pixels."""
-  return pipeline.train_loader(_Source(records), pcfg, global_batch, seed,
-                               transform=_PickView(cache), start_step=start_step)
+  return pipeline.train_loader(
+    _Source(records), pcfg, global_batch, seed, transform=_PickView(cache), start_step=start_step
+  )
 
 
-def predict(model, variables: dict, cache: FeatureCache, records: Sequence[dict],
-            cfg: mlc.ConfigDict, mesh, has_text: bool) -> np.ndarray:
+def predict(
+  model,
+  variables: dict,
+  cache: FeatureCache,
+  records: Sequence[dict],
+  cfg: mlc.ConfigDict,
+  mesh,
+  has_text: bool,
+) -> np.ndarray:
   """Scores of `records` from their cached evaluation views (mean over views).
 
   Every process computes every score on its own devices (the heads are small;
@@ -347,8 +393,14 @@ def predict(model, variables: dict, cache: FeatureCache, records: Sequence[dict]
 
   @jax.jit
   def score(variables, batch):
-    return model.apply(variables, None, batch.get("text_ids"), batch.get("text_mask"),
-                       train=False, image_features=batch_features(batch))["score"]
+    return model.apply(
+      variables,
+      None,
+      batch.get("text_ids"),
+      batch.get("text_mask"),
+      train=False,
+      image_features=batch_features(batch),
+    )["score"]
 
   out = np.zeros(len(records), np.float32)
   for v in range(cache.num_eval_views):
@@ -360,5 +412,5 @@ def predict(model, variables: dict, cache: FeatureCache, records: Sequence[dict]
         for k in ("text_ids", "text_mask"):
           batch[k] = np.stack([records[i][k] for i in pad])
       scores = score(variables, sharding.put_batch(batch, mesh))
-      out[idx] += np.asarray(jax.device_get(scores))[:len(idx)]
+      out[idx] += np.asarray(jax.device_get(scores))[: len(idx)]
   return out / cache.num_eval_views

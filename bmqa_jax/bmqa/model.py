@@ -73,8 +73,14 @@ class BMQA(nn.Module):
   dtype: Dtype = jnp.float32
 
   def _pool(self, name):
-    return AttentivePool(self.align_width, self.align_heads, self.align_qkv_dim,
-                         self.align_mlp_dim, self.dtype, name=name)
+    return AttentivePool(
+      self.align_width,
+      self.align_heads,
+      self.align_qkv_dim,
+      self.align_mlp_dim,
+      self.dtype,
+      name=name,
+    )
 
   def tower_features(self, images, train: bool = False, encoded=None):
     """What the image alignment reads: a list of [B, N_l, C_l] arrays.
@@ -85,28 +91,37 @@ class BMQA(nn.Module):
     out = encoded if encoded is not None else self.image_encoder(images, train=train)
     maps = list(out["levels"]) if self.multi_level else [out["tokens"]]
     if self.token_grid:
-      maps = [align.grid_statistics(m, images.shape[1:3], self.token_grid)
-              for m in maps]
+      maps = [align.grid_statistics(m, images.shape[1:3], self.token_grid) for m in maps]
     extra = [s for s in self.scales if s != 1]
     if extra and not self.token_grid:
-      raise ValueError(f"scales {tuple(self.scales)} need token_grid > 0 (the "
-                       "scales' statistics share its cells)")
+      raise ValueError(
+        f"scales {tuple(self.scales)} need token_grid > 0 (the scales' statistics share its cells)"
+      )
     for s in extra:
       small = downsample(images, s)
       o = self.image_encoder(small, train=train)
       more = list(o["levels"]) if self.multi_level else [o["tokens"]]
-      maps = [jnp.concatenate(
-          [m, align.grid_statistics(x, small.shape[1:3], self.token_grid)], -1)
-              for m, x in zip(maps, more)]
+      maps = [
+        jnp.concatenate([m, align.grid_statistics(x, small.shape[1:3], self.token_grid)], -1)
+        for m, x in zip(maps, more)
+      ]
     return maps
 
   def _align_image(self, maps):
     return align_levels(maps, self._pool, self.align_width, self.dtype)
 
   @nn.compact
-  def __call__(self, images=None, text_ids=None, text_mask=None, *,
-               train: bool = False, train_image: bool | None = None,
-               objective: str | None = None, image_features=None):
+  def __call__(
+    self,
+    images=None,
+    text_ids=None,
+    text_mask=None,
+    *,
+    train: bool = False,
+    train_image: bool | None = None,
+    objective: str | None = None,
+    image_features=None,
+  ):
     """Returns dict(img (if image), txt (if text), score [B], log_temperature).
 
     `image_features`: the output of `tower_features` computed beforehand (a
@@ -118,11 +133,11 @@ class BMQA(nn.Module):
     """
     unknown = set(self.modalities) - set(MODALITIES)
     if unknown or not self.modalities:
-      raise ValueError(f"modalities {tuple(self.modalities)}: use a non-empty "
-                       f"subset of {MODALITIES}")
+      raise ValueError(
+        f"modalities {tuple(self.modalities)}: use a non-empty subset of {MODALITIES}"
+      )
     if objective not in (None,) + pretrain.OBJECTIVES:
-      raise ValueError(f"unknown pretraining objective {objective!r}; known: "
-                       f"{pretrain.OBJECTIVES}")
+      raise ValueError(f"unknown pretraining objective {objective!r}; known: {pretrain.OBJECTIVES}")
     train_image = train if train_image is None else train_image
     out, feats = {}, []
     if "image" in self.modalities:
@@ -151,7 +166,8 @@ class BMQA(nn.Module):
     fused = jnp.concatenate(feats, -1)
     out["score"] = nn.Dense(1, name="fuse")(fused)[:, 0]
     out["log_temperature"] = self.param(
-        "log_temperature", nn.initializers.constant(np.log(self.temperature_init)), ())
+      "log_temperature", nn.initializers.constant(np.log(self.temperature_init)), ()
+    )
     if self.ridge_weight:
       out = self._with_ridge(out, maps)
     if objective == "classify":
@@ -160,17 +176,19 @@ class BMQA(nn.Module):
       for k in ("img", "txt"):
         if k in out:
           out[f"{k}_logits"] = pretrain.CategoryHead(
-              self.num_categories, self.dtype, name=f"pt_classify_{k}")(out[k])
+            self.num_categories, self.dtype, name=f"pt_classify_{k}"
+          )(out[k])
     elif objective == "restore":
       if "img" in out:
         out["img_restored"] = pretrain.PixelDecoder(
-            self.decoder_dim, self.dtype, name="pt_restore_img")(
-                img["tokens"], images.shape[1:3])
+          self.decoder_dim, self.dtype, name="pt_restore_img"
+        )(img["tokens"], images.shape[1:3])
       if "txt" in out:
         if self.vocab_size <= 0:
           raise ValueError("objective 'restore' needs vocab_size > 0")
         out["txt_logits"] = pretrain.MaskedWordHead(
-            self.vocab_size, self.dtype, name="pt_restore_txt")(txt["tokens"])
+          self.vocab_size, self.dtype, name="pt_restore_txt"
+        )(txt["tokens"])
     return out
 
   def _head_maps(self, maps):
@@ -181,13 +199,15 @@ class BMQA(nn.Module):
       return maps
     unknown = set(self.head_scales) - set(order)
     if unknown:
-      raise ValueError(f"head_scales {tuple(self.head_scales)}: {sorted(unknown)} "
-                       f"not among the scales {tuple(order)}")
+      raise ValueError(
+        f"head_scales {tuple(self.head_scales)}: {sorted(unknown)} "
+        f"not among the scales {tuple(order)}"
+      )
     pick = [order.index(s) for s in self.head_scales]
     out = []
     for m in maps:
       c = m.shape[-1] // len(order)
-      out.append(jnp.concatenate([m[..., i * c:(i + 1) * c] for i in pick], -1))
+      out.append(jnp.concatenate([m[..., i * c : (i + 1) * c] for i in pick], -1))
     return out
 
   def _with_ridge(self, out, maps):
@@ -200,16 +220,31 @@ class BMQA(nn.Module):
   def _ensemble(self, maps, objective):
     if tuple(self.modalities) != ("image",) or objective is not None:
       raise ValueError("ensemble > 1 is for image-only models trained with MSE")
-    members = nn.vmap(ImageProbe, variable_axes={"params": 0},
-                      split_rngs={"params": True}, in_axes=None, out_axes=1,
-                      axis_size=self.ensemble)(
-                          self.align_width, self.align_heads, self.align_qkv_dim,
-                          self.align_mlp_dim, self.dtype, name="img_probes")
+    members = nn.vmap(
+      ImageProbe,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+      in_axes=None,
+      out_axes=1,
+      axis_size=self.ensemble,
+    )(
+      self.align_width,
+      self.align_heads,
+      self.align_qkv_dim,
+      self.align_mlp_dim,
+      self.dtype,
+      name="img_probes",
+    )
     vecs, scores = members(maps)  # [B, K, width], [B, K]
-    log_t = self.param("log_temperature",
-                       nn.initializers.constant(np.log(self.temperature_init)), ())
-    return {"img": vecs.mean(1), "member_scores": scores, "score": scores.mean(1),
-            "log_temperature": log_t}
+    log_t = self.param(
+      "log_temperature", nn.initializers.constant(np.log(self.temperature_init)), ()
+    )
+    return {
+      "img": vecs.mean(1),
+      "member_scores": scores,
+      "score": scores.mean(1),
+      "log_temperature": log_t,
+    }
 
 
 def downsample(images, factor: int):
@@ -220,7 +255,7 @@ def downsample(images, factor: int):
   hh, ww = h // factor, w // factor
   if not hh or not ww:
     raise ValueError(f"a {h}×{w} image is smaller than the scale factor {factor}")
-  x = images[:, :hh * factor, :ww * factor].astype(jnp.float32)
+  x = images[:, : hh * factor, : ww * factor].astype(jnp.float32)
   return x.reshape(b, hh, factor, ww, factor, c).mean((2, 4)).astype(images.dtype)
 
 
@@ -247,8 +282,9 @@ class ImageProbe(nn.Module):
 
   @nn.compact
   def __call__(self, maps):
-    pool = lambda name: AttentivePool(self.width, self.heads, self.qkv_dim,
-                                      self.mlp_dim, self.dtype, name=name)
+    pool = lambda name: AttentivePool(
+      self.width, self.heads, self.qkv_dim, self.mlp_dim, self.dtype, name=name
+    )
     v = align_levels(maps, pool, self.width, self.dtype)
     return v, nn.Dense(1, name="fuse")(v)[:, 0]
 
@@ -260,6 +296,7 @@ def from_config(cfg, vocab_size: int | None) -> BMQA:
   """
   from bmqa_jax.data import categories  # pylint: disable=g-import-not-at-top
   from bmqa_jax.models import image, text  # pylint: disable=g-import-not-at-top
+
   dtype = jnp.dtype(cfg.model.dtype)
   modalities = tuple(cfg.model.modalities)
   ic = cfg.model.image
@@ -271,19 +308,26 @@ def from_config(cfg, vocab_size: int | None) -> BMQA:
   if "text" in modalities:
     if vocab_size is None:
       raise ValueError("a model with a text tower needs the tokenizer's vocab_size")
-    txt = text.create(cfg.model.text.name, vocab_size, dtype=dtype,
-                      **cfg.model.text.kwargs)
+    txt = text.create(cfg.model.text.name, vocab_size, dtype=dtype, **cfg.model.text.kwargs)
   a = cfg.model.align
   pt = cfg.get("pretrain", {})
-  return BMQA(image_encoder=img, text_encoder=txt, modalities=modalities,
-              align_width=a.width, align_heads=a.heads, align_qkv_dim=a.qkv_dim,
-              align_mlp_dim=a.mlp_dim, temperature_init=cfg.model.temperature_init,
-              num_categories=len(categories.for_config(cfg)),
-              vocab_size=vocab_size or 0,
-              decoder_dim=pt.get("decoder_dim", 256),
-              multi_level=bool(tuple(ic.get("levels", ()))),
-              token_grid=int(ic.get("token_grid", 0)),
-              scales=tuple(int(x) for x in ic.get("scales", (1,))),
-              ensemble=int(cfg.model.get("ensemble", 1)),
-              head_scales=tuple(int(x) for x in ic.get("head_scales", ())),
-              ridge_weight=float(cfg.model.get("ridge_weight", 0.0)), dtype=dtype)
+  return BMQA(
+    image_encoder=img,
+    text_encoder=txt,
+    modalities=modalities,
+    align_width=a.width,
+    align_heads=a.heads,
+    align_qkv_dim=a.qkv_dim,
+    align_mlp_dim=a.mlp_dim,
+    temperature_init=cfg.model.temperature_init,
+    num_categories=len(categories.for_config(cfg)),
+    vocab_size=vocab_size or 0,
+    decoder_dim=pt.get("decoder_dim", 256),
+    multi_level=bool(tuple(ic.get("levels", ()))),
+    token_grid=int(ic.get("token_grid", 0)),
+    scales=tuple(int(x) for x in ic.get("scales", (1,))),
+    ensemble=int(cfg.model.get("ensemble", 1)),
+    head_scales=tuple(int(x) for x in ic.get("head_scales", ())),
+    ridge_weight=float(cfg.model.get("ridge_weight", 0.0)),
+    dtype=dtype,
+  )

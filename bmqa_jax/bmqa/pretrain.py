@@ -40,8 +40,7 @@ class CategoryHead(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x).astype(
-        jnp.float32)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x).astype(jnp.float32)
 
 
 def token_grid(num_tokens: int, height: int, width: int) -> tuple[int, int, int]:
@@ -55,11 +54,11 @@ def token_grid(num_tokens: int, height: int, width: int) -> tuple[int, int, int]
     n = num_tokens - skip
     stride = (height * width / max(n, 1)) ** 0.5
     s = int(round(stride))
-    if (s > 0 and height % s == 0 and width % s == 0
-        and (height // s) * (width // s) == n):
+    if s > 0 and height % s == 0 and width % s == 0 and (height // s) * (width // s) == n:
       return height // s, width // s, skip
-  raise ValueError(f"cannot place {num_tokens} image tokens on a regular grid over "
-                   f"{height}x{width} pixels")
+  raise ValueError(
+    f"cannot place {num_tokens} image tokens on a regular grid over {height}x{width} pixels"
+  )
 
 
 class PixelDecoder(nn.Module):
@@ -95,8 +94,7 @@ class MaskedWordHead(nn.Module):
   @nn.compact
   def __call__(self, tokens):
     x = nn.LayerNorm(dtype=self.dtype, name="ln")(tokens)
-    return nn.Dense(self.vocab_size, dtype=self.dtype, name="logits")(x).astype(
-        jnp.float32)
+    return nn.Dense(self.vocab_size, dtype=self.dtype, name="logits")(x).astype(jnp.float32)
 
 
 def _choose(rng, eligible, ratio: float):
@@ -114,8 +112,10 @@ def mask_patches(rng, images, patch: int, ratio: float):
   """
   b, h, w, _ = images.shape
   if h % patch or w % patch:
-    raise ValueError(f"config.pretrain.patch={patch} does not divide the image "
-                     f"size {h}x{w} (config.input.image_size)")
+    raise ValueError(
+      f"config.pretrain.patch={patch} does not divide the image "
+      f"size {h}x{w} (config.input.image_size)"
+    )
   grid = jnp.ones((b, (h // patch) * (w // patch)), bool)
   chosen = _choose(rng, grid, ratio).reshape(b, h // patch, w // patch)
   pixels = jnp.repeat(jnp.repeat(chosen, patch, axis=1), patch, axis=2)
@@ -141,12 +141,13 @@ def corrupt(batch: dict, rng, cfg, has_image: bool, has_text: bool) -> dict:
   if has_image:
     out["image_target"] = batch["image"]
     out["image"], out["pixel_mask"] = mask_patches(
-        rng_img, batch["image"], cfg.patch, cfg.mask_ratio_image)
+      rng_img, batch["image"], cfg.patch, cfg.mask_ratio_image
+    )
   if has_text:
     out["text_target"] = batch["text_ids"]
     out["text_ids"], out["word_mask"] = mask_words(
-        rng_txt, batch["text_ids"], batch["text_mask"], cfg.mask_ratio_text,
-        cfg.mask_token_id)
+      rng_txt, batch["text_ids"], batch["text_mask"], cfg.mask_ratio_text, cfg.mask_token_id
+    )
   return out
 
 
@@ -158,22 +159,31 @@ def loss(objective: str, out: dict, batch: dict, cfg) -> tuple[jax.Array, dict]:
   terms = {}
   if objective == "classify":
     if "labels" not in batch:
-      raise ValueError("pretraining loss 'classify' needs category labels: the "
-                       "caption pairs have none (set config.pretrain.categories)")
-    for k, name, w in (("img", "image", cfg.classify_weight_image),
-                       ("txt", "text", cfg.classify_weight_text)):
+      raise ValueError(
+        "pretraining loss 'classify' needs category labels: the "
+        "caption pairs have none (set config.pretrain.categories)"
+      )
+    for k, name, w in (
+      ("img", "image", cfg.classify_weight_image),
+      ("txt", "text", cfg.classify_weight_text),
+    ):
       if f"{k}_logits" in out:
-        terms[f"classify_{name}"] = (w, losses.multilabel_sigmoid_ce(
-            out[f"{k}_logits"], batch["labels"]))
+        terms[f"classify_{name}"] = (
+          w,
+          losses.multilabel_sigmoid_ce(out[f"{k}_logits"], batch["labels"]),
+        )
   elif objective == "restore":
     if "img_restored" in out:
-      terms["restore_image"] = (cfg.restore_weight_image, losses.masked_pixel_mse(
-          out["img_restored"], batch["image_target"], batch["pixel_mask"]))
+      terms["restore_image"] = (
+        cfg.restore_weight_image,
+        losses.masked_pixel_mse(out["img_restored"], batch["image_target"], batch["pixel_mask"]),
+      )
     if "txt_logits" in out:
-      terms["restore_text"] = (cfg.restore_weight_text, losses.masked_token_ce(
-          out["txt_logits"], batch["text_target"], batch["word_mask"]))
+      terms["restore_text"] = (
+        cfg.restore_weight_text,
+        losses.masked_token_ce(out["txt_logits"], batch["text_target"], batch["word_mask"]),
+      )
   else:
-    raise ValueError(f"unknown pretraining objective {objective!r}; known: "
-                     f"{OBJECTIVES}")
+    raise ValueError(f"unknown pretraining objective {objective!r}; known: {OBJECTIVES}")
   total = sum(w * v for w, v in terms.values())
   return total, {k: v for k, (_, v) in terms.items()}

@@ -62,8 +62,9 @@ def fit(x: np.ndarray, y: np.ndarray, alphas: Sequence[float] = ALPHAS) -> tuple
   """
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
   if x.ndim != 2 or len(x) != len(y) or len(y) < 3:
-    raise ValueError(f"ridge fit: need [n, D] features and n ≥ 3 targets, got "
-                     f"{x.shape} and {y.shape}")
+    raise ValueError(
+      f"ridge fit: need [n, D] features and n ≥ 3 targets, got {x.shape} and {y.shape}"
+    )
   if not (np.isfinite(x).all() and np.isfinite(y).all()):
     raise ValueError("ridge fit: non-finite features or targets")
   mean, sd = x.mean(0), x.std(0)
@@ -83,12 +84,16 @@ def fit(x: np.ndarray, y: np.ndarray, alphas: Sequence[float] = ALPHAS) -> tuple
     fitted = v @ (shrink * vy)
     hat = (v * v) @ shrink  # diagonal of the hat matrix
     loo = (y - ym - fitted) / np.maximum(1.0 - hat - 1.0 / len(y), 1e-6)
-    err = float(np.sqrt(np.mean(loo ** 2)))
+    err = float(np.sqrt(np.mean(loo**2)))
     if best is None or err < best[0]:
       best = (err, a)
   err, a = best
   dual = v @ (vy / (w + a))
   coef = z.T @ dual
-  params = dict(mean=mean.astype(np.float32), inv_scale=inv_scale.astype(np.float32),
-                coef=coef.astype(np.float32), bias=np.float32(ym))
+  params = dict(
+    mean=mean.astype(np.float32),
+    inv_scale=inv_scale.astype(np.float32),
+    coef=coef.astype(np.float32),
+    bias=np.float32(ym),
+  )
   return params, dict(alpha=a, loo_rmse=err)

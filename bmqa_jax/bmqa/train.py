@@ -48,9 +48,15 @@ from bmqa_jax.train_lib import state as state_lib
 from bmqa_jax.train_lib import workdir as workdir_lib
 
 
-def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, *, log=log_lib.info,
-                       progress: bool = False, config_change: str = "refuse",
-                       describe: Callable | None = None) -> dict:
+def train_and_evaluate(
+  cfg: mlc.ConfigDict,
+  workdir: str,
+  *,
+  log=log_lib.info,
+  progress: bool = False,
+  config_change: str = "refuse",
+  describe: Callable | None = None,
+) -> dict:
   """Runs every stage of `config.stages` in `workdir` (resuming), returns val metrics.
 
   The three trainers share this signature (`bmqa_jax.speech.train`,
@@ -70,12 +76,14 @@ def train_and_evaluate(cfg: mlc.ConfigDict, workdir: str, *, log=log_lib.info,
     return _train_and_evaluate(cfg, workdir, data, log, progress)
 
 
-def load_data(cfg, workdir: str, names: list[str], log, describe=None,
-              val: bool = True) -> datasets.Data:
+def load_data(
+  cfg, workdir: str, names: list[str], log, describe=None, val: bool = True
+) -> datasets.Data:
   needed = {"pretrain" if cfg[n].data == "pretrain" else "train" for n in names}
   needed |= {"val"} if val and any(cfg[n].eval_split for n in names) else set()
-  return datasets.load(stage_lib.data_config(cfg, names), workdir,
-                       tuple(sorted(needed)), log=log, describe=describe)
+  return datasets.load(
+    stage_lib.data_config(cfg, names), workdir, tuple(sorted(needed)), log=log, describe=describe
+  )
 
 
 def _train_and_evaluate(cfg, workdir: str, data: datasets.Data, log, progress) -> dict:
@@ -90,38 +98,53 @@ def _train_and_evaluate(cfg, workdir: str, data: datasets.Data, log, progress) -
     plan = stage_lib.for_data(cfg, name, data, mesh)
     records = data.records(plan.split, cfg)
     start = setup.restore_or_initialise(
-        os.path.join(workdir, "checkpoints", name), cfg[name].keep_checkpoints,
-        plan.abstract_state, plan.state_sharding,
-        functools.partial(_initial_state, plan, prev, workdir, log), name=name,
-        total_steps=plan.total_steps, log=log)
+      os.path.join(workdir, "checkpoints", name),
+      cfg[name].keep_checkpoints,
+      plan.abstract_state,
+      plan.state_sharding,
+      functools.partial(_initial_state, plan, prev, workdir, log),
+      name=name,
+      total_steps=plan.total_steps,
+      log=log,
+    )
     state, done = start.state, start.done
     weights = {"params": state["params"], "batch_stats": state["batch_stats"]}
     seed = cfg.seed + i
     if plan.uses_cache and not done:
-      cache = feature_cache.build(plan.model, weights, records, plan.cfg, pcfg, workdir,
-                                  mesh, log)
-      loader = feature_cache.train_loader(records, cache, pcfg, cfg[name].batch_size,
-                                          seed, start_step=start.step)
+      cache = feature_cache.build(plan.model, weights, records, plan.cfg, pcfg, workdir, mesh, log)
+      loader = feature_cache.train_loader(
+        records, cache, pcfg, cfg[name].batch_size, seed, start_step=start.step
+      )
       if start.step == 0 and "ridge" in state["params"]:
         state = _fit_ridge(state, cache, data.splits[plan.split], name, log)
     elif not done and "ridge" in state["params"] and cfg[name].init != "previous":
-      raise ValueError(f"stage {name}: config.model.ridge_weight > 0 needs the frozen "
-                       f"tower's feature cache (config.{name}.feature_cache=True and "
-                       "trainable leaving the image tower out)")
+      raise ValueError(
+        f"stage {name}: config.model.ridge_weight > 0 needs the frozen "
+        f"tower's feature cache (config.{name}.feature_cache=True and "
+        "trainable leaving the image tower out)"
+      )
     else:
-      loader = pipeline.train_loader(records, pcfg, cfg[name].batch_size, seed=seed,
-                                     start_step=start.step)
+      loader = pipeline.train_loader(
+        records, pcfg, cfg[name].batch_size, seed=seed, start_step=start.step
+      )
     it = iter(loader)
     _log_params(plan, log)
     if not done:
       state, _ = loop.run(
-          plan.jit_train_step(), state,
-          lambda _: sharding.put_batch(plan.model_inputs(next(it)), mesh),
-          jax.random.key(cfg.seed + 1), name=name, total_steps=plan.total_steps,
-          mngr=start.mngr, log_every=cfg[name].log_every_steps,
-          checkpoint_every=cfg[name].checkpoint_every_steps,
-          tensorboard_dir=loop.tensorboard_dir(workdir, name), log=log,
-          progress=progress, prefetch=cfg.device_prefetch)
+        plan.jit_train_step(),
+        state,
+        lambda _: sharding.put_batch(plan.model_inputs(next(it)), mesh),
+        jax.random.key(cfg.seed + 1),
+        name=name,
+        total_steps=plan.total_steps,
+        mngr=start.mngr,
+        log_every=cfg[name].log_every_steps,
+        checkpoint_every=cfg[name].checkpoint_every_steps,
+        tensorboard_dir=loop.tensorboard_dir(workdir, name),
+        log=log,
+        progress=progress,
+        prefetch=cfg.device_prefetch,
+      )
     stage_lib.mark_finished(workdir, name, plan.total_steps)
     if cfg[name].eval_split and cfg[name].loss == "mse":
       results[name] = _validate(plan, state, data, cfg, workdir, log)
@@ -131,10 +154,8 @@ def _train_and_evaluate(cfg, workdir: str, data: datasets.Data, log, progress) -
 
 def _initial_state(plan, prev, workdir: str, log) -> dict:
   cfg, name = plan.cfg, plan.name
-  vshard = sharding.state_sharding(plan.abstract_variables, plan.mesh,
-                                   sharding.min_shard_size(cfg))
-  variables = jax.jit(plan.init_variables, out_shardings=vshard)(
-      jax.random.key(cfg.seed))
+  vshard = sharding.state_sharding(plan.abstract_variables, plan.mesh, sharding.min_shard_size(cfg))
+  variables = jax.jit(plan.init_variables, out_shardings=vshard)(jax.random.key(cfg.seed))
   if cfg[name].init == "previous" and prev is not None:
     variables, fresh = previous_weights(prev, workdir, variables)
     log(f"[{name}] starting from the weights of stage {prev.name}")
@@ -146,17 +167,19 @@ def _initial_state(plan, prev, workdir: str, log) -> dict:
   return jax.jit(plan.init_state, out_shardings=plan.state_sharding)(variables)
 
 
-def _fit_ridge(state: dict, cache: feature_cache.FeatureCache, samples, name: str,
-               log) -> dict:
+def _fit_ridge(state: dict, cache: feature_cache.FeatureCache, samples, name: str, log) -> dict:
   """`state` with the ridge probe (`bmqa_jax.bmqa.ridge`) fitted on the cached
   evaluation views of the training split (features averaged over the views,
   as the scores are at evaluation)."""
   n_eval = cache.num_eval_views
-  x = np.mean([np.asarray(ridge_lib.pooled([a[:, v] for a in cache.levels]))
-               for v in range(n_eval)], 0)
+  x = np.mean(
+    [np.asarray(ridge_lib.pooled([a[:, v] for a in cache.levels])) for v in range(n_eval)], 0
+  )
   params, info = ridge_lib.fit(x, np.array([s.mos for s in samples]))
-  log(f"[{name}] ridge probe on {x.shape[1]} pooled features of {len(x)} images: "
-      f"penalty {info['alpha']:g}, leave-one-out RMSE {info['loo_rmse']:.4f}")
+  log(
+    f"[{name}] ridge probe on {x.shape[1]} pooled features of {len(x)} images: "
+    f"penalty {info['alpha']:g}, leave-one-out RMSE {info['loo_rmse']:.4f}"
+  )
   old = state["params"]["ridge"]
   # Every process fitted the same numbers (each holds the whole cache); each
   # places its own shards of them (a global array on several processes).
@@ -172,21 +195,24 @@ def _validate(plan, state, data, cfg, workdir: str, log) -> dict:
   val = data.records("val", cfg)
   if plan.uses_cache:  # the tower is frozen: its features of the val images, once
     pcfg = pipeline.from_config(cfg)
-    cache = feature_cache.build(plan.model, weights, val, plan.cfg, pcfg, workdir,
-                                plan.mesh, log)
-    preds = feature_cache.predict(plan.model, weights, cache, val, plan.cfg, plan.mesh,
-                                  plan.has_text)
+    cache = feature_cache.build(plan.model, weights, val, plan.cfg, pcfg, workdir, plan.mesh, log)
+    preds = feature_cache.predict(
+      plan.model, weights, cache, val, plan.cfg, plan.mesh, plan.has_text
+    )
   else:
     preds = evaluate.predict(plan.model, weights, val, cfg, plan.mesh, plan.has_text)
   mos = np.array([s.mos for s in data.splits["val"]])
   result = metrics_lib.summary(preds, mos)
-  log(f"[{plan.name}] validation: " + ", ".join(
-      f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+  log(
+    f"[{plan.name}] validation: "
+    + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+  )
   return result
 
 
-def previous_weights(prev: stage_lib.StagePlan, workdir: str,
-                     variables: dict) -> tuple[dict, list[str]]:
+def previous_weights(
+  prev: stage_lib.StagePlan, workdir: str, variables: dict
+) -> tuple[dict, list[str]]:
   """`variables` with the weights of `prev`'s last checkpoint where they fit.
 
   Weights only (params, batch statistics; not the optimiser). Every top-level
@@ -197,8 +223,9 @@ def previous_weights(prev: stage_lib.StagePlan, workdir: str,
   """
   rep = sharding.replicated(prev.mesh)
   have, _ = checkpoint.load_weights(
-      os.path.join(workdir, "checkpoints", prev.name),
-      checkpoint.abstract(prev.abstract_variables, rep))
+    os.path.join(workdir, "checkpoints", prev.name),
+    checkpoint.abstract(prev.abstract_variables, rep),
+  )
   out, fresh = dict(variables), []
   for col in ("params", "batch_stats"):
     if col not in variables:
@@ -216,15 +243,21 @@ def previous_weights(prev: stage_lib.StagePlan, workdir: str,
 def _log_params(plan, log) -> None:
   shapes = plan.abstract_variables["params"]
   n = state_lib.count_params(shapes)
-  n_train = sum(int(np.prod(x.shape)) for x, lab in zip(
-      jax.tree.leaves(shapes), jax.tree.leaves(plan.labels)) if lab == "train")
-  log(f"[{plan.name}] {n / 1e6:.2f} M parameters ({n_train / 1e6:.2f} M trained), "
-      f"{plan.total_steps} steps of batch {plan.scfg.batch_size} "
-      f"({plan.steps_per_epoch} steps/epoch)")
+  n_train = sum(
+    int(np.prod(x.shape))
+    for x, lab in zip(jax.tree.leaves(shapes), jax.tree.leaves(plan.labels))
+    if lab == "train"
+  )
+  log(
+    f"[{plan.name}] {n / 1e6:.2f} M parameters ({n_train / 1e6:.2f} M trained), "
+    f"{plan.total_steps} steps of batch {plan.scfg.batch_size} "
+    f"({plan.steps_per_epoch} steps/epoch)"
+  )
 
 
-def dry_run(cfg: mlc.ConfigDict, workdir: str, log=log_lib.info,
-            describe: Callable | None = None) -> dict[str, dict[str, int]]:
+def dry_run(
+  cfg: mlc.ConfigDict, workdir: str, log=log_lib.info, describe: Callable | None = None
+) -> dict[str, dict[str, int]]:
   """Plans every stage and reads one batch of its data; prints counts and shapes.
 
   Nothing is initialised or trained (`make_stage` uses `jax.eval_shape`), so
@@ -239,17 +272,20 @@ def dry_run(cfg: mlc.ConfigDict, workdir: str, log=log_lib.info,
   out = {}
   for name in names:
     plan = stage_lib.for_data(cfg, name, data, mesh)
-    counts = {top: state_lib.count_params(sub)
-              for top, sub in plan.abstract_variables["params"].items()}
-    log(f"[{name}] towers {tuple(plan.cfg.model.modalities)}, loss {cfg[name].loss}, "
-        f"{plan.total_steps} steps of batch {cfg[name].batch_size} "
-        f"({plan.steps_per_epoch} steps/epoch, {plan.accum} microbatch(es) per step)")
+    counts = {
+      top: state_lib.count_params(sub) for top, sub in plan.abstract_variables["params"].items()
+    }
+    log(
+      f"[{name}] towers {tuple(plan.cfg.model.modalities)}, loss {cfg[name].loss}, "
+      f"{plan.total_steps} steps of batch {cfg[name].batch_size} "
+      f"({plan.steps_per_epoch} steps/epoch, {plan.accum} microbatch(es) per step)"
+    )
     for k, v in counts.items():
       log(f"  {k:<16} {v / 1e6:10.3f} M")
     log(f"  {'total':<16} {sum(counts.values()) / 1e6:10.3f} M parameters")
-    loader = pipeline.train_loader(data.records(plan.split, cfg),
-                                   pipeline.from_config(cfg), cfg[name].batch_size,
-                                   seed=cfg.seed)
+    loader = pipeline.train_loader(
+      data.records(plan.split, cfg), pipeline.from_config(cfg), cfg[name].batch_size, seed=cfg.seed
+    )
     for k, v in next(iter(loader)).items():
       log(f"  batch[{k!r}]: {v.dtype} {tuple(v.shape)}")
     out[name] = counts

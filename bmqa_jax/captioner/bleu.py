@@ -18,12 +18,14 @@ from typing import Sequence
 
 
 def ngrams(tokens: Sequence[str], n: int) -> collections.Counter:
-  return collections.Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+  return collections.Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
-def corpus_bleu(hypotheses: Sequence[Sequence[str]],
-                references: Sequence[Sequence[Sequence[str]]],
-                max_order: int = 4) -> dict:
+def corpus_bleu(
+  hypotheses: Sequence[Sequence[str]],
+  references: Sequence[Sequence[Sequence[str]]],
+  max_order: int = 4,
+) -> dict:
   """BLEU in [0, 100] and its parts.
 
   Args:
@@ -32,8 +34,7 @@ def corpus_bleu(hypotheses: Sequence[Sequence[str]],
     max_order: N (4 for BLEU-4).
   """
   if len(hypotheses) != len(references):
-    raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} "
-                     "reference sets")
+    raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
   matches = [0] * max_order
   totals = [0] * max_order
   hyp_len = ref_len = 0
@@ -58,8 +59,13 @@ def corpus_bleu(hypotheses: Sequence[Sequence[str]],
     score = 0.0
   else:
     score = bp * math.exp(sum(math.log(p) for p in precisions) / max_order)
-  return dict(bleu=100.0 * score, precisions=[100.0 * p for p in precisions],
-              brevity_penalty=bp, hyp_len=hyp_len, ref_len=ref_len)
+  return dict(
+    bleu=100.0 * score,
+    precisions=[100.0 * p for p in precisions],
+    brevity_penalty=bp,
+    hyp_len=hyp_len,
+    ref_len=ref_len,
+  )
 
 
 def sacrebleu_reference(hypotheses, references) -> float | None:
@@ -75,6 +81,8 @@ def sacrebleu_reference(hypotheses, references) -> float | None:
   if len(k) != 1:
     raise ValueError("sacrebleu needs the same number of references per segment")
   streams = [[" ".join(r[j]) for r in references] for j in range(k.pop())]
-  return float(sacrebleu.corpus_bleu([" ".join(h) for h in hypotheses], streams,
-                                     tokenize="none", smooth_method="none",
-                                     force=True).score)
+  return float(
+    sacrebleu.corpus_bleu(
+      [" ".join(h) for h in hypotheses], streams, tokenize="none", smooth_method="none", force=True
+    ).score
+  )

@@ -27,13 +27,13 @@ def _encode(model, variables, images):
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _step(model, variables, tokens, projected, carry, prev):
-  carry, logits, alpha = model.apply(variables, tokens, projected, carry, prev,
-                                     method=model.step)
+  carry, logits, alpha = model.apply(variables, tokens, projected, carry, prev, method=model.step)
   return carry, jax.nn.log_softmax(logits), alpha
 
 
-def beam_search(model, variables, images, beam_size: int, max_len: int,
-                length_penalty: float = 0.0):
+def beam_search(
+  model, variables, images, beam_size: int, max_len: int, length_penalty: float = 0.0
+):
   """Best word ids [B, T] (<eos>-terminated or cut at max_len), their
   attention maps [B, T, L] and log-probabilities [B], as numpy arrays.
 
@@ -57,8 +57,7 @@ def beam_search(model, variables, images, beam_size: int, max_len: int,
   words = np.zeros((b, k, 0), np.int32)
   alphas = np.zeros((b, k, 0, tokens.shape[1]), np.float32)
   for _ in range(max_len):
-    carry, logp, alpha = _step(model, variables, tokens, projected, carry,
-                               jnp.asarray(prev))
+    carry, logp, alpha = _step(model, variables, tokens, projected, carry, jnp.asarray(prev))
     logp = np.asarray(logp, np.float64).reshape(b, k, -1)
     v = logp.shape[-1]
     # A finished beam extends only with <pad> at no cost.
@@ -73,8 +72,7 @@ def beam_search(model, variables, images, beam_size: int, max_len: int,
     lengths = np.take_along_axis(lengths, src, axis=1) + (~was_done)
     pick = lambda x: np.take_along_axis(x, src.reshape(b, k, *[1] * (x.ndim - 2)), 1)
     words = np.concatenate([pick(words), word[..., None]], axis=2)
-    alphas = np.concatenate(
-        [pick(alphas), np.asarray(alpha).reshape(b, k, 1, -1)], axis=2)
+    alphas = np.concatenate([pick(alphas), np.asarray(alpha).reshape(b, k, 1, -1)], axis=2)
     rows = (np.arange(b)[:, None] * k + src).reshape(-1)
     carry = jax.tree.map(lambda x: x[rows], carry)
     prev = word.reshape(-1)
@@ -95,4 +93,4 @@ def to_words(vocab: vocab_lib.Vocab, ids, alphas):
   """(words, attention maps [len(words) + 1, L]) of one sequence; the last map
   is the <eos> step's when the sequence ended."""
   words = vocab.decode_words(ids)
-  return words, np.asarray(alphas[:len(words) + 1])
+  return words, np.asarray(alphas[: len(words) + 1])

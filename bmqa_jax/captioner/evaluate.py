@@ -20,8 +20,7 @@ from bmqa_jax.data import pipeline
 
 def records(samples, vocab: vocab_lib.Vocab, max_len: int) -> list[dict]:
   ids = vocab.encode([s.text for s in samples], max_len)
-  return [dict(path=s.image, index=np.int32(i), caption=ids[i])
-          for i, s in enumerate(samples)]
+  return [dict(path=s.image, index=np.int32(i), caption=ids[i]) for i, s in enumerate(samples)]
 
 
 def teacher_forced_metrics(model, variables, recs, cfg) -> dict:
@@ -38,22 +37,24 @@ def teacher_forced_metrics(model, variables, recs, cfg) -> dict:
     return jnp.sum(ce * mask), jnp.sum(top5 * mask), jnp.sum(mask)
 
   ce = hits = n = 0.0
-  for b in pipeline.eval_batches(recs, pipeline.from_config(cfg), cfg.eval_batch_size,
-                                 local=True):
+  for b in pipeline.eval_batches(recs, pipeline.from_config(cfg), cfg.eval_batch_size, local=True):
     c, h, m = fn({k: b[k] for k in ("image", "caption", "valid")})
     ce, hits, n = ce + float(c), hits + float(h), n + float(m)
-  return dict(cross_entropy=ce / max(n, 1), top5_accuracy=100.0 * hits / max(n, 1),
-              words=int(n))
+  return dict(cross_entropy=ce / max(n, 1), top5_accuracy=100.0 * hits / max(n, 1), words=int(n))
 
 
 def caption_records(model, variables, vocab, recs, cfg, beam_size: int):
   """Per record: (word list, attention maps [len + 1, L]) in order."""
   out = [None] * len(recs)
-  for b in pipeline.eval_batches(recs, pipeline.from_config(cfg), cfg.eval_batch_size,
-                                 local=True):
+  for b in pipeline.eval_batches(recs, pipeline.from_config(cfg), cfg.eval_batch_size, local=True):
     ids, alphas, _ = decode_lib.beam_search(
-        model, variables, jnp.asarray(b["image"]), beam_size, cfg.decode.max_len,
-        cfg.decode.length_penalty)
+      model,
+      variables,
+      jnp.asarray(b["image"]),
+      beam_size,
+      cfg.decode.max_len,
+      cfg.decode.length_penalty,
+    )
     for j in np.flatnonzero(b["valid"]):
       out[int(b["index"][j])] = decode_lib.to_words(vocab, ids[j], alphas[j])
   return out
@@ -63,9 +64,12 @@ def bleu_scores(hyps: list[list[str]], refs: list[str]) -> dict:
   """Corpus BLEU-4 of word lists against one reference description each."""
   ref_tokens = [[vocab_lib.tokenize(r)] for r in refs]
   ours = bleu.corpus_bleu(hyps, ref_tokens)
-  return dict(bleu4=ours["bleu"], bleu4_sacrebleu=bleu.sacrebleu_reference(
-      hyps, ref_tokens), precisions=ours["precisions"],
-              brevity_penalty=ours["brevity_penalty"])
+  return dict(
+    bleu4=ours["bleu"],
+    bleu4_sacrebleu=bleu.sacrebleu_reference(hyps, ref_tokens),
+    precisions=ours["precisions"],
+    brevity_penalty=ours["brevity_penalty"],
+  )
 
 
 def evaluate(model, variables, vocab, samples, cfg) -> tuple[dict, list]:
@@ -80,5 +84,7 @@ def evaluate(model, variables, vocab, samples, cfg) -> tuple[dict, list]:
   metrics["beam_size"] = cfg.decode.beam_size
   metrics["n"] = len(samples)
   metrics["eval_seconds"] = round(time.time() - t0, 1)
-  return metrics, [(s, vocab_lib.detokenize(g[0]), vocab_lib.detokenize(b[0]))
-                   for s, g, b in zip(samples, greedy, beam)]
+  return metrics, [
+    (s, vocab_lib.detokenize(g[0]), vocab_lib.detokenize(b[0]))
+    for s, g, b in zip(samples, greedy, beam)
+  ]

@@ -23,8 +23,14 @@ from bmqa_jax.data import pipeline
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import workdir as workdir_lib
 
-__all__ = ["CONFIG_FILE", "VOCAB_FILE", "load_captioner", "caption_paths",
-           "describe_paths", "save_attention_maps"]
+__all__ = [
+  "CONFIG_FILE",
+  "VOCAB_FILE",
+  "load_captioner",
+  "caption_paths",
+  "describe_paths",
+  "save_attention_maps",
+]
 
 CONFIG_FILE = "captioner_config.json"
 VOCAB_FILE = "captioner_vocab.json"
@@ -38,8 +44,10 @@ def complete_config(stored):
 def load_captioner(workdir: str):
   """``(config, model, variables, vocab)`` of the latest checkpoint in ``workdir``."""
   if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
-    raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)} not found: is "
-                            f"{workdir} a captioner workdir (launch/train_captioner.py)?")
+    raise FileNotFoundError(
+      f"{os.path.join(workdir, CONFIG_FILE)} not found: is "
+      f"{workdir} a captioner workdir (launch/train_captioner.py)?"
+    )
   cfg = workdir_lib.load_config(workdir, CONFIG_FILE, complete_config)
   vocab = vocab_lib.Vocab.load(os.path.join(workdir, VOCAB_FILE))
   model = model_lib.from_config(cfg, len(vocab))
@@ -47,8 +55,9 @@ def load_captioner(workdir: str):
   return cfg, model, {k: v for k, v in variables.items() if v}, vocab
 
 
-def caption_paths(workdir: str, paths: Sequence[str], beam_size: int | None = None,
-                  loaded=None) -> list[dict]:
+def caption_paths(
+  workdir: str, paths: Sequence[str], beam_size: int | None = None, loaded=None
+) -> list[dict]:
   """Per path: ``caption`` (text), ``words`` and ``attention`` [len(words) + 1, L]
   (one row per word and one for <eos>; [len(words), L] when the caption reached
   ``config.decode.max_len`` without <eos>).
@@ -61,17 +70,18 @@ def caption_paths(workdir: str, paths: Sequence[str], beam_size: int | None = No
   k = cfg.decode.beam_size if beam_size is None else beam_size
   recs = [dict(path=p, index=np.int32(i)) for i, p in enumerate(paths)]
   out = [None] * len(paths)
-  for b in pipeline.eval_batches(recs, pipeline.from_config(cfg),
-                                 cfg.eval_batch_size,
-                                 local=True):
-    ids, alphas, _ = decode_lib.beam_search(model, variables, jnp.asarray(b["image"]),
-                                            k, cfg.decode.max_len,
-                                            cfg.decode.length_penalty)
+  for b in pipeline.eval_batches(recs, pipeline.from_config(cfg), cfg.eval_batch_size, local=True):
+    ids, alphas, _ = decode_lib.beam_search(
+      model, variables, jnp.asarray(b["image"]), k, cfg.decode.max_len, cfg.decode.length_penalty
+    )
     for j in np.flatnonzero(b["valid"]):
       words, att = decode_lib.to_words(vocab, ids[j], alphas[j])
-      out[int(b["index"][j])] = dict(path=paths[int(b["index"][j])], words=words,
-                                     caption=vocab_lib.detokenize(words),
-                                     attention=att)
+      out[int(b["index"][j])] = dict(
+        path=paths[int(b["index"][j])],
+        words=words,
+        caption=vocab_lib.detokenize(words),
+        attention=att,
+      )
   return out
 
 
@@ -86,19 +96,24 @@ def save_attention_maps(result: dict, out_dir: str, cfg) -> list[str]:
   of every word. Returns the files written."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   size = cfg.input.image_size
-  img = pipeline.center_crop(image_io.read_image_uint8(result["path"]),
-                             cfg.input.resize_size, size)
+  img = pipeline.center_crop(image_io.read_image_uint8(result["path"]), cfg.input.resize_size, size)
   att = np.asarray(result["attention"])
   side = int(round(np.sqrt(att.shape[1])))
   if side * side != att.shape[1]:
-    raise ValueError(f"{att.shape[1]} attention positions are not a square grid "
-                     "(an encoder with a class token?)")
+    raise ValueError(
+      f"{att.shape[1]} attention positions are not a square grid (an encoder with a class token?)"
+    )
   stem = os.path.splitext(os.path.basename(result["path"]))[0]
   os.makedirs(out_dir, exist_ok=True)
   words = result["words"] + ["<eos>"] * (len(att) > len(result["words"]))
-  maps = [np.asarray(Image.fromarray(a.reshape(side, side).astype(np.float32))
-                     .resize((size, size), Image.BILINEAR)) for a in att]
+  maps = [
+    np.asarray(
+      Image.fromarray(a.reshape(side, side).astype(np.float32)).resize((size, size), Image.BILINEAR)
+    )
+    for a in att
+  ]
   written = []
 
   def draw(ax, word, m):

@@ -25,6 +25,7 @@ from bmqa_jax.models import image
 
 class ShowAttendTell(nn.Module):
   """Image → word logits and attention weights (teacher forcing in ``__call__``)."""
+
   vocab_size: int
   encoder: str = "resnet_tiny"
   encoder_kwargs: tuple = ()  # (key, value) pairs for image.create (hashable)
@@ -80,9 +81,13 @@ class ShowAttendTell(nn.Module):
       carry, logits, alpha = mdl.step(tokens, projected, carry, ids, train)
       return carry, (logits, alpha)
 
-    scan = nn.scan(body, variable_broadcast="params",
-                   split_rngs={"params": False, "dropout": True},
-                   in_axes=(nn.broadcast, nn.broadcast, 1), out_axes=1)
+    scan = nn.scan(
+      body,
+      variable_broadcast="params",
+      split_rngs={"params": False, "dropout": True},
+      in_axes=(nn.broadcast, nn.broadcast, 1),
+      out_axes=1,
+    )
     _, (logits, alphas) = scan(self, carry, tokens, projected, inputs)
     return logits, alphas
 
@@ -100,8 +105,9 @@ def caption_loss(logits, alphas, targets, penalty_weight: float):
   n = jnp.maximum(mask.sum(), 1.0)
   ce = jnp.sum(ce * mask) / n
   pen = jnp.mean(attention_penalty(alphas, mask))
-  return ce + penalty_weight * pen, dict(cross_entropy=ce, attention_penalty=pen,
-                                         top5=topk_accuracy(logits, targets, 5))
+  return ce + penalty_weight * pen, dict(
+    cross_entropy=ce, attention_penalty=pen, top5=topk_accuracy(logits, targets, 5)
+  )
 
 
 def topk_accuracy(logits, targets, k: int = 5):
@@ -120,12 +126,18 @@ def from_config(cfg, vocab_size: int) -> ShowAttendTell:
   """The captioner a config describes (configs/captioner.py: config.model)."""
   m = cfg.model
   return ShowAttendTell(
-      vocab_size=vocab_size, encoder=m.encoder,
-      encoder_kwargs=tuple(sorted(  # hashable: JSON gives lists
-          (k, tuple(v) if isinstance(v, list) else v)
-          for k, v in dict(m.encoder_kwargs).items())),
-      embed_dim=m.embed_dim, hidden_dim=m.hidden_dim, attention_dim=m.attention_dim,
-      dropout_rate=m.dropout_rate)
+    vocab_size=vocab_size,
+    encoder=m.encoder,
+    encoder_kwargs=tuple(
+      sorted(  # hashable: JSON gives lists
+        (k, tuple(v) if isinstance(v, list) else v) for k, v in dict(m.encoder_kwargs).items()
+      )
+    ),
+    embed_dim=m.embed_dim,
+    hidden_dim=m.hidden_dim,
+    attention_dim=m.attention_dim,
+    dropout_rate=m.dropout_rate,
+  )
 
 
 def init_variables(model: ShowAttendTell, cfg, rng) -> dict:

@@ -48,11 +48,12 @@ class Vocab:
   def build(cls, texts: Sequence[str], min_count: int) -> "Vocab":
     """Words seen at least `min_count` times in `texts`, most frequent first."""
     counts = collections.Counter(w for t in texts for w in tokenize(t))
-    return cls(sorted((w for w, n in counts.items() if n >= min_count),
-                      key=lambda w: (-counts[w], w)))
+    return cls(
+      sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+    )
 
   def save(self, path: str) -> None:
-    workdir_lib.atomic_write(path, json.dumps(self.words[len(SPECIALS):]))
+    workdir_lib.atomic_write(path, json.dumps(self.words[len(SPECIALS) :]))
 
   @classmethod
   def load(cls, path: str) -> "Vocab":
@@ -66,7 +67,7 @@ class Vocab:
     out = np.full((len(texts), max_len + 2), PAD, np.int32)
     for i, t in enumerate(texts):
       ids = [self.index.get(w, UNK) for w in tokenize(t)][:max_len]
-      out[i, :len(ids) + 2] = [BOS] + ids + [EOS]
+      out[i, : len(ids) + 2] = [BOS] + ids + [EOS]
     return out
 
   def decode_words(self, ids: Sequence[int]) -> list[str]:

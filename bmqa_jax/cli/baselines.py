@@ -18,28 +18,39 @@ from absl import flags
 from bmqa_jax.baselines import harness
 
 _MANIFEST = flags.DEFINE_string("manifest", None, "CSV/JSONL manifest (README).")
-_REPEATED = flags.DEFINE_string("repeated", None, "A launch/repeated_splits.py workdir: "
-                                "score the test split of each of its splits.")
+_REPEATED = flags.DEFINE_string(
+  "repeated",
+  None,
+  "A launch/repeated_splits.py workdir: score the test split of each of its splits.",
+)
 _SPLIT = flags.DEFINE_string("split", "test", "Split to score.")
 _TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "Split to fit BRISQUE's SVR on.")
-_BASELINES = flags.DEFINE_list("baselines", list(harness.DEFAULT_KEYS),
-                               f"Any of {list(harness.KEYS)}.")
-_NIQE_PRISTINE = flags.DEFINE_string("niqe_pristine", "auto",
-                                     "auto | live | skimage | a .mat/.npz file | a folder.")
+_BASELINES = flags.DEFINE_list(
+  "baselines", list(harness.DEFAULT_KEYS), f"Any of {list(harness.KEYS)}."
+)
+_NIQE_PRISTINE = flags.DEFINE_string(
+  "niqe_pristine", "auto", "auto | live | skimage | a .mat/.npz file | a folder."
+)
 _BRISQUE_MODEL = flags.DEFINE_string("brisque_model", None, "LIBSVM model for brisque_live.")
 _BRISQUE_RANGES = flags.DEFINE_string(
-    "brisque_ranges", None, "Feature ranges for it: an svm-scale range file, JSON "
-    '{"min": [...], "max": [...]} or .npz (min/max); pickles are refused.')
+  "brisque_ranges",
+  None,
+  "Feature ranges for it: an svm-scale range file, JSON "
+  '{"min": [...], "max": [...]} or .npz (min/max); pickles are refused.',
+)
 _JSON = flags.DEFINE_string("json", None, "Also write the results here as JSON.")
 
 
 def main(argv):
   del argv
-  cfg = harness.HarnessConfig(split=_SPLIT.value, train_split=_TRAIN_SPLIT.value,
-                              baselines=tuple(_BASELINES.value),
-                              niqe_pristine=_NIQE_PRISTINE.value,
-                              brisque_model=_BRISQUE_MODEL.value,
-                              brisque_ranges=_BRISQUE_RANGES.value)
+  cfg = harness.HarnessConfig(
+    split=_SPLIT.value,
+    train_split=_TRAIN_SPLIT.value,
+    baselines=tuple(_BASELINES.value),
+    niqe_pristine=_NIQE_PRISTINE.value,
+    brisque_model=_BRISQUE_MODEL.value,
+    brisque_ranges=_BRISQUE_RANGES.value,
+  )
   if _REPEATED.value:
     result = harness.evaluate_repeated(_REPEATED.value, cfg)
     print(harness.format_repeated(result))
@@ -51,4 +62,3 @@ def main(argv):
   if _JSON.value:
     with open(_JSON.value, "w", encoding="utf-8") as f:
       json.dump(result, f, indent=1, default=float)
-

@@ -30,9 +30,11 @@ from bmqa_jax.bmqa import train
 from bmqa_jax.cli import config_flag
 from bmqa_jax.data import manifest
 
-_CONFIG = config_flag.DEFINE_config("config", "biq2021:scales=1,ridge=0",
-                                    "The recipe (a config name or file; default: the "
-                                    "shipped files' recipe).")
+_CONFIG = config_flag.DEFINE_config(
+  "config",
+  "biq2021:scales=1,ridge=0",
+  "The recipe (a config name or file; default: the shipped files' recipe).",
+)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/shipped", "Training workdir.")
 _OUT = flags.DEFINE_string("out", shipped.ASSET_DIR, "Where the shipped files go.")
 
@@ -48,19 +50,23 @@ def main(argv):
   train.train_and_evaluate(cfg, _WORKDIR.value, progress=True)
   variables = evaluate.load_final_variables(_WORKDIR.value, cfg)
   shipped.export(cfg, variables, _OUT.value, card="")
-  samples = manifest.load(cfg.data.manifest, splits=[cfg.data.test_split],
-                          check_images=False)
-  val = metrics.summary(np.array(_score([s.image for s in samples], _OUT.value)),
-                        np.array([s.mos for s in samples]))  # the shipped files' own
-  shipped.export(cfg, variables, _OUT.value,
-                 shipped.model_card(cfg, val, cfg.data.manifest, cfg.seed))
+  samples = manifest.load(cfg.data.manifest, splits=[cfg.data.test_split], check_images=False)
+  val = metrics.summary(
+    np.array(_score([s.image for s in samples], _OUT.value)), np.array([s.mos for s in samples])
+  )  # the shipped files' own
+  shipped.export(
+    cfg, variables, _OUT.value, shipped.model_card(cfg, val, cfg.data.manifest, cfg.seed)
+  )
   with tempfile.TemporaryDirectory() as tmp:
     paths = shipped.reference_photos(tmp)
     scores = dict(zip([os.path.basename(p) for p in paths], _score(paths, _OUT.value)))
   with open(os.path.join(_OUT.value, "reference.json"), "w") as f:
-    json.dump(dict(val={k: v for k, v in val.items() if isinstance(v, float)},
-                   photos=scores), f, indent=1, sort_keys=True)
+    json.dump(
+      dict(val={k: v for k, v in val.items() if isinstance(v, float)}, photos=scores),
+      f,
+      indent=1,
+      sort_keys=True,
+    )
     f.write("\n")
   shipped.write_digests(_OUT.value)  # every file, reference.json included
   print(f"wrote {_OUT.value}: val SRCC {val['srcc']:.4f}, PLCC {val['plcc']:.4f}")
-

@@ -21,17 +21,23 @@ from absl import flags
 from bmqa_jax import config_args
 from bmqa_jax.data import tfds_builders
 
-_DATASET = flags.DEFINE_enum("dataset", None, sorted(tfds_builders.BUILDERS),
-                             "Which builder.")
+_DATASET = flags.DEFINE_enum("dataset", None, sorted(tfds_builders.BUILDERS), "Which builder.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder with the files.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir to write to.")
-_CONFIG = flags.DEFINE_list("config", [], "key=value fields of IqaConfig that "
-                            "replace the builder's default config (name= required).")
+_CONFIG = flags.DEFINE_list(
+  "config",
+  [],
+  "key=value fields of IqaConfig that replace the builder's default config (name= required).",
+)
 _SHOW_LAYOUT = flags.DEFINE_bool("show_layout", False, "Print the expected layout.")
-_EXPORT = flags.DEFINE_bool("export", False, "Also write the files and a manifest "
-                            "(for launch/evaluate.py --manifest: cross-dataset).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild data prepared under the "
-                               "same name from other config fields.")
+_EXPORT = flags.DEFINE_bool(
+  "export",
+  False,
+  "Also write the files and a manifest (for launch/evaluate.py --manifest: cross-dataset).",
+)
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite", False, "Rebuild data prepared under the same name from other config fields."
+)
 flags.mark_flag_as_required("dataset")
 
 
@@ -44,9 +50,11 @@ def _config(items):
   if not name:
     raise app.UsageError("--config needs name=<config name>")
   base = cls(name=name)
-  fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(cls)
-            if isinstance(getattr(base, f.name), (bool, int, float, str))
-            and f.name in cls.__annotations__}
+  fields = {
+    f.name: getattr(base, f.name)
+    for f in dataclasses.fields(cls)
+    if isinstance(getattr(base, f.name), (bool, int, float, str)) and f.name in cls.__annotations__
+  }
   try:
     kw = dict(config_args.parse_arg(",".join(f"{k}={v}" for k, v in values.items()), **fields))
   except ValueError as e:
@@ -64,13 +72,18 @@ def main(argv):
     return
   if not _MANUAL_DIR.value or not _DATA_DIR.value:
     raise app.UsageError("give --manual_dir and --data_dir")
-  b = tfds_builders.build(_DATASET.value, os.path.expanduser(_MANUAL_DIR.value),
-                          os.path.expanduser(_DATA_DIR.value), _config(_CONFIG.value),
-                          overwrite=_OVERWRITE.value)
-  print(f"prepared {b.info.full_name} in {b.data_dir}: " + ", ".join(
-      f"{name} {split.num_examples} examples" for name, split in b.info.splits.items()))
+  b = tfds_builders.build(
+    _DATASET.value,
+    os.path.expanduser(_MANUAL_DIR.value),
+    os.path.expanduser(_DATA_DIR.value),
+    _config(_CONFIG.value),
+    overwrite=_OVERWRITE.value,
+  )
+  print(
+    f"prepared {b.info.full_name} in {b.data_dir}: "
+    + ", ".join(f"{name} {split.num_examples} examples" for name, split in b.info.splits.items())
+  )
   if _EXPORT.value:
     name = _DATASET.value + (f"/{b.builder_config.name}" if _CONFIG.value else "")
     path = tfds_builders.export_manifest(name, os.path.expanduser(_DATA_DIR.value))
     print(f"manifest: {path}")
-

@@ -24,8 +24,7 @@ from bmqa_jax.data import image_io
 from bmqa_jax.data import photo_inputs
 from bmqa_jax.train_lib import workdir as workdir_lib
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A captioner workdir "
-                               "(launch/train_captioner.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A captioner workdir (launch/train_captioner.py).")
 _OUT = flags.DEFINE_string("out", "", "Also write the captions to a .csv or .json.")
 _ATTENTION_DIR = flags.DEFINE_string("attention_dir", "", "Write attention-map PNGs here.")
 _BEAM = flags.DEFINE_integer("beam_size", None, "Default: the captioner config's.")
@@ -47,8 +46,7 @@ def main(argv):
     except (image_io.ImageReadError, OSError) as e:
       failed.append((p, str(e)))
   loaded = infer.load_captioner(_WORKDIR.value)
-  results = infer.caption_paths(_WORKDIR.value, paths, _BEAM.value, loaded=loaded) \
-      if paths else []
+  results = infer.caption_paths(_WORKDIR.value, paths, _BEAM.value, loaded=loaded) if paths else []
   for r in results:
     print(f"{r['path']}\t{r['caption']}")
     if _ATTENTION_DIR.value:
@@ -56,15 +54,18 @@ def main(argv):
   for p, e in failed:
     print(f"FAILED\t{p}\t{e}")
   if _OUT.value:
-    rows = [dict(image=os.path.abspath(r["path"]), text=r["caption"], error="")
-            for r in results] + [dict(image=os.path.abspath(p), text="", error=e)
-                                 for p, e in failed]
+    rows = [
+      dict(image=os.path.abspath(r["path"]), text=r["caption"], error="") for r in results
+    ] + [dict(image=os.path.abspath(p), text="", error=e) for p, e in failed]
     if _OUT.value.endswith(".json"):
       workdir_lib.atomic_write(_OUT.value, json.dumps(rows, indent=1))
     else:
-      workdir_lib.atomic_write_csv(_OUT.value, [["image", "text", "error"]] + [
-          [r["image"], r["text"], r["error"]] for r in rows])
+      workdir_lib.atomic_write_csv(
+        _OUT.value,
+        [["image", "text", "error"]] + [[r["image"], r["text"], r["error"]] for r in rows],
+      )
   if failed:
-    print(f"{len(failed)} of {len(failed) + len(results)} file(s) could not be "
-          "captioned", file=sys.stderr)
-
+    print(
+      f"{len(failed)} of {len(failed) + len(results)} file(s) could not be captioned",
+      file=sys.stderr,
+    )

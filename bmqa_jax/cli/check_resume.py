@@ -44,8 +44,10 @@ def _train(workdir, extra, timeout=None):
 
 def _latest(workdir):
   root = os.path.join(workdir, "checkpoints")
-  return {s: checkpoint.latest_step(os.path.join(root, s))
-          for s in (sorted(os.listdir(root)) if os.path.isdir(root) else [])}
+  return {
+    s: checkpoint.latest_step(os.path.join(root, s))
+    for s in (sorted(os.listdir(root)) if os.path.isdir(root) else [])
+  }
 
 
 def main(argv):
@@ -70,4 +72,3 @@ def main(argv):
     diffs.append(max(jax.tree.leaves(d) or [0.0]))
     print(f"stage {stage}: largest weight difference {diffs[-1]:.3g}")
   print("RESULT", "identical" if max(diffs) == 0 else f"differ by {max(diffs):.3g}")
-

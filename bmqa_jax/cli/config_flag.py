@@ -36,8 +36,9 @@ class ConfigError(flags.Error):
 
 def names() -> list[str]:
   """The packaged configs' names."""
-  return sorted(m.name for m in pkgutil.iter_modules(packaged.__path__)
-                if not m.name.startswith("_"))
+  return sorted(
+    m.name for m in pkgutil.iter_modules(packaged.__path__) if not m.name.startswith("_")
+  )
 
 
 def load(value: str):
@@ -45,22 +46,25 @@ def load(value: str):
   head, colon, arg = value.partition(":")
   if head.endswith(".py") or "/" in head or os.sep in head:
     if not os.path.isfile(head):
-      raise ConfigError(f"--config={value}: no config file {head!r} (in {os.getcwd()}); "
-                        f"the packaged configs go by name: {', '.join(names())}")
+      raise ConfigError(
+        f"--config={value}: no config file {head!r} (in {os.getcwd()}); "
+        f"the packaged configs go by name: {', '.join(names())}"
+      )
     load_module = lambda: _load_file(head)  # noqa: E731
   elif head in names():
     load_module = lambda: importlib.import_module(f"{packaged.__name__}.{head}")  # noqa: E731
   else:
     close = difflib.get_close_matches(head, names(), 1)
-    raise ConfigError(f"--config={value}: no packaged config {head!r}"
-                      + (f" (did you mean {close[0]!r}?)" if close else "")
-                      + f"; the names are {', '.join(names())}, or give a file "
-                      "(path/to/config.py)")
+    raise ConfigError(
+      f"--config={value}: no packaged config {head!r}"
+      + (f" (did you mean {close[0]!r}?)" if close else "")
+      + f"; the names are {', '.join(names())}, or give a file "
+      "(path/to/config.py)"
+    )
   try:
     module = load_module()
   except Exception as e:  # pylint: disable=broad-except
-    raise ConfigError(f"--config={value}: cannot load {head} "
-                      f"({type(e).__name__}: {e})") from e
+    raise ConfigError(f"--config={value}: cannot load {head} ({type(e).__name__}: {e})") from e
   try:
     return module.get_config(arg) if colon else module.get_config()
   except (ValueError, TypeError, KeyError) as e:
@@ -90,9 +94,13 @@ def check_override(config, field: str, flag: str = "config") -> None:
     if part not in keys:
       close = difflib.get_close_matches(part, keys, 3)
       raise ConfigError(
-          f"--{flag}.{field}: {where} has no field {part!r}"
-          + (f"; did you mean {' or '.join(repr(c) for c in close)}?" if close
-             else f"; its fields: {', '.join(sorted(keys))}"))
+        f"--{flag}.{field}: {where} has no field {part!r}"
+        + (
+          f"; did you mean {' or '.join(repr(c) for c in close)}?"
+          if close
+          else f"; its fields: {', '.join(sorted(keys))}"
+        )
+      )
     node = node[part]
   raise ConfigError(f"--{flag}.{field}: {error}")
 
@@ -116,13 +124,15 @@ class _Parser(flags.ArgumentParser):
     return config
 
 
-def DEFINE_config(name: str = "config", default: str | None = None,  # pylint: disable=invalid-name
-                  help_string: str = "A packaged config's name or a config file, "
-                  "with :key=value arguments (e.g. quickstart:tiny=True)",
-                  flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
+def DEFINE_config(
+  name: str = "config",
+  default: str | None = None,  # pylint: disable=invalid-name
+  help_string: str = "A packaged config's name or a config file, "
+  "with :key=value arguments (e.g. quickstart:tiny=True)",
+  flag_values: flags.FlagValues = flags.FLAGS,
+) -> flags.FlagHolder:
   """ml_collections' config flag that takes names too (see the module's doc)."""
-  holder = config_flags.DEFINE_config_file(name, None, help_string,
-                                           flag_values=flag_values)
+  holder = config_flags.DEFINE_config_file(name, None, help_string, flag_values=flag_values)
   flag_values[name].parser = _Parser(name)
   if default is not None:
     flag_values.set_default(name, default)

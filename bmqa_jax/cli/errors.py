@@ -24,27 +24,33 @@ from bmqa_jax import stop
 
 EXIT_MISTAKE = 2
 _VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, show its traceback too.")
-_USUAL = (ValueError, OSError, ImportError, MemoryError, FloatingPointError,
-          app.UsageError, flags.Error)
+_USUAL = (
+  ValueError,
+  OSError,
+  ImportError,
+  MemoryError,
+  FloatingPointError,
+  app.UsageError,
+  flags.Error,
+)
 # Hints by the error's class name (the classes live in the layers below).
 _HINTS = {
-    "ConfigError": "--config takes a packaged config's name or a config file, "
-                   "then :key=value arguments; --config.FIELD=VALUE sets a field",
-    "ManifestError": "a manifest is a CSV or JSONL file with the columns image, mos, "
-                     "scene (optional: text, audio, device, split); README, \"Your own data\"",
-    "ConfigChangedError": "use a new --workdir, or --config_change=allow to go on "
-                          "with the new config",
-    "ConfigMissingError": "put back WORKDIR/config.json, use a new --workdir, or "
-                          "--config_change=allow to go on with this config",
-    "ShippedModelError": "reinstall the package (pip install --force-reinstall "
-                         "bmqa_jax), or score with your own --workdir",
-    "DamagedCheckpointError": "training the same workdir again moves the damaged "
-                              "step to CHECKPOINTS.damaged/ and resumes from the "
-                              "newest good one",
-    "WorkdirLockedError": "another run holds this workdir: wait for it, or stop it",
-    "OutFileError": "--out names a .csv or .json file of bmqa-score's; "
-                    "--overwrite starts it again",
-    "UsageError": "--help shows the command's usage and flags",
+  "ConfigError": "--config takes a packaged config's name or a config file, "
+  "then :key=value arguments; --config.FIELD=VALUE sets a field",
+  "ManifestError": "a manifest is a CSV or JSONL file with the columns image, mos, "
+  'scene (optional: text, audio, device, split); README, "Your own data"',
+  "ConfigChangedError": "use a new --workdir, or --config_change=allow to go on "
+  "with the new config",
+  "ConfigMissingError": "put back WORKDIR/config.json, use a new --workdir, or "
+  "--config_change=allow to go on with this config",
+  "ShippedModelError": "reinstall the package (pip install --force-reinstall "
+  "bmqa_jax), or score with your own --workdir",
+  "DamagedCheckpointError": "training the same workdir again moves the damaged "
+  "step to CHECKPOINTS.damaged/ and resumes from the "
+  "newest good one",
+  "WorkdirLockedError": "another run holds this workdir: wait for it, or stop it",
+  "OutFileError": "--out names a .csv or .json file of bmqa-score's; --overwrite starts it again",
+  "UsageError": "--help shows the command's usage and flags",
 }
 
 
@@ -110,6 +116,7 @@ def run(module) -> None:
 def check_workdir(path: str) -> str:
   """`path` for a --workdir: refused when it is a file (the usual typo)."""
   if path and os.path.exists(path) and not os.path.isdir(path):
-    raise NotADirectoryError(f"--workdir={path} is a file; a workdir is a folder "
-                             "(a new one, or one that a run made)")
+    raise NotADirectoryError(
+      f"--workdir={path} is a file; a workdir is a folder (a new one, or one that a run made)"
+    )
   return path

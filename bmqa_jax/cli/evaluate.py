@@ -21,25 +21,37 @@ from bmqa_jax.cli import errors
 from bmqa_jax.experiments import descriptions
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
-_MANIFEST = flags.DEFINE_string("manifest", None, "Evaluate every row of this "
-                                "manifest instead of the run's test split.")
+_MANIFEST = flags.DEFINE_string(
+  "manifest", None, "Evaluate every row of this manifest instead of the run's test split."
+)
 _SPLIT = flags.DEFINE_string("split", "test", "Split of the run's own dataset.")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Default: WORKDIR/eval, or "
-                                "WORKDIR/eval/<manifest stem>[_<manifest_split>] "
-                                "with --manifest.")
-_MANIFEST_SPLIT = flags.DEFINE_string("manifest_split", None, "With --manifest: "
-                                      "only its rows of this split.")
-_CAPTIONER = flags.DEFINE_string("captioner", None, "A captioner workdir "
-                                 "(launch/train_captioner.py): generate the "
-                                 "descriptions from the images (image-only BMQA).")
-_ASR = flags.DEFINE_string("asr", None, "A recogniser workdir (launch/train_asr.py) "
-                           "for --text_source=audio.")
-_TEXT_SOURCE = flags.DEFINE_enum("text_source", None, ["text", "audio", "captioner"],
-                                 "Where descriptions come from (default: the run's "
-                                 "config, or 'captioner' with --captioner).")
-_ALLOW_UNFINISHED = flags.DEFINE_bool("allow_unfinished", False, "Score the latest "
-                                      "checkpoint even if the last stage has not "
-                                      "finished.")
+_OUT_DIR = flags.DEFINE_string(
+  "out_dir",
+  None,
+  "Default: WORKDIR/eval, or WORKDIR/eval/<manifest stem>[_<manifest_split>] with --manifest.",
+)
+_MANIFEST_SPLIT = flags.DEFINE_string(
+  "manifest_split", None, "With --manifest: only its rows of this split."
+)
+_CAPTIONER = flags.DEFINE_string(
+  "captioner",
+  None,
+  "A captioner workdir "
+  "(launch/train_captioner.py): generate the "
+  "descriptions from the images (image-only BMQA).",
+)
+_ASR = flags.DEFINE_string(
+  "asr", None, "A recogniser workdir (launch/train_asr.py) for --text_source=audio."
+)
+_TEXT_SOURCE = flags.DEFINE_enum(
+  "text_source",
+  None,
+  ["text", "audio", "captioner"],
+  "Where descriptions come from (default: the run's config, or 'captioner' with --captioner).",
+)
+_ALLOW_UNFINISHED = flags.DEFINE_bool(
+  "allow_unfinished", False, "Score the latest checkpoint even if the last stage has not finished."
+)
 runtime.define_flags()
 flags.mark_flag_as_required("workdir")
 
@@ -50,10 +62,15 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
   errors.check_workdir(_WORKDIR.value)
   source, describe = descriptions.for_evaluation(
-      _WORKDIR.value, _TEXT_SOURCE.value, _CAPTIONER.value, _ASR.value)
-  evaluate.evaluate_workdir(_WORKDIR.value, manifest=_MANIFEST.value,
-                            split=_SPLIT.value, out_dir=_OUT_DIR.value,
-                            text_source=source, describe=describe,
-                            manifest_split=_MANIFEST_SPLIT.value,
-                            allow_unfinished=_ALLOW_UNFINISHED.value)
-
+    _WORKDIR.value, _TEXT_SOURCE.value, _CAPTIONER.value, _ASR.value
+  )
+  evaluate.evaluate_workdir(
+    _WORKDIR.value,
+    manifest=_MANIFEST.value,
+    split=_SPLIT.value,
+    out_dir=_OUT_DIR.value,
+    text_source=source,
+    describe=describe,
+    manifest_split=_MANIFEST_SPLIT.value,
+    allow_unfinished=_ALLOW_UNFINISHED.value,
+  )

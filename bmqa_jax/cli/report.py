@@ -23,4 +23,3 @@ def main(argv):
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       f.write(table)
-

@@ -39,24 +39,36 @@ from bmqa_jax.cli import errors
 from bmqa_jax.experiments import descriptions
 from bmqa_jax.train_lib import loop
 
-_CONFIG = config_flag.DEFINE_config("config", None, "Experiment config: a name "
-                                    "(quickstart) or a file, with :key=value args.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the "
-                               "tokenizer go; the run resumes from here.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Build every stage's model (shapes "
-                             "only) and first batch, print parameter counts and "
-                             "shapes, train nothing.")
+_CONFIG = config_flag.DEFINE_config(
+  "config", None, "Experiment config: a name (quickstart) or a file, with :key=value args."
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Where checkpoints, logs and the tokenizer go; the run resumes from here."
+)
+_DRY_RUN = flags.DEFINE_bool(
+  "dry_run",
+  False,
+  "Build every stage's model (shapes "
+  "only) and first batch, print parameter counts and "
+  "shapes, train nothing.",
+)
 _CONFIG_CHANGE = flags.DEFINE_enum(
-    "config_change", "refuse", ["refuse", "allow"],
-    "When the workdir's config.json differs from --config in a field that "
-    "changes training (anything but logging/eval/checkpoint cadence, see "
-    "bmqa_jax.train_lib.workdir.SAFE_CONFIG_CHANGES): 'refuse' (stop with the changed "
-    "fields) or 'allow' (continue with the new config, recorded in "
-    "config_changes.jsonl).")
+  "config_change",
+  "refuse",
+  ["refuse", "allow"],
+  "When the workdir's config.json differs from --config in a field that "
+  "changes training (anything but logging/eval/checkpoint cadence, see "
+  "bmqa_jax.train_lib.workdir.SAFE_CONFIG_CHANGES): 'refuse' (stop with the changed "
+  "fields) or 'allow' (continue with the new config, recorded in "
+  "config_changes.jsonl).",
+)
 _PROFILE_STEPS = flags.DEFINE_string(
-    "profile_steps", None, "FIRST:LAST: trace these steps (1-based) of the first "
-    "stage that runs them with jax.profiler into WORKDIR/profile (TensorBoard: "
-    "tensorboard --logdir=WORKDIR/profile, the Profile tab).")
+  "profile_steps",
+  None,
+  "FIRST:LAST: trace these steps (1-based) of the first "
+  "stage that runs them with jax.profiler into WORKDIR/profile (TensorBoard: "
+  "tensorboard --logdir=WORKDIR/profile, the Profile tab).",
+)
 runtime.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -73,8 +85,9 @@ def main(argv):
   if _DRY_RUN.value:
     train.dry_run(cfg, workdir, describe=describe)
   else:
-    train.train_and_evaluate(cfg, workdir, config_change=_CONFIG_CHANGE.value,
-                             describe=describe, progress=True)
+    train.train_and_evaluate(
+      cfg, workdir, config_change=_CONFIG_CHANGE.value, describe=describe, progress=True
+    )
 
 
 def _steps(text: str) -> tuple[int, int]:
@@ -83,6 +96,7 @@ def _steps(text: str) -> tuple[int, int]:
   except ValueError:
     first = last = 0
   if not 1 <= first <= last:
-    raise flags.ValidationError(f"--profile_steps={text}: give FIRST:LAST, two step "
-                                "numbers from 1, e.g. 5:10")
+    raise flags.ValidationError(
+      f"--profile_steps={text}: give FIRST:LAST, two step numbers from 1, e.g. 5:10"
+    )
   return first, last

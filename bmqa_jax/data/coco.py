@@ -44,9 +44,12 @@ class CocoPairs:
 
 def _builder(coco_dir: str):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   if not coco_dir:
-    raise ValueError("config.data.pretrain_source='coco' needs config.data.coco_dir, "
-                     f"the TFDS data_dir that holds a prepared {BUILDER}/")
+    raise ValueError(
+      "config.data.pretrain_source='coco' needs config.data.coco_dir, "
+      f"the TFDS data_dir that holds a prepared {BUILDER}/"
+    )
   return tfds.builder(BUILDER, data_dir=coco_dir)
 
 
@@ -55,17 +58,20 @@ def load(coco_dir: str, split: str = "train", log=log_lib.info) -> CocoPairs:
   builder = _builder(coco_dir)
   num_classes = builder.info.features["objects"]["label"].num_classes
   if num_classes != len(categories.COCO_CATEGORIES):
-    raise ValueError(f"{BUILDER} in {coco_dir} has {num_classes} object classes, "
-                     f"expected {len(categories.COCO_CATEGORIES)}")
+    raise ValueError(
+      f"{BUILDER} in {coco_dir} has {num_classes} object classes, "
+      f"expected {len(categories.COCO_CATEGORIES)}"
+    )
   try:
     source = builder.as_data_source(split=split)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
-        f"cannot read {BUILDER} split {split!r} from {coco_dir} ({type(e).__name__}: "
-        f"{e}). It must be prepared there beforehand in the ArrayRecord format "
-        f"(tfds build {BUILDER} --data_dir={coco_dir} --file_format=array_record, "
-        "or `tfds convert_format` of an existing TFRecord copy); nothing is "
-        "downloaded at run time") from e
+      f"cannot read {BUILDER} split {split!r} from {coco_dir} ({type(e).__name__}: "
+      f"{e}). It must be prepared there beforehand in the ArrayRecord format "
+      f"(tfds build {BUILDER} --data_dir={coco_dir} --file_format=array_record, "
+      "or `tfds convert_format` of an existing TFRecord copy); nothing is "
+      "downloaded at run time"
+    ) from e
   samples, index, labels = [], [], []
   for i in range(len(source)):
     ex = source[i]
@@ -76,15 +82,20 @@ def load(coco_dir: str, split: str = "train", log=log_lib.info) -> CocoPairs:
       text = text.decode() if isinstance(text, bytes) else str(text)
       if not text.strip():
         continue
-      samples.append(Sample(image="", mos=float("nan"), scene=image_id,
-                            split=split, text=text.strip(), row=i))
+      samples.append(
+        Sample(image="", mos=float("nan"), scene=image_id, split=split, text=text.strip(), row=i)
+      )
       index.append(i)
       labels.append(hot)
   if not samples:
     raise ValueError(f"{BUILDER} split {split!r} in {coco_dir} holds no captions")
   log(f"{BUILDER}/{split}: {len(samples)} caption pairs of {len(source)} images")
-  return CocoPairs(samples=samples, source_index=np.asarray(index, np.int64),
-                   labels=np.stack(labels), source=source)
+  return CocoPairs(
+    samples=samples,
+    source_index=np.asarray(index, np.int64),
+    labels=np.stack(labels),
+    source=source,
+  )
 
 
 def image_uint8(value) -> np.ndarray:

@@ -24,8 +24,9 @@ def builtin_dir(cfg: mlc.ConfigDict) -> str:
   if cfg.data.builtin_dir:
     return cfg.data.builtin_dir
   key = builtin.cache_key(cfg.data.builtin.to_dict())  # version, code, arguments
-  root = os.environ.get("BMQA_DATA_DIR",
-                        os.path.join(os.path.expanduser("~"), ".cache", "bmqa_jax"))
+  root = os.environ.get(
+    "BMQA_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "bmqa_jax")
+  )
   return os.path.join(root, f"builtin-{key}")
 
 
@@ -51,13 +52,14 @@ def manifest_paths(cfg: mlc.ConfigDict, log=log_lib.info) -> tuple[str, str]:
     return cfg.data.manifest, cfg.data.pretrain_manifest
   if cfg.data.kind == "tfds":  # a prepared TFDS dataset, exported once to files
     if not cfg.data.get("tfds_name") or not cfg.data.get("tfds_dir"):
-      raise ValueError("config.data.kind='tfds' needs config.data.tfds_name and "
-                       "config.data.tfds_dir (see launch/build_tfds.py)")
+      raise ValueError(
+        "config.data.kind='tfds' needs config.data.tfds_name and "
+        "config.data.tfds_dir (see launch/build_tfds.py)"
+      )
     try:
       from bmqa_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
     except (ImportError, AttributeError) as e:  # TFDS without TensorFlow
-      raise ImportError("config.data.kind='tfds' needs TensorFlow: "
-                        "pip install -e .[tfds]") from e
+      raise ImportError("config.data.kind='tfds' needs TensorFlow: pip install -e .[tfds]") from e
     path = tfds_builders.export_manifest(cfg.data.tfds_name, cfg.data.tfds_dir, log=log)
     return path, cfg.data.pretrain_manifest
   raise ValueError(f"unknown config.data.kind {cfg.data.kind!r}")
@@ -73,15 +75,15 @@ class Data:
   coco: Any = None  # coco.CocoPairs when the 'pretrain' pairs come from MS-COCO
   log: Callable = log_lib.info
 
-  def records(self, split: str, cfg: mlc.ConfigDict,
-              store: str | None = None) -> Sequence[dict]:
+  def records(self, split: str, cfg: mlc.ConfigDict, store: str | None = None) -> Sequence[dict]:
     """Pipeline records, reading their images from the split's prepared store
     when `config.input.store` (or `store`, which overrides it) prepares them
     (`bmqa_jax.data.prepared`, built on first use); caption pairs ('pretrain')
     also carry the multi-hot `labels` of pretraining strategy CL when the run
     has categories."""
-    recs = pipeline.to_records(self.splits[split], self.tokenizer,
-                               cfg.input.max_text_len, self.devices)
+    recs = pipeline.to_records(
+      self.splits[split], self.tokenizer, cfg.input.max_text_len, self.devices
+    )
     if split == "pretrain" and self.coco is not None:
       return coco_lib.CocoRecords(recs, self.coco)  # decoded images from TFDS
     pcfg = pipeline.from_config(cfg)
@@ -100,15 +102,22 @@ def task_manifest(cfg: mlc.ConfigDict, log=log_lib.info, audio: bool = False) ->
   `defaults.task_data`): `config.data.manifest`, or the built-in dataset's,
   built on first use. `audio`: the run needs its spoken descriptions."""
   if cfg.data.kind not in ("builtin", "manifest"):
-    raise ValueError(f"unknown config.data.kind {cfg.data.kind!r}: 'builtin' or "
-                     "'manifest'")
+    raise ValueError(f"unknown config.data.kind {cfg.data.kind!r}: 'builtin' or 'manifest'")
   if cfg.data.kind == "builtin" and audio:
     from bmqa_jax.data import tts  # pylint: disable=g-import-not-at-top
+
     if not tts.available():
-      raise RuntimeError("the built-in dataset has spoken descriptions only with a "
-                         "speech synthesiser: pip install espeakng-loader")
-  data = dict(kind=cfg.data.kind, manifest=cfg.data.manifest, pretrain_manifest="",
-              builtin=cfg.data.builtin.to_dict(), builtin_dir=cfg.data.builtin_dir)
+      raise RuntimeError(
+        "the built-in dataset has spoken descriptions only with a "
+        "speech synthesiser: pip install espeakng-loader"
+      )
+  data = dict(
+    kind=cfg.data.kind,
+    manifest=cfg.data.manifest,
+    pretrain_manifest="",
+    builtin=cfg.data.builtin.to_dict(),
+    builtin_dir=cfg.data.builtin_dir,
+  )
   return manifest_paths(mlc.ConfigDict(dict(data=data)), log)[0]
 
 
@@ -116,8 +125,13 @@ def uses_text(cfg: mlc.ConfigDict) -> bool:
   return "text" in cfg.model.modalities
 
 
-def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=log_lib.info,
-         describe: Callable | None = None) -> Data:
+def load(
+  cfg: mlc.ConfigDict,
+  workdir: str,
+  splits: tuple[str, ...],
+  log=log_lib.info,
+  describe: Callable | None = None,
+) -> Data:
   """Reads and checks the manifests (all rows, before any training step).
 
   With `config.data.text_source` 'audio' or 'captioner' the descriptions are
@@ -128,37 +142,49 @@ def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=log_lib
   need_text = uses_text(cfg)
   source = cfg.data.get("text_source", "text")
   given_text = need_text and source == "text"  # else generated (audio, captioner)
-  opts = dict(check_images=cfg.data.check_images, skip_bad=cfg.data.skip_bad_rows,
-              mos_range=tuple(cfg.data.mos_range), log=log,
-              max_pixels=cfg.input.get("max_pixels", None))
-  names = {"train": cfg.data.train_split, "val": cfg.data.val_split,
-           "test": cfg.data.test_split}
+  opts = dict(
+    check_images=cfg.data.check_images,
+    skip_bad=cfg.data.skip_bad_rows,
+    mos_range=tuple(cfg.data.mos_range),
+    log=log,
+    max_pixels=cfg.input.get("max_pixels", None),
+  )
+  names = {"train": cfg.data.train_split, "val": cfg.data.val_split, "test": cfg.data.test_split}
   out = {}
   coco_pairs = None
   for s in splits:
     if s == "pretrain" and cfg.data.get("pretrain_source", "manifest") == "coco":
-      coco_pairs = coco_lib.load(cfg.data.coco_dir, cfg.data.get("coco_split", "train"),
-                                 log=log)
+      coco_pairs = coco_lib.load(cfg.data.coco_dir, cfg.data.get("coco_split", "train"), log=log)
       out[s] = coco_pairs.samples
     elif s == "pretrain":
       if not pre_path:
-        raise ValueError("a stage reads 'pretrain' data but config.data."
-                         "pretrain_manifest is empty")
+        raise ValueError("a stage reads 'pretrain' data but config.data.pretrain_manifest is empty")
       # Caption pretraining never sees a scene held out for validation or test.
       manifest_lib.check_disjoint_scenes(
-          path, pre_path, held_out_splits=(cfg.data.val_split, cfg.data.test_split),
-          pretrain_splits=(cfg.data.train_split,))
-      out[s] = manifest_lib.load(pre_path, require_mos=False, require_text=True,
-                                 splits=[cfg.data.train_split], **opts)
+        path,
+        pre_path,
+        held_out_splits=(cfg.data.val_split, cfg.data.test_split),
+        pretrain_splits=(cfg.data.train_split,),
+      )
+      out[s] = manifest_lib.load(
+        pre_path, require_mos=False, require_text=True, splits=[cfg.data.train_split], **opts
+      )
     else:
-      out[s] = manifest_lib.load(path, require_mos=True, require_text=given_text,
-                                 splits=[names[s]], split_seed=cfg.seed, **opts)
+      out[s] = manifest_lib.load(
+        path,
+        require_mos=True,
+        require_text=given_text,
+        splits=[names[s]],
+        split_seed=cfg.seed,
+        **opts,
+      )
       if need_text and source != "text":
         if describe is None:
           raise ValueError(
-              f"config.data.text_source={source!r}: the descriptions are generated "
-              "by a model; pass describe= (bmqa_jax.experiments.descriptions."
-              "for_training, as launch/train.py does)")
+            f"config.data.text_source={source!r}: the descriptions are generated "
+            "by a model; pass describe= (bmqa_jax.experiments.descriptions."
+            "for_training, as launch/train.py does)"
+          )
         out[s] = describe(out[s])
   tok = None
   if need_text:
@@ -170,10 +196,16 @@ def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=log_lib
     if "train" in out:
       texts = [s.text for s in out["train"]] + [s.text for s in out.get("pretrain", [])]
     elif not os.path.exists(tok_path) and given_text:
-      train_rows = manifest_lib.load(path, require_mos=False, require_text=True,
-                                     check_images=False, splits=[names["train"]],
-                                     skip_bad=cfg.data.skip_bad_rows, log=log,
-                                     split_seed=cfg.seed)
+      train_rows = manifest_lib.load(
+        path,
+        require_mos=False,
+        require_text=True,
+        check_images=False,
+        splits=[names["train"]],
+        skip_bad=cfg.data.skip_bad_rows,
+        log=log,
+        split_seed=cfg.seed,
+      )
       texts = [s.text for s in train_rows]
     elif not os.path.exists(tok_path):
       raise ValueError(f"no tokenizer in {workdir} and no training split loaded")
@@ -190,9 +222,18 @@ def load(cfg: mlc.ConfigDict, workdir: str, splits: tuple[str, ...], log=log_lib
     all_texts = [s.text for ss in out.values() for s in ss]
     tok.encode(all_texts, cfg.input.max_text_len)
     if tok.truncated:
-      log(f"WARNING: {tok.truncated} of {len(all_texts)} descriptions are longer than "
-          f"config.input.max_text_len={cfg.input.max_text_len} tokens and are cut; "
-          "raise it (and the text encoder's max_len) or the tokenizer's vocab_size")
+      log(
+        f"WARNING: {tok.truncated} of {len(all_texts)} descriptions are longer than "
+        f"config.input.max_text_len={cfg.input.max_text_len} tokens and are cut; "
+        "raise it (and the text encoder's max_len) or the tokenizer's vocab_size"
+      )
   devices = tuple(sorted({s.device for ss in out.values() for s in ss if s.device}))
-  return Data(splits=out, tokenizer=tok, devices=devices, manifest=path,
-              workdir=workdir, coco=coco_pairs, log=log)
+  return Data(
+    splits=out,
+    tokenizer=tok,
+    devices=devices,
+    manifest=path,
+    workdir=workdir,
+    coco=coco_pairs,
+    log=log,
+  )

@@ -19,9 +19,17 @@ import numpy as np
 LUMINANCE_WORDS = ("dark", "dim", "light", "bright")
 
 # Hue ranges in degrees of the HSV hue circle and the word a speaker uses.
-_HUE_NAMES = ((15, "red"), (40, "orange"), (70, "yellow"), (160, "green"),
-              (200, "cyan"), (260, "blue"), (300, "purple"), (340, "pink"),
-              (361, "red"))
+_HUE_NAMES = (
+  (15, "red"),
+  (40, "orange"),
+  (70, "yellow"),
+  (160, "green"),
+  (200, "cyan"),
+  (260, "blue"),
+  (300, "purple"),
+  (340, "pink"),
+  (361, "red"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +74,7 @@ def _hue(px: np.ndarray) -> np.ndarray:
   r, g, b = px[:, 0], px[:, 1], px[:, 2]
   mx = px.max(1)
   d = np.maximum(mx - px.min(1), 1e-6)
-  h = np.where(mx == r, ((g - b) / d) % 6,
-               np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4))
+  h = np.where(mx == r, ((g - b) / d) % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4))
   return h * 60.0
 
 
@@ -101,19 +108,43 @@ def luminance_word(brightness: float, rng: np.random.Generator) -> str:
 
 
 _LUM_OPENERS = {
-    "dark": ["a dark photo of", "very dark, I can barely see", "a dark picture showing",
-             "it is dark,", "a dark shot of"],
-    "dim": ["a dim photo of", "a dim picture of", "dim light,", "a rather dim view of",
-            "in dim light,"],
-    "light": ["a fairly light photo of", "light enough to see", "a light picture of",
-              "a light, reasonably clear view of"],
-    "bright": ["a bright photo of", "a bright and clear view of", "bright light,",
-               "a well lit, bright picture of"],
+  "dark": [
+    "a dark photo of",
+    "very dark, I can barely see",
+    "a dark picture showing",
+    "it is dark,",
+    "a dark shot of",
+  ],
+  "dim": [
+    "a dim photo of",
+    "a dim picture of",
+    "dim light,",
+    "a rather dim view of",
+    "in dim light,",
+  ],
+  "light": [
+    "a fairly light photo of",
+    "light enough to see",
+    "a light picture of",
+    "a light, reasonably clear view of",
+  ],
+  "bright": [
+    "a bright photo of",
+    "a bright and clear view of",
+    "bright light,",
+    "a well lit, bright picture of",
+  ],
 }
-_NOISE = {1: ["slightly noisy", "a little grainy"], 2: ["noisy", "grainy and noisy"],
-          3: ["very noisy", "full of noise"]}
-_BLUR = {1: ["slightly blurred", "a bit soft"], 2: ["blurred", "blurry"],
-         3: ["badly blurred", "very blurry, probably camera shake"]}
+_NOISE = {
+  1: ["slightly noisy", "a little grainy"],
+  2: ["noisy", "grainy and noisy"],
+  3: ["very noisy", "full of noise"],
+}
+_BLUR = {
+  1: ["slightly blurred", "a bit soft"],
+  2: ["blurred", "blurry"],
+  3: ["badly blurred", "very blurry, probably camera shake"],
+}
 
 
 def _article(word: str) -> str:
@@ -132,9 +163,13 @@ def _join(items: list[str]) -> str:
   return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def describe(image: np.ndarray, objects: list[tuple[SceneObject, float]],
-             factors: dict[str, float], context: str | None,
-             rng: np.random.Generator) -> tuple[str, str]:
+def describe(
+  image: np.ndarray,
+  objects: list[tuple[SceneObject, float]],
+  factors: dict[str, float],
+  context: str | None,
+  rng: np.random.Generator,
+) -> tuple[str, str]:
   """Writes one QSD for a captured image.
 
   Args:
@@ -157,8 +192,10 @@ def describe(image: np.ndarray, objects: list[tuple[SceneObject, float]],
   parts = []
   for obj, _ in named:
     y0, x0, y1, x1 = obj.box
-    region = image[int(y0 * h):max(int(y1 * h), int(y0 * h) + 1),
-                   int(x0 * w):max(int(x1 * w), int(x0 * w) + 1)]
+    region = image[
+      int(y0 * h) : max(int(y1 * h), int(y0 * h) + 1),
+      int(x0 * w) : max(int(x1 * w), int(x0 * w) + 1),
+    ]
     colour = colour_name(region) if rng.random() < 0.4 + 0.15 * level else None
     parts.append(_object_phrase(obj, colour))
   if not parts:

@@ -103,18 +103,24 @@ def _missing_file_reason(path: str) -> str:
   except OSError:
     matches = []
   if matches:
-    return (f"file not found; did you mean {os.path.join(folder, matches[0])!r}? "
-            "(file names are case-sensitive)")
+    return (
+      f"file not found; did you mean {os.path.join(folder, matches[0])!r}? "
+      "(file names are case-sensitive)"
+    )
   return "file not found"
 
 
 def pixel_bound(max_pixels: int | None) -> int:
   """The bound in pixels: `max_pixels`, `MAX_PIXELS` for None; 0: none."""
   bound = MAX_PIXELS if max_pixels is None else max_pixels
-  if not (not isinstance(bound, bool) and isinstance(bound, (int, float, np.number))
-          and np.isfinite(bound) and bound >= 0 and bound == int(bound)):
-    raise ValueError(f"max_pixels must be a non-negative integer (0: no bound), "
-                     f"got {bound!r}")
+  if not (
+    not isinstance(bound, bool)
+    and isinstance(bound, (int, float, np.number))
+    and np.isfinite(bound)
+    and bound >= 0
+    and bound == int(bound)
+  ):
+    raise ValueError(f"max_pixels must be a non-negative integer (0: no bound), got {bound!r}")
   return int(bound)
 
 
@@ -123,11 +129,13 @@ def _check_pixels(img: Image.Image, path: str, bound: int) -> None:
   pixels = img.width * img.height
   if bound and pixels > bound:
     raise ImageReadError(
-        path, f"{img.width}x{img.height} is {pixels / 1e6:.1f} megapixels, over the "
-        f"bound of {bound / 1e6:g} megapixels ({bound} pixels) that keeps a small "
-        "file from decoding to gigabytes; to read it, raise the bound: "
-        "max_pixels= on the read call, config.input.max_pixels, or "
-        "bmqa_jax.data.image_io.MAX_PIXELS")
+      path,
+      f"{img.width}x{img.height} is {pixels / 1e6:.1f} megapixels, over the "
+      f"bound of {bound / 1e6:g} megapixels ({bound} pixels) that keeps a small "
+      "file from decoding to gigabytes; to read it, raise the bound: "
+      "max_pixels= on the read call, config.input.max_pixels, or "
+      "bmqa_jax.data.image_io.MAX_PIXELS",
+    )
 
 
 def _open_decoded(path: str, max_pixels: int | None = None) -> Image.Image:
@@ -151,15 +159,17 @@ def _open_decoded(path: str, max_pixels: int | None = None) -> Image.Image:
         try:
           img = ImageOps.exif_transpose(img)  # Returns a loaded copy.
         except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error) as e:
-          raise ImageReadError(path, f"unreadable EXIF orientation data ({type(e).__name__}: "
-                                     f"{e})") from e
+          raise ImageReadError(
+            path, f"unreadable EXIF orientation data ({type(e).__name__}: {e})"
+          ) from e
   except ImageReadError:
     raise
   except UnidentifiedImageError as e:
     raise ImageReadError(path, "not a recognised image format (or corrupt header)") from e
   except Image.DecompressionBombError as e:
-    raise ImageReadError(path, f"image too large ({e}); Pillow's limit is "
-                               "PIL.Image.MAX_IMAGE_PIXELS") from e
+    raise ImageReadError(
+      path, f"image too large ({e}); Pillow's limit is PIL.Image.MAX_IMAGE_PIXELS"
+    ) from e
   except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
     # Pillow raises OSError("image file is truncated ...") for truncated data and
     # OSError/SyntaxError/ValueError for corrupt streams.
@@ -184,8 +194,10 @@ def _grey16(img: Image.Image, path: str) -> np.ndarray:
   # taken on the 16-bit scale and must fit it.
   if img.mode == "I" and grey.size and (grey.min() < 0 or grey.max() > _UINT16_MAX):
     raise ImageReadError(
-        path, f"32-bit integer image with values outside [0, 65535] "
-        f"({grey.min()}..{grey.max()}); unsupported")
+      path,
+      f"32-bit integer image with values outside [0, 65535] "
+      f"({grey.min()}..{grey.max()}); unsupported",
+    )
   return grey
 
 
@@ -224,8 +236,9 @@ def _check_alpha(alpha: str) -> None:
     raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
 
 
-def read_image(path: str | os.PathLike, *, alpha: str = "drop",
-               max_pixels: int | None = None) -> np.ndarray:
+def read_image(
+  path: str | os.PathLike, *, alpha: str = "drop", max_pixels: int | None = None
+) -> np.ndarray:
   """Reads an image as float32 RGB ``[H, W, 3]`` in [0, 1].
 
   Args:
@@ -244,8 +257,9 @@ def read_image(path: str | os.PathLike, *, alpha: str = "drop",
   return np.ascontiguousarray(_to_rgb_float(img, path, alpha), dtype=np.float32)
 
 
-def read_image_uint8(path: str | os.PathLike, *, alpha: str = "drop",
-                     max_pixels: int | None = None) -> np.ndarray:
+def read_image_uint8(
+  path: str | os.PathLike, *, alpha: str = "drop", max_pixels: int | None = None
+) -> np.ndarray:
   """Reads an image as uint8 RGB ``[H, W, 3]`` (same rules as :func:`read_image`)."""
   _check_alpha(alpha)
   path = os.fspath(path)

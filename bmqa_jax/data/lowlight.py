@@ -51,21 +51,71 @@ class Device:
 # Five devices, one fixed profile each, from a noisy low-end phone to a
 # large-sensor camera (numbers chosen to span the range of real sensors).
 DEVICES: tuple[Device, ...] = (
-    Device("phone_a", full_well=1500., read_noise=6.0, max_exposure=4., max_gain=16.,
-           shake=1.6, wb_bias=(1.10, 1.0, 0.85), wb_jitter=0.06, gamma=2.2,
-           contrast=0.25, jpeg_quality=70),
-    Device("phone_b", full_well=3000., read_noise=3.5, max_exposure=6., max_gain=12.,
-           shake=1.2, wb_bias=(0.92, 1.0, 1.12), wb_jitter=0.05, gamma=2.3,
-           contrast=0.35, jpeg_quality=80),
-    Device("compact", full_well=6000., read_noise=3.0, max_exposure=8., max_gain=8.,
-           shake=1.0, wb_bias=(1.05, 1.0, 0.95), wb_jitter=0.04, gamma=2.2,
-           contrast=0.15, jpeg_quality=85),
-    Device("dslr", full_well=25000., read_noise=2.0, max_exposure=10., max_gain=25.,
-           shake=0.5, wb_bias=(1.0, 1.0, 1.0), wb_jitter=0.025, gamma=2.2,
-           contrast=0.2, jpeg_quality=95),
-    Device("dashcam", full_well=1000., read_noise=8.0, max_exposure=2., max_gain=8.,
-           shake=2.5, wb_bias=(1.15, 1.0, 0.80), wb_jitter=0.08, gamma=2.0,
-           contrast=0.4, jpeg_quality=55),
+  Device(
+    "phone_a",
+    full_well=1500.0,
+    read_noise=6.0,
+    max_exposure=4.0,
+    max_gain=16.0,
+    shake=1.6,
+    wb_bias=(1.10, 1.0, 0.85),
+    wb_jitter=0.06,
+    gamma=2.2,
+    contrast=0.25,
+    jpeg_quality=70,
+  ),
+  Device(
+    "phone_b",
+    full_well=3000.0,
+    read_noise=3.5,
+    max_exposure=6.0,
+    max_gain=12.0,
+    shake=1.2,
+    wb_bias=(0.92, 1.0, 1.12),
+    wb_jitter=0.05,
+    gamma=2.3,
+    contrast=0.35,
+    jpeg_quality=80,
+  ),
+  Device(
+    "compact",
+    full_well=6000.0,
+    read_noise=3.0,
+    max_exposure=8.0,
+    max_gain=8.0,
+    shake=1.0,
+    wb_bias=(1.05, 1.0, 0.95),
+    wb_jitter=0.04,
+    gamma=2.2,
+    contrast=0.15,
+    jpeg_quality=85,
+  ),
+  Device(
+    "dslr",
+    full_well=25000.0,
+    read_noise=2.0,
+    max_exposure=10.0,
+    max_gain=25.0,
+    shake=0.5,
+    wb_bias=(1.0, 1.0, 1.0),
+    wb_jitter=0.025,
+    gamma=2.2,
+    contrast=0.2,
+    jpeg_quality=95,
+  ),
+  Device(
+    "dashcam",
+    full_well=1000.0,
+    read_noise=8.0,
+    max_exposure=2.0,
+    max_gain=8.0,
+    shake=2.5,
+    wb_bias=(1.15, 1.0, 0.80),
+    wb_jitter=0.08,
+    gamma=2.0,
+    contrast=0.4,
+    jpeg_quality=55,
+  ),
 )
 
 
@@ -112,8 +162,7 @@ def _jpeg(img_u8: np.ndarray, quality: int) -> tuple[np.ndarray, bytes]:
   return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), data
 
 
-def capture(clean: np.ndarray, dev: Device, light: float,
-            rng: np.random.Generator) -> Capture:
+def capture(clean: np.ndarray, dev: Device, light: float, rng: np.random.Generator) -> Capture:
   """Simulates `dev` photographing the clean sRGB image `clean` at light level `light`.
 
   Args:
@@ -139,10 +188,10 @@ def capture(clean: np.ndarray, dev: Device, light: float,
   blur_len *= float(rng.uniform(0.5, 1.5))
   if blur_len >= 1.0:
     k = _motion_kernel(blur_len, float(rng.uniform(0, np.pi)))
-    signal = np.stack([ndimage.convolve(signal[..., c], k, mode="reflect")
-                       for c in range(3)], -1)
-    clean_signal = np.stack([ndimage.convolve(clean_signal[..., c], k, mode="reflect")
-                             for c in range(3)], -1)
+    signal = np.stack([ndimage.convolve(signal[..., c], k, mode="reflect") for c in range(3)], -1)
+    clean_signal = np.stack(
+      [ndimage.convolve(clean_signal[..., c], k, mode="reflect") for c in range(3)], -1
+    )
 
   wb = np.asarray(dev.wb_bias) * np.exp(rng.normal(0.0, dev.wb_jitter, 3))
   wb = wb / wb[1]
@@ -156,12 +205,18 @@ def capture(clean: np.ndarray, dev: Device, light: float,
   hsv_sat = _saturation(img / 255.0)
   clean_sat = _saturation(clean)
   factors = dict(
-      light=float(light), exposure=exposure, gain=gain, shortfall=float(shortfall),
-      blur_px=float(blur_len / max(h, w) * 256.0),  # at a 256-px reference size
-      noise_std=noise_std, brightness=brightness,
-      wb_error=float(np.max(np.abs(np.log(wb)))),  # colour cast vs. neutral
-      saturation=float(hsv_sat), clean_saturation=float(clean_sat),
-      jpeg_quality=float(dev.jpeg_quality))
+    light=float(light),
+    exposure=exposure,
+    gain=gain,
+    shortfall=float(shortfall),
+    blur_px=float(blur_len / max(h, w) * 256.0),  # at a 256-px reference size
+    noise_std=noise_std,
+    brightness=brightness,
+    wb_error=float(np.max(np.abs(np.log(wb)))),  # colour cast vs. neutral
+    saturation=float(hsv_sat),
+    clean_saturation=float(clean_sat),
+    jpeg_quality=float(dev.jpeg_quality),
+  )
   return Capture(image=img, jpeg=jpeg, clean_render=ref, factors=factors)
 
 

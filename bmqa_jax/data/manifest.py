@@ -68,24 +68,33 @@ def check_scene_splits(rows: Iterable[tuple[int, dict]], path: str) -> None:
     first_split, first_row, first_name = seen.setdefault(key, (split, number, scene))
     where.setdefault(key, {}).setdefault(split, []).append(number)
     if first_split != split and not first:
-      named = f"scene {scene!r}" if scene == first_name else (
+      named = (
+        f"scene {scene!r}"
+        if scene == first_name
+        else (
           f"scene {scene!r} (the same scene as {first_name!r}: scene names are "
-          "compared without case and surrounding spaces)")
-      first = (f"{path}, row {number}: {named} is in split {split!r} here but in "
-               f"{first_split!r} at row {first_row}")
+          "compared without case and surrounding spaces)"
+        )
+      )
+      first = (
+        f"{path}, row {number}: {named} is in split {split!r} here but in "
+        f"{first_split!r} at row {first_row}"
+      )
   if first:
     leaks = [(seen[k][2], v) for k, v in where.items() if len(v) > 1]
-    listed = "; ".join(f"{name!r}: " + ", ".join(
-        f"{sp} (rows {_rows(r)})" for sp, r in splits.items()) for name, splits in leaks[:5])
+    listed = "; ".join(
+      f"{name!r}: " + ", ".join(f"{sp} (rows {_rows(r)})" for sp, r in splits.items())
+      for name, splits in leaks[:5]
+    )
     more = f" and {len(leaks) - 5} more" if len(leaks) > 5 else ""
     raise ManifestError(
-        f"{first}; all rows of a scene must be in one split "
-        "(bmqa_jax.data.scenes.write_split_manifest writes scene-wise splits). "
-        f"{len(leaks)} scene(s) are in several splits: {listed}{more}")
+      f"{first}; all rows of a scene must be in one split "
+      "(bmqa_jax.data.scenes.write_split_manifest writes scene-wise splits). "
+      f"{len(leaks)} scene(s) are in several splits: {listed}{more}"
+    )
 
 
-def check_same_images(samples: Iterable[Sample], path: str,
-                      duplicates: bool = True) -> None:
+def check_same_images(samples: Iterable[Sample], path: str, duplicates: bool = True) -> None:
   """Refuses an image listed under two scenes or in two splits (a leak: the
   model would be tested on a photo it trained on) and, with `duplicates`, an
   image listed twice under one scene and split (its MOS counted twice), naming
@@ -105,20 +114,27 @@ def check_same_images(samples: Iterable[Sample], path: str,
     elif not duplicates:
       continue
     else:
-      raise ManifestError(f"{path}, row {s.row}: {same} is listed twice (rows "
-                          f"{first.row} and {s.row}); keep one row per image")
-    raise ManifestError(f"{path}, row {s.row}: {same} is {why}: the same photo in "
-                        "two scenes or splits leaks between training and testing; "
-                        "keep one row per image")
+      raise ManifestError(
+        f"{path}, row {s.row}: {same} is listed twice (rows "
+        f"{first.row} and {s.row}); keep one row per image"
+      )
+    raise ManifestError(
+      f"{path}, row {s.row}: {same} is {why}: the same photo in "
+      "two scenes or splits leaks between training and testing; "
+      "keep one row per image"
+    )
 
 
 def _rows(numbers: list[int]) -> str:
   return ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
 
 
-def check_disjoint_scenes(main_path: str, pretrain_path: str,
-                          held_out_splits: Sequence[str] = ("val", "test"),
-                          pretrain_splits: Sequence[str] | None = ("train",)) -> None:
+def check_disjoint_scenes(
+  main_path: str,
+  pretrain_path: str,
+  held_out_splits: Sequence[str] = ("val", "test"),
+  pretrain_splits: Sequence[str] | None = ("train",),
+) -> None:
   """Refuses a pretraining manifest that holds a scene of the main manifest's
   held-out splits: the model would have seen those scenes (their clean photos
   and descriptions) before it is validated or tested on them.
@@ -131,8 +147,9 @@ def check_disjoint_scenes(main_path: str, pretrain_path: str,
   held: dict[str, tuple[str, str, int]] = {}
   for number, row in manifest_files.read(main_path)[0]:
     if isinstance(row, dict) and _field(row, "split") in held_out_splits:
-      held.setdefault(scene_key(_field(row, "scene")), (
-          _field(row, "scene"), _field(row, "split"), number))
+      held.setdefault(
+        scene_key(_field(row, "scene")), (_field(row, "scene"), _field(row, "split"), number)
+      )
   held.pop("", None)
   entries, columns = manifest_files.read(pretrain_path)
   every = pretrain_splits is None or "split" not in columns
@@ -144,13 +161,15 @@ def check_disjoint_scenes(main_path: str, pretrain_path: str,
         leaks.setdefault(key, []).append(number)
   if leaks:
     listed = "; ".join(
-        f"{held[k][0]!r} ({held[k][1]} at {main_path}, row {held[k][2]}; "
-        f"pretraining rows {_rows(r)})" for k, r in list(leaks.items())[:5])
+      f"{held[k][0]!r} ({held[k][1]} at {main_path}, row {held[k][2]}; pretraining rows {_rows(r)})"
+      for k, r in list(leaks.items())[:5]
+    )
     raise ManifestError(
-        f"{pretrain_path}: {len(leaks)} scene(s) of the held-out split(s) "
-        f"{list(held_out_splits)} of {main_path} are in the pretraining data: "
-        f"{listed}{' and more' if len(leaks) > 5 else ''}; drop them from the "
-        "pretraining manifest (or give it the main manifest's split)")
+      f"{pretrain_path}: {len(leaks)} scene(s) of the held-out split(s) "
+      f"{list(held_out_splits)} of {main_path} are in the pretraining data: "
+      f"{listed}{' and more' if len(leaks) > 5 else ''}; drop them from the "
+      "pretraining manifest (or give it the main manifest's split)"
+    )
 
 
 def _parse_mos(value, where: str, require: bool, mos_range) -> float:
@@ -188,12 +207,20 @@ def _resolve(base: str, rel: str, where: str, column: str) -> str:
   return path
 
 
-def load(path: str, *, require_mos: bool = True, require_text: bool = False,
-         check_images: bool = True, check_audio: bool = False,
-         splits: Sequence[str] | None = None, skip_bad: bool = False,
-         mos_range: tuple[float, float] = (0.0, 1.0),
-         log=log_lib.info, max_pixels: int | None = None,
-         split_seed: int | None = None) -> list[Sample]:
+def load(
+  path: str,
+  *,
+  require_mos: bool = True,
+  require_text: bool = False,
+  check_images: bool = True,
+  check_audio: bool = False,
+  splits: Sequence[str] | None = None,
+  skip_bad: bool = False,
+  mos_range: tuple[float, float] = (0.0, 1.0),
+  log=log_lib.info,
+  max_pixels: int | None = None,
+  split_seed: int | None = None,
+) -> list[Sample]:
   """Reads a manifest and checks every row.
 
   The cheap checks (columns, MOS, scenes, splits, paths, the same image twice)
@@ -226,21 +253,26 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
     required.append("text")
   missing = [c for c in required if c not in columns]
   if missing:
-    raise ManifestError(f"manifest {path!r} lacks the column(s) {missing}; "
-                        f"it has {sorted(columns)}")
+    raise ManifestError(
+      f"manifest {path!r} lacks the column(s) {missing}; it has {sorted(columns)}"
+    )
   rows = [(n, r) for n, r in entries if isinstance(r, dict)]
   assigned = None
   if "split" not in columns and split_seed is not None:
     keys = {scene_key(_field(r, "scene")) for _, r in rows} - {""}
     if keys:
       assigned = scene_split(keys, split_seed)
-  split_of = ((lambda row: assigned.get(scene_key(_field(row, "scene")), ""))
-              if assigned is not None else (lambda row: _field(row, "split")))
+  split_of = (
+    (lambda row: assigned.get(scene_key(_field(row, "scene")), ""))
+    if assigned is not None
+    else (lambda row: _field(row, "split"))
+  )
   if splits is not None and "split" not in columns and assigned is None:
     raise ManifestError(
-        f"manifest {path!r} has no `split` column, so no row is in split(s) "
-        f"{list(splits)}; add one (bmqa_jax.data.scenes.write_split_manifest or "
-        "launch/repeated_splits.py write scene-wise splits)")
+      f"manifest {path!r} has no `split` column, so no row is in split(s) "
+      f"{list(splits)}; add one (bmqa_jax.data.scenes.write_split_manifest or "
+      "launch/repeated_splits.py write scene-wise splits)"
+    )
   check_scene_splits(rows, path)
   parsed, bad = [], []
 
@@ -250,13 +282,25 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
     bad.append(str(e))
 
   for number, row in entries:  # the cheap checks, every row
-    chosen = not (isinstance(row, dict) and splits is not None
-                  and split_of(row) not in splits)
+    chosen = not (isinstance(row, dict) and splits is not None and split_of(row) not in splits)
     try:
       if isinstance(row, str):  # unreadable: the reason
         raise ManifestError(row)
-      parsed.append((_sample(row, base, f"{path}, row {number}", number, require_mos,
-                             require_text, mos_range, split_of(row)), chosen))
+      parsed.append(
+        (
+          _sample(
+            row,
+            base,
+            f"{path}, row {number}",
+            number,
+            require_mos,
+            require_text,
+            mos_range,
+            split_of(row),
+          ),
+          chosen,
+        )
+      )
     except ManifestError as e:
       if chosen:  # rows of other splits count only for the leak checks
         failed(e)
@@ -266,8 +310,7 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
     checked = []
     for sample in samples:
       try:
-        _check_files(sample, f"{path}, row {sample.row}", check_images, check_audio,
-                     max_pixels)
+        _check_files(sample, f"{path}, row {sample.row}", check_images, check_audio, max_pixels)
         checked.append(sample)
       except ManifestError as e:
         failed(e)
@@ -275,13 +318,13 @@ def load(path: str, *, require_mos: bool = True, require_text: bool = False,
   if bad:
     log(f"skipped {len(bad)} bad row(s) of {path}; first: " + " | ".join(bad[:3]))
   if not samples:
-    raise ManifestError(f"manifest {path!r} has no usable rows"
-                        + (f" in split(s) {list(splits)}" if splits else ""))
+    raise ManifestError(
+      f"manifest {path!r} has no usable rows" + (f" in split(s) {list(splits)}" if splits else "")
+    )
   return samples
 
 
-def _sample(row, base, where, number, require_mos, require_text, mos_range,
-            split) -> Sample:
+def _sample(row, base, where, number, require_mos, require_text, mos_range, split) -> Sample:
   rel = str(row.get("image") or "").strip()
   if not rel:
     raise ManifestError(f"{where}: empty `image`")
@@ -296,12 +339,21 @@ def _sample(row, base, where, number, require_mos, require_text, mos_range,
   audio = str(row.get("audio") or "").strip()
   if audio:
     audio = _resolve(base, audio, where, "audio")
-  return Sample(image=image, mos=mos, scene=scene.strip(), split=split,
-                device=str(row.get("device") or ""), text=text, audio=audio, row=number)
+  return Sample(
+    image=image,
+    mos=mos,
+    scene=scene.strip(),
+    split=split,
+    device=str(row.get("device") or ""),
+    text=text,
+    audio=audio,
+    row=number,
+  )
 
 
-def _check_files(sample: Sample, where: str, check_images: bool, check_audio: bool,
-                 max_pixels: int | None) -> None:
+def _check_files(
+  sample: Sample, where: str, check_images: bool, check_audio: bool, max_pixels: int | None
+) -> None:
   if check_images:
     try:
       image_io.read_image_uint8(sample.image, max_pixels=max_pixels)
@@ -314,6 +366,7 @@ def _check_files(sample: Sample, where: str, check_images: bool, check_audio: bo
 def _check_audio(path: str, where: str) -> None:
   import soundfile  # pylint: disable=g-import-not-at-top
   from bmqa_jax import audio as audio_lib  # pylint: disable=g-import-not-at-top
+
   try:
     audio_lib.check_wav(path)  # a truncated WAV: libsndfile reads what is there
   except (audio_lib.AudioReadError, OSError) as e:
@@ -335,8 +388,9 @@ def safe_join(root: str, name: str, where: str = "") -> str:
     real_root, real = os.path.realpath(root), os.path.realpath(path)
     ok = real != real_root and os.path.commonpath([real_root, real]) == real_root
   if not ok:
-    raise ManifestError(f"{where or 'a record'}: file name {name!r} would be written "
-                        f"outside {root!r}; refusing it")
+    raise ManifestError(
+      f"{where or 'a record'}: file name {name!r} would be written outside {root!r}; refusing it"
+    )
   return path
 
 
@@ -357,13 +411,16 @@ def _scene_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
     n_test = max(n_test, 1)
   n_train = n - n_val - n_test
   if n_train < (1 if f[0] > 0 else 0):
-    raise ValueError(f"{n} scene(s) cannot be split {tuple(fractions)} with at least "
-                     "one scene in every non-empty split")
+    raise ValueError(
+      f"{n} scene(s) cannot be split {tuple(fractions)} with at least "
+      "one scene in every non-empty split"
+    )
   return n_train, n_val, n_test
 
 
-def scene_split(scenes: Iterable[str], seed: int,
-                fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, str]:
+def scene_split(
+  scenes: Iterable[str], seed: int, fractions: Sequence[float] = (0.8, 0.1, 0.1)
+) -> dict[str, str]:
   """{scene: 'train' | 'val' | 'test'}, a random scene-wise split.
 
   Deterministic in (set of scenes, seed): scenes are sorted before the
@@ -376,6 +433,5 @@ def scene_split(scenes: Iterable[str], seed: int,
   perm = np.random.default_rng([seed, 0x5C3E]).permutation(len(unique))
   out = {}
   for rank, i in enumerate(perm):
-    out[unique[i]] = ("train" if rank < n_train else
-                      "val" if rank < n_train + n_val else "test")
+    out[unique[i]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
   return out

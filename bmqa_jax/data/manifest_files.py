@@ -28,10 +28,11 @@ def _decode(path: str) -> str:
   try:
     return raw.decode("utf-8-sig")
   except UnicodeDecodeError as e:
-    line = raw[:e.start].count(b"\n") + 1
+    line = raw[: e.start].count(b"\n") + 1
     raise ManifestError(
-        f"{path}, line {line}: byte {raw[e.start]:#04x} is not UTF-8; save the "
-        "manifest as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)") from None
+      f"{path}, line {line}: byte {raw[e.start]:#04x} is not UTF-8; save the "
+      "manifest as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)"
+    ) from None
 
 
 def _read_csv(path: str, text: str) -> tuple[list[tuple[int, dict | str]], list[str]]:
@@ -43,8 +44,10 @@ def _read_csv(path: str, text: str) -> tuple[list[tuple[int, dict | str]], list[
   names = [c.strip() for c in header]
   for i, c in enumerate(names):
     if c and c in names[:i]:  # csv.DictReader would silently keep the last
-      raise ManifestError(f"{path}, row 1: column {c!r} appears twice (columns "
-                          f"{names.index(c) + 1} and {i + 1}); keep one")
+      raise ManifestError(
+        f"{path}, row 1: column {c!r} appears twice (columns "
+        f"{names.index(c) + 1} and {i + 1}); keep one"
+      )
   entries, number = [], 1
   while True:
     number += 1  # the header is row 1, as a spreadsheet shows it
@@ -60,11 +63,9 @@ def _read_csv(path: str, text: str) -> tuple[list[tuple[int, dict | str]], list[
       continue
     long = [c for c, v in zip(header + ["?"] * len(values), values) if len(v) > MAX_FIELD]
     if long:
-      entries.append((number, f"{where}: field {long[0]!r} is longer than "
-                              f"{MAX_FIELD} characters"))
-    elif len(values) > len(header) and any(v.strip() for v in values[len(header):]):
-      entries.append((number, f"{where}: {len(values)} fields, but the header has "
-                              f"{len(header)}"))
+      entries.append((number, f"{where}: field {long[0]!r} is longer than {MAX_FIELD} characters"))
+    elif len(values) > len(header) and any(v.strip() for v in values[len(header) :]):
+      entries.append((number, f"{where}: {len(values)} fields, but the header has {len(header)}"))
     else:
       entries.append((number, dict(zip(header, values + [""] * len(header)))))
   return entries, header
@@ -90,8 +91,9 @@ def _read_jsonl(path: str, text: str) -> tuple[list[tuple[int, dict | str]], lis
     except (ValueError, RecursionError):
       whole = None
     if isinstance(whole, list):
-      raise ManifestError(f"{path}, row 1: the file is one JSON array; a manifest is "
-                          "JSON Lines, one object per line")
+      raise ManifestError(
+        f"{path}, row 1: the file is one JSON array; a manifest is JSON Lines, one object per line"
+      )
   entries = []
   for number, line in enumerate(text.split("\n"), 1):  # JSONL: row = line
     if not line.strip():
@@ -106,17 +108,21 @@ def _read_jsonl(path: str, text: str) -> tuple[list[tuple[int, dict | str]], lis
       entries.append((number, f"{where}: not valid JSON ({e})"))
       continue
     if not isinstance(row, dict):
-      entries.append((number, f"{where}: a JSON {type(row).__name__}, not an object "
-                              "with the columns as keys"))
+      entries.append(
+        (number, f"{where}: a JSON {type(row).__name__}, not an object with the columns as keys")
+      )
       continue
     bad = [k for k, v in row.items() if not isinstance(v, (str, int, float, type(None)))]
     long = [k for k, v in row.items() if isinstance(v, str) and len(v) > MAX_FIELD]
     if bad:
-      entries.append((number, f"{where}: field {bad[0]!r} is a "
-                              f"{type(row[bad[0]]).__name__}, not a string or number"))
+      entries.append(
+        (
+          number,
+          f"{where}: field {bad[0]!r} is a {type(row[bad[0]]).__name__}, not a string or number",
+        )
+      )
     elif long:
-      entries.append((number, f"{where}: field {long[0]!r} is longer than "
-                              f"{MAX_FIELD} characters"))
+      entries.append((number, f"{where}: field {long[0]!r} is longer than {MAX_FIELD} characters"))
     else:
       entries.append((number, row))
   first = next((r for _, r in entries if isinstance(r, dict)), {})

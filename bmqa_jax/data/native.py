@@ -25,8 +25,7 @@ def pad_to(img: np.ndarray, crop: int) -> np.ndarray:
   ph, pw = max(0, crop - img.shape[0]), max(0, crop - img.shape[1])
   if not ph and not pw:
     return img
-  return np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)),
-                mode="symmetric")
+  return np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="symmetric")
 
 
 def random_crop(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
@@ -35,7 +34,7 @@ def random_crop(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndar
   h, w = img.shape[:2]
   y = int(rng.integers(0, h - crop + 1))
   x = int(rng.integers(0, w - crop + 1))
-  return img[y:y + crop, x:x + crop]
+  return img[y : y + crop, x : x + crop]
 
 
 def grid_positions(size: int, crop: int, n: int) -> list[int]:
@@ -52,6 +51,10 @@ def grid_crops(img: np.ndarray, crop: int, grid: tuple[int, int]) -> np.ndarray:
     raise ValueError(f"config.input.eval_grid={grid}: both counts must be ≥ 1")
   img = pad_to(img, crop)
   h, w = img.shape[:2]
-  return np.stack([img[y:y + crop, x:x + crop]
-                   for y in grid_positions(h, crop, rows)
-                   for x in grid_positions(w, crop, cols)])
+  return np.stack(
+    [
+      img[y : y + crop, x : x + crop]
+      for y in grid_positions(h, crop, rows)
+      for x in grid_positions(w, crop, cols)
+    ]
+  )

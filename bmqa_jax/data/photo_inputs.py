@@ -43,8 +43,14 @@ def expand(items: Iterable[str | os.PathLike]) -> Iterator[tuple[str, str]]:
     item = os.fspath(item)
     if os.path.isdir(item):
       files = _walk(item)
-      why = "" if files else (f"no image files in this folder (looked for "
-                              f"{', '.join(IMAGE_EXTENSIONS)}, in sub-folders too)")
+      why = (
+        ""
+        if files
+        else (
+          f"no image files in this folder (looked for "
+          f"{', '.join(IMAGE_EXTENSIONS)}, in sub-folders too)"
+        )
+      )
     elif is_pattern(item) and not os.path.exists(item):
       files = []
       for match in _glob(item):
@@ -66,8 +72,7 @@ def _walk(folder: str) -> list[str]:
   out = []
   for root, dirs, files in os.walk(folder):  # followlinks=False
     dirs.sort()
-    out += [os.path.join(root, f) for f in sorted(files)
-            if f.lower().endswith(IMAGE_EXTENSIONS)]
+    out += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
   return out
 
 
@@ -86,8 +91,11 @@ def _glob(pattern: str) -> list[str]:
     rel = os.path.relpath(top, root or os.curdir)
     here = [] if rel == os.curdir else rel.split(os.sep)
     real_dirs = [d for d in dirs if not os.path.islink(os.path.join(top, d))]
-    out += [os.path.join(root, *here, name) for name in sorted(real_dirs + files)
-            if _match(here + [name], parts[fixed:])]
+    out += [
+      os.path.join(root, *here, name)
+      for name in sorted(real_dirs + files)
+      if _match(here + [name], parts[fixed:])
+    ]
   return out
 
 
@@ -98,9 +106,14 @@ def _match(parts: list[str], pats: list[str]) -> bool:
     return not parts
   if pats[0] == "**":
     return _match(parts, pats[1:]) or (
-        bool(parts) and not parts[0].startswith(".") and _match(parts[1:], pats))
-  return (bool(parts) and (not parts[0].startswith(".") or pats[0].startswith("."))
-          and fnmatch.fnmatchcase(parts[0], pats[0]) and _match(parts[1:], pats[1:]))
+      bool(parts) and not parts[0].startswith(".") and _match(parts[1:], pats)
+    )
+  return (
+    bool(parts)
+    and (not parts[0].startswith(".") or pats[0].startswith("."))
+    and fnmatch.fnmatchcase(parts[0], pats[0])
+    and _match(parts[1:], pats[1:])
+  )
 
 
 def split_batch(array: np.ndarray) -> list[np.ndarray]:
@@ -109,23 +122,28 @@ def split_batch(array: np.ndarray) -> list[np.ndarray]:
     return list(array)
   if array.ndim in (2, 3):
     return [array]
-  raise ValueError(f"an image array is [H, W, C] or a batch [N, H, W, C] (C: 1, 3 "
-                   f"or 4); got shape {tuple(array.shape)}")
+  raise ValueError(
+    f"an image array is [H, W, C] or a batch [N, H, W, C] (C: 1, 3 "
+    f"or 4); got shape {tuple(array.shape)}"
+  )
 
 
 def to_uint8(image, what: str = "image") -> np.ndarray:
   """A PIL image or an array → uint8 RGB `[H, W, 3]` (see the module's doc)."""
   if isinstance(image, Image.Image):
     if image.mode not in ("1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr"):
-      raise ValueError(f"{what}: a PIL image of mode {image.mode!r}; give an "
-                       "8-bit one (or its file's path)")
+      raise ValueError(
+        f"{what}: a PIL image of mode {image.mode!r}; give an 8-bit one (or its file's path)"
+      )
     return np.asarray(image.convert("RGB"), np.uint8)
   array = np.asarray(image)
   if array.ndim == 2:
     array = array[..., None]
   if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape:
-    raise ValueError(f"{what}: expected an image [H, W, C] with C = 1, 3 or 4 "
-                     f"(channels last); got shape {tuple(array.shape)}")
+    raise ValueError(
+      f"{what}: expected an image [H, W, C] with C = 1, 3 or 4 "
+      f"(channels last); got shape {tuple(array.shape)}"
+    )
   if array.dtype == np.uint8:
     pass
   elif np.issubdtype(array.dtype, np.floating):
@@ -133,8 +151,10 @@ def to_uint8(image, what: str = "image") -> np.ndarray:
       raise ValueError(f"{what}: holds NaN or infinite values")
     lo, hi = float(array.min()), float(array.max())
     if lo < 0 or hi > 1:
-      raise ValueError(f"{what}: float images are in [0, 1]; this one spans "
-                       f"[{lo:g}, {hi:g}] (uint8 images: give them as uint8)")
+      raise ValueError(
+        f"{what}: float images are in [0, 1]; this one spans "
+        f"[{lo:g}, {hi:g}] (uint8 images: give them as uint8)"
+      )
     array = np.rint(array.astype(np.float64) * 255).astype(np.uint8)
   else:
     raise ValueError(f"{what}: dtype {array.dtype}; give uint8, or floats in [0, 1]")

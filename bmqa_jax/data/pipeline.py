@@ -46,6 +46,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 class PipelineConfig:
   """A run's `config.input` as typed, hashable settings: the fields, their
   defaults and their meaning are bmqa_jax/defaults.py's `input_config`."""
+
   image_size: int
   resize_size: int
   crop_scale: tuple[float, float]
@@ -69,20 +70,32 @@ def from_config(cfg) -> PipelineConfig:
   completed with today's defaults when it is read, `config_bases.complete`)."""
   c = cfg.input
   tuples = ("crop_scale", "crop_ratio", "eval_grid")
-  return PipelineConfig(**{f.name: tuple(c[f.name]) if f.name in tuples else c[f.name]
-                           for f in dataclasses.fields(PipelineConfig)})
+  return PipelineConfig(
+    **{
+      f.name: tuple(c[f.name]) if f.name in tuples else c[f.name]
+      for f in dataclasses.fields(PipelineConfig)
+    }
+  )
 
 
-def to_records(samples: Sequence[Sample], tokenizer: Tokenizer | None,
-               max_text_len: int, devices: Sequence[str] = ()) -> list[dict]:
+def to_records(
+  samples: Sequence[Sample],
+  tokenizer: Tokenizer | None,
+  max_text_len: int,
+  devices: Sequence[str] = (),
+) -> list[dict]:
   """Flat, picklable records; texts are tokenised here, once."""
   if tokenizer is not None:
     ids, mask = tokenizer.encode([s.text for s in samples], max_text_len)
   dev_index = {d: i for i, d in enumerate(devices)}
   records = []
   for i, s in enumerate(samples):
-    r = dict(path=s.image, mos=np.float32(s.mos), index=np.int32(i),
-             device=np.int32(dev_index.get(s.device, -1)))
+    r = dict(
+      path=s.image,
+      mos=np.float32(s.mos),
+      index=np.int32(i),
+      device=np.int32(dev_index.get(s.device, -1)),
+    )
     if tokenizer is not None:
       r["text_ids"] = ids[i]
       r["text_mask"] = mask[i]
@@ -90,8 +103,9 @@ def to_records(samples: Sequence[Sample], tokenizer: Tokenizer | None,
   return records
 
 
-def working_size(height: int, width: int, cfg: PipelineConfig,
-                 short_side: int = 0) -> tuple[int, int]:
+def working_size(
+  height: int, width: int, cfg: PipelineConfig, short_side: int = 0
+) -> tuple[int, int]:
   """(height, width) of the largest array the views of an image allocate: the
   image mirror-padded to the window ('native'), or resized so that its short
   side is `resize_size` ('resize'; `short_side` > 0: that side instead, the
@@ -105,21 +119,27 @@ def working_size(height: int, width: int, cfg: PipelineConfig,
   return max(size, round(height * s)), max(size, round(width * s))
 
 
-def check_size(height: int, width: int, cfg: PipelineConfig, name: str,
-               short_side: int = 0) -> None:
+def check_size(
+  height: int, width: int, cfg: PipelineConfig, name: str, short_side: int = 0
+) -> None:
   """Refuses, before anything is allocated, an image whose padded or resized
   form (`working_size`) is over the pixel bound `cfg.max_pixels` (0: none):
   `image_io.ImageReadError` naming `name` and the bound."""
   bound = image_io.pixel_bound(cfg.max_pixels)
   h, w = working_size(height, width, cfg, short_side)
   if bound and h * w > bound:
-    how = (f"mirror-padded to the {cfg.native_crop}-pixel window" if cfg.mode == "native"
-           else f"resized to a short side of {short_side or cfg.resize_size}")
+    how = (
+      f"mirror-padded to the {cfg.native_crop}-pixel window"
+      if cfg.mode == "native"
+      else f"resized to a short side of {short_side or cfg.resize_size}"
+    )
     raise image_io.ImageReadError(
-        name, f"{width}x{height} {how} is {w}x{h}, {h * w / 1e6:.1f} megapixels, "
-        f"over the bound of {bound / 1e6:g} megapixels ({bound} pixels; "
-        "config.input.max_pixels) that keeps one image from taking the memory of "
-        "all (its aspect ratio is too extreme for this model's views)")
+      name,
+      f"{width}x{height} {how} is {w}x{h}, {h * w / 1e6:.1f} megapixels, "
+      f"over the bound of {bound / 1e6:g} megapixels ({bound} pixels; "
+      "config.input.max_pixels) that keeps one image from taking the memory of "
+      "all (its aspect ratio is too extreme for this model's views)",
+    )
 
 
 def _normalise(img_u8: np.ndarray) -> np.ndarray:
@@ -137,11 +157,12 @@ def center_crop(img: np.ndarray, resize_size: int, crop: int) -> np.ndarray:
   img = _resize(img, (max(crop, round(h * s)), max(crop, round(w * s))))
   h, w = img.shape[:2]
   y, x = (h - crop) // 2, (w - crop) // 2
-  return img[y:y + crop, x:x + crop]
+  return img[y : y + crop, x : x + crop]
 
 
-def random_resized_crop(img: np.ndarray, size: int, scale, ratio,
-                        rng: np.random.Generator) -> np.ndarray:
+def random_resized_crop(
+  img: np.ndarray, size: int, scale, ratio, rng: np.random.Generator
+) -> np.ndarray:
   """torchvision's RandomResizedCrop sampling (10 tries, then a centre crop)."""
   h, w = img.shape[:2]
   area = h * w
@@ -153,10 +174,10 @@ def random_resized_crop(img: np.ndarray, size: int, scale, ratio,
     if 0 < cw <= w and 0 < ch <= h:
       y = int(rng.integers(0, h - ch + 1))
       x = int(rng.integers(0, w - cw + 1))
-      return _resize(img[y:y + ch, x:x + cw], (size, size))
+      return _resize(img[y : y + ch, x : x + cw], (size, size))
   side = min(h, w)
   y, x = (h - side) // 2, (w - side) // 2
-  return _resize(img[y:y + side, x:x + side], (size, size))
+  return _resize(img[y : y + side, x : x + side], (size, size))
 
 
 # Where a record's image comes from; none of them reaches a batch.
@@ -176,7 +197,6 @@ def record_image(record: dict, max_pixels: int) -> tuple[np.ndarray, dict]:
 
 
 class _TrainImage(grain.transforms.RandomMap):
-
   def __init__(self, cfg: PipelineConfig):
     self.cfg = cfg
 
@@ -186,8 +206,9 @@ class _TrainImage(grain.transforms.RandomMap):
       check_size(*img.shape[:2], self.cfg, record.get("path", "<image>"))
       img = native.random_crop(img, self.cfg.native_crop, rng)
     else:
-      img = random_resized_crop(img, self.cfg.image_size, self.cfg.crop_scale,
-                                self.cfg.crop_ratio, rng)
+      img = random_resized_crop(
+        img, self.cfg.image_size, self.cfg.crop_scale, self.cfg.crop_ratio, rng
+      )
     if self.cfg.flip and rng.random() < 0.5:
       img = img[:, ::-1]
     out["image"] = _normalise(img)
@@ -195,7 +216,6 @@ class _TrainImage(grain.transforms.RandomMap):
 
 
 class _EvalImage(grain.transforms.Map):
-
   def __init__(self, cfg: PipelineConfig):
     self.cfg = cfg
 
@@ -227,8 +247,7 @@ def input_size(cfg: PipelineConfig) -> int:
 def _process_batch(global_batch: int) -> int:
   n = jax.process_count()
   if global_batch % n:
-    raise ValueError(f"global batch {global_batch} is not divisible by the "
-                     f"{n} JAX processes")
+    raise ValueError(f"global batch {global_batch} is not divisible by the {n} JAX processes")
   return global_batch // n
 
 
@@ -256,8 +275,10 @@ class _GlobalStream(grain.sources.RandomAccessDataSource):
     return 2**62  # endless: training stops at its last step
 
   def __repr__(self) -> str:  # grain checks a restored iterator's source by repr
-    return (f"_GlobalStream(records={self.n}, global_batch={self.global_batch}, "
-            f"seed={self.seed}, rows={self.offset}+{self.rows})")
+    return (
+      f"_GlobalStream(records={self.n}, global_batch={self.global_batch}, "
+      f"seed={self.seed}, rows={self.offset}+{self.rows})"
+    )
 
   def position(self, e: int) -> int:
     step, row = divmod(e, self.rows)
@@ -282,8 +303,14 @@ class _Augment(grain.transforms.Map):
     return self.transform.random_map(record, rng)
 
 
-def train_loader(records: Sequence, cfg: PipelineConfig, global_batch: int,
-                 seed: int, transform=None, start_step: int = 0) -> grain.DataLoader:
+def train_loader(
+  records: Sequence,
+  cfg: PipelineConfig,
+  global_batch: int,
+  seed: int,
+  transform=None,
+  start_step: int = 0,
+) -> grain.DataLoader:
   """Endless, shuffled, augmented batches of this process's rows of each global
   batch (`_GlobalStream`), from global batch `start_step` on: a resumed run
   passes the step it resumes at and reads exactly the batches an uninterrupted
@@ -293,21 +320,33 @@ def train_loader(records: Sequence, cfg: PipelineConfig, global_batch: int,
   """
   batch = _process_batch(global_batch)
   if len(records) < global_batch:
-    raise ValueError(f"the training set has {len(records)} samples, fewer than one "
-                     f"batch of {global_batch}: lower the batch size")
+    raise ValueError(
+      f"the training set has {len(records)} samples, fewer than one "
+      f"batch of {global_batch}: lower the batch size"
+    )
   source = _GlobalStream(records, global_batch, seed, start_step)
   sampler = grain.samplers.IndexSampler(
-      num_records=len(source), shard_options=grain.sharding.NoSharding(),
-      shuffle=False, num_epochs=1, seed=seed)
+    num_records=len(source),
+    shard_options=grain.sharding.NoSharding(),
+    shuffle=False,
+    num_epochs=1,
+    seed=seed,
+  )
   return grain.DataLoader(
-      data_source=source, sampler=sampler,
-      operations=[_Augment(transform or _TrainImage(cfg), seed),
-                  grain.transforms.Batch(batch, drop_remainder=True)],
-      worker_count=cfg.workers, worker_buffer_size=cfg.prefetch)
+    data_source=source,
+    sampler=sampler,
+    operations=[
+      _Augment(transform or _TrainImage(cfg), seed),
+      grain.transforms.Batch(batch, drop_remainder=True),
+    ],
+    worker_count=cfg.workers,
+    worker_buffer_size=cfg.prefetch,
+  )
 
 
-def eval_batches(records: list[dict], cfg: PipelineConfig, global_batch: int,
-                 local: bool = False) -> Iterator[dict]:
+def eval_batches(
+  records: list[dict], cfg: PipelineConfig, global_batch: int, local: bool = False
+) -> Iterator[dict]:
   """Every record once, in order; the last batch is padded and `valid` marks rows.
 
   With several processes each reads its shard of the records, as
@@ -318,24 +357,30 @@ def eval_batches(records: list[dict], cfg: PipelineConfig, global_batch: int,
   """
   n_proc = 1 if local else jax.process_count()
   batch = global_batch if local else _process_batch(global_batch)
-  shard = (grain.sharding.NoSharding() if local else
-           grain.sharding.ShardByJaxProcess(drop_remainder=False))
+  shard = (
+    grain.sharding.NoSharding() if local else grain.sharding.ShardByJaxProcess(drop_remainder=False)
+  )
   per_process = -(-len(records) // n_proc)  # ceiling divisions
   num_batches = -(-per_process // batch)
   sampler = grain.samplers.IndexSampler(
-      num_records=len(records), shard_options=shard, shuffle=False, num_epochs=1,
-      seed=0)
+    num_records=len(records), shard_options=shard, shuffle=False, num_epochs=1, seed=0
+  )
   loader = grain.DataLoader(
-      data_source=records, sampler=sampler,
-      operations=[_EvalImage(cfg), grain.transforms.Batch(batch, drop_remainder=False)],
-      worker_count=cfg.workers, worker_buffer_size=cfg.prefetch)
+    data_source=records,
+    sampler=sampler,
+    operations=[_EvalImage(cfg), grain.transforms.Batch(batch, drop_remainder=False)],
+    worker_count=cfg.workers,
+    worker_buffer_size=cfg.prefetch,
+  )
   count, last = 0, None
   for b in loader:
     n = len(b["index"])
     b["valid"] = np.arange(batch) < n
     if n < batch:
-      b = {k: (v if k == "valid" else np.concatenate(
-          [v, np.repeat(v[-1:], batch - n, axis=0)])) for k, v in b.items()}
+      b = {
+        k: (v if k == "valid" else np.concatenate([v, np.repeat(v[-1:], batch - n, axis=0)]))
+        for k, v in b.items()
+      }
     count, last = count + 1, b
     yield b
   for _ in range(count, num_batches if last is not None else 0):

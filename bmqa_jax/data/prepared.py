@@ -90,8 +90,10 @@ class Store:
     entry = self._reader()[row]
     h, w, c = _HEADER.unpack_from(entry)
     if len(entry) != _HEADER.size + h * w * c:
-      raise ValueError(f"prepared store {self.path!r}, entry {row}: {len(entry)} "
-                       f"bytes for a {h}x{w}x{c} image (corrupt; delete the file)")
+      raise ValueError(
+        f"prepared store {self.path!r}, entry {row}: {len(entry)} "
+        f"bytes for a {h}x{w}x{c} image (corrupt; delete the file)"
+      )
     return np.frombuffer(entry, np.uint8, offset=_HEADER.size).reshape(h, w, c)
 
 
@@ -127,15 +129,13 @@ def _header_size(path: str) -> tuple[int, int]:
 
 def decoded_bytes(paths: Sequence[str], short_side: int = 0) -> int:
   """The size of `paths` as stored (uint8 RGB), from their headers."""
-  return sum(3 * h * w for h, w in (stored_size(*_header_size(p), short_side)
-                                    for p in paths))
+  return sum(3 * h * w for h, w in (stored_size(*_header_size(p), short_side) for p in paths))
 
 
 def store_key(paths: Sequence[str], pcfg: pipeline.PipelineConfig) -> str:
   """A hash of the ordered images (path, size, modification time) and the
   prepare settings."""
-  h = hashlib.sha256(json.dumps(dict(
-      version=VERSION, short_side=pcfg.prepare_short_side)).encode())
+  h = hashlib.sha256(json.dumps(dict(version=VERSION, short_side=pcfg.prepare_short_side)).encode())
   for p in paths:
     try:
       st = os.stat(p)
@@ -145,15 +145,13 @@ def store_key(paths: Sequence[str], pcfg: pipeline.PipelineConfig) -> str:
   return h.hexdigest()[:24]
 
 
-def store_path(paths: Sequence[str], pcfg: pipeline.PipelineConfig,
-               workdir: str) -> str:
+def store_path(paths: Sequence[str], pcfg: pipeline.PipelineConfig, workdir: str) -> str:
   """Where the store of `paths` lives: `prepared_dir`, or `workdir/prepared`."""
   root = os.path.expanduser(pcfg.prepared_dir or os.path.join(workdir, "prepared"))
   return os.path.join(root, store_key(paths, pcfg) + SUFFIX)
 
 
-def build(path: str, paths: Sequence[str], pcfg: pipeline.PipelineConfig,
-          log=log_lib.info) -> None:
+def build(path: str, paths: Sequence[str], pcfg: pipeline.PipelineConfig, log=log_lib.info) -> None:
   """Decodes `paths` in order into the store `path` (written under a temporary
   name in the same folder, renamed when complete)."""
   folder = os.path.dirname(path)
@@ -164,14 +162,14 @@ def build(path: str, paths: Sequence[str], pcfg: pipeline.PipelineConfig,
     try:
       with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
         for start in range(0, len(paths), _CHUNK):
-          for img in pool.map(lambda p: _stored_image(p, pcfg),
-                              paths[start:start + _CHUNK]):
+          for img in pool.map(lambda p: _stored_image(p, pcfg), paths[start : start + _CHUNK]):
             writer.write(_encode(img))
             size += img.nbytes
     finally:
       writer.close()
-  log(f"prepared {len(paths)} images ({size / 1e9:.2f} GB) in "
-      f"{time.perf_counter() - t:.1f} s: {path}")
+  log(
+    f"prepared {len(paths)} images ({size / 1e9:.2f} GB) in {time.perf_counter() - t:.1f} s: {path}"
+  )
 
 
 def _check(pcfg: pipeline.PipelineConfig) -> None:
@@ -179,13 +177,15 @@ def _check(pcfg: pipeline.PipelineConfig) -> None:
     raise ValueError(f"config.input.store={pcfg.store!r}: one of {STORES}")
   n = pcfg.prepare_short_side
   if not isinstance(n, int) or n < 0:
-    raise ValueError(f"config.input.prepare_short_side={n!r}: a pixel count "
-                     "(0: keep the decoded pixels)")
+    raise ValueError(
+      f"config.input.prepare_short_side={n!r}: a pixel count (0: keep the decoded pixels)"
+    )
   if n and pcfg.mode != "resize":
     raise ValueError(
-        f"config.input.prepare_short_side={n} stores resized images, but "
-        f"config.input.mode={pcfg.mode!r} reads the camera's pixels: set it to 0 "
-        "(it is for mode='resize' only)")
+      f"config.input.prepare_short_side={n} stores resized images, but "
+      f"config.input.mode={pcfg.mode!r} reads the camera's pixels: set it to 0 "
+      "(it is for mode='resize' only)"
+    )
 
 
 def _use_store(paths: Sequence[str], pcfg: pipeline.PipelineConfig, log) -> bool:
@@ -195,18 +195,21 @@ def _use_store(paths: Sequence[str], pcfg: pipeline.PipelineConfig, log) -> bool
   size = decoded_bytes(paths, pcfg.prepare_short_side)
   if size <= pcfg.prepared_max_gb * 1e9:
     return True
-  why = (f"{len(paths)} images decode to {size / 1e9:.1f} GB, over "
-         f"config.input.prepared_max_gb={pcfg.prepared_max_gb:g}: they are "
-         "decoded from their files in every epoch (config.input.store='prepared' "
-         "prepares them anyway)")
+  why = (
+    f"{len(paths)} images decode to {size / 1e9:.1f} GB, over "
+    f"config.input.prepared_max_gb={pcfg.prepared_max_gb:g}: they are "
+    "decoded from their files in every epoch (config.input.store='prepared' "
+    "prepares them anyway)"
+  )
   if why not in _told:
     _told.add(why)
     log(why)
   return False
 
 
-def open_store(paths: Sequence[str], pcfg: pipeline.PipelineConfig, workdir: str,
-               log=log_lib.info) -> Store:
+def open_store(
+  paths: Sequence[str], pcfg: pipeline.PipelineConfig, workdir: str, log=log_lib.info
+) -> Store:
   """The store of `paths`, built first if there is none (by process 0; the
   others wait for it)."""
   path = store_path(paths, pcfg, workdir)
@@ -220,13 +223,20 @@ def open_store(paths: Sequence[str], pcfg: pipeline.PipelineConfig, workdir: str
     build_or_reuse()  # reads process 0's store (builds one if not shared)
   store = Store(path)
   if len(store) != len(paths):
-    raise ValueError(f"prepared store {path!r} holds {len(store)} images, not "
-                     f"{len(paths)}: delete it to rebuild it")
+    raise ValueError(
+      f"prepared store {path!r} holds {len(store)} images, not "
+      f"{len(paths)}: delete it to rebuild it"
+    )
   return store
 
 
-def attach(records: Sequence[dict], pcfg: pipeline.PipelineConfig, workdir: str,
-           log=log_lib.info, build: bool = True) -> Sequence[dict]:
+def attach(
+  records: Sequence[dict],
+  pcfg: pipeline.PipelineConfig,
+  workdir: str,
+  log=log_lib.info,
+  build: bool = True,
+) -> Sequence[dict]:
   """`records` reading their images from the prepared store when
   `config.input.store` prepares them (`image_store`, `image_row`; `path`
   stays), else `records` as they are. `build=False` (a pass that reads each
@@ -238,5 +248,4 @@ def attach(records: Sequence[dict], pcfg: pipeline.PipelineConfig, workdir: str,
   if not _use_store(paths, pcfg, log):
     return records
   store = open_store(paths, pcfg, workdir, log)
-  return [dict(r, image_store=store, image_row=np.int32(i))
-          for i, r in enumerate(records)]
+  return [dict(r, image_store=store, image_row=np.int32(i)) for i, r in enumerate(records)]

@@ -21,9 +21,13 @@ from bmqa_jax.train_lib import workdir as workdir_lib
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def write_split_manifest(src: str, dst: str, seed: int,
-                         fractions: Sequence[float] = (0.8, 0.1, 0.1),
-                         assignment: dict[str, str] | None = None) -> dict[str, str]:
+def write_split_manifest(
+  src: str,
+  dst: str,
+  seed: int,
+  fractions: Sequence[float] = (0.8, 0.1, 0.1),
+  assignment: dict[str, str] | None = None,
+) -> dict[str, str]:
   """Copies the manifest `src` to `dst` (CSV) with a fresh scene-wise `split`.
 
   Image and audio paths are rewritten relative to `dst`'s folder so the copy can
@@ -36,8 +40,9 @@ def write_split_manifest(src: str, dst: str, seed: int,
   if not rows:
     raise manifest_lib.ManifestError(f"manifest {src!r} has no rows")
   if "scene" not in rows[0]:
-    raise manifest_lib.ManifestError(f"manifest {src!r} has no `scene` column; a "
-                                     "scene-wise split needs one")
+    raise manifest_lib.ManifestError(
+      f"manifest {src!r} has no `scene` column; a scene-wise split needs one"
+    )
   for i, r in enumerate(rows):
     if not str(r.get("scene") or "").strip():
       raise manifest_lib.ManifestError(f"{src}, row {i + first}: empty `scene`")
@@ -64,5 +69,3 @@ def write_split_manifest(src: str, dst: str, seed: int,
   w.writerows(out)
   workdir_lib.atomic_write(dst, buf.getvalue())
   return assign
-
-

@@ -96,6 +96,7 @@ class IqaConfig(tfds.core.BuilderConfig):
       of the training scenes becomes `val`.
     seed: of the random split.
   """
+
   scores_csv: str = "scores.csv"
   split_csvs: tuple[tuple[str, str], ...] = ()
   image_dir: str = ""
@@ -121,7 +122,8 @@ class IqaConfig(tfds.core.BuilderConfig):
 
 
 def _features() -> tfds.features.FeaturesDict:
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       "image": tfds.features.Tensor(shape=(), dtype=np.object_),  # encoded bytes
       "filename": tfds.features.Text(),
       "mos": tfds.features.Scalar(dtype=np.float32),
@@ -130,7 +132,8 @@ def _features() -> tfds.features.FeaturesDict:
       "text": tfds.features.Text(),
       "audio": tfds.features.Tensor(shape=(), dtype=np.object_),  # WAV bytes or b""
       "audio_filename": tfds.features.Text(),
-  })
+    }
+  )
 
 
 @dataclasses.dataclass
@@ -152,12 +155,14 @@ def _read_csv(path: str, cfg: IqaConfig, instructions: str) -> list[dict]:
   if not rows:
     raise ValueError(f"{path}: no rows")
   need = [cfg.image_column, cfg.mos_column] + [
-      c for c in (cfg.scene_column, cfg.split_column, cfg.device_column,
-                  cfg.text_column) if c]
+    c for c in (cfg.scene_column, cfg.split_column, cfg.device_column, cfg.text_column) if c
+  ]
   missing = [c for c in need if c not in rows[0]]
   if missing:
-    raise ValueError(f"{path}: no column(s) {missing}; it has {sorted(rows[0])}. "
-                     "Set the column names in the builder config.")
+    raise ValueError(
+      f"{path}: no column(s) {missing}; it has {sorted(rows[0])}. "
+      "Set the column names in the builder config."
+    )
   return rows
 
 
@@ -172,8 +177,10 @@ def _mos(value: str, cfg: IqaConfig, where: str) -> float:
   if cfg.clip_mos:
     return float(np.clip(mos, 0.0, 1.0))
   if not 0.0 <= mos <= 1.0:
-    raise ValueError(f"{where}: MOS {raw} is outside [{cfg.mos_min}, {cfg.mos_max}] "
-                     "(set mos_min/mos_max or clip_mos in the builder config)")
+    raise ValueError(
+      f"{where}: MOS {raw} is outside [{cfg.mos_min}, {cfg.mos_max}] "
+      "(set mos_min/mos_max or clip_mos in the builder config)"
+    )
   return mos
 
 
@@ -181,10 +188,10 @@ def read_layout(root: str, cfg: IqaConfig, instructions: str = "") -> list[_Row]
   """The rows of a manual directory, every referenced file checked to exist."""
   if not os.path.isdir(root):
     raise MissingFilesError(f"manual directory {root!r} does not exist.\n{instructions}")
-  sources = (list(cfg.split_csvs) if cfg.split_csvs
-             else [("", cfg.scores_csv)])
-  missing_csv = [os.path.join(root, c) for _, c in sources
-                 if not os.path.isfile(os.path.join(root, c))]
+  sources = list(cfg.split_csvs) if cfg.split_csvs else [("", cfg.scores_csv)]
+  missing_csv = [
+    os.path.join(root, c) for _, c in sources if not os.path.isfile(os.path.join(root, c))
+  ]
   if missing_csv:
     raise MissingFilesError(f"missing score file(s): {missing_csv}.\n{instructions}")
   rows, seen = [], {}
@@ -196,31 +203,45 @@ def read_layout(root: str, cfg: IqaConfig, instructions: str = "") -> list[_Row]
       if not image:
         raise ValueError(f"{where}: empty {cfg.image_column!r}")
       if image in seen:
-        raise ValueError(f"{where}: image {image!r} is listed twice "
-                         f"(first at {seen[image]})")
+        raise ValueError(f"{where}: image {image!r} is listed twice (first at {seen[image]})")
       seen[image] = where
-      scene = (str(r[cfg.scene_column]).strip() if cfg.scene_column
-               else os.path.splitext(os.path.basename(image))[0])
+      scene = (
+        str(r[cfg.scene_column]).strip()
+        if cfg.scene_column
+        else os.path.splitext(os.path.basename(image))[0]
+      )
       if not scene:
         raise ValueError(f"{where}: empty {cfg.scene_column!r}")
       row_split = split or (str(r[cfg.split_column]).strip() if cfg.split_column else "")
       if row_split and row_split not in SPLITS:
         raise ValueError(f"{where}: split {row_split!r} is not one of {SPLITS}")
-      rows.append(_Row(
-          image=image, mos=_mos(r[cfg.mos_column], cfg, where), scene=scene,
+      rows.append(
+        _Row(
+          image=image,
+          mos=_mos(r[cfg.mos_column], cfg, where),
+          scene=scene,
           split=row_split,
           device=str(r.get(cfg.device_column) or "").strip() if cfg.device_column else "",
           text=str(r.get(cfg.text_column) or "").strip() if cfg.text_column else "",
-          audio=str(r.get(cfg.audio_column) or "").strip() if cfg.audio_column else ""))
-  missing = [os.path.join(root, cfg.image_dir, r.image) for r in rows
-             if not os.path.isfile(os.path.join(root, cfg.image_dir, r.image))]
-  missing += [os.path.join(root, cfg.audio_dir, r.audio) for r in rows
-              if r.audio and not os.path.isfile(os.path.join(root, cfg.audio_dir, r.audio))]
+          audio=str(r.get(cfg.audio_column) or "").strip() if cfg.audio_column else "",
+        )
+      )
+  missing = [
+    os.path.join(root, cfg.image_dir, r.image)
+    for r in rows
+    if not os.path.isfile(os.path.join(root, cfg.image_dir, r.image))
+  ]
+  missing += [
+    os.path.join(root, cfg.audio_dir, r.audio)
+    for r in rows
+    if r.audio and not os.path.isfile(os.path.join(root, cfg.audio_dir, r.audio))
+  ]
   if missing:
     listed = "\n  ".join(missing[:_MAX_LISTED])
     more = f"\n  ... and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
-    raise MissingFilesError(f"{len(missing)} file(s) named in the scores are missing:"
-                            f"\n  {listed}{more}\n{instructions}")
+    raise MissingFilesError(
+      f"{len(missing)} file(s) named in the scores are missing:\n  {listed}{more}\n{instructions}"
+    )
   _assign_splits(rows, cfg)
   return rows
 
@@ -231,13 +252,11 @@ def _assign_splits(rows: list[_Row], cfg: IqaConfig) -> None:
     if "val" not in {r.split for r in rows} and cfg.val_from_train > 0:
       train = [r for r in rows if r.split == "train"]
       f = cfg.val_from_train
-      assign = splits_lib.scene_split((r.scene for r in train), cfg.seed,
-                                      (1.0 - f, f, 0.0))
+      assign = splits_lib.scene_split((r.scene for r in train), cfg.seed, (1.0 - f, f, 0.0))
       for r in train:
         r.split = assign[r.scene]
   elif any(r.split for r in rows):
-    raise ValueError("some rows have a split and others do not; give every row one "
-                     "or none")
+    raise ValueError("some rows have a split and others do not; give every row one or none")
   else:
     assign = splits_lib.scene_split((r.scene for r in rows), cfg.seed, cfg.fractions)
     for r in rows:
@@ -245,8 +264,10 @@ def _assign_splits(rows: list[_Row], cfg: IqaConfig) -> None:
   where = {}
   for r in rows:
     if where.setdefault(r.scene, r.split) != r.split:
-      raise ValueError(f"scene {r.scene!r} is in splits {where[r.scene]!r} and "
-                       f"{r.split!r}: a scene must stay in one split (Sec. 5.1.1)")
+      raise ValueError(
+        f"scene {r.scene!r} is in splits {where[r.scene]!r} and "
+        f"{r.split!r}: a scene must stay in one split (Sec. 5.1.1)"
+      )
 
 
 class _IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -257,15 +278,20 @@ class _IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=_features(), supervised_keys=("image", "mos"),
-        description=(self.__doc__ or "").strip())
+      features=_features(),
+      supervised_keys=("image", "mos"),
+      description=(self.__doc__ or "").strip(),
+    )
 
   def _split_generators(self, dl_manager):
     # Our own check first: TFDS only says the folder is empty, we name the files.
     root = str(dl_manager._manual_dir)  # pylint: disable=protected-access
     rows = read_layout(root, self.builder_config, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-    return {s: self._generate_examples(root, [r for r in rows if r.split == s])
-            for s in SPLITS if any(r.split == s for r in rows)}
+    return {
+      s: self._generate_examples(root, [r for r in rows if r.split == s])
+      for s in SPLITS
+      if any(r.split == s for r in rows)
+    }
 
   def _generate_examples(self, root: str, rows: list[_Row]) -> Iterator:
     cfg = self.builder_config
@@ -276,9 +302,19 @@ class _IqaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if r.audio:
         with open(os.path.join(root, cfg.audio_dir, r.audio), "rb") as f:
           audio = f.read()
-      yield r.image, dict(image=image, filename=r.image, mos=np.float32(r.mos),
-                          scene=r.scene, device=r.device, text=r.text, audio=audio,
-                          audio_filename=r.audio)
+      yield (
+        r.image,
+        dict(
+          image=image,
+          filename=r.image,
+          mos=np.float32(r.mos),
+          scene=r.scene,
+          device=r.device,
+          text=r.text,
+          audio=audio,
+          audio_filename=r.audio,
+        ),
+      )
 
 
 _COMMON = """
@@ -300,10 +336,18 @@ class Mliq(_IqaBuilder):
     images/       the image files named in `image`
     audio/        the QSD recordings (WAV) named in `audio`, when given
   """ + _COMMON.format(name="mliq")
-  BUILDER_CONFIGS = [IqaConfig(
-      name="default", scores_csv="mliq.csv", image_dir="images", audio_dir="audio",
-      scene_column="scene", device_column="device", text_column="text",
-      audio_column="audio")]
+  BUILDER_CONFIGS = [
+    IqaConfig(
+      name="default",
+      scores_csv="mliq.csv",
+      image_dir="images",
+      audio_dir="audio",
+      scene_column="scene",
+      device_column="device",
+      text_column="text",
+      audio_column="audio",
+    )
+  ]
 
 
 class Dark4k(_IqaBuilder):
@@ -316,8 +360,9 @@ class Dark4k(_IqaBuilder):
     images/       the image files named in `image`
   For the paper's cross-dataset evaluation read all three splits.
   """ + _COMMON.format(name="dark4k")
-  BUILDER_CONFIGS = [IqaConfig(name="default", scores_csv="dark4k.csv",
-                               image_dir="images", device_column="device")]
+  BUILDER_CONFIGS = [
+    IqaConfig(name="default", scores_csv="dark4k.csv", image_dir="images", device_column="device")
+  ]
 
 
 class Nnid(_IqaBuilder):
@@ -330,9 +375,15 @@ class Nnid(_IqaBuilder):
     images/       the image files named in `image` (sub-folders allowed,
                   e.g. images/<device>/<file>)
   """ + _COMMON.format(name="nnid")
-  BUILDER_CONFIGS = [IqaConfig(name="default", scores_csv="nnid.csv",
-                               image_dir="images", scene_column="scene",
-                               device_column="device")]
+  BUILDER_CONFIGS = [
+    IqaConfig(
+      name="default",
+      scores_csv="nnid.csv",
+      image_dir="images",
+      scene_column="scene",
+      device_column="device",
+    )
+  ]
 
 
 class Biq2021(_IqaBuilder):
@@ -346,11 +397,17 @@ class Biq2021(_IqaBuilder):
     Images/       the JPEG files named in "Image Name", e.g. "ss01 (10).jpg"
   Each photo is its own scene; `val` is 10 % of the training photos.
   """ + _COMMON.format(name="biq2021")
-  BUILDER_CONFIGS = [IqaConfig(
-      name="default", scores_csv="", split_csvs=(("train", "Train.csv"),
-                                                 ("test", "Test.csv")),
-      image_dir="Images", image_column="Image Name", mos_column="MOS",
-      clip_mos=True)]
+  BUILDER_CONFIGS = [
+    IqaConfig(
+      name="default",
+      scores_csv="",
+      split_csvs=(("train", "Train.csv"), ("test", "Test.csv")),
+      image_dir="Images",
+      image_column="Image Name",
+      mos_column="MOS",
+      clip_mos=True,
+    )
+  ]
 
 
 class IqaFolder(_IqaBuilder):
@@ -367,12 +424,22 @@ class IqaFolder(_IqaBuilder):
   BUILDER_CONFIGS = [IqaConfig(name="default")]
 
 
-BUILDERS = {"mliq": Mliq, "dark4k": Dark4k, "nnid": Nnid, "biq2021": Biq2021,
-            "iqa_folder": IqaFolder}
+BUILDERS = {
+  "mliq": Mliq,
+  "dark4k": Dark4k,
+  "nnid": Nnid,
+  "biq2021": Biq2021,
+  "iqa_folder": IqaFolder,
+}
 
 
-def build(name: str, manual_dir: str, data_dir: str,
-          config: IqaConfig | None = None, overwrite: bool = False) -> tfds.core.DatasetBuilder:
+def build(
+  name: str,
+  manual_dir: str,
+  data_dir: str,
+  config: IqaConfig | None = None,
+  overwrite: bool = False,
+) -> tfds.core.DatasetBuilder:
   """Prepares dataset `name` from `manual_dir` into `data_dir` (needs TensorFlow).
 
   Data prepared earlier under the same name is reused only when it records the
@@ -387,9 +454,9 @@ def build(name: str, manual_dir: str, data_dir: str,
   return tfds_export.prepare(builder, manual_dir, overwrite)
 
 
-def export_manifest(name: str, data_dir: str, out_dir: str | None = None,
-                    log=log_lib.info) -> str:
+def export_manifest(name: str, data_dir: str, out_dir: str | None = None, log=log_lib.info) -> str:
   """`tfds_export.export_manifest` reading through this module's `data_sources`
   and `grain_dataset` (the builders are registered once this module is imported)."""
-  return tfds_export.export_manifest(name, data_dir, out_dir, log,
-                                     sources_fn=data_sources, read_fn=grain_dataset)
+  return tfds_export.export_manifest(
+    name, data_dir, out_dir, log, sources_fn=data_sources, read_fn=grain_dataset
+  )

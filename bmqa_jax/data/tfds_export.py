@@ -39,15 +39,19 @@ class PreparedDataMismatchError(ValueError):
 def config_fields(cfg) -> dict:
   """The fields a config class adds to TFDS's BuilderConfig, JSON-normalised."""
   base = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
-  return json.loads(json.dumps({f.name: getattr(cfg, f.name)
-                                for f in dataclasses.fields(cfg) if f.name not in base}))
+  return json.loads(
+    json.dumps(
+      {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in base}
+    )
+  )
 
 
 def with_fields(description: str | None, cfg) -> str:
   """`description` with `cfg`'s fields recorded at its end (replacing old ones)."""
   given = (description or "").split(FIELDS_MARK)[0].rstrip()
-  return ((given + " ") if given else "") + FIELDS_MARK + json.dumps(
-      config_fields(cfg), sort_keys=True)
+  return (
+    ((given + " ") if given else "") + FIELDS_MARK + json.dumps(config_fields(cfg), sort_keys=True)
+  )
 
 
 def recorded_fields(description: str | None) -> dict | None:
@@ -55,7 +59,7 @@ def recorded_fields(description: str | None) -> dict | None:
   if not description or FIELDS_MARK not in description:
     return None
   try:
-    return json.loads(description[description.rindex(FIELDS_MARK) + len(FIELDS_MARK):])
+    return json.loads(description[description.rindex(FIELDS_MARK) + len(FIELDS_MARK) :])
   except ValueError:
     return None
 
@@ -83,16 +87,20 @@ def prepare(builder, manual_dir: str, overwrite: bool = False):
       why = "records no builder config fields (prepared by an older release)"
     else:
       why = "was prepared from other config fields: " + "; ".join(
-          f"{k}={have.get(k)!r} there, {want.get(k)!r} now"
-          for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
+        f"{k}={have.get(k)!r} there, {want.get(k)!r} now"
+        for k in sorted(set(have) | set(want))
+        if have.get(k) != want.get(k)
+      )
     if not overwrite:
       raise PreparedDataMismatchError(
-          f"{builder.data_dir} ({builder.info.full_name}) {why}. Give the config "
-          "another name, delete that folder, or prepare it again with overwrite=True "
-          "(tfds_builders.build)")
+        f"{builder.data_dir} ({builder.info.full_name}) {why}. Give the config "
+        "another name, delete that folder, or prepare it again with overwrite=True "
+        "(tfds_builders.build)"
+      )
     mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, download_mode=mode))
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode)
+  )
   return builder
 
 
@@ -100,13 +108,15 @@ def data_sources(name: str, data_dir: str) -> dict:
   """{split: random-access ArrayRecord source} of a prepared dataset."""
   builder = tfds.builder(name, data_dir=data_dir)
   present = [s for s in SPLITS if s in builder.info.splits]
-  return dict(zip(present, tfds.data_source(name, split=present, data_dir=data_dir,
-                                            download=False)))
+  return dict(
+    zip(present, tfds.data_source(name, split=present, data_dir=data_dir, download=False))
+  )
 
 
 def grain_dataset(source):
   """A Grain MapDataset over a TFDS data source, `image`/`audio` as raw bytes."""
   import grain  # pylint: disable=g-import-not-at-top
+
   return grain.MapDataset.source(source)
 
 
@@ -133,8 +143,14 @@ def _identity(builder) -> dict:
 _EXPORT_ENTRIES = ("files", "manifest.csv", "export_info.json")
 
 
-def export_manifest(name: str, data_dir: str, out_dir: str | None = None,
-                    log=log_lib.info, sources_fn=None, read_fn=None) -> str:
+def export_manifest(
+  name: str,
+  data_dir: str,
+  out_dir: str | None = None,
+  log=log_lib.info,
+  sources_fn=None,
+  read_fn=None,
+) -> str:
   """Writes the prepared dataset's files and a manifest; returns the manifest path.
 
   Every split is read with Grain from `tfds.data_source`; the images (and
@@ -160,12 +176,12 @@ def export_manifest(name: str, data_dir: str, out_dir: str | None = None,
       if json.load(f) == want:
         return path
   if os.path.isdir(out_dir):
-    other = sorted(e for e in os.listdir(out_dir)
-                   if e not in _EXPORT_ENTRIES and ".tmp" not in e)
+    other = sorted(e for e in os.listdir(out_dir) if e not in _EXPORT_ENTRIES and ".tmp" not in e)
     if other:
       raise manifest_lib.ManifestError(
-          f"export folder {out_dir} holds {other[:5]}, which an export does not "
-          "write; choose an empty or new folder")
+        f"export folder {out_dir} holds {other[:5]}, which an export does not "
+        "write; choose an empty or new folder"
+      )
     if os.path.exists(stamp):
       os.remove(stamp)  # the export there is of other prepared data
     shutil.rmtree(os.path.join(out_dir, "files"), ignore_errors=True)
@@ -175,24 +191,33 @@ def export_manifest(name: str, data_dir: str, out_dir: str | None = None,
     for i, ex in enumerate(read_fn(source)):
       # Names come from the dataset: one that would leave the folder is refused.
       where = f"{info.full_name}, split {split!r}, example {i}"
-      full = manifest_lib.safe_join(os.path.join(out_dir, "files", split),
-                                    _text(ex["filename"]), where)
+      full = manifest_lib.safe_join(
+        os.path.join(out_dir, "files", split), _text(ex["filename"]), where
+      )
       image = os.path.relpath(full, out_dir)
       os.makedirs(os.path.dirname(full), exist_ok=True)
       with open(full, "wb") as f:
         f.write(ex["image"])
       audio = ""
       if _text(ex["audio_filename"]):
-        full = manifest_lib.safe_join(os.path.join(out_dir, "files", split, "audio"),
-                                      _text(ex["audio_filename"]), where)
+        full = manifest_lib.safe_join(
+          os.path.join(out_dir, "files", split, "audio"), _text(ex["audio_filename"]), where
+        )
         audio = os.path.relpath(full, out_dir)
         os.makedirs(os.path.dirname(full), exist_ok=True)
         with open(full, "wb") as f:
           f.write(ex["audio"])
-      rows.append(dict(image=image, mos=f"{float(ex['mos']):.6f}",
-                       scene=_text(ex["scene"]), split=split,
-                       device=_text(ex["device"]), text=_text(ex["text"]),
-                       audio=audio))
+      rows.append(
+        dict(
+          image=image,
+          mos=f"{float(ex['mos']):.6f}",
+          scene=_text(ex["scene"]),
+          split=split,
+          device=_text(ex["device"]),
+          text=_text(ex["text"]),
+          audio=audio,
+        )
+      )
   workdir_lib.atomic_write_csv(path, [list(rows[0])] + [list(r.values()) for r in rows])
   workdir_lib.atomic_write(stamp, json.dumps(want))  # last: marks a complete export
   return path

@@ -46,7 +46,7 @@ class Tokenizer:
       piece_ids = [self._sp.bos_id()] + self._sp.encode(t.lower())
       self.truncated += len(piece_ids) > max_len
       piece_ids = piece_ids[:max_len]
-      ids[i, :len(piece_ids)] = piece_ids
+      ids[i, : len(piece_ids)] = piece_ids
     return ids, ids != PAD_ID
 
   def decode(self, ids: Sequence[int]) -> str:
@@ -66,8 +66,9 @@ class TokenizerMismatchError(ValueError):
 def _key(texts: Sequence[str], vocab_size: int, model_type: str) -> dict:
   """What a tokenizer is trained from: the texts (joined, in order) and options."""
   digest = hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
-  return dict(vocab_size=int(vocab_size), model_type=model_type,
-              num_texts=len(texts), texts_sha256=digest)
+  return dict(
+    vocab_size=int(vocab_size), model_type=model_type, num_texts=len(texts), texts_sha256=digest
+  )
 
 
 def _sha256(path: str) -> str:
@@ -75,22 +76,31 @@ def _sha256(path: str) -> str:
     return hashlib.sha256(f.read()).hexdigest()
 
 
-def train(texts: Sequence[str], model_path: str, vocab_size: int,
-          model_type: str = "unigram") -> Tokenizer:
+def train(
+  texts: Sequence[str], model_path: str, vocab_size: int, model_type: str = "unigram"
+) -> Tokenizer:
   """Trains a tokenizer on `texts` and writes it atomically to `model_path`, with
   the sidecar `<model_path>.json` recording what it was trained from."""
   if not texts:
     raise ValueError("cannot train a tokenizer on no text")
   buf = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter([t.lower() for t in texts]), model_writer=buf,
-      vocab_size=vocab_size, model_type=model_type, hard_vocab_limit=False,
-      pad_id=PAD_ID, unk_id=1, bos_id=2, eos_id=-1, character_coverage=1.0,
-      num_threads=1, minloglevel=2)
+    sentence_iterator=iter([t.lower() for t in texts]),
+    model_writer=buf,
+    vocab_size=vocab_size,
+    model_type=model_type,
+    hard_vocab_limit=False,
+    pad_id=PAD_ID,
+    unk_id=1,
+    bos_id=2,
+    eos_id=-1,
+    character_coverage=1.0,
+    num_threads=1,
+    minloglevel=2,
+  )
   os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
   model = buf.getvalue()
-  key = dict(_key(texts, vocab_size, model_type),
-             model_sha256=hashlib.sha256(model).hexdigest())
+  key = dict(_key(texts, vocab_size, model_type), model_sha256=hashlib.sha256(model).hexdigest())
   # The model first: a sidecar always describes the model next to it (a crash
   # in between leaves a model without sidecar or with one of another model).
   workdir_lib.atomic_write(model_path, model)
@@ -98,8 +108,9 @@ def train(texts: Sequence[str], model_path: str, vocab_size: int,
   return Tokenizer(model_path)
 
 
-def check(model_path: str, texts: Sequence[str], vocab_size: int,
-          model_type: str = "unigram") -> None:
+def check(
+  model_path: str, texts: Sequence[str], vocab_size: int, model_type: str = "unigram"
+) -> None:
   """Raises TokenizerMismatchError when the sidecar of `model_path` records other
   training texts or options than these. No sidecar (a workdir of an older
   release) or no `texts`: nothing to compare, the model is accepted."""
@@ -109,25 +120,30 @@ def check(model_path: str, texts: Sequence[str], vocab_size: int,
   except FileNotFoundError:
     return
   except (OSError, ValueError) as e:
-    raise TokenizerMismatchError(f"{model_path}.json (what tokenizer {model_path} was "
-                                 f"trained from) is unreadable: {e}") from None
+    raise TokenizerMismatchError(
+      f"{model_path}.json (what tokenizer {model_path} was trained from) is unreadable: {e}"
+    ) from None
   if not isinstance(have, dict) or have.get("model_sha256") != _sha256(model_path):
     raise TokenizerMismatchError(
-        f"{model_path}.json does not describe {model_path} (the model was replaced "
-        "after it was written); delete both to train the tokenizer again")
+      f"{model_path}.json does not describe {model_path} (the model was replaced "
+      "after it was written); delete both to train the tokenizer again"
+    )
   if not texts:
     return
   want = _key(texts, vocab_size, model_type)
   diff = [k for k in want if have.get(k) != want[k]]
   if diff:
     what = ", ".join(
-        f"{k} {have.get(k)!r} there, {want[k]!r} now" if k != "texts_sha256" else
-        "the training texts differ (sha256 "
-        f"{str(have.get(k))[:12]} there, {want[k][:12]} now)" for k in diff)
+      f"{k} {have.get(k)!r} there, {want[k]!r} now"
+      if k != "texts_sha256"
+      else f"the training texts differ (sha256 {str(have.get(k))[:12]} there, {want[k][:12]} now)"
+      for k in diff
+    )
     raise TokenizerMismatchError(
-        f"tokenizer {model_path} was trained from something else than this run asks "
-        f"for: {what}. Use a new workdir, or delete {model_path} and its .json to "
-        "train it again (a model trained with it needs its own tokenizer)")
+      f"tokenizer {model_path} was trained from something else than this run asks "
+      f"for: {what}. Use a new workdir, or delete {model_path} and its .json to "
+      "train it again (a model trained with it needs its own tokenizer)"
+    )
 
 
 def load_or_train(model_path: str, texts: Sequence[str], vocab_size: int) -> Tokenizer:

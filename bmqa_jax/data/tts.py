@@ -43,15 +43,27 @@ from math import gcd
 
 import numpy as np
 
-__all__ = ["TTSUnavailableError", "available", "backend", "voices", "synthesize",
-           "synthesize_array"]
+__all__ = [
+  "TTSUnavailableError",
+  "available",
+  "backend",
+  "voices",
+  "synthesize",
+  "synthesize_array",
+]
 
 # English voices x variants shipped with eSpeak NG that sound clearly different
 # (male/female formants, US/British). None uses breath noise or Klatt, so all
 # are deterministic with either back end.
 _VOICES = (
-    "en-us", "en-us+f1", "en-us+m3", "en-us+f4", "en-gb-x-rp+m7",
-    "en-gb-x-rp+linda", "en-us+m5", "en-us+steph",
+  "en-us",
+  "en-us+f1",
+  "en-us+m3",
+  "en-us+f4",
+  "en-gb-x-rp+m7",
+  "en-gb-x-rp+linda",
+  "en-us+m5",
+  "en-us+steph",
 )
 
 # espeak_ng API constants (speak_lib.h).
@@ -64,9 +76,9 @@ _EE_OK = 0
 
 # Helper-process wire format. Request: header + voice + text (UTF-8).
 # Response: status, payload length, payload (int16 samples, or an error text).
-_REQUEST = struct.Struct("<IiiII")   # seed, rate_wpm, pitch, len(voice), len(text)
-_RESPONSE = struct.Struct("<iQ")     # status (0 ok, else error), len(payload)
-_HELLO = struct.Struct("<i")         # native sample rate, sent once at start
+_REQUEST = struct.Struct("<IiiII")  # seed, rate_wpm, pitch, len(voice), len(text)
+_RESPONSE = struct.Struct("<iQ")  # status (0 ok, else error), len(payload)
+_HELLO = struct.Struct("<i")  # native sample rate, sent once at start
 
 
 class TTSUnavailableError(RuntimeError):
@@ -90,26 +102,32 @@ def _read_exact(fd: int, n: int) -> bytes:
 def _write_all(fd: int, data: bytes) -> None:
   view = memoryview(data)
   while view:
-    view = view[os.write(fd, view):]
+    view = view[os.write(fd, view) :]
 
 
 def _open_espeak(lib_path: str, data_path: str):
   """Loads and initialises libespeak-ng; returns (lib, sample_rate)."""
   lib = ctypes.CDLL(lib_path)
   lib.espeak_Initialize.restype = ctypes.c_int
-  lib.espeak_Initialize.argtypes = [
-      ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+  lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
   lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
   lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
   lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
   lib.espeak_Synth.argtypes = [
-      ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-      ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_uint,
+    ctypes.c_int,
+    ctypes.c_uint,
+    ctypes.c_uint,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+  ]
   # espeak_Initialize takes the folder holding espeak-ng-data and returns the
   # synthesiser's sample rate (22050 Hz).
-  rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
-                               os.path.dirname(data_path).encode(),
-                               _INITIALIZE_DONT_EXIT)
+  rate = lib.espeak_Initialize(
+    _AUDIO_OUTPUT_SYNCHRONOUS, 0, os.path.dirname(data_path).encode(), _INITIALIZE_DONT_EXIT
+  )
   return lib, rate
 
 
@@ -131,8 +149,7 @@ def _speak(lib, seed: int, rate_wpm: int, pitch: int, voice: str, text: str) -> 
   lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
   lib.espeak_ng_SetRandSeed(seed)
   data = text.encode("utf-8") + b"\0"
-  err = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8,
-                         None, None)
+  err = lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
   lib.espeak_Synchronize()
   if err != _EE_OK:
     raise RuntimeError(f"espeak_Synth failed ({err})")
@@ -147,14 +164,13 @@ def _serve(lib_path: str, data_path: str) -> None:
   can_fork = hasattr(os, "fork")
   while True:
     try:
-      seed, rate_wpm, pitch, n_voice, n_text = _REQUEST.unpack(
-          _read_exact(fd_in, _REQUEST.size))
+      seed, rate_wpm, pitch, n_voice, n_text = _REQUEST.unpack(_read_exact(fd_in, _REQUEST.size))
       voice = _read_exact(fd_in, n_voice).decode()
       text = _read_exact(fd_in, n_text).decode()
     except EOFError:
       return
     args = (lib, seed, rate_wpm, pitch, voice, text)
-    if not can_fork:   # no fork (Windows): same results within one call order
+    if not can_fork:  # no fork (Windows): same results within one call order
       try:
         status, payload = 0, _speak(*args)
       except (ValueError, RuntimeError) as e:
@@ -192,22 +208,25 @@ class _Helper:
 
   def __init__(self, lib_path: str, data_path: str):
     self._proc = subprocess.Popen(
-        [sys.executable, "-I", os.path.abspath(__file__), "--serve",
-         lib_path, data_path],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+      [sys.executable, "-I", os.path.abspath(__file__), "--serve", lib_path, data_path],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      bufsize=0,
+    )
     self._lock = threading.Lock()
     self.pid = os.getpid()
     try:
-      (self.sample_rate,) = _HELLO.unpack(_read_exact(self._proc.stdout.fileno(),
-                                                      _HELLO.size))
+      (self.sample_rate,) = _HELLO.unpack(_read_exact(self._proc.stdout.fileno(), _HELLO.size))
     except EOFError:
       self._proc.wait()
       raise TTSUnavailableError(
-          f"eSpeak NG helper failed to start (exit {self._proc.returncode})") from None
+        f"eSpeak NG helper failed to start (exit {self._proc.returncode})"
+      ) from None
     if self.sample_rate <= 0:
       self.close()
       raise TTSUnavailableError(
-          f"espeak_Initialize failed ({self.sample_rate}) with data at {data_path}")
+        f"espeak_Initialize failed ({self.sample_rate}) with data at {data_path}"
+      )
     atexit.register(self.close)
 
   def synthesize(self, text: str, voice: str, rate_wpm: int, pitch: int) -> np.ndarray:
@@ -216,14 +235,16 @@ class _Helper:
     with self._lock:
       if self._proc.poll() is not None:
         raise RuntimeError(f"eSpeak NG helper exited ({self._proc.returncode})")
-      _write_all(self._proc.stdin.fileno(),
-                 _REQUEST.pack(seed, rate_wpm, pitch, len(v), len(t)) + v + t)
+      _write_all(
+        self._proc.stdin.fileno(), _REQUEST.pack(seed, rate_wpm, pitch, len(v), len(t)) + v + t
+      )
       fd = self._proc.stdout.fileno()
       status, n = _RESPONSE.unpack(_read_exact(fd, _RESPONSE.size))
       payload = _read_exact(fd, n)
     if status != 0:
-      raise ValueError(f"eSpeak NG failed for voice {voice!r}, text {text!r}: "
-                       f"{payload.decode(errors='replace')}")
+      raise ValueError(
+        f"eSpeak NG failed for voice {voice!r}, text {text!r}: {payload.decode(errors='replace')}"
+      )
     return np.frombuffer(payload, "<i2").astype(np.int16)
 
   def close(self) -> None:
@@ -243,6 +264,7 @@ _helper_instance: _Helper | None = None
 def _library_paths() -> tuple[str, str] | None:
   try:
     import espeakng_loader  # pylint: disable=import-outside-toplevel
+
     lib, data = espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
   except (ImportError, RuntimeError, AttributeError):
     return None
@@ -297,21 +319,38 @@ def _cli_synthesize(text: str, voice: str, rate_wpm: int, pitch: int) -> tuple[n
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "tts.wav")
     proc = subprocess.run(
-        [_cli(), "-v", voice, "-s", str(rate_wpm), "-p", str(pitch),
-         "-b", "1", "-w", out, "--", text],
-        capture_output=True, check=False)
+      [
+        _cli(),
+        "-v",
+        voice,
+        "-s",
+        str(rate_wpm),
+        "-p",
+        str(pitch),
+        "-b",
+        "1",
+        "-w",
+        out,
+        "--",
+        text,
+      ],
+      capture_output=True,
+      check=False,
+    )
     if proc.returncode != 0 or not os.path.exists(out):
       raise ValueError(
-          f"espeak-ng failed ({proc.returncode}) for voice {voice!r}: "
-          f"{proc.stderr.decode(errors='replace').strip()}")
+        f"espeak-ng failed ({proc.returncode}) for voice {voice!r}: "
+        f"{proc.stderr.decode(errors='replace').strip()}"
+      )
     with wave.open(out, "rb") as w:
       rate = w.getframerate()
       pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.int16)
   return pcm, rate
 
 
-def synthesize_array(text: str, *, voice: str = "en-us", rate_wpm: int = 160,
-                     pitch: int = 50, sample_rate: int = 16000) -> np.ndarray:
+def synthesize_array(
+  text: str, *, voice: str = "en-us", rate_wpm: int = 160, pitch: int = 50, sample_rate: int = 16000
+) -> np.ndarray:
   """Speaks ``text`` and returns int16 mono samples at ``sample_rate``.
 
   Args:
@@ -335,23 +374,31 @@ def synthesize_array(text: str, *, voice: str = "en-us", rate_wpm: int = 160,
     pcm, native = _cli_synthesize(text, voice, int(rate_wpm), int(pitch))
   else:
     raise TTSUnavailableError(
-        "no eSpeak NG: pip install espeakng-loader, or install the espeak-ng program")
+      "no eSpeak NG: pip install espeakng-loader, or install the espeak-ng program"
+    )
   if native != sample_rate and pcm.size:
     from scipy import signal  # pylint: disable=import-outside-toplevel
+
     g = gcd(native, sample_rate)
     x = signal.resample_poly(pcm.astype(np.float64), sample_rate // g, native // g)
     pcm = np.clip(np.round(x), -32768, 32767).astype(np.int16)
   return pcm
 
 
-def synthesize(text: str, path: str, *, voice: str = "en-us", rate_wpm: int = 160,
-               pitch: int = 50, sample_rate: int = 16000) -> None:
+def synthesize(
+  text: str,
+  path: str,
+  *,
+  voice: str = "en-us",
+  rate_wpm: int = 160,
+  pitch: int = 50,
+  sample_rate: int = 16000,
+) -> None:
   """Speaks ``text`` into ``path`` as a mono 16-bit PCM WAV at ``sample_rate``.
 
   See :func:`synthesize_array` for the arguments. Deterministic.
   """
-  pcm = synthesize_array(text, voice=voice, rate_wpm=rate_wpm, pitch=pitch,
-                         sample_rate=sample_rate)
+  pcm = synthesize_array(text, voice=voice, rate_wpm=rate_wpm, pitch=pitch, sample_rate=sample_rate)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with wave.open(path, "wb") as w:
     w.setnchannels(1)

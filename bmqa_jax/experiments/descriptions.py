@@ -53,8 +53,10 @@ def _checkpoint_identity(model_dir: str) -> str:
   for root, _, files in sorted(os.walk(step_dir)):
     for name in sorted(files):
       st = os.stat(os.path.join(root, name))
-      h.update(f"{os.path.relpath(os.path.join(root, name), step_dir)}:{st.st_size}:"
-               f"{st.st_mtime_ns};".encode())
+      h.update(
+        f"{os.path.relpath(os.path.join(root, name), step_dir)}:{st.st_size}:"
+        f"{st.st_mtime_ns};".encode()
+      )
   return f"{os.path.abspath(model_dir)}@{max(steps)}#{h.hexdigest()[:16]}"
 
 
@@ -97,8 +99,13 @@ def generate(source: str, model_dir: str, inputs: Sequence[str]) -> list[str]:
   raise ValueError(f"descriptions are generated for {GENERATED}, not {source!r}")
 
 
-def fill(samples: Sequence[manifest_lib.Sample], source: str, model_dir: str,
-         workdir: str, log=log_lib.info) -> list[manifest_lib.Sample]:
+def fill(
+  samples: Sequence[manifest_lib.Sample],
+  source: str,
+  model_dir: str,
+  workdir: str,
+  log=log_lib.info,
+) -> list[manifest_lib.Sample]:
   """``samples`` with ``text`` replaced by generated descriptions (cached)."""
   check_source(source)
   if source not in GENERATED:
@@ -110,8 +117,9 @@ def fill(samples: Sequence[manifest_lib.Sample], source: str, model_dir: str,
   for s in samples:
     if source == "audio" and not s.audio:
       raise manifest_lib.ManifestError(
-          f"row {s.row} (image {s.image}) has no `audio`, which "
-          "config.data.text_source='audio' transcribes")
+        f"row {s.row} (image {s.image}) has no `audio`, which "
+        "config.data.text_source='audio' transcribes"
+      )
     inputs.append(os.path.abspath(s.audio if source == "audio" else s.image))
   model = _checkpoint_identity(model_dir)
   keys = [_input_key(i) for i in inputs]
@@ -144,16 +152,24 @@ def for_training(cfg, workdir: str, log=log_lib.info):
   return describer(source, model_dir, workdir, log)
 
 
-def for_evaluation(workdir: str, text_source: str | None = None,
-                   captioner: str | None = None, asr: str | None = None, log=log_lib.info):
+def for_evaluation(
+  workdir: str,
+  text_source: str | None = None,
+  captioner: str | None = None,
+  asr: str | None = None,
+  log=log_lib.info,
+):
   """(text_source, describe) to score a trained workdir: `text_source` default
   the run's config.data.text_source, or 'captioner' when `captioner` is given;
   `captioner`/`asr` default the run's config.data.captioner_workdir/asr_workdir."""
   cfg = workdir_lib.load_config(workdir, complete=config_bases.complete)
   source = text_source or ("captioner" if captioner else cfg.data.text_source)
   check_source(source)
-  model_dir = (asr or cfg.data.asr_workdir) if source == "audio" else (
-      captioner or cfg.data.captioner_workdir)
+  model_dir = (
+    (asr or cfg.data.asr_workdir)
+    if source == "audio"
+    else (captioner or cfg.data.captioner_workdir)
+  )
   if source in GENERATED and "text" not in cfg.model.modalities:
     log(f"note: {workdir} is an image-only model; no descriptions are generated")
     return source, None

@@ -18,8 +18,7 @@ import os
 
 import numpy as np
 
-from bmqa_jax.experiments.photo_levers import (MANIFEST, _rows, features, ridge_scores,
-                                               split_masks)
+from bmqa_jax.experiments.photo_levers import MANIFEST, _rows, features, ridge_scores, split_masks
 
 
 def lever_features(feats: str, spec: str) -> np.ndarray:
@@ -32,8 +31,11 @@ def lever_features(feats: str, spec: str) -> np.ndarray:
     if bits[-1] != "cov":
       cols.append(features(feats, part))
       continue
-    tower = {"lite0": "efficientnet_lite0", "lite1": "efficientnet_lite1",
-             "lite2": "efficientnet_lite2"}.get(bits[0], bits[0])
+    tower = {
+      "lite0": "efficientnet_lite0",
+      "lite1": "efficientnet_lite1",
+      "lite2": "efficientnet_lite2",
+    }.get(bits[0], bits[0])
     z = np.load(os.path.join(feats, f"{tower}_s{int(bits[1][1:])}.npz"))
     covs = sorted((k for k in z.files if k.startswith("c")), key=lambda k: int(k[1:]))
     if not covs:
@@ -46,6 +48,7 @@ def loo_ridge_scores(x: np.ndarray, y: np.ndarray, lab: np.ndarray) -> np.ndarra
   """The trainer's ridge probe (`bmqa_jax.bmqa.ridge.fit`: penalty by
   leave-one-out error on the train part, no val photo read) on every photo."""
   from bmqa_jax.bmqa import ridge  # pylint: disable=g-import-not-at-top
+
   tr = lab == "train"
   p, _ = ridge.fit(x[tr], y[tr])
   return ((x - p["mean"]) * p["inv_scale"]) @ p["coef"] + p["bias"]
@@ -55,18 +58,28 @@ def _paired(name: str, sr, ref, ref_name: str) -> str:
   sr, ref = np.asarray(sr), np.asarray(ref)
   d = sr - ref
   t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 and d.std() > 0 else 0
-  return (f"{name:58s} SRCC {sr.mean():.4f} ± {sr.std(ddof=1):.4f}  Δ vs {ref_name} "
-          f"{d.mean():+.4f} ± {d.std(ddof=1):.4f} (t {t:+.1f}, {int((d > 0).sum())}/"
-          f"{len(d)} better)")
+  return (
+    f"{name:58s} SRCC {sr.mean():.4f} ± {sr.std(ddof=1):.4f}  Δ vs {ref_name} "
+    f"{d.mean():+.4f} ± {d.std(ddof=1):.4f} (t {t:+.1f}, {int((d > 0).sum())}/"
+    f"{len(d)} better)"
+  )
 
 
-def ensemble(feats: str, heads: str, variants, manifest: str, seeds=range(10),
-             weights=(0.5,), select: str = "both"):
+def ensemble(
+  feats: str,
+  heads: str,
+  variants,
+  manifest: str,
+  seeds=range(10),
+  weights=(0.5,),
+  select: str = "both",
+):
   """Ridge probes alone (penalty by val SRCC as `evaluate`, and/or by the
   trainer's leave-one-out rule) and mixed with saved heads predictions
   (`heads`): (1 − w) · heads + w · ridge for each weight. Every row paired
   against the first variant's ridge probe, and the mixes against the heads."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
+
   rows = _rows(manifest)
   y = np.array([float(r["mos"]) for r in rows])
   xs = {v: lever_features(feats, v) for v in variants}
@@ -85,8 +98,7 @@ def ensemble(feats: str, heads: str, variants, manifest: str, seeds=range(10),
         r = fn(xs[v], y, lab)
         res.setdefault(f"ridge[{rule}] {v}", []).append(srcc(r, te))
         for w in weights if h is not None else ():
-          res.setdefault(f"heads+{w}·ridge[{rule}] {v}", []).append(
-              srcc((1 - w) * h + w * r, te))
+          res.setdefault(f"heads+{w}·ridge[{rule}] {v}", []).append(srcc((1 - w) * h + w * r, te))
   ref = f"ridge[{next(iter(rules))}] {variants[0]}"
   for name, sr in res.items():
     if name.startswith("ridge"):
@@ -95,8 +107,10 @@ def ensemble(feats: str, heads: str, variants, manifest: str, seeds=range(10),
     if name.startswith("heads+"):
       print(_paired(name, sr, res["heads"], "heads"), flush=True)
   if "heads" in res:
-    print(f"{'heads ' + heads:58s} SRCC {np.mean(res['heads']):.4f} ± "
-          f"{np.std(res['heads'], ddof=1):.4f} ({len(res['heads'])} splits)")
+    print(
+      f"{'heads ' + heads:58s} SRCC {np.mean(res['heads']):.4f} ± "
+      f"{np.std(res['heads'], ddof=1):.4f} ({len(res['heads'])} splits)"
+    )
   return res
 
 
@@ -107,11 +121,18 @@ def main():
   p.add_argument("--manifest", default=MANIFEST)
   p.add_argument("--variant", action="append", default=[])
   p.add_argument("--weights", default="0.5", help="ridge weights in the mix, comma-separated")
-  p.add_argument("--select", default="both", choices=("both", "val", "loo"),
-                 help="the ridge penalty rule(s)")
+  p.add_argument(
+    "--select", default="both", choices=("both", "val", "loo"), help="the ridge penalty rule(s)"
+  )
   a = p.parse_args()
-  ensemble(a.feats, a.heads, a.variant, a.manifest,
-           weights=[float(w) for w in a.weights.split(",")], select=a.select)
+  ensemble(
+    a.feats,
+    a.heads,
+    a.variant,
+    a.manifest,
+    weights=[float(w) for w in a.weights.split(",")],
+    select=a.select,
+  )
 
 
 if __name__ == "__main__":

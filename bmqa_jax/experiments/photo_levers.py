@@ -44,6 +44,7 @@ def _rows(manifest: str):
 def cell_moments(tokens, image_hw, grid: int = GRID):
   """[B, N, C] token map → [B, g², 3, C]: per-cell mean, std and skewness."""
   from bmqa_jax.models import align  # pylint: disable=g-import-not-at-top
+
   b, n, c = tokens.shape
   hh, ww = align.map_shape(n, image_hw)
   x = tokens.reshape(b, hh, ww, c)
@@ -52,12 +53,12 @@ def cell_moments(tokens, image_hw, grid: int = GRID):
   out = []
   for i in range(grid):
     for j in range(grid):
-      cell = x[:, ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
+      cell = x[:, ys[i] : ys[i + 1], xs[j] : xs[j + 1]]
       m = cell.mean((1, 2))
       d = cell - m[:, None, None]
       var = (d * d).mean((1, 2))
       sd = jnp.sqrt(var + 1e-6)
-      skew = (d ** 3).mean((1, 2)) / (sd ** 3)
+      skew = (d**3).mean((1, 2)) / (sd**3)
       out.append(jnp.stack([m, sd, skew], 1))
   return jnp.stack(out, 1)
 
@@ -76,11 +77,11 @@ def channel_covariance(tokens, k: int, seed: int = 0):
   return cov[:, iu[0], iu[1]]
 
 
-def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int = 8,
-            cov: int = 0):
+def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int = 8, cov: int = 0):
   from bmqa_jax.data import image_io, native, pipeline  # pylint: disable=g-import-not-at-top
   from bmqa_jax.models import image  # pylint: disable=g-import-not-at-top
   from bmqa_jax.models.image import pretrained  # pylint: disable=g-import-not-at-top
+
   rows = _rows(manifest)
   name = f"{tower}_s{scale}.npz"
   os.makedirs(out, exist_ok=True)
@@ -118,18 +119,24 @@ def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int 
     outs = jax.device_get(fn(np.stack(imgs)))
     tmp = part + ".tmp.npz"
     nl = len(levels)
-    np.savez(tmp, **{f"{'lc'[j // nl]}{j % nl}": np.asarray(o[:n], np.float32)
-                     for j, o in enumerate(outs)})
+    np.savez(
+      tmp, **{f"{'lc'[j // nl]}{j % nl}": np.asarray(o[:n], np.float32) for j, o in enumerate(outs)}
+    )
     os.replace(tmp, part)
     done += n
     if k % 20 == 0:
-      print(f"{name}: {(k + 1) * batch}/{len(rows)} photos, "
-            f"{(time.time() - t0) / max(done, 1):.3f} s/photo", flush=True)
+      print(
+        f"{name}: {(k + 1) * batch}/{len(rows)} photos, "
+        f"{(time.time() - t0) / max(done, 1):.3f} s/photo",
+        flush=True,
+      )
   parts = [np.load(os.path.join(parts_dir, f"{k:05d}.npz")) for k in range(len(chunks))]
   arrays = {f: np.concatenate([p[f] for p in parts]) for f in parts[0].files}
   np.savez(dest, images=np.array([r["image"] for r in rows]), **arrays)
-  print(f"wrote {dest}: {[a.shape for a in arrays.values()]}, "
-        f"{(time.time() - t0) / max(done, 1):.3f} s/photo this run")
+  print(
+    f"wrote {dest}: {[a.shape for a in arrays.values()]}, "
+    f"{(time.time() - t0) / max(done, 1):.3f} s/photo this run"
+  )
 
 
 # --- evaluation ---------------------------------------------------------------
@@ -137,8 +144,7 @@ def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int 
 
 def _load(feats: str, tower: str, scale: int):
   z = np.load(os.path.join(feats, f"{tower}_s{scale}.npz"))
-  return [z[k] for k in sorted((k for k in z.files if k.startswith("l")),
-                               key=lambda k: int(k[1:]))]
+  return [z[k] for k in sorted((k for k in z.files if k.startswith("l")), key=lambda k: int(k[1:]))]
 
 
 def _parse_spec(spec: str, last: str):
@@ -146,8 +152,12 @@ def _parse_spec(spec: str, last: str):
   'msk', the fourth field or `last`): the one reading of a variant that
   `features` and `head_maps` share."""
   parts = spec.split(":")
-  tower = {"lite0": "efficientnet_lite0", "lite1": "efficientnet_lite1",
-           "lite2": "efficientnet_lite2", "mnv2": "mobilenet_v2"}.get(parts[0], parts[0])
+  tower = {
+    "lite0": "efficientnet_lite0",
+    "lite1": "efficientnet_lite1",
+    "lite2": "efficientnet_lite2",
+    "mnv2": "mobilenet_v2",
+  }.get(parts[0], parts[0])
   scales = [int(s[1:]) for s in parts[1].split("+")]
   stats = parts[2] if len(parts) > 2 else "ms"
   return tower, scales, ["msk".index(s) for s in stats], parts[3] if len(parts) > 3 else last
@@ -174,6 +184,7 @@ def features(feats: str, spec: str) -> np.ndarray:
 
 def split_masks(manifest: str, seeds):
   from bmqa_jax.data import scenes  # pylint: disable=g-import-not-at-top
+
   rows = _rows(manifest)
   sc = [r["scene"] for r in rows]
   for seed in seeds:
@@ -182,8 +193,9 @@ def split_masks(manifest: str, seeds):
     yield seed, lab
 
 
-def ridge_scores(x: np.ndarray, y: np.ndarray, lab: np.ndarray,
-                 alphas=(1, 3, 10, 30, 100, 300, 1000, 3000)) -> np.ndarray:
+def ridge_scores(
+  x: np.ndarray, y: np.ndarray, lab: np.ndarray, alphas=(1, 3, 10, 30, 100, 300, 1000, 3000)
+) -> np.ndarray:
   """Ridge (dual form) on standardised features, fitted on the split's train
   part as the heads are; the penalty is chosen by SRCC on its val part."""
   tr, va = lab == "train", lab == "val"
@@ -197,6 +209,7 @@ def ridge_scores(x: np.ndarray, y: np.ndarray, lab: np.ndarray,
   vy = v.T @ (z[tr].T @ (y[tr] - ym) if primal else y[tr] - ym)
   best = None
   from scipy import stats  # pylint: disable=g-import-not-at-top
+
   for a in alphas:
     coef = v @ (vy / (w + a / 1000.0))
     pred = (z @ coef if primal else z @ (z[tr].T @ coef)) + ym
@@ -208,6 +221,7 @@ def ridge_scores(x: np.ndarray, y: np.ndarray, lab: np.ndarray,
 
 def evaluate(feats: str, variants, manifest: str, seeds=range(10)):
   from scipy import stats  # pylint: disable=g-import-not-at-top
+
   rows = _rows(manifest)
   y = np.array([float(r["mos"]) for r in rows])
   splits = list(split_masks(manifest, seeds))
@@ -221,13 +235,18 @@ def evaluate(feats: str, variants, manifest: str, seeds=range(10)):
       sr.append(stats.spearmanr(p[te], y[te])[0])
       pl.append(stats.pearsonr(p[te], y[te])[0])
     res[spec] = (np.array(sr), np.array(pl))
-    print(f"{spec:40s} D={x.shape[1]:6d}  SRCC {np.mean(sr):.4f} ± {np.std(sr, ddof=1):.4f}"
-          f"  PLCC {np.mean(pl):.4f} ± {np.std(pl, ddof=1):.4f}", flush=True)
+    print(
+      f"{spec:40s} D={x.shape[1]:6d}  SRCC {np.mean(sr):.4f} ± {np.std(sr, ddof=1):.4f}"
+      f"  PLCC {np.mean(pl):.4f} ± {np.std(pl, ddof=1):.4f}",
+      flush=True,
+    )
   base = variants[0]
   for spec in variants[1:]:
     d = res[spec][0] - res[base][0]
-    print(f"  {spec} − {base}: SRCC {d.mean():+.4f} ± {d.std(ddof=1):.4f} "
-          f"(paired, {int((d > 0).sum())}/{len(d)} splits better)")
+    print(
+      f"  {spec} − {base}: SRCC {d.mean():+.4f} ± {d.std(ddof=1):.4f} "
+      f"(paired, {int((d > 0).sum())}/{len(d)} splits better)"
+    )
   return res
 
 
@@ -241,8 +260,7 @@ def head_maps(feats: str, spec: str) -> list[np.ndarray]:
   per_scale = [_load(feats, tower, s) for s in scales]
   out = []
   for lev in zip(*per_scale):
-    maps = [np.concatenate([a[:, :, j] for j in pick], -1).astype(np.float32)
-            for a in lev]
+    maps = [np.concatenate([a[:, :, j] for j in pick], -1).astype(np.float32) for a in lev]
     if fusion == "chan":
       out.append(np.concatenate(maps, -1))
     elif fusion == "tok":
@@ -252,8 +270,9 @@ def head_maps(feats: str, spec: str) -> list[np.ndarray]:
   return out
 
 
-def head_scores(maps, y, lab, seed: int, ensemble: int = 5, epochs: int = 20,
-                batch: int = 32, lr: float = 3e-4) -> np.ndarray:
+def head_scores(
+  maps, y, lab, seed: int, ensemble: int = 5, epochs: int = 20, batch: int = 32, lr: float = 3e-4
+) -> np.ndarray:
   """The default recipe's heads (`configs/biq2021.py`: `ensemble` attentive
   pooling + probe heads, AdamW, cosine after a 1-epoch warm-up, weight decay
   0.05, each member's MSE) trained on the split's train part from these maps
@@ -261,20 +280,31 @@ def head_scores(maps, y, lab, seed: int, ensemble: int = 5, epochs: int = 20,
   import optax  # pylint: disable=g-import-not-at-top
   from bmqa_jax.bmqa import model as bmqa_model  # pylint: disable=g-import-not-at-top
   from bmqa_jax.configs import biq2021  # pylint: disable=g-import-not-at-top
+
   cfg = biq2021.get_config(f"ensemble={ensemble}")
   a = cfg.model.align
-  model = bmqa_model.BMQA(None, None, modalities=("image",), align_width=a.width,
-                          align_heads=a.heads, align_qkv_dim=a.qkv_dim,
-                          align_mlp_dim=a.mlp_dim, multi_level=True, token_grid=4,
-                          ensemble=ensemble)
+  model = bmqa_model.BMQA(
+    None,
+    None,
+    modalities=("image",),
+    align_width=a.width,
+    align_heads=a.heads,
+    align_qkv_dim=a.qkv_dim,
+    align_mlp_dim=a.mlp_dim,
+    multi_level=True,
+    token_grid=4,
+    ensemble=ensemble,
+  )
   tr = np.flatnonzero(lab == "train")
   spe = len(tr) // batch
   total, warm = epochs * spe, spe
-  sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warm),
-                                optax.cosine_decay_schedule(lr, total - warm)], [warm])
+  sched = optax.join_schedules(
+    [optax.linear_schedule(0.0, lr, warm), optax.cosine_decay_schedule(lr, total - warm)], [warm]
+  )
   tx = optax.adamw(sched, b1=0.9, b2=0.999, weight_decay=0.05)
-  params = model.init(jax.random.key(seed), None,
-                      image_features=[jnp.asarray(m[:2]) for m in maps])["params"]
+  params = model.init(
+    jax.random.key(seed), None, image_features=[jnp.asarray(m[:2]) for m in maps]
+  )["params"]
   opt = tx.init(params)
 
   @jax.jit
@@ -283,6 +313,7 @@ def head_scores(maps, y, lab, seed: int, ensemble: int = 5, epochs: int = 20,
       out = model.apply({"params": p}, None, image_features=xs)
       member = out["member_scores"] if ensemble > 1 else out["score"][:, None]
       return jnp.mean((member - yb[:, None]) ** 2)
+
     g = jax.grad(loss)(params)
     upd, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, upd), opt
@@ -291,18 +322,19 @@ def head_scores(maps, y, lab, seed: int, ensemble: int = 5, epochs: int = 20,
   for _ in range(epochs):
     perm = rng.permutation(tr)
     for k in range(spe):
-      idx = perm[k * batch:(k + 1) * batch]
+      idx = perm[k * batch : (k + 1) * batch]
       params, opt = step(params, opt, [m[idx] for m in maps], y[idx].astype(np.float32))
   score = jax.jit(lambda p, xs: model.apply({"params": p}, None, image_features=xs)["score"])
-  return np.concatenate([np.asarray(score(params, [m[s:s + 256] for m in maps]))
-                         for s in range(0, len(y), 256)])
+  return np.concatenate(
+    [np.asarray(score(params, [m[s : s + 256] for m in maps])) for s in range(0, len(y), 256)]
+  )
 
 
-def evaluate_heads(feats: str, variants, manifest: str, seeds=range(10),
-                   ensemble: int = 5):
+def evaluate_heads(feats: str, variants, manifest: str, seeds=range(10), ensemble: int = 5):
   """The heads of every variant on split 0, then on split 1, ...: a killed run
   still leaves paired results (printed after every split)."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
+
   rows = _rows(manifest)
   y = np.array([float(r["mos"]) for r in rows])
   maps = {spec: head_maps(feats, spec) for spec in variants}
@@ -316,17 +348,24 @@ def evaluate_heads(feats: str, variants, manifest: str, seeds=range(10),
       np.save(os.path.join(feats, "preds", f"heads{ensemble}_{spec}_{seed}.npy"), p)
       res[spec][0].append(stats.spearmanr(p[te], y[te])[0])
       res[spec][1].append(stats.pearsonr(p[te], y[te])[0])
-      print(f"  split {seed} {spec}: SRCC {res[spec][0][-1]:.4f} PLCC "
-            f"{res[spec][1][-1]:.4f} ({time.time() - t0:.0f} s)", flush=True)
+      print(
+        f"  split {seed} {spec}: SRCC {res[spec][0][-1]:.4f} PLCC "
+        f"{res[spec][1][-1]:.4f} ({time.time() - t0:.0f} s)",
+        flush=True,
+      )
     for spec in variants:
       sr, pl = np.array(res[spec][0]), np.array(res[spec][1])
-      line = (f"heads×{ensemble} {spec:30s} {len(sr)} splits: SRCC {sr.mean():.4f} ± "
-              f"{sr.std(ddof=1) if len(sr) > 1 else 0:.4f}  PLCC {pl.mean():.4f} ± "
-              f"{pl.std(ddof=1) if len(pl) > 1 else 0:.4f}")
+      line = (
+        f"heads×{ensemble} {spec:30s} {len(sr)} splits: SRCC {sr.mean():.4f} ± "
+        f"{sr.std(ddof=1) if len(sr) > 1 else 0:.4f}  PLCC {pl.mean():.4f} ± "
+        f"{pl.std(ddof=1) if len(pl) > 1 else 0:.4f}"
+      )
       if spec != variants[0]:
         d = sr - np.array(res[variants[0]][0])
-        line += (f"  paired ΔSRCC {d.mean():+.4f} ± {d.std(ddof=1) if len(d) > 1 else 0:.4f}"
-                 f" ({int((d > 0).sum())}/{len(d)} better)")
+        line += (
+          f"  paired ΔSRCC {d.mean():+.4f} ± {d.std(ddof=1) if len(d) > 1 else 0:.4f}"
+          f" ({int((d > 0).sum())}/{len(d)} better)"
+        )
       print(line, flush=True)
   return res
 
@@ -336,6 +375,7 @@ def combine(feats: str, heads: str, variants, manifest: str, seeds=range(10)):
   a ridge probe's on each variant's features, on the splits whose heads
   predictions exist; paired against the heads alone."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
+
   rows = _rows(manifest)
   y = np.array([float(r["mos"]) for r in rows])
   xs = {v: features(feats, v) for v in variants}
@@ -355,8 +395,10 @@ def combine(feats: str, heads: str, variants, manifest: str, seeds=range(10)):
   for v in variants:
     r = np.array(res[v])
     d = r - base
-    print(f"  + ridge {v}: SRCC {r.mean():.4f} ± {r.std(ddof=1):.4f}, paired "
-          f"{d.mean():+.4f} ± {d.std(ddof=1):.4f} ({int((d > 0).sum())}/{len(d)} better)")
+    print(
+      f"  + ridge {v}: SRCC {r.mean():.4f} ± {r.std(ddof=1):.4f}, paired "
+      f"{d.mean():+.4f} ± {d.std(ddof=1):.4f} ({int((d > 0).sum())}/{len(d)} better)"
+    )
 
 
 def main():
@@ -366,8 +408,12 @@ def main():
   p.add_argument("--tower", default="efficientnet_lite0")
   p.add_argument("--levels", default="1,2,4,6")
   p.add_argument("--scale", type=int, default=1)
-  p.add_argument("--cov", type=int, default=0,
-                 help="extract: also each level's channel covariance after a projection to COV")
+  p.add_argument(
+    "--cov",
+    type=int,
+    default=0,
+    help="extract: also each level's channel covariance after a projection to COV",
+  )
   p.add_argument("--out", "--feats", dest="out", default="/tmp/photos/feats")
   p.add_argument("--manifest", default=MANIFEST)
   p.add_argument("--variant", action="append", default=[])
@@ -375,14 +421,12 @@ def main():
   p.add_argument("--seeds", default="0-9", help="splits, FIRST-LAST")
   a = p.parse_args()
   if a.cmd == "extract":
-    extract(a.tower, [int(x) for x in a.levels.split(",")], a.scale, a.out, a.manifest,
-            cov=a.cov)
+    extract(a.tower, [int(x) for x in a.levels.split(",")], a.scale, a.out, a.manifest, cov=a.cov)
   elif a.cmd == "combine":
     combine(a.out, a.heads, a.variant, a.manifest)
   elif a.cmd == "heads":
     lo, hi = (int(x) for x in a.seeds.split("-"))
-    evaluate_heads(a.out, a.variant, a.manifest, seeds=range(lo, hi + 1),
-                   ensemble=a.ensemble)
+    evaluate_heads(a.out, a.variant, a.manifest, seeds=range(lo, hi + 1), ensemble=a.ensemble)
   else:
     evaluate(a.out, a.variant, a.manifest)
 

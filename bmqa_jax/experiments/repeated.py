@@ -23,6 +23,7 @@ from bmqa_jax.experiments import report
 from bmqa_jax.train_lib import workdir as workdir_lib
 from bmqa_jax.data.scenes import SPLIT_NAMES
 
+
 def _split_config(cfg, manifest: str, pretrain: str, cache_dir: str):
   cfg = cfg.copy_and_resolve_references()
   # The splits re-cut the same photos: a frozen tower's features are shared.
@@ -39,15 +40,24 @@ def _config_changed(cfg, sdir: str) -> bool:
   give it now (ignoring the fields a run may change safely)."""
   man = os.path.join(sdir, "manifest.csv")
   pre = os.path.join(sdir, "pretrain.csv")
-  scfg = _split_config(cfg, man, pre if os.path.exists(pre) else "",
-                       os.path.join(os.path.dirname(sdir), "feature_cache"))
-  changes = workdir_lib.config_changes(workdir_lib.load_config(sdir), scfg,
-                                       config_bases.complete)
+  scfg = _split_config(
+    cfg,
+    man,
+    pre if os.path.exists(pre) else "",
+    os.path.join(os.path.dirname(sdir), "feature_cache"),
+  )
+  changes = workdir_lib.config_changes(workdir_lib.load_config(sdir), scfg, config_bases.complete)
   return any(not workdir_lib.safe_change(k) for k, _, _ in changes)
 
 
-def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
-                 fractions: Sequence[float] = (0.8, 0.1, 0.1), log=log_lib.info) -> dict:
+def run_repeated(
+  cfg,
+  workdir: str,
+  num_splits: int = 10,
+  first_seed: int = 0,
+  fractions: Sequence[float] = (0.8, 0.1, 0.1),
+  log=log_lib.info,
+) -> dict:
   """Trains and tests `cfg` on `num_splits` scene-wise random splits.
 
   Split k (seed `first_seed + k`) lives in `workdir/split_<seed>/`: its
@@ -64,8 +74,11 @@ def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
   per_split = {}
   for seed in range(first_seed, first_seed + num_splits):
     sdir = os.path.join(workdir, f"split_{seed:03d}")
-    overall, status = report.own_test_metrics(sdir) if os.path.exists(
-        os.path.join(sdir, "config.json")) else (None, "not started")
+    overall, status = (
+      report.own_test_metrics(sdir)
+      if os.path.exists(os.path.join(sdir, "config.json"))
+      else (None, "not started")
+    )
     if overall is not None and not _config_changed(cfg, sdir):
       log(f"[split {seed}] finished earlier, skipping")
     else:
@@ -83,39 +96,56 @@ def run_repeated(cfg, workdir: str, num_splits: int = 10, first_seed: int = 0,
       scfg = _split_config(cfg, man, pre, os.path.join(workdir, "feature_cache"))
       describe = descriptions.for_training(scfg, sdir, log)
       train.train_and_evaluate(scfg, sdir, log=log, describe=describe, progress=True)
-      evaluate.evaluate_workdir(sdir, split="test", log=log,
-                                text_source=scfg.data.get("text_source", "text"),
-                                describe=describe)
+      evaluate.evaluate_workdir(
+        sdir,
+        split="test",
+        log=log,
+        text_source=scfg.data.get("text_source", "text"),
+        describe=describe,
+      )
       overall, status = report.own_test_metrics(sdir)
       if overall is None:
         raise RuntimeError(f"[split {seed}] {status}")
     per_split[seed] = overall
   results = list(per_split.values())
+
   # Metrics every split reports (older metrics.json files may lack the mapped ones).
   def number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-  keys = [k for k in results[0]
-          if all(k in r and (number(r[k]) or r[k] is None) for r in results)
-          and any(number(r[k]) for r in results)]
+
+  keys = [
+    k
+    for k in results[0]
+    if all(k in r and (number(r[k]) or r[k] is None) for r in results)
+    and any(number(r[k]) for r in results)
+  ]
   stats = metrics_report.split_statistics(results, keys)
-  result = {"num_splits": num_splits, "seeds": list(per_split),
-            "fractions": list(fractions), "per_split": per_split,
-            "statistics": stats}
-  workdir_lib.atomic_write(os.path.join(workdir, "repeated_splits.json"),
-                           json.dumps(result, indent=1))
+  result = {
+    "num_splits": num_splits,
+    "seeds": list(per_split),
+    "fractions": list(fractions),
+    "per_split": per_split,
+    "statistics": stats,
+  }
+  workdir_lib.atomic_write(
+    os.path.join(workdir, "repeated_splits.json"), json.dumps(result, indent=1)
+  )
   table = format_statistics(stats)
   with open(os.path.join(workdir, "repeated_splits.md"), "w") as f:
-    f.write(f"# {num_splits} scene-wise random splits "
-            f"({'/'.join(str(x) for x in fractions)})\n\n{table}\n")
+    f.write(
+      f"# {num_splits} scene-wise random splits "
+      f"({'/'.join(str(x) for x in fractions)})\n\n{table}\n"
+    )
   log(table)
   return result
 
 
-def format_statistics(stats: dict, keys: Sequence[str] = (
-    "plcc", "srcc", "krcc", "rmse", "plcc_logistic4", "rmse_logistic4")) -> str:
+def format_statistics(
+  stats: dict,
+  keys: Sequence[str] = ("plcc", "srcc", "krcc", "rmse", "plcc_logistic4", "rmse_logistic4"),
+) -> str:
   """A markdown table: metric | mean ± std | median | min | max | splits."""
-  lines = ["| metric | mean ± std | median | min | max | splits |",
-           "|---|---|---|---|---|---|"]
+  lines = ["| metric | mean ± std | median | min | max | splits |", "|---|---|---|---|---|---|"]
   for k in keys:
     if k not in stats:
       continue
@@ -124,6 +154,8 @@ def format_statistics(stats: dict, keys: Sequence[str] = (
       lines.append(f"| {k} | n/c | n/c | n/c | n/c | 0 |")
       continue
     std = "" if s["std"] is None else f" ± {s['std']:.4f}"
-    lines.append(f"| {k} | {s['mean']:.4f}{std} | {s['median']:.4f} | "
-                 f"{s['min']:.4f} | {s['max']:.4f} | {s['n_splits']} |")
+    lines.append(
+      f"| {k} | {s['mean']:.4f}{std} | {s['median']:.4f} | "
+      f"{s['min']:.4f} | {s['max']:.4f} | {s['n_splits']} |"
+    )
   return "\n".join(lines)

@@ -18,28 +18,47 @@ from typing import Any, Sequence
 _T1_IMAGE = ("vgg19", "resnet50", "efficientnet_b4", "vit_b32", "convnext_base")
 _T1_TEXT = ("bow", "rnn", "transformer")
 _T1 = (
-    (0.8538, 0.8532, 0.0885), (0.8670, 0.8636, 0.0869), (0.8731, 0.8685, 0.0847),
-    (0.8743, 0.8750, 0.0845), (0.8859, 0.8851, 0.0824), (0.8989, 0.8877, 0.0830),
-    (0.8760, 0.8719, 0.0834), (0.8898, 0.8886, 0.0810), (0.8987, 0.8922, 0.0825),
-    (0.8802, 0.8774, 0.0827), (0.8879, 0.8871, 0.0822), (0.9089, 0.9040, 0.0816),
-    (0.8822, 0.8844, 0.0832), (0.8970, 0.8984, 0.0817), (0.9121, 0.9065, 0.0802),
+  (0.8538, 0.8532, 0.0885),
+  (0.8670, 0.8636, 0.0869),
+  (0.8731, 0.8685, 0.0847),
+  (0.8743, 0.8750, 0.0845),
+  (0.8859, 0.8851, 0.0824),
+  (0.8989, 0.8877, 0.0830),
+  (0.8760, 0.8719, 0.0834),
+  (0.8898, 0.8886, 0.0810),
+  (0.8987, 0.8922, 0.0825),
+  (0.8802, 0.8774, 0.0827),
+  (0.8879, 0.8871, 0.0822),
+  (0.9089, 0.9040, 0.0816),
+  (0.8822, 0.8844, 0.0832),
+  (0.8970, 0.8984, 0.0817),
+  (0.9121, 0.9065, 0.0802),
 )
 # Table 2 (MLIQ, RN-50 + TransF): method → (PLCC, SRCC, RMSE).
 _T2 = {
-    "a": (0.7964, 0.7934, 0.1082), "b": (0.7504, 0.7466, 0.1130),
-    "c": (0.8567, 0.8556, 0.0902), "d": (0.8209, 0.8183, 0.0932),
-    "e": (0.8614, 0.8610, 0.0896), "f": (0.8707, 0.8709, 0.0868),
-    "g": (0.8753, 0.8721, 0.0871), "h": (0.8989, 0.8877, 0.0830),
+  "a": (0.7964, 0.7934, 0.1082),
+  "b": (0.7504, 0.7466, 0.1130),
+  "c": (0.8567, 0.8556, 0.0902),
+  "d": (0.8209, 0.8183, 0.0932),
+  "e": (0.8614, 0.8610, 0.0896),
+  "f": (0.8707, 0.8709, 0.0868),
+  "g": (0.8753, 0.8721, 0.0871),
+  "h": (0.8989, 0.8877, 0.0830),
 }
 T2_LABELS = {
-    "a": "ST image", "b": "ST text", "c": "SS both → ST image",
-    "d": "SS both → ST text", "e": "SS → ST both", "f": "PT CL → SS → ST",
-    "g": "PT RE → SS → ST", "h": "PT FM → SS → ST",
+  "a": "ST image",
+  "b": "ST text",
+  "c": "SS both → ST image",
+  "d": "SS both → ST text",
+  "e": "SS → ST both",
+  "f": "PT CL → SS → ST",
+  "g": "PT RE → SS → ST",
+  "h": "PT FM → SS → ST",
 }
 
 PAPER: dict[str, tuple[float, float, float]] = {
-    f"table1/{i}+{t}": _T1[3 * a + b]
-    for a, i in enumerate(_T1_IMAGE) for b, t in enumerate(_T1_TEXT)}
+  f"table1/{i}+{t}": _T1[3 * a + b] for a, i in enumerate(_T1_IMAGE) for b, t in enumerate(_T1_TEXT)
+}
 PAPER.update({f"table2/{m}": v for m, v in _T2.items()})
 _ORDER = {ref: k for k, ref in enumerate(PAPER)}
 
@@ -61,11 +80,19 @@ def collect(workdirs: Sequence[str]) -> list[dict[str, Any]]:
       towers.append(model["image"]["name"])
     if "text" in model["modalities"]:
       towers.append(model["text"]["name"])
-    rows.append(dict(run=os.path.basename(os.path.normpath(w)), workdir=w,
-                     paper_ref=ref, stages=cfg["stages"], towers="+".join(towers),
-                     metrics=overall, status=status, paper=PAPER.get(ref)))
-  return sorted(rows, key=lambda r: (_ORDER.get(r["paper_ref"], len(_ORDER)),
-                                     r["run"]))
+    rows.append(
+      dict(
+        run=os.path.basename(os.path.normpath(w)),
+        workdir=w,
+        paper_ref=ref,
+        stages=cfg["stages"],
+        towers="+".join(towers),
+        metrics=overall,
+        status=status,
+        paper=PAPER.get(ref),
+      )
+    )
+  return sorted(rows, key=lambda r: (_ORDER.get(r["paper_ref"], len(_ORDER)), r["run"]))
 
 
 def own_test_metrics(workdir: str) -> tuple[dict | None, str]:
@@ -94,11 +121,14 @@ def _f(x) -> str:
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
   """A markdown table: the run's PLCC/SRCC/RMSE, then the paper's."""
   refs = {r["paper_ref"].split("/")[0] for r in rows if r["paper_ref"]}
-  title = {frozenset({"table1"}): "Table 1 (image × text encoder)",
-           frozenset({"table2"}): "Table 2 (ablation)"}.get(frozenset(refs),
-                                                            "BMQA runs")
-  head = ("| run | entry | stages | towers | PLCC | SRCC | RMSE | n "
-          "| paper PLCC | paper SRCC | paper RMSE |")
+  title = {
+    frozenset({"table1"}): "Table 1 (image × text encoder)",
+    frozenset({"table2"}): "Table 2 (ablation)",
+  }.get(frozenset(refs), "BMQA runs")
+  head = (
+    "| run | entry | stages | towers | PLCC | SRCC | RMSE | n "
+    "| paper PLCC | paper SRCC | paper RMSE |"
+  )
   lines = [f"### {title}", "", head, "|" + "---|" * 11]
   for r in rows:
     m = r["metrics"] or {}
@@ -108,13 +138,18 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
       entry = f"({entry[7:]}) {T2_LABELS[entry[7:]]}"
     elif entry.startswith("table1/"):
       entry = entry[7:]
-    n = m.get("n", "not evaluated") if r["metrics"] is not None else r.get(
-        "status", "not evaluated")
+    n = (
+      m.get("n", "not evaluated") if r["metrics"] is not None else r.get("status", "not evaluated")
+    )
     lines.append(
-        f"| {r['run']} | {entry} | {r['stages']} | {r['towers']} | "
-        f"{_f(m.get('plcc'))} | {_f(m.get('srcc'))} | {_f(m.get('rmse'))} | {n} | "
-        f"{_f(p[0])} | {_f(p[1])} | {_f(p[2])} |")
-  lines += ["", "PLCC/SRCC/RMSE of each run's test split (`launch/evaluate.py`, "
-            "raw predictions); paper: Table 1/2 of the paper on MLIQ. A run on "
-            "other data or at another size is not expected to match them."]
+      f"| {r['run']} | {entry} | {r['stages']} | {r['towers']} | "
+      f"{_f(m.get('plcc'))} | {_f(m.get('srcc'))} | {_f(m.get('rmse'))} | {n} | "
+      f"{_f(p[0])} | {_f(p[1])} | {_f(p[2])} |"
+    )
+  lines += [
+    "",
+    "PLCC/SRCC/RMSE of each run's test split (`launch/evaluate.py`, "
+    "raw predictions); paper: Table 1/2 of the paper on MLIQ. A run on "
+    "other data or at another size is not expected to match them.",
+  ]
   return "\n".join(lines) + "\n"

@@ -39,9 +39,12 @@ class AttentivePool(nn.Module):
     probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, self.width))
     probe = jnp.broadcast_to(probe, (x.shape[0], 1, self.width)).astype(self.dtype)
     attended = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, qkv_features=self.qkv_dim, out_features=self.width,
-        dtype=self.dtype, name="attention")(
-            probe, x, mask=mask[:, None, None, :])[:, 0]
+      num_heads=self.num_heads,
+      qkv_features=self.qkv_dim,
+      out_features=self.width,
+      dtype=self.dtype,
+      name="attention",
+    )(probe, x, mask=mask[:, None, None, :])[:, 0]
     y = nn.LayerNorm(dtype=self.dtype, name="ln_attention")(attended + mean)
     z = nn.Dense(self.mlp_dim, dtype=self.dtype, name="ff_in")(y)
     z = nn.Dense(self.width, dtype=self.dtype, name="ff_out")(nn.gelu(z))
@@ -53,13 +56,15 @@ def map_shape(num_tokens: int, image_hw: tuple[int, int]) -> tuple[int, int]:
   from an image of `image_hw`: the stride s (a power of two) with
   ceil(H/s)·ceil(W/s) or floor(H/s)·floor(W/s) tokens."""
   h, w = image_hw
-  for s in (2 ** k for k in range(8)):
+  for s in (2**k for k in range(8)):
     for rnd in (np.ceil, np.floor):
       hh, ww = int(rnd(h / s)), int(rnd(w / s))
       if hh * ww == num_tokens:
         return hh, ww
-  raise ValueError(f"{num_tokens} tokens are no convolutional map of a {h}×{w} "
-                   "image (token_grid needs a CNN tower, not a ViT)")
+  raise ValueError(
+    f"{num_tokens} tokens are no convolutional map of a {h}×{w} "
+    "image (token_grid needs a CNN tower, not a ViT)"
+  )
 
 
 def grid_statistics(tokens, image_hw: tuple[int, int], grid: int):
@@ -82,7 +87,7 @@ def grid_statistics(tokens, image_hw: tuple[int, int], grid: int):
   cells = []
   for i in range(grid):
     for j in range(grid):
-      cell = x[:, ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
+      cell = x[:, ys[i] : ys[i + 1], xs[j] : xs[j + 1]]
       mean = cell.mean((1, 2))
       var = jnp.maximum((cell * cell).mean((1, 2)) - mean * mean, 0.0)
       cells.append(jnp.concatenate([mean, jnp.sqrt(var + 1e-6)], -1))

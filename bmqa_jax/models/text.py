@@ -56,7 +56,8 @@ class LinearCombination(nn.Module):
   @nn.compact
   def __call__(self, tokens, mask):
     return nn.Dense(self.width, dtype=self.dtype, name="lc")(
-        masked_reduce(tokens, mask, self.reduction))
+      masked_reduce(tokens, mask, self.reduction)
+    )
 
 
 def _outputs(tokens, mask, pooled) -> dict:
@@ -86,15 +87,15 @@ class BagOfWordsEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, ids, mask, train: bool = False):
-    x = nn.Embed(self.vocab_size, self.width, param_dtype=self.param_dtype,
-                 name="embed")(ids).astype(self.dtype)
+    x = nn.Embed(self.vocab_size, self.width, param_dtype=self.param_dtype, name="embed")(
+      ids
+    ).astype(self.dtype)
     for i in range(self.depth):
       y = nn.Dense(self.mlp_dim, dtype=self.dtype, name=f"mlp{i}_in")(x)
       y = nn.Dense(self.width, dtype=self.dtype, name=f"mlp{i}_out")(nn.gelu(y))
       y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
       x = nn.LayerNorm(dtype=self.dtype, name=f"ln{i}")(x + y)
-    pooled = LinearCombination(self.width, self.reduction, self.dtype,
-                               name="combine")(x, mask)
+    pooled = LinearCombination(self.width, self.reduction, self.dtype, name="combine")(x, mask)
     return _outputs(x, mask, pooled)
 
 
@@ -119,8 +120,7 @@ class RecurrentEncoder(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def _cell(self, name: str):
-    kw = dict(features=self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-              name=name)
+    kw = dict(features=self.width, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     if self.cell == "gru":
       return nn.GRUCell(**kw)
     if self.cell == "lstm":
@@ -130,8 +130,9 @@ class RecurrentEncoder(nn.Module):
   @nn.compact
   def __call__(self, ids, mask, train: bool = False):
     lengths = mask.astype(jnp.int32).sum(1)
-    x = nn.Embed(self.vocab_size, self.embed_dim, param_dtype=self.param_dtype,
-                 name="embed")(ids).astype(self.dtype)
+    x = nn.Embed(self.vocab_size, self.embed_dim, param_dtype=self.param_dtype, name="embed")(
+      ids
+    ).astype(self.dtype)
     for i in range(self.depth):
       if i:
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
@@ -142,8 +143,7 @@ class RecurrentEncoder(nn.Module):
         x = nn.Bidirectional(fwd, bwd)(x, seq_lengths=lengths)
       else:
         x = fwd(x, seq_lengths=lengths)
-    pooled = LinearCombination(x.shape[-1], "mean", self.dtype,
-                               name="combine")(x, mask)
+    pooled = LinearCombination(x.shape[-1], "mean", self.dtype, name="combine")(x, mask)
     return _outputs(x, mask, pooled)
 
 
@@ -160,8 +160,11 @@ class TransformerBlock(nn.Module):
     attn_mask = nn.make_attention_mask(mask, mask)
     y = nn.LayerNorm(dtype=self.dtype)(x)
     y = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate,
-        deterministic=not train)(y, y, mask=attn_mask)
+      num_heads=self.num_heads,
+      dtype=self.dtype,
+      dropout_rate=self.dropout_rate,
+      deterministic=not train,
+    )(y, y, mask=attn_mask)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     y = nn.LayerNorm(dtype=self.dtype)(x)
     y = nn.Dense(self.mlp_dim, dtype=self.dtype)(y)
@@ -187,24 +190,25 @@ class TransformerEncoder(nn.Module):
   def __call__(self, ids, mask, train: bool = False):
     if ids.shape[1] > self.max_len:
       raise ValueError(f"text length {ids.shape[1]} exceeds max_len {self.max_len}")
-    x = nn.Embed(self.vocab_size, self.width, param_dtype=self.param_dtype,
-                 name="embed")(ids)
-    pos = self.param("pos_embed", nn.initializers.normal(0.02),
-                     (1, self.max_len, self.width), self.param_dtype)
-    x = (x + pos[:, :ids.shape[1]]).astype(self.dtype)
+    x = nn.Embed(self.vocab_size, self.width, param_dtype=self.param_dtype, name="embed")(ids)
+    pos = self.param(
+      "pos_embed", nn.initializers.normal(0.02), (1, self.max_len, self.width), self.param_dtype
+    )
+    x = (x + pos[:, : ids.shape[1]]).astype(self.dtype)
     for i in range(self.depth):
-      x = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
-                           self.dtype, name=f"block{i}")(x, mask, train)
+      x = TransformerBlock(
+        self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype, name=f"block{i}"
+      )(x, mask, train)
     x = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
     pooled = LinearCombination(self.width, "mean", self.dtype, name="combine")(x, mask)
     return _outputs(x, mask, pooled)
 
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "bow": BagOfWordsEncoder,
-    "gru": functools.partial(RecurrentEncoder, cell="gru"),
-    "lstm": functools.partial(RecurrentEncoder, cell="lstm"),
-    "transformer": TransformerEncoder,
+  "bow": BagOfWordsEncoder,
+  "gru": functools.partial(RecurrentEncoder, cell="gru"),
+  "lstm": functools.partial(RecurrentEncoder, cell="lstm"),
+  "transformer": TransformerEncoder,
 }
 
 

@@ -62,16 +62,19 @@ def _bucket_of(lengths: np.ndarray, frame_buckets: Sequence[int]) -> np.ndarray:
   idx = np.searchsorted(buckets, lengths, side="left")
   if np.any(idx >= len(buckets)):
     longest = int(lengths.max())
-    raise ValueError(f"an utterance has {longest} frames, more than the largest "
-                     f"frame bucket {buckets[-1]}: add a larger bucket")
+    raise ValueError(
+      f"an utterance has {longest} frames, more than the largest "
+      f"frame bucket {buckets[-1]}: add a larger bucket"
+    )
   return buckets[idx]
 
 
 class _Collate:
   """Pads one batch's utterances (indices) into arrays."""
 
-  def __init__(self, data: SpeechSet, frame_buckets: Sequence[int], batch_size: int,
-               label_multiple: int):
+  def __init__(
+    self, data: SpeechSet, frame_buckets: Sequence[int], batch_size: int, label_multiple: int
+  ):
     self.data, self.batch_size = data, batch_size
     lengths = data.features.lengths
     self.bucket = _bucket_of(lengths, frame_buckets)
@@ -96,24 +99,30 @@ class _Collate:
     fill = np.concatenate([indices, np.full(self.batch_size - len(indices), indices[0])])
     for row, i in enumerate(fill):
       f = self.data.features[int(i)]
-      feats[row, :len(f)] = f
+      feats[row, : len(f)] = f
       lengths[row] = len(f)
       lab = self.data.labels[int(i)]
-      labels[row, :len(lab)] = lab
+      labels[row, : len(lab)] = lab
       label_lengths[row] = len(lab)
       weights[row] = 1.0 if row < len(indices) else 0.0
-    return dict(features=feats, lengths=lengths, labels=labels,
-                label_lengths=label_lengths, weights=weights)
+    return dict(
+      features=feats, lengths=lengths, labels=labels, label_lengths=label_lengths, weights=weights
+    )
 
 
 def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
   """Index batches of similar length (sorted, then cut into ``batch_size``)."""
   order = np.argsort(lengths, kind="stable")
-  return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+  return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def feature_batches(features: FeatureCache, *, batch_size: int,
-                    frame_buckets: Sequence[int], overflow_multiple: int = 256):
+def feature_batches(
+  features: FeatureCache,
+  *,
+  batch_size: int,
+  frame_buckets: Sequence[int],
+  overflow_multiple: int = 256,
+):
   """Yields ``(indices, features [batch_size, F, n_mels], lengths)`` over every
   utterance once, in length order (for inference). Utterances longer than the
   largest bucket are padded to a multiple of ``overflow_multiple`` frames."""
@@ -129,14 +138,20 @@ def feature_batches(features: FeatureCache, *, batch_size: int,
     lengths = np.zeros((batch_size,), np.int32)
     for row, i in enumerate(fill):
       f = features[int(i)]
-      feats[row, :len(f)] = f
+      feats[row, : len(f)] = f
       lengths[row] = len(f)
     yield idx, feats, lengths
 
 
-def batch_dataset(data: SpeechSet, *, batch_size: int, frame_buckets: Sequence[int],
-                  label_multiple: int = 8, seed: int = 0,
-                  shuffle: bool = True) -> grain.MapDataset:
+def batch_dataset(
+  data: SpeechSet,
+  *,
+  batch_size: int,
+  frame_buckets: Sequence[int],
+  label_multiple: int = 8,
+  seed: int = 0,
+  shuffle: bool = True,
+) -> grain.MapDataset:
   """Padded batches; with ``shuffle`` an endless, per-epoch shuffled sequence
   (index it by step), without it one pass in length order."""
   collate = _Collate(data, frame_buckets, batch_size, label_multiple)

@@ -12,8 +12,7 @@ import numpy as np
 
 from bmqa_jax.speech import text
 
-__all__ = ["collapse", "greedy_decode", "prefix_beam_search", "beam_decode",
-           "log_softmax"]
+__all__ = ["collapse", "greedy_decode", "prefix_beam_search", "beam_decode", "log_softmax"]
 
 _NEG_INF = -np.inf
 
@@ -47,11 +46,12 @@ def greedy_decode(logits, lengths=None, blank: int = text.BLANK) -> list[str]:
     raise ValueError(f"logits must be [B, T, V], got shape {logits.shape}")
   lengths = np.full(logits.shape[0], logits.shape[1]) if lengths is None else np.asarray(lengths)
   best = logits.argmax(axis=-1)
-  return [_words(collapse(best[b, :lengths[b]], blank)) for b in range(logits.shape[0])]
+  return [_words(collapse(best[b, : lengths[b]], blank)) for b in range(logits.shape[0])]
 
 
-def prefix_beam_search(log_probs, beam_size: int = 16, prune_log_prob: float = -12.0,
-                       blank: int = text.BLANK) -> list[tuple[tuple[int, ...], float]]:
+def prefix_beam_search(
+  log_probs, beam_size: int = 16, prune_log_prob: float = -12.0, blank: int = text.BLANK
+) -> list[tuple[tuple[int, ...], float]]:
   """CTC prefix beam search over one utterance.
 
   Keeps, per prefix (collapsed labelling), the log-probability of all frame
@@ -94,12 +94,12 @@ def prefix_beam_search(log_probs, beam_size: int = 16, prune_log_prob: float = -
           extended[1] = lae(extended[1], total + p)
     ranked = sorted(nxt.items(), key=lambda kv: lae(*kv[1]), reverse=True)
     beams = {k: tuple(v) for k, v in ranked[:beam_size]}
-  return sorted(((k, float(lae(*v))) for k, v in beams.items()),
-                key=lambda kv: kv[1], reverse=True)
+  return sorted(((k, float(lae(*v))) for k, v in beams.items()), key=lambda kv: kv[1], reverse=True)
 
 
-def beam_decode(logits, lengths=None, beam_size: int = 16,
-                prune_log_prob: float = -12.0, blank: int = text.BLANK) -> list[str]:
+def beam_decode(
+  logits, lengths=None, beam_size: int = 16, prune_log_prob: float = -12.0, blank: int = text.BLANK
+) -> list[str]:
   """Best labelling by prefix beam search for each of ``[B, T, V]`` logits."""
   logits = np.asarray(logits)
   if logits.ndim != 3:
@@ -107,7 +107,8 @@ def beam_decode(logits, lengths=None, beam_size: int = 16,
   lengths = np.full(logits.shape[0], logits.shape[1]) if lengths is None else np.asarray(lengths)
   out = []
   for b in range(logits.shape[0]):
-    hyps = prefix_beam_search(log_softmax(logits[b, :lengths[b]]), beam_size,
-                              prune_log_prob, blank)
+    hyps = prefix_beam_search(
+      log_softmax(logits[b, : lengths[b]]), beam_size, prune_log_prob, blank
+    )
     out.append(_words(hyps[0][0]) if hyps else "")
   return out

@@ -29,9 +29,15 @@ def _jitted_log_mel(items: tuple):
   return jax.jit(functools.partial(audio.log_mel, center=False, **dict(items)))
 
 
-def featurize(waveform: np.ndarray, *, sample_rate: int = audio.TARGET_SAMPLE_RATE,
-              bucket_samples: int = 16000, normalize: bool = True,
-              normalize_eps: float = 1e-5, **log_mel_kwargs) -> np.ndarray:
+def featurize(
+  waveform: np.ndarray,
+  *,
+  sample_rate: int = audio.TARGET_SAMPLE_RATE,
+  bucket_samples: int = 16000,
+  normalize: bool = True,
+  normalize_eps: float = 1e-5,
+  **log_mel_kwargs,
+) -> np.ndarray:
   """Log-mel frames ``[frames, n_mels]`` float32 of one mono waveform.
 
   Args:
@@ -46,9 +52,11 @@ def featurize(waveform: np.ndarray, *, sample_rate: int = audio.TARGET_SAMPLE_RA
   waveform = np.asarray(waveform, np.float32)
   if waveform.ndim != 1:
     raise ValueError(f"waveform must be 1-D, got shape {waveform.shape}")
-  sig = dict(window_seconds=log_mel_kwargs.get("window_seconds", 0.025),
-             hop_seconds=log_mel_kwargs.get("hop_seconds", 0.010),
-             n_fft=log_mel_kwargs.get("n_fft"))
+  sig = dict(
+    window_seconds=log_mel_kwargs.get("window_seconds", 0.025),
+    hop_seconds=log_mel_kwargs.get("hop_seconds", 0.010),
+    n_fft=log_mel_kwargs.get("n_fft"),
+  )
   _, _, n_fft = audio.frame_geometry(sample_rate, **sig)
   pad = n_fft // 2
   if waveform.size <= pad:
@@ -74,7 +82,7 @@ class FeatureCache:
     return len(self.offsets) - 1
 
   def __getitem__(self, i: int) -> np.ndarray:
-    return self.features[self.offsets[i]:self.offsets[i + 1]].astype(np.float32)
+    return self.features[self.offsets[i] : self.offsets[i + 1]].astype(np.float32)
 
   @property
   def lengths(self) -> np.ndarray:
@@ -85,8 +93,9 @@ class FeatureCache:
     lengths = np.array([len(a) for a in arrays], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     width = arrays[0].shape[1] if arrays else 0
-    feats = (np.concatenate(arrays).astype(np.float16) if arrays
-             else np.zeros((0, width), np.float16))
+    feats = (
+      np.concatenate(arrays).astype(np.float16) if arrays else np.zeros((0, width), np.float16)
+    )
     return cls(feats, offsets)
 
 
@@ -98,8 +107,9 @@ def _cache_key(paths: list[str], feature_kwargs: dict) -> str:
   return h.hexdigest()[:16]
 
 
-def cached_features(paths: list[str], cache_dir: str | None, feature_kwargs: dict,
-                    progress=None) -> FeatureCache:
+def cached_features(
+  paths: list[str], cache_dir: str | None, feature_kwargs: dict, progress=None
+) -> FeatureCache:
   """Featurises audio files, reusing ``cache_dir/<key>.npz`` when present.
 
   The key hashes the feature settings and every file's path, size and mtime.
@@ -118,6 +128,7 @@ def cached_features(paths: list[str], cache_dir: str | None, feature_kwargs: dic
   cache = FeatureCache.build(arrays)
   if cache_file:  # concurrent writers never collide
     os.makedirs(cache_dir, exist_ok=True)
-    workdir_lib.atomic_write(cache_file, lambda f: np.savez(
-        f, features=cache.features, offsets=cache.offsets))
+    workdir_lib.atomic_write(
+      cache_file, lambda f: np.savez(f, features=cache.features, offsets=cache.offsets)
+    )
   return cache

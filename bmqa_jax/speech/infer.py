@@ -25,8 +25,14 @@ from bmqa_jax.speech import text as text_lib
 from bmqa_jax.train_lib import checkpoint
 from bmqa_jax.train_lib import workdir as workdir_lib
 
-__all__ = ["CONFIG_FILE", "load_recognizer", "transcribe", "transcribe_paths",
-           "transcribe_manifest", "evaluate_transcripts"]
+__all__ = [
+  "CONFIG_FILE",
+  "load_recognizer",
+  "transcribe",
+  "transcribe_paths",
+  "transcribe_manifest",
+  "evaluate_transcripts",
+]
 
 CONFIG_FILE = "asr_config.json"
 _PATH_COLUMNS = ("image", "audio")
@@ -40,8 +46,10 @@ def complete_config(stored):
 def load_recognizer(workdir: str):
   """``(config, model, variables)`` of the latest checkpoint in ``workdir``."""
   if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
-    raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)} not found: is "
-                            f"{workdir} an ASR workdir (launch/train_asr.py)?")
+    raise FileNotFoundError(
+      f"{os.path.join(workdir, CONFIG_FILE)} not found: is "
+      f"{workdir} an ASR workdir (launch/train_asr.py)?"
+    )
   cfg = workdir_lib.load_config(workdir, CONFIG_FILE, complete_config)
   model = model_lib.from_config(cfg)
   variables, _ = checkpoint.load_weights(os.path.join(workdir, "checkpoints"))
@@ -50,10 +58,12 @@ def load_recognizer(workdir: str):
 
 def logits_fn(model):
   """jit'd ``(variables, features, lengths) -> (log_probs, out_lengths)``."""
+
   @jax.jit
   def fn(variables, feats, lengths):
     logits, out_len = model.apply(variables, feats, lengths, train=False)
     return jax.nn.log_softmax(logits), out_len
+
   return fn
 
 
@@ -62,12 +72,12 @@ def transcribe(model, variables, features, cfg) -> tuple[list[str], list[str]]:
   fn = logits_fn(model)
   greedy, beam = [""] * len(features), [""] * len(features)
   for idx, feats, lengths in data_lib.feature_batches(
-      features, batch_size=cfg.eval_batch_size, frame_buckets=cfg.frame_buckets):
+    features, batch_size=cfg.eval_batch_size, frame_buckets=cfg.frame_buckets
+  ):
     lp, out_len = fn(variables, feats, lengths)
-    lp, out_len = np.asarray(lp)[:len(idx)], np.asarray(out_len)[:len(idx)]
+    lp, out_len = np.asarray(lp)[: len(idx)], np.asarray(out_len)[: len(idx)]
     g = decode_lib.greedy_decode(lp, out_len)
-    b = decode_lib.beam_decode(lp, out_len, cfg.decode.beam_size,
-                               cfg.decode.prune_log_prob)
+    b = decode_lib.beam_decode(lp, out_len, cfg.decode.beam_size, cfg.decode.prune_log_prob)
     for k, i in enumerate(idx):
       greedy[i], beam[i] = g[k], b[k]
   return greedy, beam
@@ -76,14 +86,15 @@ def transcribe(model, variables, features, cfg) -> tuple[list[str], list[str]]:
 def evaluate_transcripts(references: list[str], hypotheses: list[str]) -> dict:
   """WER and CER with jiwer (the reference implementation)."""
   import jiwer  # pylint: disable=import-outside-toplevel
+
   refs = [text_lib.normalize(r) for r in references]
   hyps = [text_lib.normalize(h) for h in hypotheses]
-  return dict(wer=float(jiwer.wer(refs, hyps)), cer=float(jiwer.cer(refs, hyps)),
-              n=len(refs))
+  return dict(wer=float(jiwer.wer(refs, hyps)), cer=float(jiwer.cer(refs, hyps)), n=len(refs))
 
 
-def transcribe_paths(workdir: str, paths: list[str], decoder: str = "beam",
-                     cache_dir: str | None = None) -> list[str]:
+def transcribe_paths(
+  workdir: str, paths: list[str], decoder: str = "beam", cache_dir: str | None = None
+) -> list[str]:
   """Transcripts of audio files (``decoder``: ``"beam"`` or ``"greedy"``)."""
   if decoder not in ("beam", "greedy"):
     raise ValueError(f"decoder must be 'beam' or 'greedy', got {decoder!r}")
@@ -93,16 +104,17 @@ def transcribe_paths(workdir: str, paths: list[str], decoder: str = "beam",
   return beam if decoder == "beam" else greedy
 
 
-def transcribe_manifest(workdir: str, manifest: str, out: str,
-                        decoder: str = "beam") -> list[dict]:
+def transcribe_manifest(workdir: str, manifest: str, out: str, decoder: str = "beam") -> list[dict]:
   """Writes ``out`` (CSV, or JSONL when it ends in .jsonl; atomically):
   ``manifest``'s rows with ``text`` set to the transcript of ``audio``; a
   previous ``text`` is kept as ``text_reference``. Rows without audio keep an
   empty ``text``. ``out`` must not be ``manifest`` (its human transcripts would
   be lost on the next run)."""
   if os.path.exists(out) and os.path.samefile(out, manifest):
-    raise ValueError(f"--out {out!r} is the input manifest: write the transcripts "
-                     "to another file (the manifest's own text would be replaced)")
+    raise ValueError(
+      f"--out {out!r} is the input manifest: write the transcripts "
+      "to another file (the manifest's own text would be replaced)"
+    )
   rows = data_lib.read_manifest(manifest)
   with_audio = [r for r in rows if (r.get("audio") or "").strip()]
   if not with_audio:

@@ -54,6 +54,7 @@ class DeepSpeech2(nn.Module):
     rnn_unroll: time steps unrolled per scan iteration (speed only).
     dtype: activation dtype (parameters stay float32).
   """
+
   vocab_size: int = text.VOCAB_SIZE
   conv_features: Sequence[int] = (32, 32)
   conv_kernels: Sequence[tuple[int, int]] = ((11, 41), (11, 21))
@@ -88,31 +89,43 @@ class DeepSpeech2(nn.Module):
     if features.ndim != 3:
       raise ValueError(f"features must be [B, T, n_mels], got shape {features.shape}")
     lengths = jnp.asarray(lengths, jnp.int32)
-    x = features.astype(self.dtype)[..., None]          # [B, T, F, 1]
+    x = features.astype(self.dtype)[..., None]  # [B, T, F, 1]
     for i, (feat, kernel, stride) in enumerate(
-        zip(self.conv_features, self.conv_kernels, self.conv_strides)):
+      zip(self.conv_features, self.conv_kernels, self.conv_strides)
+    ):
       # Fixed (stride-1 'SAME') padding: output frame j always starts at input
       # frame j * stride, whatever the padded length of the batch.
       padding = [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel]
-      x = nn.Conv(feat, tuple(kernel), strides=tuple(stride), padding=padding,
-                  use_bias=False, dtype=self.dtype, name=f"conv{i}")(x)
+      x = nn.Conv(
+        feat,
+        tuple(kernel),
+        strides=tuple(stride),
+        padding=padding,
+        use_bias=False,
+        dtype=self.dtype,
+        name=f"conv{i}",
+      )(x)
       lengths = output_lengths(lengths, (stride[0],))
       mask = frame_mask(lengths, x.shape[1])[:, :, None, None]
-      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                       dtype=self.dtype, name=f"conv{i}_bn")(x, mask=mask)
+      x = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        dtype=self.dtype,
+        name=f"conv{i}_bn",
+      )(x, mask=mask)
       x = jnp.clip(x, 0.0, self.relu_clip) * mask
     b, t, f, c = x.shape
     x = x.reshape(b, t, f * c)
-    dropout = functools.partial(nn.Dropout, rate=self.dropout_rate,
-                                deterministic=not train)
+    dropout = functools.partial(nn.Dropout, rate=self.dropout_rate, deterministic=not train)
     for i in range(self.rnn_layers):
       x = dropout()(x)
       gru = functools.partial(nn.GRUCell, features=self.rnn_hidden, dtype=self.dtype)
       x = nn.Bidirectional(
-          nn.RNN(gru(), unroll=self.rnn_unroll),
-          nn.RNN(gru(), unroll=self.rnn_unroll),
-          merge_fn=lambda fwd, bwd: fwd + bwd,
-          name=f"bigru{i}")(x, seq_lengths=lengths)
+        nn.RNN(gru(), unroll=self.rnn_unroll),
+        nn.RNN(gru(), unroll=self.rnn_unroll),
+        merge_fn=lambda fwd, bwd: fwd + bwd,
+        name=f"bigru{i}",
+      )(x, seq_lengths=lengths)
     x = dropout()(x)
     logits = nn.Dense(self.vocab_size, dtype=self.dtype, name="logits")(x)
     return logits.astype(jnp.float32), lengths
@@ -127,16 +140,22 @@ def from_config(cfg) -> DeepSpeech2:
   """The recogniser a config describes (configs/asr.py: config.model)."""
   m = cfg.model
   return DeepSpeech2(
-      conv_features=tuple(m.conv_features),
-      conv_kernels=tuple(tuple(k) for k in m.conv_kernels),
-      conv_strides=tuple(tuple(s) for s in m.conv_strides),
-      rnn_hidden=m.rnn_hidden, rnn_layers=m.rnn_layers, relu_clip=m.relu_clip,
-      bn_momentum=m.bn_momentum, dropout_rate=m.dropout_rate,
-      rnn_unroll=m.rnn_unroll, dtype=jnp.dtype(m.dtype))
+    conv_features=tuple(m.conv_features),
+    conv_kernels=tuple(tuple(k) for k in m.conv_kernels),
+    conv_strides=tuple(tuple(s) for s in m.conv_strides),
+    rnn_hidden=m.rnn_hidden,
+    rnn_layers=m.rnn_layers,
+    relu_clip=m.relu_clip,
+    bn_momentum=m.bn_momentum,
+    dropout_rate=m.dropout_rate,
+    rnn_unroll=m.rnn_unroll,
+    dtype=jnp.dtype(m.dtype),
+  )
 
 
 def init_variables(model: DeepSpeech2, cfg, rng) -> dict:
   """Variables of `model` for features of the config's shortest bucket."""
   frames = min(cfg.frame_buckets)
-  return model.init(rng, jnp.zeros((1, frames, cfg.features.n_mels), jnp.float32),
-                    jnp.array([frames]), train=False)
+  return model.init(
+    rng, jnp.zeros((1, frames, cfg.features.n_mels), jnp.float32), jnp.array([frames]), train=False
+  )

@@ -45,8 +45,11 @@ _LEGACY_ITEM = "default"
 
 DIGEST_FILE = "bmqa_sha256.json"  # in each step's folder: {file: sha256}
 # tensorstore's and orbax's words for bytes that cannot be decoded.
-_DAMAGE = re.compile(r"DATA_LOSS|OUT_OF_RANGE|error while reading|Error reading|"
-                     r"Error decoding|decompress|corrupt|Unexpected end", re.I)
+_DAMAGE = re.compile(
+  r"DATA_LOSS|OUT_OF_RANGE|error while reading|Error reading|"
+  r"Error decoding|decompress|corrupt|Unexpected end",
+  re.I,
+)
 
 
 class CheckpointMismatchError(ValueError):
@@ -73,10 +76,12 @@ def manager(directory: str, keep: int | None = None) -> ocp.CheckpointManager:
   all-reduce, three in an all-gather) were the InfoNCE's conditional
   (`bmqa_jax.losses`)."""
   return ocp.CheckpointManager(
-      os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
-          max_to_keep=keep, create=True, enable_async_checkpointing=True,
-          cleanup_tmp_directories=True),
-      item_names=ITEMS)
+    os.path.abspath(directory),
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True
+    ),
+    item_names=ITEMS,
+  )
 
 
 def finish(mngr: ocp.CheckpointManager) -> None:
@@ -89,8 +94,11 @@ def finish(mngr: ocp.CheckpointManager) -> None:
 def _reader(directory: str, item_names=None) -> ocp.CheckpointManager:
   """A manager that only reads: it creates nothing, so that processes of a
   cluster that open it need not meet at orbax's directory-creation barrier."""
-  return ocp.CheckpointManager(os.path.abspath(directory), item_names=item_names,
-                               options=ocp.CheckpointManagerOptions(create=False))
+  return ocp.CheckpointManager(
+    os.path.abspath(directory),
+    item_names=item_names,
+    options=ocp.CheckpointManagerOptions(create=False),
+  )
 
 
 def latest_step(directory: str) -> int | None:
@@ -107,8 +115,11 @@ def all_steps(directory: str) -> list[int]:
   cluster may call it alone, and a manager's set-up can wait for the others."""
   if not os.path.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory)
-                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+  return sorted(
+    int(n)
+    for n in os.listdir(directory)
+    if n.isdigit() and os.path.isdir(os.path.join(directory, n))
+  )
 
 
 def _files(step_dir: str) -> dict[str, str]:
@@ -158,19 +169,22 @@ def _check_digest(directory: str, step: int) -> None:
     with open(path) as f:
       want = json.load(f)
   except (OSError, ValueError) as e:
-    raise _damaged(directory, step, f"its digest file {DIGEST_FILE} is unreadable "
-                   f"({e})") from e
+    raise _damaged(directory, step, f"its digest file {DIGEST_FILE} is unreadable ({e})") from e
   got = _files(step_dir)
   bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
   if bad:
     what = "missing" if bad[0] not in got else "changed since it was saved"
-    raise _damaged(directory, step, f"{bad[0]} is {what}"
-                   + (f" (and {len(bad) - 1} more file(s))" if len(bad) > 1 else ""))
+    raise _damaged(
+      directory,
+      step,
+      f"{bad[0]} is {what}" + (f" (and {len(bad) - 1} more file(s))" if len(bad) > 1 else ""),
+    )
 
 
 def _damaged(directory: str, step: int, why: str) -> DamagedCheckpointError:
   return DamagedCheckpointError(
-      f"the checkpoint {os.path.join(directory, str(step))} is damaged: {why}")
+    f"the checkpoint {os.path.join(directory, str(step))} is damaged: {why}"
+  )
 
 
 def _is_damage(e: Exception) -> bool:
@@ -188,8 +202,7 @@ def _non_finite(tree) -> str | None:
   for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
     if not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.inexact):
       continue
-    parts = ([s.data for s in x.addressable_shards] if isinstance(x, jax.Array)
-             else [x])
+    parts = [s.data for s in x.addressable_shards] if isinstance(x, jax.Array) else [x]
     if not all(np.isfinite(np.asarray(p)).all() for p in parts):
       return jax.tree_util.keystr(path)
   return None
@@ -201,6 +214,7 @@ def _any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
@@ -221,8 +235,11 @@ def _verified(directory: str, step: int, read):
   except Exception as e:  # pylint: disable=broad-except
     if not _is_damage(e):
       raise _mismatch(directory, step, e) from e
-    err = _damaged(directory, step, f"it cannot be read ({type(e).__name__}: "
-                   + " ".join(str(e).split())[:200] + ")")
+    err = _damaged(
+      directory,
+      step,
+      f"it cannot be read ({type(e).__name__}: " + " ".join(str(e).split())[:200] + ")",
+    )
   if _any_process(err is not None):
     raise err or _damaged(directory, step, "another process could not read it")
   return out
@@ -244,6 +261,7 @@ def quarantine(directory: str, step: int) -> str:
     dest = final
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     multihost_utils.sync_global_devices(f"bmqa_quarantine_{directory}_{step}")
   return dest
 
@@ -278,8 +296,7 @@ def abstract(tree, shard):
   """ShapeDtypeStructs of `tree` with one sharding or a tree of shardings."""
   if isinstance(shard, jax.sharding.Sharding):
     shard = jax.tree.map(lambda _: shard, tree)
-  return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shard)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shard)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
@@ -291,18 +308,20 @@ def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
 
 def _item(directory: str, step: int) -> str:
   step_dir = os.path.join(directory, str(step))
-  if not os.path.isdir(os.path.join(step_dir, "state")) and \
-      os.path.isdir(os.path.join(step_dir, _LEGACY_ITEM)):
+  if not os.path.isdir(os.path.join(step_dir, "state")) and os.path.isdir(
+    os.path.join(step_dir, _LEGACY_ITEM)
+  ):
     return _LEGACY_ITEM
   return "state"
 
 
 def _mismatch(directory: str, step: int, err: Exception) -> CheckpointMismatchError:
   return CheckpointMismatchError(
-      f"the checkpoint {os.path.join(directory, str(step))} does not fit the model "
-      f"of the config ({type(err).__name__}: {str(err)[:400]}). Was the workdir "
-      "trained with another config? Use the workdir's own config.json, or a new "
-      "workdir")
+    f"the checkpoint {os.path.join(directory, str(step))} does not fit the model "
+    f"of the config ({type(err).__name__}: {str(err)[:400]}). Was the workdir "
+    "trained with another config? Use the workdir's own config.json, or a new "
+    "workdir"
+  )
 
 
 def restore(directory: str, step: int, abstract_state):
@@ -315,17 +334,20 @@ def restore(directory: str, step: int, abstract_state):
     if item == _LEGACY_ITEM:  # flax.serialization's state dict of the train state
       target = flax.serialization.to_state_dict(abstract_state)
       return flax.serialization.from_state_dict(
-          abstract_state, _reader(directory).restore(
-              step, args=ocp.args.StandardRestore(target)))
+        abstract_state, _reader(directory).restore(step, args=ocp.args.StandardRestore(target))
+      )
     return _reader(directory, ITEMS).restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
-            abstract_state)))["state"]
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )["state"]
 
   return _verified(directory, step, read)
 
 
-def load_weights(directory: str, abstract_weights=None, step: int | None = None,
-                 ) -> tuple[dict, int]:
+def load_weights(
+  directory: str,
+  abstract_weights=None,
+  step: int | None = None,
+) -> tuple[dict, int]:
   """({'params', 'batch_stats'}, step) of a checkpoint, without the optimiser.
 
   For inference and for handing weights to the next stage: nothing of the
@@ -339,25 +361,36 @@ def load_weights(directory: str, abstract_weights=None, step: int | None = None,
     raise FileNotFoundError(f"no checkpoint in {directory}")
   item = _item(directory, step)
   mngr = _reader(directory, (item,))
-  return _verified(directory, step, lambda: _read_weights(
-      directory, step, item, mngr, abstract_weights)), int(step)
+  return _verified(
+    directory, step, lambda: _read_weights(directory, step, item, mngr, abstract_weights)
+  ), int(step)
 
 
 def _read_weights(directory, step, item, mngr, abstract_weights) -> dict:
   """The weights of `load_weights`, read (not yet verified)."""
   if abstract_weights is None:
     meta = ocp.PyTreeCheckpointHandler().metadata(
-        epath.Path(os.path.join(directory, str(step), item)))
+      epath.Path(os.path.join(directory, str(step), item))
+    )
     tree = getattr(meta, "tree", meta)
     target = {k: tree[k] for k in ("params", "batch_stats") if k in tree}
     shard = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract_weights = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=shard), target)
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=shard), target
+    )
   abstract_weights = {k: v for k, v in abstract_weights.items() if v is not None}
   empty = [k for k, v in abstract_weights.items() if not jax.tree.leaves(v)]
   target = {k: v for k, v in abstract_weights.items() if k not in empty}
-  restored = mngr.restore(step, args=ocp.args.Composite(**{
-      item: ocp.args.PyTreeRestore(
-          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True)}))[item]
+  restored = mngr.restore(
+    step,
+    args=ocp.args.Composite(
+      **{
+        item: ocp.args.PyTreeRestore(
+          item=target,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True,
+        )
+      }
+    ),
+  )[item]
   return {"params": restored["params"], "batch_stats": restored.get("batch_stats") or {}}

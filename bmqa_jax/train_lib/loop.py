@@ -69,11 +69,23 @@ def profile(first: int, last: int, logdir: str) -> None:
   _PROFILE.steps, _PROFILE.logdir = (first, last), logdir
 
 
-def run(step_fn: Callable, state: dict, batch_fn: Callable[[int], dict], rng, *,
-        name: str, total_steps: int, mngr, log_every: int, checkpoint_every: int,
-        tensorboard_dir: str | None = None, log=log_lib.info,
-        progress: bool = True, on_log: Callable[[int, dict], None] | None = None,
-        prefetch: int) -> tuple[dict, list[dict]]:
+def run(
+  step_fn: Callable,
+  state: dict,
+  batch_fn: Callable[[int], dict],
+  rng,
+  *,
+  name: str,
+  total_steps: int,
+  mngr,
+  log_every: int,
+  checkpoint_every: int,
+  tensorboard_dir: str | None = None,
+  log=log_lib.info,
+  progress: bool = True,
+  on_log: Callable[[int, dict], None] | None = None,
+  prefetch: int,
+) -> tuple[dict, list[dict]]:
   """Trains from `state['step']` to `total_steps`; returns (state, history).
 
   `batch_fn(step)` gives the global batch of a step (placed on the mesh),
@@ -85,8 +97,14 @@ def run(step_fn: Callable, state: dict, batch_fn: Callable[[int], dict], rng, *,
   start = int(jax.device_get(state["step"]))
   lead = jax.process_index() == 0
   writer = SummaryWriter(tensorboard_dir) if tensorboard_dir and lead else None
-  bar = tqdm.tqdm(total=total_steps, initial=start, desc=f"[{name}]",
-                  disable=not progress or not lead, dynamic_ncols=True, mininterval=2.0)
+  bar = tqdm.tqdm(
+    total=total_steps,
+    initial=start,
+    desc=f"[{name}]",
+    disable=not progress or not lead,
+    dynamic_ncols=True,
+    mininterval=2.0,
+  )
   history, window, t0 = [], [], time.time()
   unchecked = []  # (step, finite, loss) of the steps since the last check
   batches = _Batches(batch_fn, start, total_steps, prefetch)
@@ -172,8 +190,9 @@ class _Batches:
       return
     self.queue = queue.Queue(maxsize=depth)
     self.closed = threading.Event()
-    self.thread = threading.Thread(target=self._fill, args=(start, stop_step),
-                                   daemon=True, name="bmqa_jax.prefetch")
+    self.thread = threading.Thread(
+      target=self._fill, args=(start, stop_step), daemon=True, name="bmqa_jax.prefetch"
+    )
     self.thread.start()
 
   def _fill(self, start: int, stop_step: int) -> None:
@@ -209,14 +228,20 @@ class _Batches:
 def _non_finite(name: str, step: int, loss: float, mngr, log) -> None:
   checkpoint.finish(mngr)
   last = checkpoint.latest_good_step(str(mngr.directory))
-  where = (f"the last finite checkpoint is step {last}" if last is not None else
-           "no checkpoint of this stage was saved")
-  msg = (f"[{name}] non-finite loss, weights or optimiser state at step {step} "
-         f"(loss {loss}); nothing of it is saved; {where}")
+  where = (
+    f"the last finite checkpoint is step {last}"
+    if last is not None
+    else "no checkpoint of this stage was saved"
+  )
+  msg = (
+    f"[{name}] non-finite loss, weights or optimiser state at step {step} "
+    f"(loss {loss}); nothing of it is saved; {where}"
+  )
   log(msg)
   raise NonFiniteError(
-      f"{msg} (a re-run resumes from there). Lower the learning rate or check the "
-      "data; a changed config needs a new workdir or config_change='allow'")
+    f"{msg} (a re-run resumes from there). Lower the learning rate or check the "
+    "data; a changed config needs a new workdir or config_change='allow'"
+  )
 
 
 def tensorboard_dir(workdir: str, name: str) -> str:

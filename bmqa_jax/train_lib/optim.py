@@ -30,20 +30,26 @@ def steps_per_epoch(num_samples: int, batch_size: int) -> int:
   return max(1, num_samples // batch_size)
 
 
-def make_schedule(ocfg, total_steps: int, warmup_steps: int,
-                  steps_per_epoch: int = 1) -> optax.Schedule:
+def make_schedule(
+  ocfg, total_steps: int, warmup_steps: int, steps_per_epoch: int = 1
+) -> optax.Schedule:
   """The schedule of `ocfg` over `total_steps` after `warmup_steps` of warm-up."""
   lr, warm = ocfg.learning_rate, int(warmup_steps)
   kind = ocfg.schedule
   if kind == "constant":
     main = optax.constant_schedule(lr)
   elif kind == "cosine":
-    main = optax.cosine_decay_schedule(lr, max(1, total_steps - warm),
-                                       alpha=float(ocfg.final_lr_fraction))
+    main = optax.cosine_decay_schedule(
+      lr, max(1, total_steps - warm), alpha=float(ocfg.final_lr_fraction)
+    )
   elif kind == "piecewise":
     main = optax.piecewise_constant_schedule(
-        lr, {int(round(e * steps_per_epoch)) - warm: ocfg.decay_factor
-             for e in ocfg.decay_boundaries_epochs})
+      lr,
+      {
+        int(round(e * steps_per_epoch)) - warm: ocfg.decay_factor
+        for e in ocfg.decay_boundaries_epochs
+      },
+    )
   else:
     raise ValueError(f"unknown schedule {kind!r}: 'constant', 'cosine' or 'piecewise'")
   if not warm:
@@ -59,8 +65,9 @@ def make_optimizer(ocfg, schedule, labels=None) -> optax.GradientTransformation:
     parts.append(optax.clip_by_global_norm(ocfg.grad_clip_norm))
   name = ocfg.optimizer
   if name == "adamw":
-    parts.append(optax.adamw(schedule, b1=ocfg.adam_b1, b2=ocfg.adam_b2,
-                             weight_decay=ocfg.weight_decay))
+    parts.append(
+      optax.adamw(schedule, b1=ocfg.adam_b1, b2=ocfg.adam_b2, weight_decay=ocfg.weight_decay)
+    )
   elif name == "sgd":
     parts.append(optax.sgd(schedule, momentum=ocfg.momentum or None))
   else:
@@ -76,9 +83,11 @@ def trainable_labels(params, regex: str):
   paths = pytree.param_paths(params)
   hits = {p for p in paths if re.fullmatch(regex, p)}
   if not hits:
-    raise ValueError(f"trainable regex {regex!r} matches no parameter; examples: "
-                     f"{sorted(paths)[:5]}")
+    raise ValueError(
+      f"trainable regex {regex!r} matches no parameter; examples: {sorted(paths)[:5]}"
+    )
   flat = jax.tree_util.tree_flatten_with_path(params)
-  labels = ["train" if "/".join(str(k.key) for k in path) in hits else "frozen"
-            for path, _ in flat[0]]
+  labels = [
+    "train" if "/".join(str(k.key) for k in path) in hits else "frozen" for path, _ in flat[0]
+  ]
   return jax.tree_util.tree_unflatten(flat[1], labels)

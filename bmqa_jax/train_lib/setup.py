@@ -28,6 +28,7 @@ from bmqa_jax.train_lib import workdir as workdir_lib
 @dataclasses.dataclass
 class Start:
   """A run's state at its first step and the manager it saves with."""
+
   state: Any
   step: int  # 0 for a new run
   total_steps: int
@@ -39,9 +40,17 @@ class Start:
     return self.step >= self.total_steps
 
 
-def restore_or_initialise(ckpt_dir: str, keep: int, abstract_state, shardings,
-                          initialise: Callable[[], Any], *, name: str,
-                          total_steps: int, log=log_lib.info) -> Start:
+def restore_or_initialise(
+  ckpt_dir: str,
+  keep: int,
+  abstract_state,
+  shardings,
+  initialise: Callable[[], Any],
+  *,
+  name: str,
+  total_steps: int,
+  log=log_lib.info,
+) -> Start:
   """The newest good checkpoint of `ckpt_dir` restored into `abstract_state`
   placed as `shardings` (a damaged step is named and moved aside:
   `checkpoint.restore_latest`), or `initialise()` when there is none. `keep`: checkpoints
@@ -49,18 +58,23 @@ def restore_or_initialise(ckpt_dir: str, keep: int, abstract_state, shardings,
   `[name] complete, skipping` when the last step is saved)."""
   # Before the manager opens: a damaged step is moved aside, not listed.
   state, latest = checkpoint.restore_latest(
-      ckpt_dir, checkpoint.abstract(abstract_state, shardings), log)
+    ckpt_dir, checkpoint.abstract(abstract_state, shardings), log
+  )
   mngr = checkpoint.manager(ckpt_dir, keep)
   if latest is None:
     return Start(initialise(), 0, total_steps, mngr)
   start = Start(state, int(latest), total_steps, mngr)
-  log(f"[{name}] complete, skipping" if start.done else
-      f"[{name}] resumed at step {latest}/{total_steps}")
+  log(
+    f"[{name}] complete, skipping"
+    if start.done
+    else f"[{name}] resumed at step {latest}/{total_steps}"
+  )
   return start
 
 
-def one_run(init: Callable, config, mesh, workdir: str, *, name: str,
-            log=log_lib.info) -> tuple[Start, Any]:
+def one_run(
+  init: Callable, config, mesh, workdir: str, *, name: str, log=log_lib.info
+) -> tuple[Start, Any]:
   """`restore_or_initialise` for a trainer of one run (the recogniser, the
   captioner): checkpoints in `workdir/checkpoints`, `config.num_steps` steps,
   `config.keep_checkpoints` kept; a new state is `init(rng)` of `config.seed`,
@@ -70,28 +84,54 @@ def one_run(init: Callable, config, mesh, workdir: str, *, name: str,
   abstract = jax.eval_shape(init, rng)
   shardings = sharding.state_sharding(abstract, mesh, sharding.min_shard_size(config))
   start = restore_or_initialise(
-      os.path.join(workdir, "checkpoints"), config.keep_checkpoints, abstract,
-      shardings, lambda: jax.jit(init, out_shardings=shardings)(rng), name=name,
-      total_steps=config.num_steps, log=log)
+    os.path.join(workdir, "checkpoints"),
+    config.keep_checkpoints,
+    abstract,
+    shardings,
+    lambda: jax.jit(init, out_shardings=shardings)(rng),
+    name=name,
+    total_steps=config.num_steps,
+    log=log,
+  )
   return start, shardings
 
 
-def run_steps(step_fn: Callable, start: Start, batch_fn: Callable[[int], dict], config,
-              workdir: str, *, name: str, log=log_lib.info, progress: bool = False,
-              on_log: Callable | None = None) -> tuple[Any, list[dict]]:
+def run_steps(
+  step_fn: Callable,
+  start: Start,
+  batch_fn: Callable[[int], dict],
+  config,
+  workdir: str,
+  *,
+  name: str,
+  log=log_lib.info,
+  progress: bool = False,
+  on_log: Callable | None = None,
+) -> tuple[Any, list[dict]]:
   """`loop.run` for a trainer of one run from `start` (`one_run`): the steps,
   cadences, seed and prefetch depth of `config`, TensorBoard in
   `workdir/tensorboard`. Returns the final state and the logged history."""
   return loop.run(
-      step_fn, start.state, batch_fn, jax.random.key(config.seed + 1), name=name,
-      total_steps=config.num_steps, mngr=start.mngr, log_every=config.log_every_steps,
-      checkpoint_every=config.checkpoint_every_steps,
-      tensorboard_dir=os.path.join(workdir, "tensorboard"), log=log, progress=progress,
-      on_log=on_log, prefetch=config.device_prefetch)
+    step_fn,
+    start.state,
+    batch_fn,
+    jax.random.key(config.seed + 1),
+    name=name,
+    total_steps=config.num_steps,
+    mngr=start.mngr,
+    log_every=config.log_every_steps,
+    checkpoint_every=config.checkpoint_every_steps,
+    tensorboard_dir=os.path.join(workdir, "tensorboard"),
+    log=log,
+    progress=progress,
+    on_log=on_log,
+    prefetch=config.device_prefetch,
+  )
 
 
-def write_eval(workdir: str, metrics_file: str, metrics: dict, table_file: str,
-               rows: list[list]) -> None:
+def write_eval(
+  workdir: str, metrics_file: str, metrics: dict, table_file: str, rows: list[list]
+) -> None:
   """Process 0 writes a one-run trainer's final evaluation to `workdir/eval`:
   `metrics` as JSON in `metrics_file`, `rows` (the header first) as CSV in
   `table_file`."""
@@ -109,8 +149,9 @@ def one_run_trainer(run: Callable, complete: Callable, config_file: str) -> Call
   (`workdir.owned`: its lock held, `cfg` checked against its `config_file`,
   which `complete` reads as today's config)."""
 
-  def train_and_evaluate(cfg, workdir: str, *, log=log_lib.info, progress: bool = False,
-                         config_change: str = "refuse") -> dict:
+  def train_and_evaluate(
+    cfg, workdir: str, *, log=log_lib.info, progress: bool = False, config_change: str = "refuse"
+  ) -> dict:
     """Trains (or resumes) in `workdir`; returns the evaluation metrics. The
     arguments are those of `bmqa_jax.bmqa.train.train_and_evaluate`."""
     with workdir_lib.owned(cfg, workdir, config_change, log, complete, config_file):

@@ -20,8 +20,12 @@ State = dict[str, Any]
 
 def create(params, batch_stats, tx: optax.GradientTransformation) -> State:
   """A fresh state at step 0 (the optimiser state of `tx` for `params`)."""
-  return dict(step=jnp.zeros((), jnp.int32), params=params,
-              batch_stats=batch_stats or {}, opt_state=tx.init(params))
+  return dict(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=batch_stats or {},
+    opt_state=tx.init(params),
+  )
 
 
 def variables(state_or_weights: dict) -> dict:
@@ -34,13 +38,17 @@ def variables(state_or_weights: dict) -> dict:
 
 def all_finite(tree) -> jax.Array:
   """Whether every element of every floating array of `tree` is finite (one bool)."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  leaves = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree.leaves(tree)
+    if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+  ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def apply_gradients(state: State, grads, tx: optax.GradientTransformation,
-                    batch_stats, metrics: dict, schedule=None) -> tuple[State, dict]:
+def apply_gradients(
+  state: State, grads, tx: optax.GradientTransformation, batch_stats, metrics: dict, schedule=None
+) -> tuple[State, dict]:
   """The state after one optimiser step, and `metrics` with `grad_norm`,
   `learning_rate` (when `schedule` is given) and `finite`: one on-device
   reduction over the loss, the weights and the optimiser state (a gradient
@@ -54,12 +62,14 @@ def apply_gradients(state: State, grads, tx: optax.GradientTransformation,
   if schedule is not None:
     metrics["learning_rate"] = schedule(state["step"])
   metrics["finite"] = all_finite((metrics["loss"], params, batch_stats, opt_state))
-  return dict(step=state["step"] + 1, params=params, batch_stats=batch_stats,
-              opt_state=opt_state), metrics
+  return dict(
+    step=state["step"] + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+  ), metrics
 
 
-def accumulate_gradients(loss_fn, params, batch_stats, batch: dict, rng,
-                         steps: int, mesh) -> tuple[Any, Any, dict]:
+def accumulate_gradients(
+  loss_fn, params, batch_stats, batch: dict, rng, steps: int, mesh
+) -> tuple[Any, Any, dict]:
   """(gradients, batch_stats, metrics) of `loss_fn` over `steps` microbatches.
 
   `loss_fn(params, batch_stats, microbatch, rng) -> (loss, (batch_stats,
@@ -81,7 +91,8 @@ def accumulate_gradients(loss_fn, params, batch_stats, batch: dict, rng,
   def split(x):
     x = x.reshape((x.shape[0] // steps, steps) + x.shape[1:]).swapaxes(0, 1)
     return jax.lax.with_sharding_constraint(
-        x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data")))
+      x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+    )
 
   def body(carry, xs):
     acc, bs = carry
@@ -91,7 +102,8 @@ def accumulate_gradients(loss_fn, params, batch_stats, batch: dict, rng,
 
   zeros = jax.tree.map(jnp.zeros_like, params)
   (acc, batch_stats), ms = jax.lax.scan(
-      body, (zeros, batch_stats), (jax.tree.map(split, batch), jnp.arange(steps)))
+    body, (zeros, batch_stats), (jax.tree.map(split, batch), jnp.arange(steps))
+  )
   grads = jax.tree.map(lambda g: g / steps, acc)
   return grads, batch_stats, jax.tree.map(lambda m: m.mean(0), ms)
 

@@ -39,23 +39,23 @@ CONFIG_FILE = "config.json"
 # test checks that each names a field of a base config); every other change to a
 # workdir's config is refused unless config_change='allow'.
 SAFE_CONFIG_CHANGES = (
-    "log_every_steps",
-    "checkpoint_every_steps",
-    "keep_checkpoints",
-    "eval_batch_size",
-    "decode.*",
-    "data.cache_dir",
-    "*.log_every_steps",
-    "*.checkpoint_every_steps",
-    "*.keep_checkpoints",
-    "eval.*",
-    "input.workers",
-    "input.prefetch",
-    "device_prefetch",
-    "data.feature_cache_dir",
-    "input.prepared_dir",
-    "data.check_images",
-    "input.max_pixels",
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "eval_batch_size",
+  "decode.*",
+  "data.cache_dir",
+  "*.log_every_steps",
+  "*.checkpoint_every_steps",
+  "*.keep_checkpoints",
+  "eval.*",
+  "input.workers",
+  "input.prefetch",
+  "device_prefetch",
+  "data.feature_cache_dir",
+  "input.prepared_dir",
+  "data.check_images",
+  "input.max_pixels",
 )
 _ABSENT = "<absent>"
 
@@ -114,8 +114,14 @@ def _fmt(v) -> str:
   return v if v is _ABSENT else json.dumps(v)
 
 
-def own_config(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse",
-               log=log_lib.info, complete=None, filename: str = CONFIG_FILE) -> None:
+def own_config(
+  cfg: mlc.ConfigDict,
+  workdir: str,
+  config_change: str = "refuse",
+  log=log_lib.info,
+  complete=None,
+  filename: str = CONFIG_FILE,
+) -> None:
   """Writes workdir/`filename` on the first run; refuses a changed config later.
 
   `config_change`: 'refuse' raises `ConfigChangedError` naming every field
@@ -131,15 +137,17 @@ def own_config(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse",
     if os.path.isdir(ckpts) and os.listdir(ckpts):
       if config_change != "allow":
         raise ConfigMissingError(
-            f"{workdir!r} holds checkpoints ({ckpts}) but no {filename}: restore "
-            f"{path}, use a new workdir, or config_change='allow' "
-            "(launch/train.py --config_change=allow) to continue with this config")
-      log(f"config: {path} is missing; continuing with this config "
-          "(config_change='allow')")
+          f"{workdir!r} holds checkpoints ({ckpts}) but no {filename}: restore "
+          f"{path}, use a new workdir, or config_change='allow' "
+          "(launch/train.py --config_change=allow) to continue with this config"
+        )
+      log(f"config: {path} is missing; continuing with this config (config_change='allow')")
       if jax.process_index() == 0:
         with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
-          f.write(json.dumps(dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                  changes=[], previous=None)) + "\n")
+          f.write(
+            json.dumps(dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), changes=[], previous=None))
+            + "\n"
+          )
     if jax.process_index() == 0:
       save_config(cfg, workdir, filename)
     return
@@ -152,9 +160,11 @@ def own_config(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse",
   unsafe = [t for t, (k, _, _) in zip(text, changes) if not safe_change(k)]
   if unsafe and config_change != "allow":
     raise ConfigChangedError(
-        f"{workdir!r} was trained with another config; changed: "
-        + "; ".join(unsafe) + ". Use a new workdir, or config_change='allow' "
-        "(launch/train.py --config_change=allow) to continue with the new one.")
+      f"{workdir!r} was trained with another config; changed: "
+      + "; ".join(unsafe)
+      + ". Use a new workdir, or config_change='allow' "
+      "(launch/train.py --config_change=allow) to continue with the new one."
+    )
   if unsafe:
     log("config changed (config_change='allow'): " + "; ".join(unsafe))
   safe = [t for t in text if t not in unsafe]
@@ -163,9 +173,16 @@ def own_config(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse",
   if jax.process_index() == 0:
     if unsafe:
       with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
-        f.write(json.dumps(dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                changes=[[k, a, b] for k, a, b in changes],
-                                previous=stored)) + "\n")
+        f.write(
+          json.dumps(
+            dict(
+              time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              changes=[[k, a, b] for k, a, b in changes],
+              previous=stored,
+            )
+          )
+          + "\n"
+        )
     save_config(cfg, workdir, filename)
 
 
@@ -212,11 +229,14 @@ class WorkdirLock:
       except BlockingIOError:
         holder = self._holder(fd) or {}
         os.close(fd)
-        who = (f"process {holder.get('pid')} on host {holder.get('host')}"
-               if holder else "another run (starting)")
+        who = (
+          f"process {holder.get('pid')} on host {holder.get('host')}"
+          if holder
+          else "another run (starting)"
+        )
         raise WorkdirLockedError(
-            f"{os.path.dirname(self.path)!r} is in use by {who} ({self.path}); "
-            "wait for it to finish") from None
+          f"{os.path.dirname(self.path)!r} is in use by {who} ({self.path}); wait for it to finish"
+        ) from None
       try:
         same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
       except FileNotFoundError:
@@ -228,8 +248,7 @@ class WorkdirLock:
       try:
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps(dict(
-            self.me, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))).encode())
+        os.write(fd, json.dumps(dict(self.me, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))).encode())
         os.fsync(fd)
       except BaseException:  # a disk full: leave no half-written lock
         with contextlib.suppress(OSError):
@@ -238,8 +257,10 @@ class WorkdirLock:
         raise
       self._fd, self.held = fd, True
       if before and before.get("pid") is not None:
-        self.log(f"taking over the stale lock {self.path} of process "
-                 f"{before.get('pid')} on {before.get('host')} (no longer running)")
+        self.log(
+          f"taking over the stale lock {self.path} of process "
+          f"{before.get('pid')} on {before.get('host')} (no longer running)"
+        )
       return
     raise WorkdirLockedError(f"could not take {self.path}: it keeps being replaced")
 
@@ -275,8 +296,9 @@ def replacing(path: str):
   cache stays readable to the team) for the block to fill; renamed over `path`
   when the block ends, removed when it raises. Readers see the old file or the
   new one, never a part, and writers in any process on any host never collide."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                             prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  fd, tmp = tempfile.mkstemp(
+    dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+  )
   try:
     os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes it 0600
     os.close(fd)
@@ -307,22 +329,26 @@ def atomic_write_csv(path: str, rows) -> None:
   atomic_write(path, buf.getvalue())
 
 
-def load_config(workdir: str, filename: str = CONFIG_FILE,
-                complete=None) -> mlc.ConfigDict:
+def load_config(workdir: str, filename: str = CONFIG_FILE, complete=None) -> mlc.ConfigDict:
   """The config a workdir was trained with; `complete` (`config_bases.complete` for
   its family) reads it as today's config (renamed fields, new defaults)."""
   path = os.path.join(workdir, filename)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir!r} holds no {filename}: is it a training "
-                            "workdir?")
+    raise FileNotFoundError(f"{workdir!r} holds no {filename}: is it a training workdir?")
   with open(path) as f:
     stored = json.load(f)
   return complete(stored) if complete else mlc.ConfigDict(stored)
 
 
 @contextlib.contextmanager
-def owned(cfg: mlc.ConfigDict, workdir: str, config_change: str = "refuse", log=log_lib.info,
-          complete=None, filename: str = CONFIG_FILE):
+def owned(
+  cfg: mlc.ConfigDict,
+  workdir: str,
+  config_change: str = "refuse",
+  log=log_lib.info,
+  complete=None,
+  filename: str = CONFIG_FILE,
+):
   """Holds `workdir`'s lock (process 0) and its config (`own_config`) meanwhile."""
   os.makedirs(workdir, exist_ok=True)
   lock = WorkdirLock(workdir, log) if jax.process_index() == 0 else None

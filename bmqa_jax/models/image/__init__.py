@@ -66,16 +66,31 @@ for _module in _FAMILIES:
   _REGISTRY.update(_module.VARIANTS)
 
 PAPER_NAMES = (
-    'vgg19', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
-    'efficientnet_b0', 'efficientnet_b1', 'efficientnet_b2', 'efficientnet_b3',
-    'efficientnet_b4', 'efficientnet_lite0', 'efficientnet_lite1',
-    'efficientnet_lite2', 'vit_b32', 'vit_b16', 'convnext_tiny', 'convnext_small',
-    'convnext_base')
+  "vgg19",
+  "resnet18",
+  "resnet34",
+  "resnet50",
+  "resnet101",
+  "resnet152",
+  "efficientnet_b0",
+  "efficientnet_b1",
+  "efficientnet_b2",
+  "efficientnet_b3",
+  "efficientnet_b4",
+  "efficientnet_lite0",
+  "efficientnet_lite1",
+  "efficientnet_lite2",
+  "vit_b32",
+  "vit_b16",
+  "convnext_tiny",
+  "convnext_small",
+  "convnext_base",
+)
 # Small configurations of the same code, for tests and the CPU quickstart.
-SMALL_NAMES = ('vgg_tiny', 'resnet_tiny', 'efficientnet_tiny', 'vit_tiny', 'convnext_mini')
+SMALL_NAMES = ("vgg_tiny", "resnet_tiny", "efficientnet_tiny", "vit_tiny", "convnext_mini")
 # torchvision models outside the paper, with packaged ImageNet weights
 # (parity-tested in tests/test_pretrained_towers.py).
-EXTRA_NAMES = ('vgg16', 'mobilenet_v2', 'alexnet')
+EXTRA_NAMES = ("vgg16", "mobilenet_v2", "alexnet")
 assert set(_REGISTRY) == set(PAPER_NAMES) | set(SMALL_NAMES) | set(EXTRA_NAMES), sorted(_REGISTRY)
 
 
@@ -87,7 +102,7 @@ def names() -> list[str]:
 def family(name: str) -> str:
   """The family (module) of an encoder name: ``'resnet'``, ``'vit'``, ..."""
   _check(name)
-  return _REGISTRY[name].func.__module__.rsplit('.', 1)[-1]
+  return _REGISTRY[name].func.__module__.rsplit(".", 1)[-1]
 
 
 def create(name: str, **kwargs: Any) -> nn.Module:
@@ -99,14 +114,16 @@ def create(name: str, **kwargs: Any) -> nn.Module:
   """
   _check(name)
   factory = _REGISTRY[name]
-  fields = {f.name for f in dataclasses.fields(factory.func)} - {'parent', 'name'}
+  fields = {f.name for f in dataclasses.fields(factory.func)} - {"parent", "name"}
   unknown = sorted(set(kwargs) - fields)
   if unknown:
-    raise TypeError(f'image encoder {name!r} ({factory.func.__name__}) has no '
-                    f'field(s) {unknown}; valid: {sorted(fields)}')
+    raise TypeError(
+      f"image encoder {name!r} ({factory.func.__name__}) has no "
+      f"field(s) {unknown}; valid: {sorted(fields)}"
+    )
   return factory(**kwargs)
 
 
 def _check(name: str) -> None:
   if name not in _REGISTRY:
-    raise KeyError(f'unknown image encoder {name!r}; known: {names()}')
+    raise KeyError(f"unknown image encoder {name!r}; known: {names()}")

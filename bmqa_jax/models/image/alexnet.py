@@ -41,8 +41,16 @@ Dtype = Any
 
 # torchvision's `features`: (out channels, kernel, stride, padding) or 'M' =
 # MaxPool2d(3, 2); a ReLU follows every convolution.
-ALEXNET_LAYOUT = ((64, 11, 4, 2), 'M', (192, 5, 1, 2), 'M', (384, 3, 1, 1),
-                  (256, 3, 1, 1), (256, 3, 1, 1), 'M')
+ALEXNET_LAYOUT = (
+  (64, 11, 4, 2),
+  "M",
+  (192, 5, 1, 2),
+  "M",
+  (384, 3, 1, 1),
+  (256, 3, 1, 1),
+  (256, 3, 1, 1),
+  "M",
+)
 
 
 class AlexNet(nn.Module):
@@ -70,30 +78,46 @@ class AlexNet(nn.Module):
     index = 0  # torchvision's index into `features`
     stage_maps = []
     for item in self.layout:
-      if item == 'M':
+      if item == "M":
         stage_maps.append(x)
         x = ops.for_backend().max_pool(x, (3, 3), strides=(2, 2))
         index += 1
       else:
         width, kernel, stride, pad = item
-        x = nn.Conv(width, (kernel, kernel), stride, padding=pad, dtype=self.dtype,
-                    param_dtype=self.param_dtype, kernel_init=layers.torch_linear_default,
-                    conv_general_dilated=ops.for_backend().conv_general_dilated,
-                    name=f'features_{index}')(x)
+        x = nn.Conv(
+          width,
+          (kernel, kernel),
+          stride,
+          padding=pad,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          kernel_init=layers.torch_linear_default,
+          conv_general_dilated=ops.for_backend().conv_general_dilated,
+          name=f"features_{index}",
+        )(x)
         x = nn.relu(x)
         index += 2
     tokens = x.reshape(x.shape[0], -1, x.shape[-1])
     x = adaptive_avg_pool(x, self.pool_size).reshape(x.shape[0], -1)
-    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              kernel_init=layers.torch_linear_default)
+    dense = functools.partial(
+      nn.Dense,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=layers.torch_linear_default,
+    )
     for i in (1, 4):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = nn.relu(dense(self.hidden_dim, name=f'classifier_{i}')(x))
-    return layers.encoder_outputs(self, x, tokens, head_name='classifier_6',
-                                  head_init=layers.torch_linear_default,
-                                  stage_maps=stage_maps)
+      x = nn.relu(dense(self.hidden_dim, name=f"classifier_{i}")(x))
+    return layers.encoder_outputs(
+      self,
+      x,
+      tokens,
+      head_name="classifier_6",
+      head_init=layers.torch_linear_default,
+      stage_maps=stage_maps,
+    )
 
 
 VARIANTS = {
-    'alexnet': functools.partial(AlexNet),
+  "alexnet": functools.partial(AlexNet),
 }

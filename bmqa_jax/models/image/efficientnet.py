@@ -51,6 +51,7 @@ PIXEL_MAX = 255.0
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
   """One row of the EfficientNet-B0 table (Tan & Le 2019, Table 1)."""
+
   expand_ratio: int
   kernel: int
   stride: int
@@ -61,13 +62,13 @@ class StageConfig:
 
 # EfficientNet-B0 baseline; scaled by width/depth multipliers for B1..B4, Lite1..2.
 B0_STAGES = (
-    StageConfig(1, 3, 1, 32, 16, 1),
-    StageConfig(6, 3, 2, 16, 24, 2),
-    StageConfig(6, 5, 2, 24, 40, 2),
-    StageConfig(6, 3, 2, 40, 80, 3),
-    StageConfig(6, 5, 1, 80, 112, 3),
-    StageConfig(6, 5, 2, 112, 192, 4),
-    StageConfig(6, 3, 1, 192, 320, 1),
+  StageConfig(1, 3, 1, 32, 16, 1),
+  StageConfig(6, 3, 2, 16, 24, 2),
+  StageConfig(6, 5, 2, 24, 40, 2),
+  StageConfig(6, 3, 2, 40, 80, 3),
+  StageConfig(6, 5, 1, 80, 112, 3),
+  StageConfig(6, 5, 2, 112, 192, 4),
+  StageConfig(6, 3, 1, 192, 320, 1),
 )
 
 
@@ -79,19 +80,26 @@ def make_divisible(value: float, divisor: int = 8) -> int:
   return new
 
 
-def scaled_stages(stages: Sequence[StageConfig], width_mult: float, depth_mult: float,
-                  fix_head_stem: bool) -> list[StageConfig]:
+def scaled_stages(
+  stages: Sequence[StageConfig], width_mult: float, depth_mult: float, fix_head_stem: bool
+) -> list[StageConfig]:
   """Applies the compound-scaling multipliers. With ``fix_head_stem`` (Lite),
   the first stage keeps a 32-channel input and the first and last stages keep
   their repeat counts, as in TF's ``efficientnet_lite_builder``."""
   out = []
   for i, s in enumerate(stages):
     fixed = fix_head_stem and i in (0, len(stages) - 1)
-    in_ch = (s.in_channels if fix_head_stem and i == 0 else
-             make_divisible(s.in_channels * width_mult))
-    out.append(dataclasses.replace(
-        s, in_channels=in_ch, out_channels=make_divisible(s.out_channels * width_mult),
-        repeats=s.repeats if fixed else int(math.ceil(s.repeats * depth_mult))))
+    in_ch = (
+      s.in_channels if fix_head_stem and i == 0 else make_divisible(s.in_channels * width_mult)
+    )
+    out.append(
+      dataclasses.replace(
+        s,
+        in_channels=in_ch,
+        out_channels=make_divisible(s.out_channels * width_mult),
+        repeats=s.repeats if fixed else int(math.ceil(s.repeats * depth_mult)),
+      )
+    )
   return out
 
 
@@ -111,8 +119,8 @@ class SqueezeExcitation(nn.Module):
   def __call__(self, x):
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = nn.silu(dense(self.squeeze_channels, name='reduce')(s))
-    s = nn.sigmoid(dense(x.shape[-1], name='expand')(s))
+    s = nn.silu(dense(self.squeeze_channels, name="reduce")(s))
+    s = nn.sigmoid(dense(x.shape[-1], name="expand")(s))
     return x * s
 
 
@@ -136,17 +144,23 @@ class MBConv(nn.Module):
     hidden = make_divisible(in_ch * cfg.expand_ratio)
     y = x
     if hidden != in_ch:
-      y = self.conv(hidden, (1, 1), padding=0, name='expand_conv')(y)
-      y = act(self.norm(name='expand_bn')(y, use_running_average=not train))
-    y = self.conv(hidden, (cfg.kernel, cfg.kernel), cfg.stride,
-                  padding=conv_padding(cfg.kernel, self.lite),
-                  feature_group_count=hidden, name='dw_conv')(y)
-    y = act(self.norm(name='dw_bn')(y, use_running_average=not train))
+      y = self.conv(hidden, (1, 1), padding=0, name="expand_conv")(y)
+      y = act(self.norm(name="expand_bn")(y, use_running_average=not train))
+    y = self.conv(
+      hidden,
+      (cfg.kernel, cfg.kernel),
+      cfg.stride,
+      padding=conv_padding(cfg.kernel, self.lite),
+      feature_group_count=hidden,
+      name="dw_conv",
+    )(y)
+    y = act(self.norm(name="dw_bn")(y, use_running_average=not train))
     if not self.lite:
-      y = SqueezeExcitation(max(1, in_ch // 4), dtype=self.dtype,
-                            param_dtype=self.param_dtype, name='se')(y)
-    y = self.conv(cfg.out_channels, (1, 1), padding=0, name='project_conv')(y)
-    y = self.norm(name='project_bn')(y, use_running_average=not train)
+      y = SqueezeExcitation(
+        max(1, in_ch // 4), dtype=self.dtype, param_dtype=self.param_dtype, name="se"
+      )(y)
+    y = self.conv(cfg.out_channels, (1, 1), padding=0, name="project_conv")(y)
+    y = self.norm(name="project_bn")(y, use_running_average=not train)
     if cfg.stride == 1 and in_ch == cfg.out_channels:
       y = layers.StochasticDepth(self.stochastic_depth_rate)(y, train=train) + x
     return y
@@ -187,7 +201,7 @@ class EfficientNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   bn_momentum: float | None = None  # None: the reference's (0.9 B*, 0.99 Lite).
-  bn_epsilon: float | None = None   # None: the reference's (1e-5 B*, 1e-3 Lite).
+  bn_epsilon: float | None = None  # None: the reference's (1e-5 B*, 1e-3 Lite).
   # Block stages whose outputs are also returned as ``levels`` (0..6 for the
   # B0 table: strides 2, 4, 8, 16, 16, 32, 32; e.g. (1, 2, 4, 6)).
   levels: Sequence[int] = ()
@@ -200,12 +214,21 @@ class EfficientNet(nn.Module):
     lite = self.lite
     momentum = self.bn_momentum if self.bn_momentum is not None else (0.99 if lite else 0.9)
     epsilon = self.bn_epsilon if self.bn_epsilon is not None else (1e-3 if lite else 1e-5)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=self.param_dtype,
-                             kernel_init=layers.kaiming_normal_fan_out,
-                             conv_general_dilated=ops.for_backend().conv_general_dilated)
-    norm = functools.partial(nn.BatchNorm, momentum=momentum, epsilon=epsilon,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = functools.partial(
+      nn.Conv,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=layers.kaiming_normal_fan_out,
+      conv_general_dilated=ops.for_backend().conv_general_dilated,
+    )
+    norm = functools.partial(
+      nn.BatchNorm,
+      momentum=momentum,
+      epsilon=epsilon,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     act = relu6 if lite else nn.silu
     stages = self.stage_configs()
 
@@ -214,8 +237,8 @@ class EfficientNet(nn.Module):
       x = _lite_input_scaling(x)
     x = x.astype(self.dtype)
     stem = self.stem_width if lite else make_divisible(self.stem_width * self.width_mult)
-    x = conv(stem, (3, 3), 2, padding=conv_padding(3, lite), name='stem_conv')(x)
-    x = act(norm(name='stem_bn')(x, use_running_average=not train))
+    x = conv(stem, (3, 3), 2, padding=conv_padding(3, lite), name="stem_conv")(x)
+    x = act(norm(name="stem_bn")(x, use_running_average=not train))
 
     total = sum(s.repeats for s in stages)
     index = 0
@@ -223,20 +246,34 @@ class EfficientNet(nn.Module):
     for i, s in enumerate(stages):
       for j in range(s.repeats):
         cfg = s if j == 0 else dataclasses.replace(s, stride=1, in_channels=s.out_channels)
-        x = MBConv(cfg, self.stochastic_depth_rate * index / total, lite, conv, norm,
-                   dtype=self.dtype, param_dtype=self.param_dtype,
-                   name=f'stage{i}_block{j}')(x, train=train)
+        x = MBConv(
+          cfg,
+          self.stochastic_depth_rate * index / total,
+          lite,
+          conv,
+          norm,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"stage{i}_block{j}",
+        )(x, train=train)
         index += 1
       stage_maps.append(x)
 
     head = self.head_width or (1280 if lite else 4 * stages[-1].out_channels)
-    x = conv(head, (1, 1), padding=0, name='head_conv')(x)
-    x = act(norm(name='head_bn')(x, use_running_average=not train))
+    x = conv(head, (1, 1), padding=0, name="head_conv")(x)
+    x = act(norm(name="head_bn")(x, use_running_average=not train))
     tokens = x.reshape(x.shape[0], -1, x.shape[-1])
     pooled = jnp.mean(x, axis=(1, 2))
     return layers.encoder_outputs(
-        self, pooled, tokens, head_name='classifier', dropout_rate=self.dropout_rate,
-        train=train, head_init=_classifier_init, stage_maps=stage_maps)
+      self,
+      pooled,
+      tokens,
+      head_name="classifier",
+      dropout_rate=self.dropout_rate,
+      train=train,
+      head_init=_classifier_init,
+      stage_maps=stage_maps,
+    )
 
 
 def _classifier_init(key, shape, dtype=jnp.float32):
@@ -250,7 +287,7 @@ def conv_padding(kernel: int, tf_same: bool):
   the bottom/right for even inputs and stride 2) or PyTorch's symmetric
   ``(k − 1) // 2`` (torchvision's ``Conv2dNormActivation``)."""
   if tf_same:
-    return 'SAME'
+    return "SAME"
   return ((kernel - 1) // 2,) * 2, ((kernel - 1) // 2,) * 2
 
 
@@ -258,21 +295,22 @@ _B = functools.partial(EfficientNet, lite=False)
 _LITE = functools.partial(EfficientNet, lite=True)
 
 VARIANTS = {
-    # (width, depth, dropout) from torchvision's efficientnet_b0..b4.
-    'efficientnet_b0': functools.partial(_B, width_mult=1.0, depth_mult=1.0, dropout_rate=0.2),
-    'efficientnet_b1': functools.partial(_B, width_mult=1.0, depth_mult=1.1, dropout_rate=0.2),
-    'efficientnet_b2': functools.partial(_B, width_mult=1.1, depth_mult=1.2, dropout_rate=0.3),
-    'efficientnet_b3': functools.partial(_B, width_mult=1.2, depth_mult=1.4, dropout_rate=0.3),
-    'efficientnet_b4': functools.partial(_B, width_mult=1.4, depth_mult=1.8, dropout_rate=0.4),
-    # (width, depth, dropout) from TF's efficientnet_lite_builder.
-    'efficientnet_lite0': functools.partial(_LITE, width_mult=1.0, depth_mult=1.0,
-                                              dropout_rate=0.2),
-    'efficientnet_lite1': functools.partial(_LITE, width_mult=1.0, depth_mult=1.1,
-                                              dropout_rate=0.2),
-    'efficientnet_lite2': functools.partial(_LITE, width_mult=1.1, depth_mult=1.2,
-                                              dropout_rate=0.3),
-    # Small variant for tests: B0 stage table at quarter width, one block per stage.
-    'efficientnet_tiny': functools.partial(
-        _B, width_mult=0.25, depth_mult=1.0, dropout_rate=0.2,
-        stages=tuple(dataclasses.replace(s, repeats=1) for s in B0_STAGES)),
+  # (width, depth, dropout) from torchvision's efficientnet_b0..b4.
+  "efficientnet_b0": functools.partial(_B, width_mult=1.0, depth_mult=1.0, dropout_rate=0.2),
+  "efficientnet_b1": functools.partial(_B, width_mult=1.0, depth_mult=1.1, dropout_rate=0.2),
+  "efficientnet_b2": functools.partial(_B, width_mult=1.1, depth_mult=1.2, dropout_rate=0.3),
+  "efficientnet_b3": functools.partial(_B, width_mult=1.2, depth_mult=1.4, dropout_rate=0.3),
+  "efficientnet_b4": functools.partial(_B, width_mult=1.4, depth_mult=1.8, dropout_rate=0.4),
+  # (width, depth, dropout) from TF's efficientnet_lite_builder.
+  "efficientnet_lite0": functools.partial(_LITE, width_mult=1.0, depth_mult=1.0, dropout_rate=0.2),
+  "efficientnet_lite1": functools.partial(_LITE, width_mult=1.0, depth_mult=1.1, dropout_rate=0.2),
+  "efficientnet_lite2": functools.partial(_LITE, width_mult=1.1, depth_mult=1.2, dropout_rate=0.3),
+  # Small variant for tests: B0 stage table at quarter width, one block per stage.
+  "efficientnet_tiny": functools.partial(
+    _B,
+    width_mult=0.25,
+    depth_mult=1.0,
+    dropout_rate=0.2,
+    stages=tuple(dataclasses.replace(s, repeats=1) for s in B0_STAGES),
+  ),
 }

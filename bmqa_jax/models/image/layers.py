@@ -14,17 +14,24 @@ import numpy as np
 
 # torch.nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu'): torchvision's
 # convolution init for ResNet, VGG and EfficientNet.
-kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 # torch.nn.Linear's default init of the weight (kaiming_uniform with a=sqrt(5)),
 # which is uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-torch_linear_default = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+torch_linear_default = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def encoder_outputs(module: nn.Module, pooled: jax.Array, tokens: jax.Array, *,
-                    head_name: str, head_init=nn.initializers.lecun_normal(),
-                    dropout_rate: float = 0.0, train: bool = False,
-                    stage_maps: Sequence[jax.Array] = ()) -> dict[str, Any]:
+def encoder_outputs(
+  module: nn.Module,
+  pooled: jax.Array,
+  tokens: jax.Array,
+  *,
+  head_name: str,
+  head_init=nn.initializers.lecun_normal(),
+  dropout_rate: float = 0.0,
+  train: bool = False,
+  stage_maps: Sequence[jax.Array] = (),
+) -> dict[str, Any]:
   """The dict every encoder returns, in float32.
 
   Must be called from inside ``module``'s ``@nn.compact`` ``__call__``: when
@@ -42,23 +49,28 @@ def encoder_outputs(module: nn.Module, pooled: jax.Array, tokens: jax.Array, *,
     ``module.levels`` is set) and, with a classifier, ``logits``
     ``[B, num_classes]``.
   """
-  out = {'pooled': pooled.astype(jnp.float32), 'tokens': tokens.astype(jnp.float32)}
-  wanted = tuple(getattr(module, 'levels', ()) or ())
+  out = {"pooled": pooled.astype(jnp.float32), "tokens": tokens.astype(jnp.float32)}
+  wanted = tuple(getattr(module, "levels", ()) or ())
   if wanted:
-    out['levels'] = select_levels(stage_maps, wanted, type(module).__name__)
+    out["levels"] = select_levels(stage_maps, wanted, type(module).__name__)
   if module.num_classes:
     x = pooled
     if dropout_rate:
       x = nn.Dropout(dropout_rate, deterministic=not train)(x)
-    head = nn.Dense(module.num_classes, dtype=module.dtype,
-                    param_dtype=module.param_dtype, kernel_init=head_init,
-                    name=head_name)
-    out['logits'] = head(x).astype(jnp.float32)
+    head = nn.Dense(
+      module.num_classes,
+      dtype=module.dtype,
+      param_dtype=module.param_dtype,
+      kernel_init=head_init,
+      name=head_name,
+    )
+    out["logits"] = head(x).astype(jnp.float32)
   return out
 
 
-def select_levels(stage_maps: Sequence[jax.Array], wanted: Sequence[int],
-                  owner: str) -> tuple[jax.Array, ...]:
+def select_levels(
+  stage_maps: Sequence[jax.Array], wanted: Sequence[int], owner: str
+) -> tuple[jax.Array, ...]:
   """The stage maps at indices ``wanted``, flattened to float32 ``[B, N, C]``.
 
   Multi-level features (as HyperIQA, DBCNN and TOPIQ read them): early stages
@@ -66,11 +78,14 @@ def select_levels(stage_maps: Sequence[jax.Array], wanted: Sequence[int],
   """
   bad = [i for i in wanted if not -len(stage_maps) <= i < len(stage_maps)]
   if bad:
-    raise ValueError(f'{owner} has {len(stage_maps)} stages (levels 0..'
-                     f'{len(stage_maps) - 1}); asked for levels {list(wanted)}')
-  return tuple(stage_maps[i].reshape(stage_maps[i].shape[0], -1,
-                                     stage_maps[i].shape[-1]).astype(jnp.float32)
-               for i in wanted)
+    raise ValueError(
+      f"{owner} has {len(stage_maps)} stages (levels 0.."
+      f"{len(stage_maps) - 1}); asked for levels {list(wanted)}"
+    )
+  return tuple(
+    stage_maps[i].reshape(stage_maps[i].shape[0], -1, stage_maps[i].shape[-1]).astype(jnp.float32)
+    for i in wanted
+  )
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -97,5 +112,5 @@ class StochasticDepth(nn.Module):
       return x
     keep = 1.0 - self.rate
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
     return jnp.where(mask, x / keep, jnp.zeros_like(x))

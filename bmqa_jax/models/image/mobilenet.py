@@ -42,8 +42,15 @@ Dtype = Any
 
 # torchvision's inverted_residual_setting: expansion t, channels c, repeats n,
 # stride s of the first repeat.
-SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-            (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+SETTINGS = (
+  (1, 16, 1, 1),
+  (6, 24, 2, 2),
+  (6, 32, 3, 2),
+  (6, 64, 4, 2),
+  (6, 96, 3, 1),
+  (6, 160, 3, 2),
+  (6, 320, 1, 1),
+)
 
 
 def relu6(x):
@@ -71,13 +78,14 @@ class InvertedResidual(nn.Module):
     hidden = int(round(in_ch * self.expand_ratio))
     y = x
     if self.expand_ratio != 1:
-      y = self.conv(hidden, (1, 1), padding=0, name='expand_conv')(y)
-      y = relu6(self.norm(name='expand_bn')(y, use_running_average=not train))
-    y = self.conv(hidden, (3, 3), self.stride, padding=1, feature_group_count=hidden,
-                  name='dw_conv')(y)
-    y = relu6(self.norm(name='dw_bn')(y, use_running_average=not train))
-    y = self.conv(self.out_channels, (1, 1), padding=0, name='project_conv')(y)
-    y = self.norm(name='project_bn')(y, use_running_average=not train)
+      y = self.conv(hidden, (1, 1), padding=0, name="expand_conv")(y)
+      y = relu6(self.norm(name="expand_bn")(y, use_running_average=not train))
+    y = self.conv(
+      hidden, (3, 3), self.stride, padding=1, feature_group_count=hidden, name="dw_conv"
+    )(y)
+    y = relu6(self.norm(name="dw_bn")(y, use_running_average=not train))
+    y = self.conv(self.out_channels, (1, 1), padding=0, name="project_conv")(y)
+    y = self.norm(name="project_bn")(y, use_running_average=not train)
     if self.stride == 1 and in_ch == self.out_channels:
       y = y + x
     return y
@@ -110,36 +118,55 @@ class MobileNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=self.param_dtype,
-                             kernel_init=layers.kaiming_normal_fan_out,
-                             conv_general_dilated=ops.for_backend().conv_general_dilated)
-    norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum,
-                             epsilon=self.bn_epsilon, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+    conv = functools.partial(
+      nn.Conv,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=layers.kaiming_normal_fan_out,
+      conv_general_dilated=ops.for_backend().conv_general_dilated,
+    )
+    norm = functools.partial(
+      nn.BatchNorm,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     x = jnp.asarray(images, self.dtype)
-    x = conv(make_divisible(self.stem_width * self.width_mult), (3, 3), 2, padding=1,
-             name='stem_conv')(x)
-    x = relu6(norm(name='stem_bn')(x, use_running_average=not train))
+    x = conv(
+      make_divisible(self.stem_width * self.width_mult), (3, 3), 2, padding=1, name="stem_conv"
+    )(x)
+    x = relu6(norm(name="stem_bn")(x, use_running_average=not train))
 
-    blocks = [(make_divisible(c * self.width_mult), s if i == 0 else 1, t)
-              for t, c, n, s in self.settings for i in range(n)]
+    blocks = [
+      (make_divisible(c * self.width_mult), s if i == 0 else 1, t)
+      for t, c, n, s in self.settings
+      for i in range(n)
+    ]
     stage_maps = []
     for index, (width, stride, t) in enumerate(blocks, start=1):  # features.1 .. features.17
-      x = InvertedResidual(width, stride, t, conv, norm, name=f'features_{index}')(x, train=train)
+      x = InvertedResidual(width, stride, t, conv, norm, name=f"features_{index}")(x, train=train)
       if index == len(blocks) or blocks[index][1] != 1:  # last block of its resolution
         stage_maps.append(x)
 
     head = make_divisible(self.head_width * max(1.0, self.width_mult))
-    x = conv(head, (1, 1), padding=0, name='head_conv')(x)
-    x = relu6(norm(name='head_bn')(x, use_running_average=not train))
+    x = conv(head, (1, 1), padding=0, name="head_conv")(x)
+    x = relu6(norm(name="head_bn")(x, use_running_average=not train))
     tokens = x.reshape(x.shape[0], -1, x.shape[-1])
     pooled = jnp.mean(x, axis=(1, 2))
     return layers.encoder_outputs(
-        self, pooled, tokens, head_name='classifier', dropout_rate=self.dropout_rate,
-        train=train, head_init=_classifier_init, stage_maps=stage_maps)
+      self,
+      pooled,
+      tokens,
+      head_name="classifier",
+      dropout_rate=self.dropout_rate,
+      train=train,
+      head_init=_classifier_init,
+      stage_maps=stage_maps,
+    )
 
 
 VARIANTS = {
-    'mobilenet_v2': functools.partial(MobileNetV2),
+  "mobilenet_v2": functools.partial(MobileNetV2),
 }

@@ -43,4 +43,4 @@ CPU = Ops(conv_general_dilated=conv.conv_general_dilated, max_pool=pooling.max_p
 def for_backend(backend: str | None = None) -> Ops:
   """:data:`CPU` on the CPU backend, else :data:`XLA`; ``backend`` defaults to
   ``jax.default_backend()`` (asked when the model is traced)."""
-  return CPU if (backend or jax.default_backend()) == 'cpu' else XLA
+  return CPU if (backend or jax.default_backend()) == "cpu" else XLA

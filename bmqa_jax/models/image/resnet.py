@@ -36,15 +36,14 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     residual = x
-    y = self.conv(self.features, (3, 3), self.strides, padding=1, name='conv1')(x)
-    y = self.norm(name='bn1')(y, use_running_average=not train)
+    y = self.conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
+    y = self.norm(name="bn1")(y, use_running_average=not train)
     y = nn.relu(y)
-    y = self.conv(self.features, (3, 3), 1, padding=1, name='conv2')(y)
-    y = self.norm(name='bn2')(y, use_running_average=not train)
+    y = self.conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
+    y = self.norm(name="bn2")(y, use_running_average=not train)
     if residual.shape != y.shape:
-      residual = self.conv(self.features, (1, 1), self.strides, padding=0,
-                           name='downsample_0')(x)
-      residual = self.norm(name='downsample_1')(residual, use_running_average=not train)
+      residual = self.conv(self.features, (1, 1), self.strides, padding=0, name="downsample_0")(x)
+      residual = self.norm(name="downsample_1")(residual, use_running_average=not train)
     return nn.relu(y + residual)
 
 
@@ -62,17 +61,17 @@ class Bottleneck(nn.Module):
   def __call__(self, x, train: bool = False):
     residual = x
     out = self.features * self.expansion
-    y = self.conv(self.features, (1, 1), 1, padding=0, name='conv1')(x)
-    y = self.norm(name='bn1')(y, use_running_average=not train)
+    y = self.conv(self.features, (1, 1), 1, padding=0, name="conv1")(x)
+    y = self.norm(name="bn1")(y, use_running_average=not train)
     y = nn.relu(y)
-    y = self.conv(self.features, (3, 3), self.strides, padding=1, name='conv2')(y)
-    y = self.norm(name='bn2')(y, use_running_average=not train)
+    y = self.conv(self.features, (3, 3), self.strides, padding=1, name="conv2")(y)
+    y = self.norm(name="bn2")(y, use_running_average=not train)
     y = nn.relu(y)
-    y = self.conv(out, (1, 1), 1, padding=0, name='conv3')(y)
-    y = self.norm(name='bn3')(y, use_running_average=not train)
+    y = self.conv(out, (1, 1), 1, padding=0, name="conv3")(y)
+    y = self.norm(name="bn3")(y, use_running_average=not train)
     if residual.shape != y.shape:
-      residual = self.conv(out, (1, 1), self.strides, padding=0, name='downsample_0')(x)
-      residual = self.norm(name='downsample_1')(residual, use_running_average=not train)
+      residual = self.conv(out, (1, 1), self.strides, padding=0, name="downsample_0")(x)
+      residual = self.norm(name="downsample_1")(residual, use_running_average=not train)
     return nn.relu(y + residual)
 
 
@@ -107,39 +106,54 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=self.param_dtype,
-                             kernel_init=layers.kaiming_normal_fan_out,
-                             conv_general_dilated=ops.for_backend().conv_general_dilated)
-    norm = functools.partial(nn.BatchNorm, momentum=self.bn_momentum,
-                             epsilon=self.bn_epsilon, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+    conv = functools.partial(
+      nn.Conv,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=layers.kaiming_normal_fan_out,
+      conv_general_dilated=ops.for_backend().conv_general_dilated,
+    )
+    norm = functools.partial(
+      nn.BatchNorm,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     x = jnp.asarray(images, self.dtype)
-    x = conv(self.stem_width, (7, 7), 2, padding=3, name='conv1')(x)
-    x = norm(name='bn1')(x, use_running_average=not train)
+    x = conv(self.stem_width, (7, 7), 2, padding=3, name="conv1")(x)
+    x = norm(name="bn1")(x, use_running_average=not train)
     x = nn.relu(x)
     x = ops.for_backend().max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     stage_maps = []
     for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(n_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = self.block(width, strides, conv=conv, norm=norm,
-                       name=f'layer{i + 1}_{j}')(x, train=train)
+        x = self.block(width, strides, conv=conv, norm=norm, name=f"layer{i + 1}_{j}")(
+          x, train=train
+        )
       stage_maps.append(x)
     tokens = x.reshape(x.shape[0], -1, x.shape[-1])
     pooled = jnp.mean(x, axis=(1, 2))
-    return layers.encoder_outputs(self, pooled, tokens, head_name='fc',
-                                  head_init=layers.torch_linear_default,
-                                  stage_maps=stage_maps)
+    return layers.encoder_outputs(
+      self,
+      pooled,
+      tokens,
+      head_name="fc",
+      head_init=layers.torch_linear_default,
+      stage_maps=stage_maps,
+    )
 
 
 VARIANTS = {
-    'resnet18': functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock),
-    'resnet34': functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock),
-    'resnet50': functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck),
-    'resnet101': functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block=Bottleneck),
-    'resnet152': functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block=Bottleneck),
-    # Small variant for tests and the CPU quickstart (same code path, 0.31 M params).
-    'resnet_tiny': functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block=BasicBlock,
-                                     widths=(16, 32, 64, 128), stem_width=16),
+  "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock),
+  "resnet34": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock),
+  "resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck),
+  "resnet101": functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block=Bottleneck),
+  "resnet152": functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block=Bottleneck),
+  # Small variant for tests and the CPU quickstart (same code path, 0.31 M params).
+  "resnet_tiny": functools.partial(
+    ResNet, stage_sizes=(1, 1, 1, 1), block=BasicBlock, widths=(16, 32, 64, 128), stem_width=16
+  ),
 }

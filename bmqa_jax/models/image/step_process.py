@@ -11,8 +11,11 @@ import jax
 
 # jax.config entries a step's process takes over from the parent's
 # (runtime.start: the compilation cache).
-_JAX_SETTINGS = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
-                 'jax_persistent_cache_min_entry_size_bytes')
+_JAX_SETTINGS = (
+  "jax_compilation_cache_dir",
+  "jax_persistent_cache_min_compile_time_secs",
+  "jax_persistent_cache_min_entry_size_bytes",
+)
 
 
 def _serve(conn, make_step, step_args: tuple, settings: dict) -> None:
@@ -23,7 +26,7 @@ def _serve(conn, make_step, step_args: tuple, settings: dict) -> None:
     for key, value in settings.items():
       jax.config.update(key, value)
     run = make_step(*step_args)
-    conn.send('ready')
+    conn.send("ready")
     while conn.recv():
       run()
       conn.send(None)
@@ -58,12 +61,13 @@ class StepProcess:
   cache settings."""
 
   def __init__(self, make_step, *step_args, environ: dict | None = None):
-    self.name = f'{make_step.__name__} {step_args[:2]}'
-    ctx = multiprocessing.get_context('spawn')
+    self.name = f"{make_step.__name__} {step_args[:2]}"
+    ctx = multiprocessing.get_context("spawn")
     self._conn, child = ctx.Pipe()
     settings = {k: getattr(jax.config, k) for k in _JAX_SETTINGS}
-    self._process = ctx.Process(target=_serve, daemon=True,
-                                args=(child, make_step, step_args, settings))
+    self._process = ctx.Process(
+      target=_serve, daemon=True, args=(child, make_step, step_args, settings)
+    )
     with _environment(environ):
       self._process.start()
     child.close()
@@ -74,10 +78,11 @@ class StepProcess:
       answer = self._conn.recv()
     except EOFError:
       self._process.join(5)
-      raise RuntimeError(f'the {self.name} step process died (exit code '
-                         f'{self._process.exitcode})') from None
-    if isinstance(answer, str) and answer != 'ready':
-      raise RuntimeError(f'the {self.name} step failed in its process:\n{answer}')
+      raise RuntimeError(
+        f"the {self.name} step process died (exit code {self._process.exitcode})"
+      ) from None
+    if isinstance(answer, str) and answer != "ready":
+      raise RuntimeError(f"the {self.name} step failed in its process:\n{answer}")
 
   def __call__(self) -> None:
     self._conn.send(True)

@@ -33,11 +33,50 @@ from bmqa_jax.models.image import ops
 Dtype = Any
 
 # torchvision's cfgs["E"]: channel widths, 'M' = 2×2 max pool.
-VGG19_LAYOUT = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M',
-                512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M')
+VGG19_LAYOUT = (
+  64,
+  64,
+  "M",
+  128,
+  128,
+  "M",
+  256,
+  256,
+  256,
+  256,
+  "M",
+  512,
+  512,
+  512,
+  512,
+  "M",
+  512,
+  512,
+  512,
+  512,
+  "M",
+)
 # torchvision's cfgs["D"].
-VGG16_LAYOUT = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
-                512, 512, 512, 'M', 512, 512, 512, 'M')
+VGG16_LAYOUT = (
+  64,
+  64,
+  "M",
+  128,
+  128,
+  "M",
+  256,
+  256,
+  256,
+  "M",
+  512,
+  512,
+  512,
+  "M",
+  512,
+  512,
+  512,
+  "M",
+)
 
 
 def adaptive_avg_pool(x, output_size: int):
@@ -49,8 +88,9 @@ def adaptive_avg_pool(x, output_size: int):
     return x
 
   def bounds(size):
-    return [(i * size // output_size, -(-(i + 1) * size // output_size))
-            for i in range(output_size)]
+    return [
+      (i * size // output_size, -(-(i + 1) * size // output_size)) for i in range(output_size)
+    ]
 
   rows = [jnp.mean(x[:, a:b], axis=1, keepdims=True) for a, b in bounds(h)]
   x = jnp.concatenate(rows, axis=1)
@@ -86,33 +126,49 @@ class VGG(nn.Module):
     index = 0  # torchvision's index into `features`
     stage_maps = []
     for item in self.layout:
-      if item == 'M':
+      if item == "M":
         stage_maps.append(x)
         x = ops.for_backend().max_pool(x, (2, 2), strides=(2, 2))
         index += 1
       else:
-        x = nn.Conv(item, (3, 3), padding=1, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=layers.kaiming_normal_fan_out,
-                    conv_general_dilated=ops.for_backend().conv_general_dilated,
-                    name=f'features_{index}')(x)
+        x = nn.Conv(
+          item,
+          (3, 3),
+          padding=1,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          kernel_init=layers.kaiming_normal_fan_out,
+          conv_general_dilated=ops.for_backend().conv_general_dilated,
+          name=f"features_{index}",
+        )(x)
         x = nn.relu(x)
         index += 2
     tokens = x.reshape(x.shape[0], -1, x.shape[-1])
     x = adaptive_avg_pool(x, self.pool_size).reshape(x.shape[0], -1)
-    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              kernel_init=nn.initializers.normal(0.01))
+    dense = functools.partial(
+      nn.Dense,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=nn.initializers.normal(0.01),
+    )
     for i in (0, 3):
-      x = nn.relu(dense(self.hidden_dim, name=f'classifier_{i}')(x))
+      x = nn.relu(dense(self.hidden_dim, name=f"classifier_{i}")(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return layers.encoder_outputs(self, x, tokens, head_name='classifier_6',
-                                  head_init=nn.initializers.normal(0.01),
-                                  stage_maps=stage_maps)
+    return layers.encoder_outputs(
+      self,
+      x,
+      tokens,
+      head_name="classifier_6",
+      head_init=nn.initializers.normal(0.01),
+      stage_maps=stage_maps,
+    )
 
 
 VARIANTS = {
-    'vgg19': functools.partial(VGG),
-    'vgg16': functools.partial(VGG, layout=VGG16_LAYOUT),
-    # Small variant for tests: the VGG-19 layout at 1/8 width, a 256-wide classifier.
-    'vgg_tiny': functools.partial(
-        VGG, layout=tuple(c if c == 'M' else c // 8 for c in VGG19_LAYOUT), hidden_dim=256),
+  "vgg19": functools.partial(VGG),
+  "vgg16": functools.partial(VGG, layout=VGG16_LAYOUT),
+  # Small variant for tests: the VGG-19 layout at 1/8 width, a 256-wide classifier.
+  "vgg_tiny": functools.partial(
+    VGG, layout=tuple(c if c == "M" else c // 8 for c in VGG19_LAYOUT), hidden_dim=256
+  ),
 }

@@ -43,13 +43,19 @@ def _shifted_sum(xp, w, strides, out_hw):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def depthwise_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int],
-                   pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+def depthwise_conv(
+  x: jax.Array,
+  w: jax.Array,
+  strides: tuple[int, int],
+  pads: tuple[tuple[int, int], tuple[int, int]],
+) -> jax.Array:
   """``lax.conv_general_dilated(x, w, strides, pads, feature_group_count=C)``
   for NHWC ``x`` and HWIO ``w`` of shape ``[Kh, Kw, 1, C]``."""
   kh, kw = w.shape[:2]
-  out_hw = (windows.out_size(x.shape[1], pads[0], kh, strides[0]),
-            windows.out_size(x.shape[2], pads[1], kw, strides[1]))
+  out_hw = (
+    windows.out_size(x.shape[1], pads[0], kh, strides[0]),
+    windows.out_size(x.shape[2], pads[1], kw, strides[1]),
+  )
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   return _shifted_sum(xp, w, strides, out_hw)
 
@@ -66,8 +72,7 @@ def _bwd(strides, pads, residuals, g):
   # dx: g at stride 1 (zeros between), padded by k − 1 − pad on each side (the
   # far side also by what the stride skipped), correlated with the flipped kernel.
   cfg = [(0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)]
-  for axis, k, s, (lo, _), n, no in ((1, kh, sh, pads[0], h, ho),
-                                     (2, kw, sw, pads[1], wd, wo)):
+  for axis, k, s, (lo, _), n, no in ((1, kh, sh, pads[0], h, ho), (2, kw, sw, pads[1], wd, wo)):
     top = k - 1 - lo
     cfg[axis] = (top, n + k - 1 - top - (s * (no - 1) + 1), s - 1)
   gp = jax.lax.pad(g, jnp.zeros((), g.dtype), cfg)
@@ -78,8 +83,9 @@ def _bwd(strides, pads, residuals, g):
   def row(_, i):
     # One multiply-reduce per tap: stacking the Kw products first wrote Kw
     # copies of the activations (a slower step).
-    return None, jnp.stack([jnp.sum(windows.tap(xp, i, j, strides, (ho, wo)) * g,
-                                    axis=(0, 1, 2)) for j in range(kw)])
+    return None, jnp.stack(
+      [jnp.sum(windows.tap(xp, i, j, strides, (ho, wo)) * g, axis=(0, 1, 2)) for j in range(kw)]
+    )
 
   dw = jax.lax.scan(row, None, jnp.arange(kh))[1]
   return dx.astype(x.dtype), dw[:, :, None, :].astype(w.dtype)

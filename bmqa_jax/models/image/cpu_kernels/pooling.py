@@ -28,15 +28,16 @@ def _taps(xp, window, strides, out_hw):
 
 
 def _geometry(x, window, strides, pads):
-  return tuple(windows.out_size(n, p, k, s)
-               for n, p, k, s in zip(x.shape[1:3], pads, window, strides))
+  return tuple(
+    windows.out_size(n, p, k, s) for n, p, k, s in zip(x.shape[1:3], pads, window, strides)
+  )
 
 
 def _padded(x, pads):
   return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf)
 
 
-def max_pool(inputs, window_shape, strides=None, padding='VALID'):
+def max_pool(inputs, window_shape, strides=None, padding="VALID"):
   """Drop-in ``flax.linen.max_pool`` for NHWC ``inputs``; other ranks go to
   ``flax.linen.max_pool`` unchanged."""
   if inputs.ndim != 4 or len(window_shape) != 2:
@@ -48,8 +49,12 @@ def max_pool(inputs, window_shape, strides=None, padding='VALID'):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
-              pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+def _max_pool(
+  x: jax.Array,
+  window: tuple[int, int],
+  strides: tuple[int, int],
+  pads: tuple[tuple[int, int], tuple[int, int]],
+) -> jax.Array:
   """``flax.linen.max_pool(x, window, strides, pads)`` for NHWC ``x`` (padding
   never wins: it is −inf)."""
   out = None
@@ -74,7 +79,7 @@ def _bwd(window, strides, pads, residuals, g):
     term = windows.untap(jnp.where(first, g, zero), i, j, strides, xp.shape[1:3])
     dxp = term if dxp is None else dxp + term
   (top, _), (left, _) = pads
-  return (dxp[:, top:top + x.shape[1], left:left + x.shape[2]],)
+  return (dxp[:, top : top + x.shape[1], left : left + x.shape[2]],)
 
 
 _max_pool.defvjp(_fwd, _bwd)
