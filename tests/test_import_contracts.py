@@ -11,6 +11,7 @@ import configparser
 import os
 import subprocess
 import sys
+import tokenize
 
 import grimp
 import pytest
@@ -87,8 +88,27 @@ def _lines(path):
     return sum(1 for _ in f)
 
 
-def test_modules_stay_under_400_lines():
-  big = {os.path.relpath(p, ROOT): _lines(p) for p in _py_files(PACKAGE) if _lines(p) >= 400}
+def _statements(path):
+  """Lines that hold something, whatever the layout: each statement once (a
+  call the formatter spreads over ten lines counts one), each comment line and
+  each line of a docstring or other multi-line string."""
+  with open(path, encoding="utf-8") as f:
+    tokens = tokenize.generate_tokens(f.readline)
+    n = 0
+    for t in tokens:
+      if t.type in (tokenize.NEWLINE, tokenize.COMMENT):
+        n += 1
+      elif t.type == tokenize.STRING:
+        n += t.string.count("\n")
+    return n
+
+
+def test_modules_stay_under_350_statements():
+  """Modules split by topic: under 350 statements and comment or docstring
+  lines each (about 400 lines before `ruff format` spread calls over one line
+  per argument; counted so that the layout does not move it)."""
+  big = {os.path.relpath(p, ROOT): _statements(p) for p in _py_files(PACKAGE)}
+  big = {p: n for p, n in big.items() if n >= 350}
   assert not big, big
 
 
