@@ -531,6 +531,24 @@ def test_flipped_checkpoint_bytes_give_a_named_error_or_the_same_weights(trained
     assert jax.tree.all(jax.tree.map(np.array_equal, got, want)), trial
 
 
+def test_a_digest_writer_killed_before_its_rename_damages_nothing(trained, tmp_path):
+  """A temporary digest file left in a step (its writer killed before the
+  rename) is not one of the step's files: the step still loads, and a step
+  lacking its digest gets one beside the leftover."""
+  ck = str(tmp_path / "st")
+  shutil.copytree(os.path.join(trained["work"], "checkpoints", "st"), ck)
+  want, _ = checkpoint.load_weights(ck)
+  for step in (1, 2):
+    with open(os.path.join(ck, str(step), f".{checkpoint.DIGEST_FILE}.k1ll3d.tmp"), "w") as f:
+      f.write('{"half": ')
+  os.remove(os.path.join(ck, "1", checkpoint.DIGEST_FILE))
+  checkpoint.record_digests(ck)
+  assert os.path.exists(os.path.join(ck, "1", checkpoint.DIGEST_FILE))
+  for step in (1, 2):
+    got, _ = checkpoint.load_weights(ck, step=step)
+  assert jax.tree.all(jax.tree.map(np.array_equal, got, want))
+
+
 # --- evaluation records what it scored ------------------------------------------
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bmqa_jax import log as log_lib
+from bmqa_jax.train_lib import workdir as workdir_lib
 
 ITEMS = ("state", "data_iter")
 _LEGACY_ITEM = "default"
@@ -129,7 +130,7 @@ def _files(step_dir: str) -> dict[str, str]:
     for n in names:
       path = os.path.join(root, n)
       rel = os.path.relpath(path, step_dir)
-      if rel in (DIGEST_FILE, DIGEST_FILE + ".tmp"):
+      if rel == DIGEST_FILE or _is_digest_tmp(rel):
         continue
       h = hashlib.sha256()
       with open(path, "rb") as f:
@@ -137,6 +138,15 @@ def _files(step_dir: str) -> dict[str, str]:
           h.update(block)
       out[rel] = h.hexdigest()
   return out
+
+
+def _is_digest_tmp(rel: str) -> bool:
+  """A digest file's temporary name, left by a writer killed before its
+  rename: `workdir.replacing`'s `.NAME.XXXX.tmp`, or `NAME.tmp` of earlier
+  versions."""
+  return rel == DIGEST_FILE + ".tmp" or (
+    rel.startswith(f".{DIGEST_FILE}.") and rel.endswith(".tmp")
+  )
 
 
 def record_digests(directory: str) -> None:
@@ -154,10 +164,7 @@ def record_digests(directory: str) -> None:
       digests = _files(step_dir)
     except FileNotFoundError:  # removed meanwhile (max_to_keep)
       continue
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(digests, f, indent=0, sort_keys=True)
-    os.replace(tmp, path)
+    workdir_lib.atomic_write(path, json.dumps(digests, indent=0, sort_keys=True))
 
 
 def _check_digest(directory: str, step: int) -> None:
