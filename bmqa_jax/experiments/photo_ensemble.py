@@ -18,7 +18,15 @@ import os
 
 import numpy as np
 
-from bmqa_jax.experiments.photo_levers import MANIFEST, _rows, features, ridge_scores, split_masks
+from bmqa_jax.experiments.photo_levers import (
+  MANIFEST,
+  TOWERS,
+  _rows,
+  arrays,
+  features,
+  ridge_scores,
+  split_masks,
+)
 
 
 def lever_features(feats: str, spec: str) -> np.ndarray:
@@ -31,16 +39,11 @@ def lever_features(feats: str, spec: str) -> np.ndarray:
     if bits[-1] != "cov":
       cols.append(features(feats, part))
       continue
-    tower = {
-      "lite0": "efficientnet_lite0",
-      "lite1": "efficientnet_lite1",
-      "lite2": "efficientnet_lite2",
-    }.get(bits[0], bits[0])
-    z = np.load(os.path.join(feats, f"{tower}_s{int(bits[1][1:])}.npz"))
-    covs = sorted((k for k in z.files if k.startswith("c")), key=lambda k: int(k[1:]))
+    tower = TOWERS.get(bits[0], bits[0])
+    covs = arrays(feats, tower, int(bits[1][1:]), kind="c")
     if not covs:
       raise ValueError(f"{part}: {tower} at that scale was extracted without --cov")
-    cols += [z[k].astype(np.float64) for k in covs]
+    cols += [c.astype(np.float64) for c in covs]
   return np.concatenate(cols, 1)
 
 

@@ -80,7 +80,9 @@ def channel_covariance(tokens, k: int, seed: int = 0):
 def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int = 8, cov: int = 0):
   from bmqa_jax.data import image_io, native, pipeline  # pylint: disable=g-import-not-at-top
   from bmqa_jax.models import image  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.bmqa import model as model_lib  # pylint: disable=g-import-not-at-top
   from bmqa_jax.models.image import pretrained  # pylint: disable=g-import-not-at-top
+  from bmqa_jax.train_lib import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   rows = _rows(manifest)
   name = f"{tower}_s{scale}.npz"
@@ -96,8 +98,7 @@ def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int 
   @jax.jit
   def fn(x):
     if scale > 1:
-      b, h, w, c = x.shape
-      x = x.reshape(b, h // scale, scale, w // scale, scale, c).mean((2, 4))
+      x = model_lib.downsample(x, scale)
     o = model.apply(variables, x, train=False)
     moments = [cell_moments(m, x.shape[1:3]) for m in o["levels"]]
     return moments + ([channel_covariance(m, cov) for m in o["levels"]] if cov else [])
@@ -117,12 +118,9 @@ def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int 
     n = len(imgs)
     imgs += [imgs[-1]] * (batch - n)
     outs = jax.device_get(fn(np.stack(imgs)))
-    tmp = part + ".tmp.npz"
     nl = len(levels)
-    np.savez(
-      tmp, **{f"{'lc'[j // nl]}{j % nl}": np.asarray(o[:n], np.float32) for j, o in enumerate(outs)}
-    )
-    os.replace(tmp, part)
+    named = {f"{'lc'[j // nl]}{j % nl}": np.asarray(o[:n], np.float32) for j, o in enumerate(outs)}
+    workdir_lib.atomic_write(part, lambda f, named=named: np.savez(f, **named))
     done += n
     if k % 20 == 0:
       print(
@@ -131,10 +129,10 @@ def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int 
         flush=True,
       )
   parts = [np.load(os.path.join(parts_dir, f"{k:05d}.npz")) for k in range(len(chunks))]
-  arrays = {f: np.concatenate([p[f] for p in parts]) for f in parts[0].files}
-  np.savez(dest, images=np.array([r["image"] for r in rows]), **arrays)
+  stacked = {f: np.concatenate([p[f] for p in parts]) for f in parts[0].files}
+  np.savez(dest, images=np.array([r["image"] for r in rows]), **stacked)
   print(
-    f"wrote {dest}: {[a.shape for a in arrays.values()]}, "
+    f"wrote {dest}: {[a.shape for a in stacked.values()]}, "
     f"{(time.time() - t0) / max(done, 1):.3f} s/photo this run"
   )
 
@@ -142,9 +140,22 @@ def extract(tower: str, levels, scale: int, out: str, manifest: str, batch: int 
 # --- evaluation ---------------------------------------------------------------
 
 
-def _load(feats: str, tower: str, scale: int):
+# A variant's short tower names (the rest are `image.create` names).
+TOWERS = {
+  "lite0": "efficientnet_lite0",
+  "lite1": "efficientnet_lite1",
+  "lite2": "efficientnet_lite2",
+  "mnv2": "mobilenet_v2",
+}
+
+
+def arrays(feats: str, tower: str, scale: int, kind: str = "l") -> list[np.ndarray]:
+  """The arrays `extract` wrote for `tower` at `scale`, level by level: kind
+  'l' the cell moments, 'c' the channel covariances (`--cov`)."""
   z = np.load(os.path.join(feats, f"{tower}_s{scale}.npz"))
-  return [z[k] for k in sorted((k for k in z.files if k.startswith("l")), key=lambda k: int(k[1:]))]
+  return [
+    z[k] for k in sorted((k for k in z.files if k.startswith(kind)), key=lambda k: int(k[1:]))
+  ]
 
 
 def _parse_spec(spec: str, last: str):
@@ -152,12 +163,7 @@ def _parse_spec(spec: str, last: str):
   'msk', the fourth field or `last`): the one reading of a variant that
   `features` and `head_maps` share."""
   parts = spec.split(":")
-  tower = {
-    "lite0": "efficientnet_lite0",
-    "lite1": "efficientnet_lite1",
-    "lite2": "efficientnet_lite2",
-    "mnv2": "mobilenet_v2",
-  }.get(parts[0], parts[0])
+  tower = TOWERS.get(parts[0], parts[0])
   scales = [int(s[1:]) for s in parts[1].split("+")]
   stats = parts[2] if len(parts) > 2 else "ms"
   return tower, scales, ["msk".index(s) for s in stats], parts[3] if len(parts) > 3 else last
@@ -173,7 +179,7 @@ def features(feats: str, spec: str) -> np.ndarray:
   tower, scales, pick, cells = _parse_spec(spec, "pool")
   cols = []
   for s in scales:
-    for a in _load(feats, tower, s):  # [P, cells, 3, C]
+    for a in arrays(feats, tower, s):  # [P, cells, 3, C]
       a = a[:, :, pick]
       if cells in ("pool", "both"):
         cols.append(a.mean(1).reshape(len(a), -1))
@@ -257,7 +263,7 @@ def head_maps(feats: str, spec: str) -> list[np.ndarray]:
   `features`; fusion 'chan' (default), 'tok' (the scales' cells as more tokens
   of one map, [photos, 16·S, 2C]) or 'sep' (one map per level and scale)."""
   tower, scales, pick, fusion = _parse_spec(spec, "chan")
-  per_scale = [_load(feats, tower, s) for s in scales]
+  per_scale = [arrays(feats, tower, s) for s in scales]
   out = []
   for lev in zip(*per_scale):
     maps = [np.concatenate([a[:, :, j] for j in pick], -1).astype(np.float32) for a in lev]
