@@ -45,21 +45,14 @@ def cell_moments(tokens, image_hw, grid: int = GRID):
   """[B, N, C] token map → [B, g², 3, C]: per-cell mean, std and skewness."""
   from bmqa_jax.models import align  # pylint: disable=g-import-not-at-top
 
-  b, n, c = tokens.shape
-  hh, ww = align.map_shape(n, image_hw)
-  x = tokens.reshape(b, hh, ww, c)
-  ys = np.linspace(0, hh, grid + 1).round().astype(int)
-  xs = np.linspace(0, ww, grid + 1).round().astype(int)
   out = []
-  for i in range(grid):
-    for j in range(grid):
-      cell = x[:, ys[i] : ys[i + 1], xs[j] : xs[j + 1]]
-      m = cell.mean((1, 2))
-      d = cell - m[:, None, None]
-      var = (d * d).mean((1, 2))
-      sd = jnp.sqrt(var + 1e-6)
-      skew = (d**3).mean((1, 2)) / (sd**3)
-      out.append(jnp.stack([m, sd, skew], 1))
+  for cell in align.grid_cells(tokens, image_hw, grid):
+    m = cell.mean((1, 2))
+    d = cell - m[:, None, None]
+    var = (d * d).mean((1, 2))
+    sd = jnp.sqrt(var + 1e-6)
+    skew = (d**3).mean((1, 2)) / (sd**3)
+    out.append(jnp.stack([m, sd, skew], 1))
   return jnp.stack(out, 1)
 
 

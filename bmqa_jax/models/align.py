@@ -77,18 +77,23 @@ def grid_statistics(tokens, image_hw: tuple[int, int], grid: int):
   noise and blur change; the grid keeps where they occur for the attentive
   pooling of Eq. 7, and the size no longer depends on the input resolution.
   """
-  b, n, c = tokens.shape
-  hh, ww = map_shape(n, image_hw)
+  hh, ww = map_shape(tokens.shape[1], image_hw)
   if hh < grid or ww < grid:
     raise ValueError(f"a {hh}×{ww} token map is smaller than token_grid={grid}")
+  stats = []
+  for cell in grid_cells(tokens, image_hw, grid):
+    mean = cell.mean((1, 2))
+    var = jnp.maximum((cell * cell).mean((1, 2)) - mean * mean, 0.0)
+    stats.append(jnp.concatenate([mean, jnp.sqrt(var + 1e-6)], -1))
+  return jnp.stack(stats, 1)
+
+
+def grid_cells(tokens, image_hw: tuple[int, int], grid: int) -> list:
+  """The `grid`×`grid` cells of a token map [B, H'·W', C] of an image of
+  `image_hw`, row by row, each [B, h, w, C] (as even as the size allows)."""
+  b, n, c = tokens.shape
+  hh, ww = map_shape(n, image_hw)
   x = tokens.reshape(b, hh, ww, c)
   ys = np.linspace(0, hh, grid + 1).round().astype(int)
   xs = np.linspace(0, ww, grid + 1).round().astype(int)
-  cells = []
-  for i in range(grid):
-    for j in range(grid):
-      cell = x[:, ys[i] : ys[i + 1], xs[j] : xs[j + 1]]
-      mean = cell.mean((1, 2))
-      var = jnp.maximum((cell * cell).mean((1, 2)) - mean * mean, 0.0)
-      cells.append(jnp.concatenate([mean, jnp.sqrt(var + 1e-6)], -1))
-  return jnp.stack(cells, 1)
+  return [x[:, ys[i] : ys[i + 1], xs[j] : xs[j + 1]] for i in range(grid) for j in range(grid)]
