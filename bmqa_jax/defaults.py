@@ -238,6 +238,12 @@ def base_config() -> mlc.ConfigDict:
   # Image-only models: w > 0 mixes a closed-form ridge probe on the pooled tower
   # features into the score, (1 − w) · heads + w · ridge (bmqa/ridge.py).
   c.model.ridge_weight = 0.0
+  # The probe: 'linear' (ridge on the cell-averaged features) or 'rbf' (kernel
+  # ridge, Gaussian kernel, on those and the cells' spread, projected on
+  # `ridge_dims` principal axes, with room for `ridge_support` training images).
+  c.model.ridge_kernel = "linear"
+  c.model.ridge_support = 2048
+  c.model.ridge_dims = 128
   c.model.temperature_init = 0.07
   c.model.learn_temperature = True
   c.model.temperature_range = (0.01, 1.0)

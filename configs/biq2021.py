@@ -21,10 +21,11 @@ behind each choice):
   ±0.015 with its initialisation, their mean does not;
 * the tower also reads each window at ½ and ¼ scale (`scales=1.2.4`); the
   heads read the native scale only (`head_scales=1`: given the coarse scales
-  they score lower), a closed-form ridge probe reads the cell-averaged
-  statistics of all three (`bmqa_jax/bmqa/ridge.py`, fitted on the training
-  split's cached features before the heads train), and the score is the mean
-  of the heads' and the ridge probe's (`ridge=0.5`);
+  they score lower), a closed-form kernel ridge probe (Gaussian kernel) reads
+  the cell-averaged statistics of all three and how the cells' means spread
+  over the photo (`bmqa_jax/bmqa/ridge.py`, fitted on the training split's
+  cached features before the heads train), and the score is
+  0.3 · heads + 0.7 · probe (`kernel=rbf`, `ridge=0.7`);
 * stage ST trains the alignment and the probe (Eq. 10, MSE of Eq. 14) from
   the frozen tower's cached features (`bmqa_jax/bmqa/feature_cache.py`): the tower
   runs once per photo and view (the photo and its mirror image).
@@ -52,9 +53,11 @@ bmqa_jax/config_args.py):
       concatenated; default 1.2.4, lpft 1; 1: the window as it is),
       head_scales=1 (the scales the heads read, dot-separated; default 1),
       ridge=W (the weight of the ridge probe on all the scales in the score,
-      0.5; lpft 0; 0: the heads alone). The previous default (heads on the native
-      scale alone): `scales=1,ridge=0`; docs/real_photos.md has the lever
-      table behind these choices.
+      0.7 with kernel=rbf, 0.5 with kernel=linear; lpft 0; 0: the heads
+      alone), kernel=rbf|linear (the probe: kernel ridge, default, or linear
+      ridge). Earlier defaults: `kernel=linear` (the linear probe, weight 0.5),
+      `scales=1,ridge=0` (heads on the native scale alone); docs/real_photos.md has the lever table
+      behind these choices.
   finetune:  size=PIXELS (input size, 128), trainable=REGEX (parameters
       trained, '.*').
 """
@@ -86,6 +89,7 @@ def get_config(arg: str | None = None):
     scales=None,
     head_scales="1",
     ridge=(None, float),
+    kernel="rbf",
     size=128,
     trainable=".*",
     ensemble=5,
@@ -126,7 +130,11 @@ def get_config(arg: str | None = None):
   # The ridge probe is fitted on the frozen tower's features: a recipe that
   # then fine-tunes the tower (lpft) keeps the heads alone at one scale.
   scales = args.scales or ("1.2.4" if recipe == "probe" else "1")
-  ridge = args.ridge if args.ridge is not None else (0.5 if recipe == "probe" else 0.0)
+  if args.kernel not in ("linear", "rbf"):
+    raise ValueError(f"kernel={args.kernel!r}: 'rbf' or 'linear'")
+  ridge = args.ridge
+  if ridge is None:
+    ridge = (0.7 if args.kernel == "rbf" else 0.5) if recipe == "probe" else 0.0
   if ridge and recipe != "probe":
     raise ValueError(
       f"ridge={ridge}: the ridge probe reads the frozen tower's "
@@ -144,6 +152,7 @@ def get_config(arg: str | None = None):
   c.model.align = dict(width=128, heads=8, qkv_dim=128, mlp_dim=256)
   c.model.ensemble = args.ensemble
   c.model.ridge_weight = ridge
+  c.model.ridge_kernel = args.kernel
   grid = args.grid
   c.input.update(mode="native", native_crop=args.crop, eval_grid=(grid, grid), flip=True)
   c.st.update(

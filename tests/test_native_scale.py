@@ -243,10 +243,10 @@ SHARED_PHOTOS = os.path.join(
 
 def test_biq2021_multiscale_recipe_trains_a_step(tmp_path):
   """`configs/biq2021.py` as users run it (ImageNet Lite0, native 512-px
-  windows read at scales 1, ½ and ¼, five heads on scale 1, a ridge probe on
-  all three) on seven real photos (4 to train, 3 to validate): it caches the
-  three scales' statistics, fits the ridge probe and trains and evaluates
-  from them."""
+  windows read at scales 1, ½ and ¼, five heads on scale 1, a kernel ridge
+  probe on all three) on seven real photos (4 to train, 3 to validate): it
+  caches the three scales' statistics, fits the probe and trains and
+  evaluates from them."""
   if not os.path.exists(SHARED_PHOTOS):
     pytest.skip("../shared/data/biq2021_lowlight is not here")
   import csv  # pylint: disable=g-import-not-at-top
@@ -270,14 +270,20 @@ def test_biq2021_multiscale_recipe_trains_a_step(tmp_path):
       )
   c = biq2021.get_config(f"manifest={man},epochs=1,batch=4")
   assert tuple(c.model.image.scales) == (1, 2, 4)
-  assert tuple(c.model.image.head_scales) == (1,) and c.model.ridge_weight == 0.5
-  old = biq2021.get_config("scales=1,ridge=0")  # the previous default
+  assert tuple(c.model.image.head_scales) == (1,) and c.model.ridge_weight == 0.7
+  assert c.model.ridge_kernel == "rbf"
+  lin = biq2021.get_config("kernel=linear")  # the previous default
+  assert lin.model.ridge_kernel == "linear" and lin.model.ridge_weight == 0.5
+  old = biq2021.get_config("scales=1,ridge=0")  # the one before
   assert tuple(old.model.image.scales) == (1,) and old.model.ridge_weight == 0
+  with pytest.raises(ValueError, match="kernel="):
+    biq2021.get_config("kernel=poly")
   assert biq2021.get_config("recipe=lpft").model.ridge_weight == 0
   logs = []
   res = train.train_and_evaluate(c, str(tmp_path / "w"), log=logs.append, progress=False)
   assert "caching the frozen tower's features: 4 of 4 images × 2 views" in "\n".join(logs)
-  assert "ridge probe on 2976 pooled features of 4 images" in "\n".join(logs)
+  # 2,976 cell-averaged statistics and 1,488 spreads of the cells' means.
+  assert "rbf ridge probe on 4464 pooled features of 4 images" in "\n".join(logs)
   assert set(res) == {"st"}
   (folder,) = os.listdir(tmp_path / "w" / "feature_cache")
   entry = np.load(

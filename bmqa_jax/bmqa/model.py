@@ -70,6 +70,11 @@ class BMQA(nn.Module):
   # Image-only models: w > 0 adds a closed-form ridge probe on the cell-averaged
   # features of every scale; the score is (1 − w) · heads + w · ridge.
   ridge_weight: float = 0.0
+  # The probe: 'linear' or 'rbf' (kernel ridge with `ridge_support` support
+  # points projected on `ridge_dims` principal axes); bmqa/ridge.py.
+  ridge_kernel: str = "linear"
+  ridge_support: int = 2048
+  ridge_dims: int = 128
   dtype: Dtype = jnp.float32
 
   def _pool(self, name):
@@ -213,7 +218,14 @@ class BMQA(nn.Module):
   def _with_ridge(self, out, maps):
     if not self.ridge_weight:
       return out
-    r = ridge_lib.RidgeProbe(name="ridge")(maps)
+    if self.ridge_kernel == "linear":
+      r = ridge_lib.RidgeProbe(name="ridge")(maps)
+    elif self.ridge_kernel == "rbf":
+      r = ridge_lib.KernelRidgeProbe(
+        len(self.scales), self.ridge_support, self.ridge_dims, name="ridge"
+      )(maps)
+    else:
+      raise ValueError(f"ridge_kernel {self.ridge_kernel!r}: one of {ridge_lib.KERNELS}")
     w = self.ridge_weight
     return dict(out, ridge_score=r, score=(1.0 - w) * out["score"] + w * r)
 
@@ -329,5 +341,8 @@ def from_config(cfg, vocab_size: int | None) -> BMQA:
     ensemble=int(cfg.model.get("ensemble", 1)),
     head_scales=tuple(int(x) for x in ic.get("head_scales", ())),
     ridge_weight=float(cfg.model.get("ridge_weight", 0.0)),
+    ridge_kernel=str(cfg.model.get("ridge_kernel", "linear")),
+    ridge_support=int(cfg.model.get("ridge_support", 2048)),
+    ridge_dims=int(cfg.model.get("ridge_dims", 128)),
     dtype=dtype,
   )

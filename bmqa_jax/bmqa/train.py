@@ -116,7 +116,7 @@ def _train_and_evaluate(cfg, workdir: str, data: datasets.Data, log, progress) -
         records, cache, pcfg, cfg[name].batch_size, seed, start_step=start.step
       )
       if start.step == 0 and "ridge" in state["params"]:
-        state = _fit_ridge(state, cache, data.splits[plan.split], name, log)
+        state = _fit_ridge(state, plan.model, cache, data.splits[plan.split], name, log)
     elif not done and "ridge" in state["params"] and cfg[name].init != "previous":
       raise ValueError(
         f"stage {name}: config.model.ridge_weight > 0 needs the frozen "
@@ -167,17 +167,25 @@ def _initial_state(plan, prev, workdir: str, log) -> dict:
   return jax.jit(plan.init_state, out_shardings=plan.state_sharding)(variables)
 
 
-def _fit_ridge(state: dict, cache: feature_cache.FeatureCache, samples, name: str, log) -> dict:
+def _fit_ridge(state: dict, model, cache: feature_cache.FeatureCache, samples, name: str, log):
   """`state` with the ridge probe (`bmqa_jax.bmqa.ridge`) fitted on the cached
   evaluation views of the training split (features averaged over the views,
   as the scores are at evaluation)."""
-  n_eval = cache.num_eval_views
+  kernel, n_eval = model.ridge_kernel, cache.num_eval_views
   x = np.mean(
-    [np.asarray(ridge_lib.pooled([a[:, v] for a in cache.levels])) for v in range(n_eval)], 0
+    [
+      np.asarray(ridge_lib.features([a[:, v] for a in cache.levels], kernel, len(model.scales)))
+      for v in range(n_eval)
+    ],
+    0,
   )
-  params, info = ridge_lib.fit(x, np.array([s.mos for s in samples]))
+  y = np.array([s.mos for s in samples])
+  if kernel == "linear":
+    params, info = ridge_lib.fit(x, y)
+  else:
+    params, info = ridge_lib.fit_kernel(x, y, model.ridge_support, model.ridge_dims)
   log(
-    f"[{name}] ridge probe on {x.shape[1]} pooled features of {len(x)} images: "
+    f"[{name}] {kernel} ridge probe on {x.shape[1]} pooled features of {len(x)} images: "
     f"penalty {info['alpha']:g}, leave-one-out RMSE {info['loo_rmse']:.4f}"
   )
   old = state["params"]["ridge"]
