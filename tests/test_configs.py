@@ -183,6 +183,8 @@ DOCUMENTED = {
     "scales=1,ridge=0",
     "head_scales=1.2",
     "ridge=0.3",
+    "kernel=linear",
+    "kernel=linear,ridge=0.5",
     "recipe=finetune,size=96,epochs=2,lr=1e-3,trainable=^img_align",
   ],
   "dark4k": ["", "captioner=runs/captioner"],

@@ -322,7 +322,7 @@ def from_config(cfg, vocab_size: int | None) -> BMQA:
       raise ValueError("a model with a text tower needs the tokenizer's vocab_size")
     txt = text.create(cfg.model.text.name, vocab_size, dtype=dtype, **cfg.model.text.kwargs)
   a = cfg.model.align
-  pt = cfg.get("pretrain", {})
+  pt = cfg.pretrain
   return BMQA(
     image_encoder=img,
     text_encoder=txt,
@@ -334,15 +334,15 @@ def from_config(cfg, vocab_size: int | None) -> BMQA:
     temperature_init=cfg.model.temperature_init,
     num_categories=len(categories.for_config(cfg)),
     vocab_size=vocab_size or 0,
-    decoder_dim=pt.get("decoder_dim", 256),
+    decoder_dim=pt.decoder_dim,
     multi_level=bool(tuple(ic.get("levels", ()))),
     token_grid=int(ic.get("token_grid", 0)),
     scales=tuple(int(x) for x in ic.get("scales", (1,))),
-    ensemble=int(cfg.model.get("ensemble", 1)),
+    ensemble=int(cfg.model.ensemble),
     head_scales=tuple(int(x) for x in ic.get("head_scales", ())),
-    ridge_weight=float(cfg.model.get("ridge_weight", 0.0)),
-    ridge_kernel=str(cfg.model.get("ridge_kernel", "linear")),
-    ridge_support=int(cfg.model.get("ridge_support", 2048)),
-    ridge_dims=int(cfg.model.get("ridge_dims", 128)),
+    ridge_weight=float(cfg.model.ridge_weight),
+    ridge_kernel=str(cfg.model.ridge_kernel),
+    ridge_support=int(cfg.model.ridge_support),
+    ridge_dims=int(cfg.model.ridge_dims),
     dtype=dtype,
   )

@@ -221,6 +221,26 @@ def reference_photos(folder: str, gain: float = 0.25) -> list[str]:
   return paths
 
 
+def _probe_text(cfg: mlc.ConfigDict) -> str:
+  """The model card's words for the ridge probe mixed into the score."""
+  w = cfg.model.ridge_weight
+  if not w:
+    return ""
+  heads = tuple(cfg.model.image.get("head_scales", ())) or "all"
+  what = (
+    "kernel ridge (Gaussian kernel) on the cell-averaged statistics of every "
+    "scale and the spread of the cells' means, projected on "
+    f"{cfg.model.ridge_dims} principal axes"
+    if cfg.model.ridge_kernel == "rbf"
+    else "linear ridge on the cell-averaged statistics of every scale"
+  )
+  return (
+    f" The heads read the scales {heads}; a closed-form probe, {what}, is fitted on "
+    f"the training photos' features (penalty by leave-one-out error), and the score is "
+    f"{1 - w:g} · heads + {w:g} · probe."
+  )
+
+
 def model_card(cfg: mlc.ConfigDict, val: dict, manifest: str, seed: int) -> str:
   ic = cfg.model.image
   rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in val.items() if isinstance(v, float))
@@ -243,9 +263,9 @@ read by the tower at downsampling factors {tuple(ic.get("scales", (1,)))};
 feature levels {tuple(ic.levels)} summarised on a {ic.token_grid}×{ic.token_grid}
 grid (mean and standard deviation, the scales' concatenated), one attentive
 pooling (Eq. 7) per level, fused, linear probe (Eq. 10);
-{cfg.model.get("ensemble", 1)} such heads from independent initialisations,
+{cfg.model.ensemble} such heads from independent initialisations,
 each trained with MSE (Eq. 14), averaged; {cfg.st.epochs:g} epochs,
-batch {cfg.st.batch_size}, AdamW lr {cfg.st.learning_rate:g} cosine. Shipped:
+batch {cfg.st.batch_size}, AdamW lr {cfg.st.learning_rate:g} cosine.{_probe_text(cfg)} Shipped:
 the weights after the tower (`heads.safetensors`, float16) and `config.json`.
 
 **Validation split (156 photos), scored by the shipped files** (float16 heads,

@@ -69,6 +69,9 @@ def train_and_evaluate(
   `describe`: fills generated descriptions when `config.data.text_source` is
   'audio' or 'captioner' (`bmqa_jax.experiments.descriptions.describer`).
   """
+  # Read as today's config (an old config.json given as --config gets the
+  # fields added since, once, here), so no reader needs a fall-back default.
+  cfg = config_bases.complete(cfg)
   # The data are read and checked first: a failed check leaves nothing in the
   # workdir (a config.json written before it would refuse the corrected config).
   data = load_data(cfg, workdir, stage_lib.stage_names(cfg), log, describe)

@@ -2,9 +2,9 @@ r"""Rebuilds the model shipped in the package (bmqa_jax/bmqa/assets/biq2021_lite
 
   bmqa-build-shipped-model --workdir=runs/shipped
 
-Trains configs/biq2021.py:scales=1,ridge=0 (image-only BMQA, frozen ImageNet
-Lite0, native scale; the recipe's default before the multi-scale ridge probe,
-which the shipped files hold) on ../shared/data/biq2021_lowlight with the given seed, evaluates the
+Trains configs/biq2021.py (image-only BMQA, frozen ImageNet Lite0, native
+scale, its default recipe: heads on scale 1 and a kernel ridge probe on scales
+1, ½ and ¼) on ../shared/data/biq2021_lowlight with the given seed, evaluates the
 validation split, and writes the weights after the tower, the config, the
 model card with the validation figures of the shipped files themselves, and
 the scores of scikit-image's darkened photos (the regression reference of
@@ -32,7 +32,7 @@ from bmqa_jax.data import manifest
 
 _CONFIG = config_flag.DEFINE_config(
   "config",
-  "biq2021:scales=1,ridge=0",
+  "biq2021",
   "The recipe (a config name or file; default: the shipped files' recipe).",
 )
 _WORKDIR = flags.DEFINE_string("workdir", "runs/shipped", "Training workdir.")

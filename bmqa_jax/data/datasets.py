@@ -51,7 +51,7 @@ def manifest_paths(cfg: mlc.ConfigDict, log=log_lib.info) -> tuple[str, str]:
       raise ValueError("config.data.kind='manifest' needs config.data.manifest")
     return cfg.data.manifest, cfg.data.pretrain_manifest
   if cfg.data.kind == "tfds":  # a prepared TFDS dataset, exported once to files
-    if not cfg.data.get("tfds_name") or not cfg.data.get("tfds_dir"):
+    if not cfg.data.tfds_name or not cfg.data.tfds_dir:
       raise ValueError(
         "config.data.kind='tfds' needs config.data.tfds_name and "
         "config.data.tfds_dir (see launch/build_tfds.py)"
@@ -140,21 +140,21 @@ def load(
   """
   path, pre_path = manifest_paths(cfg, log)
   need_text = uses_text(cfg)
-  source = cfg.data.get("text_source", "text")
+  source = cfg.data.text_source
   given_text = need_text and source == "text"  # else generated (audio, captioner)
   opts = dict(
     check_images=cfg.data.check_images,
     skip_bad=cfg.data.skip_bad_rows,
     mos_range=tuple(cfg.data.mos_range),
     log=log,
-    max_pixels=cfg.input.get("max_pixels", None),
+    max_pixels=cfg.input.max_pixels,
   )
   names = {"train": cfg.data.train_split, "val": cfg.data.val_split, "test": cfg.data.test_split}
   out = {}
   coco_pairs = None
   for s in splits:
-    if s == "pretrain" and cfg.data.get("pretrain_source", "manifest") == "coco":
-      coco_pairs = coco_lib.load(cfg.data.coco_dir, cfg.data.get("coco_split", "train"), log=log)
+    if s == "pretrain" and cfg.data.pretrain_source == "coco":
+      coco_pairs = coco_lib.load(cfg.data.coco_dir, cfg.data.coco_split, log=log)
       out[s] = coco_pairs.samples
     elif s == "pretrain":
       if not pre_path:
