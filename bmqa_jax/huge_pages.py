@@ -1,23 +1,32 @@
-"""Transparent huge pages for XLA's per-step buffers (glibc's ``hugetlb`` tunable).
+"""XLA's per-step buffers kept in the process, in huge pages (glibc tunables).
 
 XLA:CPU allocates a step's temporaries afresh at every call, in blocks far
-above glibc's 32 MB mmap threshold, and glibc hands such a block back to the
-kernel when it is freed: every training step faults its buffers in again,
-4 KiB at a time, and the faults cost system time in every step. With glibc's
-tunable ``glibc.malloc.hugetlb=1`` (glibc ≥ 2.35) malloc advises
-``MADV_HUGEPAGE`` on those blocks, and a kernel whose transparent huge pages
-are in ``madvise`` mode (the usual default) backs them with 2 MiB pages: a
-few hundred faults a step instead of hundreds of thousands (what that buys:
-docs/performance.md, measured with ``launch/benchmark.py``).
+above glibc's 32 MB mmap threshold (its buffers, and the packed operands of
+Eigen's convolutions), and glibc hands such a block back to the kernel when it
+is freed: every training step faults its buffers in again, and the kernel
+zeroes every page. On a VM that reports freed memory to its host (virtio
+free page reporting), the host backs those pages again as well, and the
+faults cost seconds of system time in every step (docs/performance.md).
 
-glibc reads its tunables once, when the process starts. So `restart()`, the
-first statement of each launch script, replaces the script's process
-(``os.execve``: same pid, arguments and environment, plus the tunable) before
-it imports JAX, at the cost of one interpreter start. It leaves the process as
-it is where the kernel's mode is not ``madvise`` (``always`` needs no advice,
-``never`` takes none), off glibc ≥ 2.35, where GLIBC_TUNABLES already sets
-``glibc.malloc.hugetlb`` (the user's choice wins), or with ``BMQA_HUGE_PAGES=0``.
-In a notebook, start Jupyter with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``.
+So `restart()`, the first statement of each launch script, replaces the
+script's process (``os.execve``: same pid, arguments and environment, plus
+`TUNABLES`) before it imports JAX, at the cost of one interpreter start:
+
+* ``glibc.malloc.arena_max=1``, ``glibc.malloc.mmap_max=0`` and a
+  ``glibc.malloc.trim_threshold`` no step reaches: every thread allocates from
+  the main heap, large blocks included, and freed memory stays there for the
+  next step (a thread's own arena would still ``mmap`` blocks above 64 MB);
+* ``glibc.malloc.hugetlb=1``: malloc advises ``MADV_HUGEPAGE`` on its memory,
+  and a kernel whose transparent huge pages are in ``madvise`` mode (the usual
+  default) backs it with 2 MiB pages: the first step's faults are a few
+  hundred instead of hundreds of thousands.
+
+glibc reads its tunables once, when the process starts. `restart()` leaves the
+process as it is where the kernel's mode is not ``madvise`` (``always`` needs
+no advice, ``never`` takes none), off glibc >= 2.35, where GLIBC_TUNABLES
+already sets ``glibc.malloc.hugetlb`` (the user's choice wins; so does any
+other tunable of `TUNABLES` that it sets), or with ``BMQA_HUGE_PAGES=0``. In a
+notebook, start Jupyter with ``GLIBC_TUNABLES=`` and `TUNABLE`.
 """
 
 from __future__ import annotations
@@ -27,7 +36,13 @@ import platform
 import sys
 
 _NAME = "glibc.malloc.hugetlb"
-TUNABLE = f"{_NAME}=1"
+TUNABLES = (
+  f"{_NAME}=1",
+  "glibc.malloc.arena_max=1",
+  "glibc.malloc.mmap_max=0",
+  f"glibc.malloc.trim_threshold={1 << 40}",
+)
+TUNABLE = ":".join(TUNABLES)  # GLIBC_TUNABLES's value when none was set before
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 # Set in the restarted process, to GLIBC_TUNABLES's value before ('' if unset):
 # `original_environ()` undoes the restart for a child that should not have it.
@@ -72,10 +87,13 @@ def why_not(environ=None, mode: str | None = "auto") -> str | None:
 
 
 def with_tunable(environ) -> dict:
-  """`environ` with the tunable added to GLIBC_TUNABLES (':'-separated)."""
+  """`environ` with the `TUNABLES` that its GLIBC_TUNABLES does not set added
+  (':'-separated)."""
   env = dict(environ)
   before = env.get("GLIBC_TUNABLES", "")
-  env["GLIBC_TUNABLES"] = f"{before}:{TUNABLE}" if before else TUNABLE
+  mine = {t.split("=")[0] for t in before.split(":")}
+  added = [t for t in TUNABLES if t.split("=")[0] not in mine]
+  env["GLIBC_TUNABLES"] = ":".join(([before] if before else []) + added)
   env[_ADDED] = before
   return env
 
@@ -97,7 +115,7 @@ def status(environ=None) -> str:
   """'on (…)' or 'off (why)' for a process started with `environ`."""
   environ = os.environ if environ is None else environ
   if _ADDED in environ:
-    return f"on ({TUNABLE}, added by restart())"
+    return f"on ({environ.get('GLIBC_TUNABLES')}, added by restart())"
   tunables = environ.get("GLIBC_TUNABLES", "")
   if _NAME in tunables:
     return f"GLIBC_TUNABLES={tunables}"

@@ -48,7 +48,8 @@ def test_benchmark_rows_and_cpu_kernels(tmp_path):
   ]
   for r in rows:
     assert r["jax_img_s"] > 0 and r["jax_first_step_s"] > 0
-    assert r["torch_img_s"] is None and r["ratio"] is None
+    assert r["jax_cpu_s"] > 0 and 0 <= r["jax_sys_s"] <= r["jax_cpu_s"]
+    assert r["torch_img_s"] is None and r["ratio"] is None and r["torch_cpu_s"] is None
   assert all(f"{k}={v}" in stdout for k, v in runtime.CPU_FLAGS.items())
   assert "load average:" in stdout and "huge pages: Flax" in stdout
   _, stdout = _bench(tmp_path, "--nocpu_kernels", "--modes=infer")
@@ -64,6 +65,7 @@ def test_row_steps_each_library_in_a_process_of_its_own():
   r = benchmark.row("resnet18", "train", 2, 32, benchmark.Options(steps=2, num_classes=10))
   assert r["jax_img_s"] > 0 and r["torch_img_s"] > 0
   assert r["ratio"] == pytest.approx(r["jax_img_s"] / r["torch_img_s"])
+  assert r["jax_cpu_s"] > 0 and r["torch_cpu_s"] > 0
   with pytest.raises(RuntimeError, match=r"step failed in its process:(.|\n)*resnet_tiny"):
     benchmark.row("resnet_tiny", "infer", 2, 32, benchmark.Options(steps=1))
 

@@ -1,5 +1,6 @@
-"""bmqa_jax.huge_pages: a launch script restarts itself with glibc's hugetlb
-tunable, and malloc's large blocks then fault in 2 MiB at a time."""
+"""bmqa_jax.huge_pages: a launch script restarts itself with glibc's
+tunables; malloc's large blocks then fault in 2 MiB at a time, and a block
+freed and allocated again (XLA's buffers at every step) faults no more."""
 
 import os
 import subprocess
@@ -10,26 +11,38 @@ import pytest
 from bmqa_jax import huge_pages
 
 # Prints a line, restarts (a launch script's first statement), then reports its
-# pid, argv, GLIBC_TUNABLES and the minor faults of touching a fresh 64 MiB
-# malloc block (glibc mmaps blocks that large, as XLA's step buffers).
+# pid, argv, GLIBC_TUNABLES, the minor faults of touching a fresh 64 MiB malloc
+# block in a thread (glibc mmaps blocks that large; XLA's threads allocate its
+# step buffers) and the MiB of it still resident after it was freed.
 _SCRIPT = r"""
-import ctypes, os, resource, sys
+import ctypes, os, resource, sys, threading
 from bmqa_jax import huge_pages
 if os.environ.get("BMQA_HUGE_PAGES_ADDED") is None:
   print("pid", os.getpid(), flush=True)
 huge_pages.restart()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
 n = 64 << 20
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-p = libc.malloc(n)
-ctypes.memset(p, 1, n)
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+def resident():
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+out = []
+def step():
+  before, faults = resident(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  p = libc.malloc(n)
+  ctypes.memset(p, 1, n)
+  out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+  libc.free(p)
+  out.append((resident() - before) >> 20)
+thread = threading.Thread(target=step)
+thread.start()
+thread.join()
 print("pid", os.getpid())
 print("argv", sys.argv[1:])
 print("tunables", os.environ.get("GLIBC_TUNABLES"))
 print("status", huge_pages.status())
-print("faults", faults)
+print("faults", *out)
 """
 
 
@@ -54,21 +67,24 @@ def _run(env_changes):
 @pytest.mark.skipif(
   huge_pages.why_not({}) is not None, reason=f"no restart here: {huge_pages.why_not({})}"
 )
-def test_restart_keeps_pid_and_arguments_and_malloc_gets_huge_pages():
+def test_restart_keeps_pid_and_arguments_and_malloc_keeps_huge_pages():
   lines = _run({})
   pids = [l for l in lines if l.startswith("pid")]
   assert len(pids) == 2 and pids[0] == pids[1], lines  # execve: the same process
   assert "argv ['--flag=1', 'x']" in lines
   assert f"tunables {huge_pages.TUNABLE}" in lines
   assert any(l.startswith("status on") for l in lines), lines
-  huge = int(lines[-1].split()[1])
+  huge, kept = map(int, lines[-1].split()[1:])
 
   off = _run({"BMQA_HUGE_PAGES": "0"})
   assert len([l for l in off if l.startswith("pid")]) == 2  # printed once, no restart
   assert "tunables None" in off and "status off (BMQA_HUGE_PAGES=0)" in off
-  small = int(off[-1].split()[1])
+  small, returned = map(int, off[-1].split()[1:])
   # 64 MiB in 4 KiB pages is 16,384 faults; in 2 MiB pages, 32.
   assert small > 10_000 and huge < 1_000, (small, huge)
+  # Freed, the block stays in the process (the next step's buffers fault no
+  # more); without the tunables glibc hands it back to the kernel.
+  assert kept >= 60 and returned < 4, (kept, returned)
 
 
 def test_the_users_tunables_win_and_are_restored_for_children():
@@ -78,7 +94,9 @@ def test_the_users_tunables_win_and_are_restored_for_children():
 
   other = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "X": "1"}
   added = huge_pages.with_tunable(other)
-  assert added["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+  assert added["GLIBC_TUNABLES"] == ":".join(
+    ["glibc.malloc.arena_max=2"] + [t for t in huge_pages.TUNABLES if "arena_max" not in t]
+  )
   assert huge_pages.status(added).startswith("on")
   assert huge_pages.original_environ(added) == other
   assert huge_pages.original_environ(huge_pages.with_tunable({"X": "1"})) == {"X": "1"}

@@ -7,8 +7,9 @@ command ends a mistake with one `error: …` line and a hint, exit status 2
 (`errors.run`; `--verbose` adds the traceback).
 
 The commands that run JAX models first restart their process with glibc's
-huge-page tunable (`bmqa_jax.huge_pages`), before anything imports JAX: this
-package imports nothing heavy, and each command's module is imported after.
+tunables (`bmqa_jax.huge_pages`: XLA's buffers kept, in huge pages), before
+anything imports JAX: this package imports nothing heavy, and each command's
+module is imported after.
 """
 
 import importlib

@@ -7,7 +7,9 @@ Per encoder and mode, Flax and PyTorch each in a process of its own: after
 untimed and one timed step of Flax, then of PyTorch, of ``train`` (forward,
 softmax cross-entropy on a 1000-class head, backward, SGD-momentum update; one
 ``jax.jit``, state donated) or ``infer`` (eval-mode forward). Prints images/s
-from the median steps, the ratio (> 1: Flax is faster) and Flax's first step.
+from the median steps, the ratio (> 1: Flax is faster), Flax's first step, and
+the CPU seconds (user + system, and system) of each library's process in a
+step: a figure that other jobs on the cores move less than the wall time.
 PyTorch runs as its users run it, without `bmqa_jax.huge_pages` (unless
 ``--torch_huge_pages``). docs/performance.md: the tables and their commands.
 """
@@ -54,8 +56,11 @@ def main(_):
     torch_huge_pages=_TORCH_HUGE.value,
   )
   print(benchmark.header(o, batch, size))
-  print("| model | mode | batch | Flax img/s | PyTorch img/s | ratio | Flax first step s |")
-  print("|---|---|---:|---:|---:|---:|---:|")
+  print(
+    "| model | mode | batch | Flax img/s | PyTorch img/s | ratio | Flax first step s "
+    "| CPU s/step Flax (sys) | PyTorch (sys) |"
+  )
+  print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
   rows = []
   fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
   for name in _MODELS.value:
@@ -64,7 +69,9 @@ def main(_):
       rows.append(r)
       print(
         f"| {name} | {mode} | {batch} | {fmt(r['jax_img_s'])} | "
-        f"{fmt(r['torch_img_s'])} | {fmt(r['ratio'])} | {fmt(r['jax_first_step_s'])} |",
+        f"{fmt(r['torch_img_s'])} | {fmt(r['ratio'])} | {fmt(r['jax_first_step_s'])} | "
+        f"{fmt(r['jax_cpu_s'])} ({fmt(r['jax_sys_s'])}) | "
+        f"{fmt(r['torch_cpu_s'])} ({fmt(r['torch_sys_s'])}) |",
         flush=True,
       )
       if _JSON.value:  # rewritten after every row: a cut-off run keeps what it measured

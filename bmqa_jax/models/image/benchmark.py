@@ -44,23 +44,25 @@ def header(o: Options, batch: int, size: int) -> str:
 
 
 def _interleaved(runs: dict, steps: int, settle: int = 0) -> dict:
-  """Median seconds per call of each zero-argument step in ``runs`` (warmed
-  up), timed in turn: ``settle`` untimed calls and one timed call of each,
-  ``steps`` rounds. A machine that slows down or speeds up during the run (a
-  noisy neighbour, a CPU clock) weighs on every implementation alike, instead
-  of on whichever block of steps it fell in. ``settle`` calls after a switch
-  put each back in the state of a training loop (`row`); without them, for
-  steps of a second or more, the first few ms after a switch are also shared
-  with the other library's idle-spinning threads."""
+  """{name: (seconds, CPU seconds, system CPU seconds)}, medians per call of
+  each step in ``runs`` (warmed up; a call returns the user and system CPU
+  seconds of its process, as `step_process.StepProcess`), timed in turn: ``settle`` untimed
+  calls and one timed call of each, ``steps`` rounds. A machine that slows
+  down or speeds up during the run (a noisy neighbour, a CPU clock) weighs on
+  every implementation alike, instead of on whichever block of steps it fell
+  in. ``settle`` calls after a switch put each back in the state of a training
+  loop (`row`); without them, for steps of a second or more, the first few ms
+  after a switch are also shared with the other library's idle-spinning
+  threads."""
   times = {name: [] for name in runs}
   for _ in range(steps):
     for name, run in runs.items():
       for _ in range(settle):
         run()
       start = time.perf_counter()
-      run()
-      times[name].append(time.perf_counter() - start)
-  return {name: float(np.median(t)) for name, t in times.items()}
+      user, system = run()
+      times[name].append((time.perf_counter() - start, user + system, system))
+  return {name: tuple(float(v) for v in np.median(t, axis=0)) for name, t in times.items()}
 
 
 def random_variables(model, x, seed=0):
@@ -198,9 +200,12 @@ def torch_step(name: str, mode: str, batch: int, size: int, o: Options):
 
 def row(name: str, mode: str, batch: int, size: int, o: Options, with_torch: bool = True) -> dict:
   """{'model', 'mode', 'batch', 'jax_first_step_s', 'jax_img_s', 'torch_img_s',
-  'ratio'} of one run: each library's step in a process of its own
-  (`step_process.StepProcess`), both alive for the whole row and stepped in turn, with
-  ``o.settle`` untimed steps before each timed one.
+  'ratio', 'jax_cpu_s', 'jax_sys_s', 'torch_cpu_s', 'torch_sys_s'} of one run
+  (``*_cpu_s``: the median CPU seconds, user and system, of the library's
+  process in a step; ``*_sys_s``: of system time): each library's step in a
+  process of its own (`step_process.StepProcess`), both alive for the whole
+  row and stepped in turn, with ``o.settle`` untimed steps before each timed
+  one.
 
   Why settle: a step that follows a few seconds without one of its own can
   be much slower (on a VM that hands memory left free back to the host, the
@@ -229,9 +234,9 @@ def row(name: str, mode: str, batch: int, size: int, o: Options, with_torch: boo
   finally:
     for run in runs.values():
       run.close()
-  jax_img_s = batch / seconds["jax"]
-  torch_img_s = batch / seconds["torch"] if with_torch else None
-  return {
+  jax_img_s = batch / seconds["jax"][0]
+  torch_img_s = batch / seconds["torch"][0] if with_torch else None
+  out = {
     "model": name,
     "mode": mode,
     "batch": batch,
@@ -240,3 +245,6 @@ def row(name: str, mode: str, batch: int, size: int, o: Options, with_torch: boo
     "torch_img_s": torch_img_s,
     "ratio": jax_img_s / torch_img_s if torch_img_s else None,
   }
+  for lib in ("jax", "torch"):
+    _, out[f"{lib}_cpu_s"], out[f"{lib}_sys_s"] = seconds.get(lib, (None, None, None))
+  return out

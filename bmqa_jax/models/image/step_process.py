@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import resource
 import traceback
 
 import jax
@@ -18,18 +19,25 @@ _JAX_SETTINGS = (
 )
 
 
+def _cpu() -> tuple[float, float]:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime, usage.ru_stime
+
+
 def _serve(conn, make_step, step_args: tuple, settings: dict) -> None:
   """A `StepProcess`'s loop: builds the step, then runs one per request and
-  answers when it is done (or with the traceback of a failure); the caller
-  times the call."""
+  answers when it is done with the CPU seconds (user, system) of the
+  process's threads during the step (or with the traceback of a failure);
+  the caller times the call."""
   try:
     for key, value in settings.items():
       jax.config.update(key, value)
     run = make_step(*step_args)
     conn.send("ready")
     while conn.recv():
+      before = _cpu()
       run()
-      conn.send(None)
+      conn.send(tuple(b - a for a, b in zip(before, _cpu())))
   except Exception:  # pylint: disable=broad-except
     conn.send(traceback.format_exc())
 
@@ -83,10 +91,14 @@ class StepProcess:
       ) from None
     if isinstance(answer, str) and answer != "ready":
       raise RuntimeError(f"the {self.name} step failed in its process:\n{answer}")
+    return answer
 
-  def __call__(self) -> None:
+  def __call__(self) -> tuple[float, float]:
+    """Runs a step; returns the CPU seconds (user, system) its process spent
+    in it: unlike the wall time, they do not grow much when other jobs share
+    the cores (system time: the kernel's work for the step, page faults)."""
     self._conn.send(True)
-    self._answer()
+    return self._answer()
 
   def close(self):
     try:
