@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 
 from bmqa_jax.models.image import layers
-from bmqa_jax.models.image import ops
 
 Dtype = Any
 
@@ -214,21 +213,7 @@ class EfficientNet(nn.Module):
     lite = self.lite
     momentum = self.bn_momentum if self.bn_momentum is not None else (0.99 if lite else 0.9)
     epsilon = self.bn_epsilon if self.bn_epsilon is not None else (1e-3 if lite else 1e-5)
-    conv = functools.partial(
-      nn.Conv,
-      use_bias=False,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      kernel_init=layers.kaiming_normal_fan_out,
-      conv_general_dilated=ops.for_backend().conv_general_dilated,
-    )
-    norm = functools.partial(
-      nn.BatchNorm,
-      momentum=momentum,
-      epsilon=epsilon,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-    )
+    conv, norm = layers.conv_and_norm(self, momentum, epsilon)
     act = relu6 if lite else nn.silu
     stages = self.stage_configs()
 

@@ -4,12 +4,15 @@ stochastic depth, the exact GELU and the common output dict of every encoder.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from bmqa_jax.models.image import ops
 
 
 # torch.nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu'): torchvision's
@@ -19,6 +22,30 @@ kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "norma
 # torch.nn.Linear's default init of the weight (kaiming_uniform with a=sqrt(5)),
 # which is uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_linear_default = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def conv_and_norm(module: nn.Module, momentum: float, epsilon: float):
+  """(conv, norm) of the torchvision-style ConvNets (ResNet, MobileNetV2,
+  EfficientNet): bias-free ``nn.Conv`` with torch's fan-out init and the
+  backend's convolution (:func:`.ops.for_backend`), and ``nn.BatchNorm``
+  (flax's ``momentum`` is 1 − torch's), both in ``module``'s ``dtype`` and
+  ``param_dtype``."""
+  conv = functools.partial(
+    nn.Conv,
+    use_bias=False,
+    dtype=module.dtype,
+    param_dtype=module.param_dtype,
+    kernel_init=kaiming_normal_fan_out,
+    conv_general_dilated=ops.for_backend().conv_general_dilated,
+  )
+  norm = functools.partial(
+    nn.BatchNorm,
+    momentum=momentum,
+    epsilon=epsilon,
+    dtype=module.dtype,
+    param_dtype=module.param_dtype,
+  )
+  return conv, norm
 
 
 def encoder_outputs(

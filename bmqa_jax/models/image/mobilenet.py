@@ -35,7 +35,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bmqa_jax.models.image import layers
-from bmqa_jax.models.image import ops
 from bmqa_jax.models.image.efficientnet import make_divisible
 
 Dtype = Any
@@ -118,21 +117,7 @@ class MobileNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    conv = functools.partial(
-      nn.Conv,
-      use_bias=False,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      kernel_init=layers.kaiming_normal_fan_out,
-      conv_general_dilated=ops.for_backend().conv_general_dilated,
-    )
-    norm = functools.partial(
-      nn.BatchNorm,
-      momentum=self.bn_momentum,
-      epsilon=self.bn_epsilon,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-    )
+    conv, norm = layers.conv_and_norm(self, self.bn_momentum, self.bn_epsilon)
     x = jnp.asarray(images, self.dtype)
     x = conv(
       make_divisible(self.stem_width * self.width_mult), (3, 3), 2, padding=1, name="stem_conv"

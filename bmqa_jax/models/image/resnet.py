@@ -106,21 +106,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    conv = functools.partial(
-      nn.Conv,
-      use_bias=False,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      kernel_init=layers.kaiming_normal_fan_out,
-      conv_general_dilated=ops.for_backend().conv_general_dilated,
-    )
-    norm = functools.partial(
-      nn.BatchNorm,
-      momentum=self.bn_momentum,
-      epsilon=self.bn_epsilon,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-    )
+    conv, norm = layers.conv_and_norm(self, self.bn_momentum, self.bn_epsilon)
     x = jnp.asarray(images, self.dtype)
     x = conv(self.stem_width, (7, 7), 2, padding=3, name="conv1")(x)
     x = norm(name="bn1")(x, use_running_average=not train)
