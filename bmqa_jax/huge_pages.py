@@ -26,7 +26,7 @@ process as it is where the kernel's mode is not ``madvise`` (``always`` needs
 no advice, ``never`` takes none), off glibc >= 2.35, where GLIBC_TUNABLES
 already sets ``glibc.malloc.hugetlb`` (the user's choice wins; so does any
 other tunable of `TUNABLES` that it sets), or with ``BMQA_HUGE_PAGES=0``. In a
-notebook, start Jupyter with ``GLIBC_TUNABLES=`` and `TUNABLE`.
+notebook, start Jupyter with ``GLIBC_TUNABLES`` set to `TUNABLE`'s value.
 """
 
 from __future__ import annotations

@@ -56,8 +56,8 @@ bmqa_jax/config_args.py):
       0.7 with kernel=rbf, 0.5 with kernel=linear; lpft 0; 0: the heads
       alone), kernel=rbf|linear (the probe: kernel ridge, default, or linear
       ridge). Earlier defaults: `kernel=linear` (the linear probe, weight 0.5),
-      `scales=1,ridge=0` (heads on the native scale alone); docs/real_photos.md has the lever table
-      behind these choices.
+      `scales=1,ridge=0` (heads on the native scale alone);
+      docs/real_photos.md has the lever table behind these choices.
   finetune:  size=PIXELS (input size, 128), trainable=REGEX (parameters
       trained, '.*').
 """
